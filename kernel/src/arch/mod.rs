@@ -1,0 +1,11 @@
+//! Hardware access of the kernel: console, descriptor tables, exceptions,
+//! heap, CPU identification, machine exit.
+#[macro_use]
+pub mod console;
+pub mod cpu;
+pub mod exit;
+pub mod gdt;
+pub mod heap;
+pub mod idt;
+pub mod multiboot;
+pub mod port;

@@ -1,0 +1,100 @@
+//! `kmain`: bring-up and the top-level flow of the hypervisor.
+use crate::arch::{console, cpu, exit::exit, gdt, heap, idt, multiboot::BootInfo};
+use kernel::config::{Config, Mode, SelfTest};
+use kernel::exitcode;
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// Entered from `boot` in long mode, interrupts off, identity mapped.
+#[no_mangle]
+pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
+    console::init();
+    println!("ftvisor {} booting", env!("CARGO_PKG_VERSION"));
+    gdt::init();
+    idt::init();
+    if magic != boot::MULTIBOOT_BOOTLOADER_MAGIC {
+        println!("error: not started by a multiboot loader (EAX={magic:#x}, expected 0x2badb002)");
+        exit(exitcode::BAD_CONFIG);
+    }
+    // SAFETY: the loader passed this address with the multiboot magic.
+    let boot = unsafe { BootInfo::new(info_addr) };
+    let cmdline = boot.cmdline();
+
+    // Everything the loader handed us must stay clear of the heap.
+    let kernel_end = core::ptr::addr_of!(__kernel_end) as u64;
+    let mut floor = kernel_end.max(info_addr as u64 + 88);
+    floor = floor.max(cmdline.as_ptr() as u64 + cmdline.len() as u64 + 1);
+    for m in boot.modules() {
+        floor = floor.max(m.end).max(m.cmdline.as_ptr() as u64 + m.cmdline.len() as u64 + 1);
+    }
+    let mut total_ram = 0u64;
+    for r in boot.memory_map().filter(|r| r.is_usable()) {
+        total_ram += r.len;
+    }
+    let Some((heap_start, heap_len)) =
+        kernel::bootinfo::choose_heap(boot.memory_map(), floor, boot::IDENTITY_MAP_BYTES)
+    else {
+        println!("error: the boot memory map has no usable RAM above {floor:#x}");
+        exit(exitcode::BAD_CONFIG);
+    };
+    // SAFETY: choose_heap returned usable RAM above everything in use.
+    unsafe { heap::init(heap_start, heap_len) };
+    println!(
+        "mem: {} MiB usable, kernel image ends at {:#x}, heap {:#x}..{:#x} ({} MiB)",
+        total_ram >> 20,
+        kernel_end,
+        heap_start,
+        heap_start + heap_len,
+        heap_len >> 20
+    );
+    println!("cmdline: \"{cmdline}\"");
+    let config = match Config::parse(cmdline) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error: {e}");
+            exit(exitcode::BAD_CONFIG);
+        }
+    };
+
+    let report = cpu::report();
+    match config.selftest {
+        SelfTest::None => {}
+        SelfTest::Panic => panic!("selftest: deliberate panic"),
+        SelfTest::Fault => {
+            println!("selftest: touching unmapped address 0x100_0000_0000");
+            // SAFETY: deliberately faults (beyond the identity map) to test
+            // the exception path; the handler exits the machine.
+            unsafe { core::ptr::read_volatile(0x100_0000_0000 as *const u64) };
+            unreachable!("the read above faults");
+        }
+    }
+    match config.mode {
+        Mode::Report => {
+            let (used, size) = heap::stats();
+            println!("report: done (heap {used}/{size} bytes used)");
+            exit(exitcode::SUCCESS);
+        }
+        Mode::Hypervisor => {
+            if !report.has_vmx {
+                println!(
+                    "no VMX on this CPU: CPUID.1:ECX.VMX[bit 5] = 0. ftvisor needs Intel VT-x \
+                     (QEMU/KVM: nested VMX with -cpu host on an Intel host; or Bochs 3.0)"
+                );
+                exit(exitcode::NO_VMX);
+            }
+            let caps = report.vmx.expect("VMX caps are read when VMX is present");
+            if report.feature_control & 1 != 0 && report.feature_control & (1 << 2) == 0 {
+                println!("no VMX on this CPU: {}", vmx::Error::VmxDisabledByFirmware);
+                exit(exitcode::NO_VMX);
+            }
+            if let Err(e) = caps.check_required() {
+                println!("no VMX on this CPU: {e}");
+                exit(exitcode::NO_VMX);
+            }
+            println!("hypervisor: VMX usable; running a guest is not implemented yet");
+            exit(exitcode::FAILURE);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The hypervisor's hardware-free logic: the typed configuration parsed from
+//! the kernel command line, the boot memory map, and exit codes. The
+//! hardware half lives in `main.rs` and is built only for
+//! `x86_64-unknown-none`; everything here is tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod bootinfo;
+pub mod config;
+pub mod exitcode;
+pub mod error;
+
+pub use error::Error;
