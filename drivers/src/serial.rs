@@ -107,16 +107,28 @@ mod tests {
 
     #[test]
     fn newline_becomes_crlf_and_waits_for_thr() {
-        let mut io = FakeIo { lsr: LSR_THR_EMPTY, busy_polls: 5, ..Default::default() };
+        let mut io = FakeIo {
+            lsr: LSR_THR_EMPTY,
+            busy_polls: 5,
+            ..Default::default()
+        };
         let mut u = Uart16550::new(&mut io, 0x3F8);
         u.write_str("a\n");
-        let data: Vec<u8> = io.out.iter().filter(|(p, _)| *p == 0x3F8).map(|&(_, v)| v).collect();
+        let data: Vec<u8> = io
+            .out
+            .iter()
+            .filter(|(p, _)| *p == 0x3F8)
+            .map(|&(_, v)| v)
+            .collect();
         assert_eq!(data, b"a\r\n");
     }
 
     #[test]
     fn dead_uart_does_not_hang() {
-        let mut io = FakeIo { lsr: 0, ..Default::default() };
+        let mut io = FakeIo {
+            lsr: 0,
+            ..Default::default()
+        };
         let mut u = Uart16550::new(&mut io, 0x3F8);
         u.send(b'x');
         assert_eq!(io.out, vec![(0x3F8, b'x')]);
@@ -131,7 +143,10 @@ mod tests {
 
     #[test]
     fn recv() {
-        let mut io = FakeIo { lsr: LSR_DATA_READY, ..Default::default() };
+        let mut io = FakeIo {
+            lsr: LSR_DATA_READY,
+            ..Default::default()
+        };
         assert_eq!(Uart16550::new(&mut io, 0x3F8).try_recv(), Some(0x41));
     }
 }

@@ -96,9 +96,21 @@ mod tests {
     #[test]
     fn heap_is_largest_usable_region_above_floor() {
         let regions = [
-            MemRegion { base: 0, len: 0x9fc00, kind: 1 },
-            MemRegion { base: 0x100000, len: 0x0ff00000, kind: 1 },
-            MemRegion { base: 0x2000_0000, len: 0x100_0000, kind: 2 },
+            MemRegion {
+                base: 0,
+                len: 0x9fc00,
+                kind: 1,
+            },
+            MemRegion {
+                base: 0x100000,
+                len: 0x0ff00000,
+                kind: 1,
+            },
+            MemRegion {
+                base: 0x2000_0000,
+                len: 0x100_0000,
+                kind: 2,
+            },
         ];
         let (start, len) = choose_heap(regions.into_iter(), 0x300_123, 1 << 32).unwrap();
         assert_eq!(start, 0x301_000);
@@ -107,7 +119,11 @@ mod tests {
 
     #[test]
     fn heap_respects_ceiling_and_reports_none() {
-        let regions = [MemRegion { base: 0x1_0000_0000, len: 1 << 30, kind: 1 }];
+        let regions = [MemRegion {
+            base: 0x1_0000_0000,
+            len: 1 << 30,
+            kind: 1,
+        }];
         assert_eq!(choose_heap(regions.into_iter(), 0x200000, 1 << 32), None);
     }
 }

@@ -114,7 +114,7 @@ impl Config {
                 "guest_mem" => {
                     const EXPECTED: &str = "a multiple of 2M between 2M and 3G, e.g. `64M`";
                     let bytes = parse_size(value).ok_or_else(|| bad(EXPECTED))?;
-                    if bytes < MIB2 || bytes > (3 << 30) || bytes % MIB2 != 0 {
+                    if !(MIB2..=(3 << 30)).contains(&bytes) || bytes % MIB2 != 0 {
                         return Err(bad(EXPECTED));
                     }
                     cfg.guest_mem = bytes;
@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn defaults_and_image_path_skipped() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
-        assert_eq!(Config::parse("/boot/ftvisor.elf").unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("/boot/ftvisor.elf").unwrap(),
+            Config::default()
+        );
         let c = Config::parse("/boot/ftvisor.elf mode=report log=debug").unwrap();
         assert_eq!(c.mode, Mode::Report);
         assert_eq!(c.log, LogLevel::Debug);
@@ -193,7 +196,13 @@ mod tests {
 
     #[test]
     fn selftests() {
-        assert_eq!(Config::parse("selftest=panic").unwrap().selftest, SelfTest::Panic);
-        assert_eq!(Config::parse("selftest=fault").unwrap().selftest, SelfTest::Fault);
+        assert_eq!(
+            Config::parse("selftest=panic").unwrap().selftest,
+            SelfTest::Panic
+        );
+        assert_eq!(
+            Config::parse("selftest=fault").unwrap().selftest,
+            SelfTest::Fault
+        );
     }
 }

@@ -27,7 +27,9 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
     let mut floor = kernel_end.max(info_addr as u64 + 88);
     floor = floor.max(cmdline.as_ptr() as u64 + cmdline.len() as u64 + 1);
     for m in boot.modules() {
-        floor = floor.max(m.end).max(m.cmdline.as_ptr() as u64 + m.cmdline.len() as u64 + 1);
+        floor = floor
+            .max(m.end)
+            .max(m.cmdline.as_ptr() as u64 + m.cmdline.len() as u64 + 1);
     }
     let mut total_ram = 0u64;
     for r in boot.memory_map().filter(|r| r.is_usable()) {
@@ -50,6 +52,9 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
         heap_len >> 20
     );
     println!("cmdline: \"{cmdline}\"");
+    for m in boot.modules() {
+        println!("module: {:#x}..{:#x} \"{}\"", m.start, m.end, m.cmdline);
+    }
     let config = match Config::parse(cmdline) {
         Ok(c) => c,
         Err(e) => {

@@ -8,7 +8,7 @@ extern crate alloc;
 
 pub mod bootinfo;
 pub mod config;
-pub mod exitcode;
 pub mod error;
+pub mod exitcode;
 
 pub use error::Error;

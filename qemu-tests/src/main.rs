@@ -1,1 +1,159 @@
-fn main() {}
+//! `qemu-tests`: the host-side e2e runner (DESIGN.md §4).
+//!
+//! Builds the images (`make image`), boots each test in QEMU (TCG or KVM) or
+//! Bochs 3.0 with a timeout, captures COM1, and judges the test by the exit
+//! code the hypervisor reports (`FTVISOR-EXIT code=N` on serial; QEMU's
+//! `isa-debug-exit` status must agree) and by required/forbidden serial
+//! lines. A test whose emulator is missing is SKIPPED with the reason.
+//!
+//! ```text
+//! qemu-tests list                 # every test and the emulator it needs
+//! qemu-tests run [FILTER]         # run tests whose name contains FILTER
+//! qemu-tests boot <emu> [cmdline] # boot once, stream serial (make run)
+//! ```
+mod emulator;
+mod tests;
+
+use emulator::{Emulator, Outcome};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("qemu-tests lives in the repository")
+        .to_path_buf()
+}
+
+fn build_images(root: &PathBuf) -> Result<(), String> {
+    eprintln!("qemu-tests: building images (make image)");
+    let status = Command::new("make")
+        .args(["-s", "image"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot run make: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("make image failed ({status})"))
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: qemu-tests list | run [--no-build] [FILTER] | boot <qemu-tcg|qemu-kvm|bochs> [cmdline]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            for t in tests::all() {
+                let avail = match t.emulator.available() {
+                    Ok(()) => "available".to_string(),
+                    Err(why) => format!("missing: {why}"),
+                };
+                println!(
+                    "{:<28} {:<9} {}  [{}]",
+                    t.name,
+                    t.emulator.name(),
+                    t.about,
+                    avail
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some("run") => {
+            let no_build = args.iter().any(|a| a == "--no-build");
+            let filter = args
+                .iter()
+                .skip(1)
+                .find(|a| !a.starts_with("--"))
+                .cloned()
+                .unwrap_or_default();
+            let selected: Vec<_> = tests::all()
+                .into_iter()
+                .filter(|t| t.name.contains(filter.as_str()))
+                .collect();
+            if selected.is_empty() {
+                eprintln!("qemu-tests: no test matches `{filter}` (see `make e2e-list`)");
+                return ExitCode::from(2);
+            }
+            if !no_build {
+                if let Err(e) = build_images(&root) {
+                    eprintln!("qemu-tests: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+            for t in &selected {
+                let start = Instant::now();
+                let outcome = t.run(&root);
+                let secs = start.elapsed().as_secs_f64();
+                match outcome {
+                    Outcome::Pass(note) => {
+                        passed += 1;
+                        println!("PASS {:<28} {:>6.1}s  {}", t.name, secs, note);
+                    }
+                    Outcome::Fail(why) => {
+                        failed += 1;
+                        println!("FAIL {:<28} {:>6.1}s  {}", t.name, secs, why);
+                    }
+                    Outcome::Skip(why) => {
+                        skipped += 1;
+                        println!("SKIP {:<28}          {}", t.name, why);
+                    }
+                }
+            }
+            println!("{passed} passed, {failed} failed, {skipped} skipped");
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some("boot") => {
+            let Some(emu) = args.get(1).and_then(|e| Emulator::parse(e)) else {
+                return usage();
+            };
+            let cmdline = args.get(2).cloned().unwrap_or_default();
+            if let Err(e) = build_images(&root) {
+                eprintln!("qemu-tests: {e}");
+                return ExitCode::FAILURE;
+            }
+            if let Err(why) = emu.available() {
+                eprintln!("qemu-tests: {} is not available: {why}", emu.name());
+                return ExitCode::FAILURE;
+            }
+            let spec = emulator::BootSpec {
+                name: "boot".into(),
+                cmdline,
+                modules: vec![],
+                timeout: std::time::Duration::from_secs(600),
+                stream: true,
+                extra: vec![],
+            };
+            match emu.boot(&root, &spec) {
+                Ok(run) => match run.exit_code {
+                    Some(c) => {
+                        eprintln!("qemu-tests: hypervisor exited with code {c}");
+                        ExitCode::from(c)
+                    }
+                    None => {
+                        eprintln!("qemu-tests: no exit marker ({})", run.ended);
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("qemu-tests: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => usage(),
+    }
+}

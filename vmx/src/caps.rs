@@ -117,7 +117,10 @@ impl VmxCaps {
         let proc2 = if proc.supports(bits::PROC_SECONDARY) {
             Allowed::from_msr(msr.read_msr(IA32_VMX_PROCBASED_CTLS2))
         } else {
-            Allowed { must_be_one: 0, may_be_one: 0 }
+            Allowed {
+                must_be_one: 0,
+                may_be_one: 0,
+            }
         };
         let ept_vpid = if proc2.supports(bits::PROC2_EPT) || proc2.supports(bits::PROC2_VPID) {
             msr.read_msr(IA32_VMX_EPT_VPID_CAP)
@@ -132,7 +135,9 @@ impl VmxCaps {
             ),
             proc,
             proc2,
-            exit: Allowed::from_msr(msr.read_msr(pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS))),
+            exit: Allowed::from_msr(
+                msr.read_msr(pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS)),
+            ),
             entry: Allowed::from_msr(
                 msr.read_msr(pick(IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS)),
             ),
@@ -179,9 +184,17 @@ impl VmxCaps {
     /// refusal names the first missing one.
     pub fn check_required(&self) -> Result<(), Error> {
         let need = [
-            (self.proc.supports(bits::PROC_SECONDARY), "procbased", "activate secondary controls"),
+            (
+                self.proc.supports(bits::PROC_SECONDARY),
+                "procbased",
+                "activate secondary controls",
+            ),
             (self.ept(), "procbased2", "enable EPT"),
-            (self.unrestricted_guest(), "procbased2", "unrestricted guest"),
+            (
+                self.unrestricted_guest(),
+                "procbased2",
+                "unrestricted guest",
+            ),
             (self.mtf(), "procbased", "monitor trap flag"),
             (self.preemption_timer(), "pinbased", "VMX-preemption timer"),
         ];
@@ -220,7 +233,10 @@ mod tests {
     struct FakeMsrs(HashMap<u32, u64>);
     impl MsrRead for FakeMsrs {
         fn read_msr(&mut self, msr: u32) -> u64 {
-            *self.0.get(&msr).unwrap_or_else(|| panic!("unexpected MSR {msr:#x}"))
+            *self
+                .0
+                .get(&msr)
+                .unwrap_or_else(|| panic!("unexpected MSR {msr:#x}"))
         }
     }
 
@@ -258,7 +274,13 @@ mod tests {
         let a = Allowed::from_msr(0x0000_00ff_0000_0016);
         assert_eq!(a.compute("pin", &[(0, "ext")]).unwrap(), 0x17);
         let e = a.compute("pin", &[(9, "nine")]).unwrap_err();
-        assert_eq!(e, Error::MissingControl { register: "pin", control: "nine" });
+        assert_eq!(
+            e,
+            Error::MissingControl {
+                register: "pin",
+                control: "nine"
+            }
+        );
     }
 
     #[test]

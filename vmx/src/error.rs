@@ -23,7 +23,10 @@ impl fmt::Display for Error {
                 "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)"
             ),
             Error::MissingControl { register, control } => {
-                write!(f, "required VMX control {register}.{control} is not supported by this CPU")
+                write!(
+                    f,
+                    "required VMX control {register}.{control} is not supported by this CPU"
+                )
             }
         }
     }

@@ -49,11 +49,13 @@ struct Pointer {
     base: u64,
 }
 
+#[allow(dead_code)] // host state of the VMCS (vmx world switch)
 /// Base address of the TSS (host-state TR base for the VMCS).
 pub fn tss_base() -> u64 {
     core::ptr::addr_of!(TSS) as u64
 }
 
+#[allow(dead_code)] // host state of the VMCS (vmx world switch)
 /// Base address of the GDT (host-state GDTR base for the VMCS).
 pub fn gdt_base() -> u64 {
     core::ptr::addr_of!(GDT) as u64

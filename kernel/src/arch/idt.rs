@@ -231,7 +231,10 @@ extern "C" fn exception_handler(frame: &TrapFrame) {
     let cr2: u64;
     // SAFETY: reading CR2 in ring 0 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
-    let name = NAMES.get(frame.vector as usize).copied().unwrap_or("unknown");
+    let name = NAMES
+        .get(frame.vector as usize)
+        .copied()
+        .unwrap_or("unknown");
     let f = frame;
     super::console::force_write_fmt(format_args!(
         "EXCEPTION {} (vector {}) error_code={:#x} cr2={:#018x}\n\
@@ -240,8 +243,30 @@ extern "C" fn exception_handler(frame: &TrapFrame) {
          rsi={:#018x} rdi={:#018x} rbp={:#018x} r8 ={:#018x}\n\
          r9 ={:#018x} r10={:#018x} r11={:#018x} r12={:#018x}\n\
          r13={:#018x} r14={:#018x} r15={:#018x}\n",
-        name, f.vector, f.error_code, cr2, f.rip, f.cs, f.rflags, f.rsp, f.ss, f.rax, f.rbx,
-        f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15
+        name,
+        f.vector,
+        f.error_code,
+        cr2,
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss,
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15
     ));
     super::exit::exit(kernel::exitcode::EXCEPTION);
 }

@@ -1,0 +1,65 @@
+# ftvisor: build / image / run / test / deps entry points (README.md).
+SHELL := /bin/bash
+KTARGET := x86_64-unknown-none
+KELF := target/$(KTARGET)/release/ftvisor
+RUNNER := cargo run -q --release -p qemu-tests --
+T ?=
+CMDLINE ?= mode=report
+EMU ?= bochs
+IMAGE_LIMIT := 2097152
+
+.PHONY: all deps build image iso run test unit e2e e2e-list fmt fmt-check clippy clean
+
+all: image
+
+deps:
+	@bash scripts/deps.sh
+	@rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
+	@rustup target list --installed | grep -q $(KTARGET) || rustup target add $(KTARGET)
+
+build:
+	cargo build --workspace
+	cargo build -p kernel --target $(KTARGET) --release
+
+image:
+	@cargo build -q -p kernel --target $(KTARGET) --release
+	@mkdir -p build
+	@cp $(KELF) build/ftvisor.elf64
+	@boot/mkimage.sh elf32 build/ftvisor.elf64 build/ftvisor.elf32
+	@size=$$(stat -c %s build/ftvisor.elf64); \
+	 if [ $$size -gt $(IMAGE_LIMIT) ]; then echo "image: build/ftvisor.elf64 is $$size bytes (> 2 MiB)"; exit 1; fi
+
+# Bootable GRUB ISO (QEMU -cdrom, Bochs, bare metal). CMDLINE= sets the
+# hypervisor command line.
+iso: image
+	boot/mkimage.sh iso build/ftvisor.elf64 build/ftvisor.iso "$(CMDLINE)"
+	@echo "iso: build/ftvisor.iso (cmdline: $(CMDLINE))"
+
+# The demo: boots the hypervisor in Bochs 3.0 (EMU=qemu-tcg for QEMU).
+run: deps
+	$(RUNNER) boot $(EMU) "$(CMDLINE)"
+
+test: deps unit e2e
+
+unit:
+	cargo test --workspace
+
+e2e:
+	$(RUNNER) run $(T)
+
+e2e-list:
+	@$(RUNNER) list
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p kernel -p vmx -p ft -p drivers -p boot --target $(KTARGET) --release -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf build

@@ -1,0 +1,231 @@
+//! The e2e test table. Names are part of the issues' contracts
+//! (`make e2e T=<name>`).
+use crate::emulator::{BootSpec, Emulator, Outcome, Run};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An extra judgement on a finished run: `Ok(note)` or `Err(reason)`.
+pub type Check = fn(&Run) -> Result<String, String>;
+
+pub struct E2eTest {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub emulator: Emulator,
+    pub cmdline: &'static str,
+    /// Boot modules relative to the repository root, with their arguments.
+    pub modules: Vec<(&'static str, &'static str)>,
+    pub expect_code: u8,
+    /// Lines (substrings) that must appear on serial, in this order.
+    pub expect: Vec<&'static str>,
+    /// Substrings that must not appear.
+    pub forbid: Vec<&'static str>,
+    pub timeout: Duration,
+    /// Extra checks on the captured run; `Err` fails the test.
+    pub check: Option<Check>,
+}
+
+impl E2eTest {
+    fn new(name: &'static str, emulator: Emulator, about: &'static str) -> Self {
+        E2eTest {
+            name,
+            about,
+            emulator,
+            cmdline: "",
+            modules: vec![],
+            expect_code: 0,
+            expect: vec![],
+            forbid: vec!["PANIC", "EXCEPTION"],
+            timeout: Duration::from_secs(60),
+            check: None,
+        }
+    }
+
+    pub fn run(&self, root: &Path) -> Outcome {
+        if let Err(why) = self.emulator.available() {
+            return Outcome::Skip(format!("{} unavailable: {why}", self.emulator.name()));
+        }
+        let spec = BootSpec {
+            name: self.name.to_string(),
+            cmdline: self.cmdline.to_string(),
+            modules: self
+                .modules
+                .iter()
+                .map(|(f, a)| (root.join(f), a.to_string()))
+                .collect::<Vec<(PathBuf, String)>>(),
+            timeout: self.timeout,
+            stream: std::env::var_os("E2E_VERBOSE").is_some(),
+            extra: vec![],
+        };
+        let run = match self.emulator.boot(root, &spec) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Fail(e),
+        };
+        match self.judge(&run) {
+            Ok(note) => Outcome::Pass(note),
+            Err(why) => Outcome::Fail(format!(
+                "{why}\n---- last serial lines (build/e2e/{}/serial.txt) ----\n{}",
+                self.name,
+                tail(&run.serial, 25)
+            )),
+        }
+    }
+
+    fn judge(&self, run: &Run) -> Result<String, String> {
+        if run.timed_out {
+            return Err(format!("{} (no verdict)", run.ended));
+        }
+        let Some(code) = run.exit_code else {
+            return Err(format!("no `FTVISOR-EXIT` marker on serial; {}", run.ended));
+        };
+        if code != self.expect_code {
+            return Err(format!("exit code {code}, expected {}", self.expect_code));
+        }
+        if matches!(self.emulator, Emulator::QemuTcg | Emulator::QemuKvm) {
+            let want = 2 * code as i32 + 1;
+            if run.status != Some(want) {
+                return Err(format!(
+                    "QEMU status {:?} disagrees with marker code {code} (want {want})",
+                    run.status
+                ));
+            }
+        }
+        let mut rest = run.serial.as_str();
+        for e in &self.expect {
+            match rest.find(e) {
+                Some(i) => rest = &rest[i + e.len()..],
+                None => return Err(format!("expected `{e}` on serial (in order)")),
+            }
+        }
+        for f in &self.forbid {
+            if run.serial.contains(f) {
+                return Err(format!("forbidden `{f}` on serial"));
+            }
+        }
+        let extra = match self.check {
+            Some(check) => check(run)?,
+            None => String::new(),
+        };
+        Ok(format!(
+            "{:.2}s in emulator {extra}",
+            run.wall.as_secs_f64()
+        ))
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn all() -> Vec<E2eTest> {
+    let report_lines = vec![
+        "ftvisor",
+        "mem:",
+        "cpu: vendor=",
+        "cpu: pmu",
+        "report: done",
+    ];
+    vec![
+        E2eTest {
+            cmdline: "mode=report",
+            expect: report_lines.clone(),
+            ..E2eTest::new(
+                "boot-qemu-tcg",
+                Emulator::QemuTcg,
+                "boots under QEMU TCG, prints the CPU report",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=report",
+            expect: report_lines.clone(),
+            ..E2eTest::new(
+                "boot-qemu-kvm",
+                Emulator::QemuKvm,
+                "boots under QEMU with KVM, prints the CPU report",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=report",
+            expect: vec![
+                "ftvisor",
+                "cpu: vendor=GenuineIntel",
+                "vmx=yes",
+                "report: done",
+            ],
+            check: Some(check_vmx_features),
+            ..E2eTest::new(
+                "boot-bochs",
+                Emulator::Bochs,
+                "boots under Bochs 3.0 (haswell), VMX/EPT/UG/MTF/timer reported",
+            )
+        },
+        E2eTest {
+            cmdline: "",
+            expect_code: 3,
+            expect: vec![
+                "cpu: vmx=no",
+                "no VMX on this CPU: CPUID.1:ECX.VMX[bit 5] = 0",
+            ],
+            ..E2eTest::new(
+                "no-vmx-refusal",
+                Emulator::QemuTcg,
+                "refuses to run without VMX: clear message, exit code 3",
+            )
+        },
+        E2eTest {
+            cmdline: "selftest=panic",
+            expect_code: 4,
+            expect: vec!["PANIC at kernel/src/hv.rs:", "selftest: deliberate panic"],
+            forbid: vec!["EXCEPTION"],
+            ..E2eTest::new(
+                "panic-exit",
+                Emulator::QemuTcg,
+                "a panic prints file:line:message and exits with code 4",
+            )
+        },
+        E2eTest {
+            cmdline: "selftest=fault",
+            expect_code: 5,
+            expect: vec![
+                "EXCEPTION #PF page fault (vector 14)",
+                "cr2=0x0000010000000000",
+                "rip=",
+            ],
+            forbid: vec!["PANIC"],
+            ..E2eTest::new(
+                "fault-dump",
+                Emulator::QemuTcg,
+                "a CPU exception prints a register dump and exits with code 5",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=report frobnicate=1",
+            expect_code: 2,
+            expect: vec!["error: unknown command-line option `frobnicate`"],
+            ..E2eTest::new(
+                "bad-cmdline",
+                Emulator::QemuTcg,
+                "an unknown option is named and refused with code 2",
+            )
+        },
+    ]
+}
+
+fn check_vmx_features(run: &Run) -> Result<String, String> {
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.contains("cpu: vmx=yes"))
+        .ok_or("no `cpu: vmx=yes` line")?;
+    for want in [
+        "ept=yes",
+        "unrestricted_guest=yes",
+        "mtf=yes",
+        "preemption_timer=yes",
+    ] {
+        if !line.contains(want) {
+            return Err(format!("VMX report lacks `{want}`: {line}"));
+        }
+    }
+    Ok("(VMX, EPT, unrestricted guest, MTF, preemption timer reported)".into())
+}
