@@ -1,0 +1,373 @@
+//! The backup's sans-IO state machine (DESIGN.md §1.2, §1.3, §1.5, §1.7,
+//! §1.8; seeds/002 "the backup goes live", seeds/003 on lagging one entry).
+//!
+//! Bytes from the primary go to [`Backup::on_bytes`], which verifies order
+//! and CRC and acknowledges. The replay engine asks
+//! [`Backup::replay_limit`] how far the guest may run (up to the point of
+//! the next received entry: the backup lags one entry), then takes the
+//! entry due at that point with [`Backup::take_async`],
+//! [`Backup::take_nondet`] or [`Backup::take_output`]. On primary silence
+//! the backup arbitrates; if it wins it drains what it already has and
+//! then emits [`Effect::GoLive`].
+
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+use crate::arbitration::Verdict;
+use crate::log::{encode_record, ExecPoint, LogEntry, NonDetSource, Record, StreamDecoder, PROTOCOL_VERSION};
+use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
+
+/// Where the backup is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupState {
+    /// Receiving and replaying the primary's log.
+    Following,
+    /// The primary went silent; waiting for the test-and-set verdict.
+    Arbitrating,
+    /// Won the flag: replaying what was received, then going live.
+    Draining,
+    /// Went live: the node now acts as a primary alone.
+    Live,
+    /// Lost the flag or was fenced: the guest is halted for good.
+    Halted,
+}
+
+/// How far the replay engine may run the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayLimit {
+    /// Run up to (and stop at) this point, then take the entry due there.
+    Until(ExecPoint),
+    /// Nothing received yet: do not execute.
+    Wait,
+    /// Live: no log, run freely.
+    Free,
+    /// Halted.
+    Stop,
+}
+
+/// The backup side of an FT session.
+#[derive(Debug)]
+pub struct Backup {
+    cfg: SessionConfig,
+    generation: u64,
+    state: BackupState,
+    decoder: StreamDecoder,
+    hello_seen: bool,
+    received: u64,
+    applied: u64,
+    queue: VecDeque<Record>,
+    last_heard_ns: u64,
+    ack_seq: u64,
+    last_ack_sent: (u64, u64),
+    pending_disk: BTreeSet<u64>,
+    arbitration_pending: bool,
+    next_arbitration_ns: u64,
+}
+
+impl Backup {
+    /// A backup for a session under flag `generation`, starting from the
+    /// same guest state as the primary (after state transfer).
+    pub fn new(cfg: SessionConfig, generation: u64, now: u64) -> Self {
+        Self {
+            cfg,
+            generation,
+            state: BackupState::Following,
+            decoder: StreamDecoder::new(),
+            hello_seen: false,
+            received: 0,
+            applied: 0,
+            queue: VecDeque::new(),
+            last_heard_ns: now,
+            ack_seq: 0,
+            last_ack_sent: (0, 0),
+            pending_disk: BTreeSet::new(),
+            arbitration_pending: false,
+            next_arbitration_ns: now,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> BackupState {
+        self.state
+    }
+
+    /// The flag generation of the session (or the one won).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Highest sequence received in order.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Highest sequence applied by the replay engine.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Entries received but not yet replayed.
+    pub fn backlog(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// A new connection from the primary: expect a Hello first.
+    pub fn on_connected(&mut self, _now: u64) {
+        self.decoder = StreamDecoder::new();
+        self.hello_seen = false;
+        self.last_ack_sent = (0, 0);
+    }
+
+    /// Bytes from the primary. Verifies framing, CRC, session and order;
+    /// queues replayable entries; acknowledges what arrived.
+    pub fn on_bytes(&mut self, now: u64, bytes: &[u8]) -> Effects {
+        let mut out = Effects::new();
+        if self.state != BackupState::Following {
+            return out;
+        }
+        self.decoder.push(bytes);
+        loop {
+            match self.decoder.next_record() {
+                Ok(Some(rec)) => {
+                    if let Err(e) = self.accept(now, rec, &mut out) {
+                        out.push(Effect::ResetConnection(e));
+                        break;
+                    }
+                    if self.state != BackupState::Following {
+                        return out;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Effect::ResetConnection(e));
+                    break;
+                }
+            }
+        }
+        self.ack_if_changed(&mut out);
+        out
+    }
+
+    fn accept(&mut self, now: u64, rec: Record, out: &mut Effects) -> Result<(), FtError> {
+        if let LogEntry::Hello {
+            cluster_id,
+            generation,
+            guest_id,
+            protocol_version,
+        } = rec.entry
+        {
+            if cluster_id != self.cfg.cluster_id {
+                return Err(FtError::SessionMismatch("cluster id"));
+            }
+            if guest_id != self.cfg.guest_id {
+                return Err(FtError::SessionMismatch("guest id"));
+            }
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(FtError::SessionMismatch("protocol version"));
+            }
+            if generation != self.generation {
+                return Err(FtError::SessionMismatch("generation"));
+            }
+            self.hello_seen = true;
+            self.last_heard_ns = now;
+            return Ok(());
+        }
+        if !self.hello_seen {
+            return Err(FtError::UnexpectedEntry { kind: rec.entry.kind() });
+        }
+        if rec.seq <= self.received {
+            return Ok(()); // retransmitted after a reconnect
+        }
+        if rec.seq != self.received + 1 {
+            return Err(FtError::OutOfOrder {
+                expected: self.received + 1,
+                got: rec.seq,
+            });
+        }
+        self.received = rec.seq;
+        self.last_heard_ns = now;
+        match rec.entry {
+            LogEntry::GoLive { .. } | LogEntry::Goodbye { .. } => {
+                // The primary holds the flag or ended the session: fenced.
+                self.state = BackupState::Halted;
+                out.push(Effect::Halt);
+            }
+            LogEntry::Ack { .. } => return Err(FtError::UnexpectedEntry { kind: rec.entry.kind() }),
+            _ => self.queue.push_back(rec),
+        }
+        Ok(())
+    }
+
+    fn ack_if_changed(&mut self, out: &mut Effects) {
+        if !self.hello_seen || self.last_ack_sent == (self.received, self.applied) {
+            return;
+        }
+        self.ack_seq += 1;
+        let ack = LogEntry::Ack {
+            received: self.received,
+            applied: self.applied,
+        };
+        let mut bytes = Vec::new();
+        if encode_record(self.ack_seq, &ack, &mut bytes).is_ok() {
+            self.last_ack_sent = (self.received, self.applied);
+            out.push(Effect::Send(bytes));
+        }
+    }
+
+    /// How far the guest may execute now.
+    pub fn replay_limit(&self) -> ReplayLimit {
+        match self.state {
+            BackupState::Live => ReplayLimit::Free,
+            BackupState::Halted => ReplayLimit::Stop,
+            _ => match self.queue.front().and_then(|r| r.entry.exec_point()) {
+                Some(p) => ReplayLimit::Until(p),
+                None => ReplayLimit::Wait,
+            },
+        }
+    }
+
+    fn pop_due(&mut self, at: ExecPoint) -> Result<Option<Record>, FtError> {
+        let Some(front) = self.queue.front() else {
+            return Ok(None);
+        };
+        let seq = front.seq;
+        let Some(p) = front.entry.exec_point() else {
+            return Err(FtError::Divergence { seq, reason: "entry without point queued" });
+        };
+        if p.counter > at.counter {
+            return Ok(None);
+        }
+        if p.counter < at.counter {
+            return Err(FtError::Divergence { seq, reason: "guest ran past the entry's point" });
+        }
+        if p != at {
+            return Err(FtError::Divergence { seq, reason: "RIP/RCX differ at the entry's counter" });
+        }
+        self.applied = seq;
+        Ok(self.queue.pop_front())
+    }
+
+    /// The guest stands at `at` (the current limit): take the asynchronous
+    /// entry due here (interrupt, frame, disk completion, heartbeat,
+    /// checkpoint) for the engine to inject. `Ok(None)` if none is due.
+    pub fn take_async(&mut self, at: ExecPoint) -> Result<Option<LogEntry>, FtError> {
+        if let Some(front) = self.queue.front() {
+            if matches!(front.entry, LogEntry::NonDet { .. } | LogEntry::OutputMarker { .. })
+                && front.entry.exec_point().is_some_and(|p| p.counter == at.counter)
+            {
+                return Err(FtError::Divergence {
+                    seq: front.seq,
+                    reason: "log has a guest-initiated event where the guest has none",
+                });
+            }
+        }
+        let rec = self.pop_due(at)?;
+        if let Some(Record {
+            entry: LogEntry::DiskCompletion { request_id, .. },
+            ..
+        }) = &rec
+        {
+            self.pending_disk.remove(request_id);
+        }
+        Ok(rec.map(|r| r.entry))
+    }
+
+    /// The guest executes a non-deterministic instruction at `at`: the
+    /// value comes from the log.
+    pub fn take_nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, FtError> {
+        let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
+        match self.pop_due(at)? {
+            Some(Record {
+                entry: LogEntry::NonDet { source: s, value, .. },
+                ..
+            }) if s == source => Ok(value),
+            _ => Err(FtError::Divergence { seq, reason: "expected a non-deterministic result here" }),
+        }
+    }
+
+    /// The guest produced output `output_id` at `at`. Returns whether the
+    /// output is real (`true`, live) or discarded (`false`, DESIGN.md §1.5).
+    pub fn take_output(&mut self, at: ExecPoint, output_id: u64) -> Result<bool, FtError> {
+        if self.state == BackupState::Live {
+            return Ok(true);
+        }
+        let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
+        match self.pop_due(at)? {
+            Some(Record {
+                entry: LogEntry::OutputMarker { output_id: id, .. },
+                ..
+            }) if id == output_id => Ok(false),
+            _ => Err(FtError::Divergence { seq, reason: "expected this output's marker here" }),
+        }
+    }
+
+    /// The guest issued disk request `id`; the backup does not issue it
+    /// (its completion comes from the log) but remembers it for go-live.
+    pub fn note_disk_request(&mut self, id: u64) {
+        self.pending_disk.insert(id);
+    }
+
+    /// Timers: ack progress, failure detection, arbitration retries, and
+    /// the switch to live once a won backup has drained its log.
+    pub fn tick(&mut self, now: u64) -> Effects {
+        let mut out = Effects::new();
+        match self.state {
+            BackupState::Following => {
+                if now.saturating_sub(self.last_heard_ns) >= self.cfg.failure_timeout_ns {
+                    self.state = BackupState::Arbitrating;
+                    self.request_arbitration(&mut out);
+                } else {
+                    self.ack_if_changed(&mut out);
+                }
+            }
+            BackupState::Arbitrating => {
+                if !self.arbitration_pending && now >= self.next_arbitration_ns {
+                    self.request_arbitration(&mut out);
+                }
+            }
+            BackupState::Draining => {
+                if self.queue.is_empty() {
+                    self.state = BackupState::Live;
+                    out.push(Effect::GoLive(GoLive {
+                        generation: self.generation,
+                        last_applied: self.applied,
+                        reissue_disk: self.pending_disk.iter().copied().collect(),
+                    }));
+                }
+            }
+            BackupState::Live | BackupState::Halted => {}
+        }
+        out
+    }
+
+    fn request_arbitration(&mut self, out: &mut Effects) {
+        self.arbitration_pending = true;
+        out.push(Effect::Arbitrate {
+            expected_generation: self.generation,
+        });
+    }
+
+    /// The result of an [`Effect::Arbitrate`].
+    pub fn on_verdict(&mut self, now: u64, verdict: Verdict) -> Effects {
+        let mut out = Effects::new();
+        if self.state != BackupState::Arbitrating {
+            return out;
+        }
+        self.arbitration_pending = false;
+        match verdict {
+            Verdict::Won(flag) => {
+                self.state = BackupState::Draining;
+                self.generation = flag.generation;
+                out.extend(self.tick(now));
+            }
+            Verdict::Lost(_) => {
+                self.state = BackupState::Halted;
+                out.push(Effect::Halt);
+            }
+            Verdict::Unreachable => {
+                self.next_arbitration_ns = now + self.cfg.arbitration_retry_ns;
+            }
+        }
+        out
+    }
+}

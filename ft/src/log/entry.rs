@@ -1,0 +1,151 @@
+//! Log entry kinds (DESIGN.md §1.1 "everything that is not a deterministic
+//! consequence of executing instructions", §1.2 execution points).
+
+use alloc::vec::Vec;
+
+/// An exact point in the guest's instruction stream (DESIGN.md §1.2):
+/// `counter` is retired conditional branches (PMU backend) or retired
+/// instructions (emulator/MTF backends); `rcx` disambiguates `rep` string
+/// instructions that retire no branch per iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ExecPoint {
+    /// Guest execution counter.
+    pub counter: u64,
+    /// Guest RIP at the point.
+    pub rip: u64,
+    /// Guest RCX at the point.
+    pub rcx: u64,
+}
+
+impl ExecPoint {
+    /// A point from its three coordinates.
+    pub const fn new(counter: u64, rip: u64, rcx: u64) -> Self {
+        Self { counter, rip, rcx }
+    }
+}
+
+/// Which non-deterministic instruction or register read produced a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NonDetSource {
+    /// `RDTSC`.
+    Rdtsc,
+    /// `RDTSCP`, with the IA32_TSC_AUX value the guest saw in ECX.
+    Rdtscp { aux: u32 },
+    /// `RDRAND`.
+    Rdrand,
+    /// `RDSEED`.
+    Rdseed,
+    /// `RDMSR` of a time-like or otherwise non-deterministic MSR.
+    Msr { index: u32 },
+}
+
+/// Completion status of a disk request, as the guest's device model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskStatus {
+    /// The request completed.
+    Ok,
+    /// The request failed with an I/O error.
+    IoError,
+}
+
+/// Why a peer ended the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GoodbyeReason {
+    /// Orderly shutdown by the operator.
+    Shutdown,
+    /// The sender lost arbitration and halted its guest.
+    Halted,
+    /// The sender was superseded by a newer generation.
+    Superseded,
+}
+
+/// One entry in the log. Kinds with an [`ExecPoint`] are replayed by the
+/// backup at exactly that point; the rest steer the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEntry {
+    /// Opens a connection: who is talking, about which guest, under which
+    /// flag generation (DESIGN.md §1.7).
+    Hello {
+        cluster_id: u64,
+        generation: u64,
+        guest_id: [u8; 16],
+        protocol_version: u16,
+    },
+    /// An interrupt with no data (timer, device status).
+    Interrupt { at: ExecPoint, vector: u8 },
+    /// An incoming network frame: the DMA'd bytes plus its interrupt.
+    NetFrame { at: ExecPoint, vector: u8, frame: Vec<u8> },
+    /// A disk request completed: read data (empty for writes) plus its
+    /// completion interrupt.
+    DiskCompletion {
+        at: ExecPoint,
+        vector: u8,
+        request_id: u64,
+        status: DiskStatus,
+        data: Vec<u8>,
+    },
+    /// The result of a non-deterministic instruction at a point.
+    NonDet {
+        at: ExecPoint,
+        source: NonDetSource,
+        value: u64,
+    },
+    /// The log was idle; the primary's guest has reached `at`
+    /// (DESIGN.md §1.6). Lets the backup keep executing.
+    Heartbeat { at: ExecPoint, guest_time_ns: u64 },
+    /// The guest produced output `output_id` at `at` (DESIGN.md §1.4).
+    OutputMarker { at: ExecPoint, output_id: u64 },
+    /// Backup → primary: highest sequence received and highest applied.
+    Ack { received: u64, applied: u64 },
+    /// The sender won the flag at `generation` and acts alone.
+    GoLive { generation: u64, owner: u64 },
+    /// The sender ends the session.
+    Goodbye { reason: GoodbyeReason },
+    /// Hash of guest state at a point, for the divergence detector
+    /// (DESIGN.md §6).
+    Checkpoint { at: ExecPoint, state_hash: u64 },
+}
+
+impl LogEntry {
+    /// The kind byte written in the record header.
+    pub const fn kind(&self) -> u8 {
+        match self {
+            Self::Hello { .. } => 0x01,
+            Self::Interrupt { .. } => 0x02,
+            Self::NetFrame { .. } => 0x03,
+            Self::DiskCompletion { .. } => 0x04,
+            Self::NonDet { .. } => 0x05,
+            Self::Heartbeat { .. } => 0x06,
+            Self::OutputMarker { .. } => 0x07,
+            Self::Ack { .. } => 0x08,
+            Self::GoLive { .. } => 0x09,
+            Self::Goodbye { .. } => 0x0A,
+            Self::Checkpoint { .. } => 0x0B,
+        }
+    }
+
+    /// The execution point this entry is replayed at, if it is replayed.
+    pub const fn exec_point(&self) -> Option<ExecPoint> {
+        match self {
+            Self::Interrupt { at, .. }
+            | Self::NetFrame { at, .. }
+            | Self::DiskCompletion { at, .. }
+            | Self::NonDet { at, .. }
+            | Self::Heartbeat { at, .. }
+            | Self::OutputMarker { at, .. }
+            | Self::Checkpoint { at, .. } => Some(*at),
+            Self::Hello { .. } | Self::Ack { .. } | Self::GoLive { .. } | Self::Goodbye { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// A log record: a sequence number and one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Monotonically increasing per stream; 0 only for [`LogEntry::Hello`].
+    pub seq: u64,
+    /// The entry.
+    pub entry: LogEntry,
+}
