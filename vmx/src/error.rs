@@ -12,21 +12,41 @@ pub enum Error {
         register: &'static str,
         control: &'static str,
     },
+    /// A VMX instruction failed with VMfailInvalid (no current VMCS).
+    VmFailInvalid { instruction: &'static str },
+    /// A VMX instruction failed with VMfailValid and this error number.
+    VmFailValid { instruction: &'static str, number: u64 },
+    /// Guest RAM layout not usable.
+    BadGuestMemory(&'static str),
+    /// A guest-physical range outside guest RAM.
+    GuestAddress { gpa: u64, len: u64 },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::NoVmx => write!(f, "CPUID.1:ECX.VMX[bit 5] is 0"),
+            Error::NoVmx => write!(f, "CPUID.1:ECX.VMX[bit 5] = 0"),
             Error::VmxDisabledByFirmware => write!(
                 f,
                 "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)"
             ),
             Error::MissingControl { register, control } => {
-                write!(
-                    f,
-                    "required VMX control {register}.{control} is not supported by this CPU"
-                )
+                write!(f, "required VMX control {register}.{control} is not supported by this CPU")
+            }
+            Error::VmFailInvalid { instruction } => {
+                write!(f, "{instruction} failed: VMfailInvalid (no current VMCS)")
+            }
+            Error::VmFailValid {
+                instruction,
+                number,
+            } => write!(
+                f,
+                "{instruction} failed: VM-instruction error {number} ({})",
+                crate::vmcs::instruction_error_text(*number)
+            ),
+            Error::BadGuestMemory(why) => write!(f, "bad guest memory: {why}"),
+            Error::GuestAddress { gpa, len } => {
+                write!(f, "guest-physical range {gpa:#x}+{len:#x} is outside guest RAM")
             }
         }
     }
