@@ -56,7 +56,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Truncated { need, have } => write!(f, "truncated: need {need} bytes, have {have}"),
+            Error::Truncated { need, have } => {
+                write!(f, "truncated: need {need} bytes, have {have}")
+            }
             Error::UnsupportedOpcode(op) => write!(f, "unsupported iSCSI opcode {op:#04x}"),
             Error::DataSegmentTooLong { len, max } => {
                 write!(f, "data segment of {len} bytes exceeds maximum {max}")
@@ -65,7 +67,10 @@ impl fmt::Display for Error {
             Error::MalformedText(what) => write!(f, "malformed text keys: {what}"),
             Error::Negotiation(what) => write!(f, "negotiation failed: {what}"),
             Error::LoginRejected { class, detail } => {
-                write!(f, "login rejected: status class {class:#04x} detail {detail:#04x}")
+                write!(
+                    f,
+                    "login rejected: status class {class:#04x} detail {detail:#04x}"
+                )
             }
             Error::Protocol(what) => write!(f, "protocol error: {what}"),
             Error::Rejected { reason } => write!(f, "target rejected PDU: reason {reason:#04x}"),

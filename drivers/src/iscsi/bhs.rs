@@ -44,7 +44,12 @@ pub struct Bhs(pub [u8; BHS_LEN]);
 
 impl core::fmt::Debug for Bhs {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Bhs(op={:#04x}, flags={:#04x})", self.opcode(), self.0[1])
+        write!(
+            f,
+            "Bhs(op={:#04x}, flags={:#04x})",
+            self.opcode(),
+            self.0[1]
+        )
     }
 }
 
@@ -213,14 +218,20 @@ mod tests {
 
     #[test]
     fn short_and_oversized_are_errors() {
-        assert!(matches!(split_pdu(&[0; 47], 10), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            split_pdu(&[0; 47], 10),
+            Err(Error::Truncated { .. })
+        ));
         let mut out = Vec::new();
         write_pdu(&mut out, Bhs::new(opcode::NOP_IN, false), &[1; 100]).unwrap();
         assert_eq!(
             split_pdu(&out, 64),
             Err(Error::DataSegmentTooLong { len: 100, max: 64 })
         );
-        assert!(matches!(split_pdu(&out[..60], 8192), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            split_pdu(&out[..60], 8192),
+            Err(Error::Truncated { .. })
+        ));
         let mut b = Bhs::new(0, false);
         assert!(b.set_data_len(1 << 24).is_err());
     }

@@ -1,0 +1,195 @@
+//! A blocking initiator: drives a [`Session`] over a [`Transport`] with a
+//! [`Clock`], one command at a time. The kernel implements `Transport` on a
+//! smoltcp TCP socket; [`tcp::TcpTransport`] implements it on
+//! `std::net::TcpStream` (feature `std`) for host tests.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Result};
+use crate::iscsi::session::{Event, Session, SessionConfig, TaskId, TaskResult};
+use crate::scsi::{Command, Inquiry, ReadCapacity16};
+
+/// A reliable byte stream to the target's portal (TCP).
+pub trait Transport {
+    /// Sends some of `bytes`; returns how many were taken (0 = try later).
+    fn send(&mut self, bytes: &[u8]) -> Result<usize>;
+    /// Receives into `buf`, waiting at most a short poll interval; `Ok(0)`
+    /// means nothing arrived yet. A closed stream is
+    /// `Err(Error::ConnectionClosed)`.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+    /// Drops the current connection (if any) and opens a new one.
+    fn reconnect(&mut self) -> Result<()>;
+}
+
+/// Milliseconds since an arbitrary origin, plus a way to wait.
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+    /// Waits until `now_ms() >= t` (or a little less; the caller re-checks).
+    fn sleep_until(&self, t: u64);
+}
+
+/// Runs a session to completion of one command at a time.
+pub struct Initiator<T: Transport, C: Clock> {
+    session: Session,
+    transport: T,
+    clock: C,
+    lun: u64,
+    block_size: u32,
+    events: VecDeque<Event>,
+    rx: Vec<u8>,
+}
+
+impl<T: Transport, C: Clock> Initiator<T, C> {
+    /// Connects (the transport must be able to `reconnect`) and logs in.
+    pub fn login(transport: T, clock: C, cfg: SessionConfig, lun: u64) -> Result<Self> {
+        let mut me = Initiator {
+            session: Session::new(cfg),
+            transport,
+            clock,
+            lun,
+            block_size: 512,
+            events: VecDeque::new(),
+            rx: alloc::vec![0; 64 * 1024],
+        };
+        me.run_until(|e| matches!(e, Event::LoggedIn { .. }))?;
+        Ok(me)
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Block size used by the block helpers (set from READ CAPACITY).
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Events other than the ones the blocking calls consumed
+    /// (asynchronous messages, connection losses).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// Runs the I/O loop until an event matching `want` arrives; returns it.
+    fn run_until(&mut self, mut want: impl FnMut(&Event) -> bool) -> Result<Event> {
+        loop {
+            let now = self.clock.now_ms();
+            self.session.poll(now);
+            while let Some(ev) = self.session.next_event() {
+                if want(&ev) {
+                    return Ok(ev);
+                }
+                match ev {
+                    Event::Failed(e) => return Err(e),
+                    Event::ConnectionLost(_) => {}
+                    other => self.events.push_back(other),
+                }
+            }
+            if self.session.is_failed() {
+                return Err(Error::StorageUnreachable);
+            }
+            if self.session.is_logged_out() {
+                return Err(Error::NotLoggedIn);
+            }
+            if self.session.wants_connect(now) {
+                match self.transport.reconnect() {
+                    Ok(()) => self.session.connected(now),
+                    Err(e) => self.session.connect_failed(e, now),
+                }
+                continue;
+            }
+            if self.session.is_disconnected() {
+                if let Some(t) = self.session.next_deadline() {
+                    self.clock.sleep_until(t);
+                }
+                continue;
+            }
+            while !self.session.transmit().is_empty() {
+                match self.transport.send(self.session.transmit()) {
+                    Ok(n) => self.session.consume_transmit(n),
+                    Err(e) => {
+                        self.session.connection_lost(e, now);
+                        break;
+                    }
+                }
+            }
+            if self.session.is_disconnected() {
+                continue;
+            }
+            match self.transport.recv(&mut self.rx) {
+                Ok(0) => {}
+                Ok(n) => self.session.receive(&self.rx[..n], self.clock.now_ms()),
+                Err(e) => self.session.connection_lost(e, self.clock.now_ms()),
+            }
+        }
+    }
+
+    /// Executes one command and waits for its status.
+    pub fn execute(&mut self, cmd: Command) -> Result<TaskResult> {
+        let now = self.clock.now_ms();
+        let id: TaskId = self.session.submit(self.lun, cmd, now)?;
+        match self.run_until(|e| matches!(e, Event::TaskComplete { id: i, .. } if *i == id))? {
+            Event::TaskComplete { result, .. } => result,
+            _ => Err(Error::Protocol("unexpected event")),
+        }
+    }
+
+    /// Executes and maps a non-GOOD status to the typed error.
+    pub fn execute_checked(&mut self, cmd: Command) -> Result<Vec<u8>> {
+        let r = self.execute(cmd)?;
+        r.check()?;
+        Ok(r.data)
+    }
+
+    pub fn test_unit_ready(&mut self) -> Result<()> {
+        self.execute_checked(Command::test_unit_ready()).map(|_| ())
+    }
+
+    pub fn inquiry(&mut self) -> Result<Inquiry> {
+        Inquiry::parse(&self.execute_checked(Command::inquiry(96))?)
+    }
+
+    /// READ CAPACITY(16); also sets the block size used by the helpers.
+    pub fn read_capacity16(&mut self) -> Result<ReadCapacity16> {
+        let c = ReadCapacity16::parse(&self.execute_checked(Command::read_capacity16())?)?;
+        self.block_size = c.block_size;
+        Ok(c)
+    }
+
+    pub fn read16(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        let want = blocks as usize * self.block_size as usize;
+        let data = self.execute_checked(Command::read16(lba, blocks, self.block_size)?)?;
+        if data.len() != want {
+            return Err(Error::MalformedResponse("short READ(16) data"));
+        }
+        Ok(data)
+    }
+
+    pub fn write16(&mut self, lba: u64, data: Vec<u8>) -> Result<()> {
+        self.execute_checked(Command::write16(lba, data, self.block_size)?)
+            .map(|_| ())
+    }
+
+    pub fn synchronize_cache(&mut self) -> Result<()> {
+        self.execute_checked(Command::synchronize_cache16(0, 0))
+            .map(|_| ())
+    }
+
+    /// COMPARE AND WRITE of one block: `Err(Error::Miscompare)` if the block
+    /// did not hold `compare`.
+    pub fn compare_and_write(&mut self, lba: u64, compare: &[u8], write: &[u8]) -> Result<()> {
+        let cmd = Command::compare_and_write(lba, compare, write, self.block_size)?;
+        self.execute_checked(cmd).map(|_| ())
+    }
+
+    /// Logs out (§11.14) and returns the transport.
+    pub fn logout(mut self) -> Result<T> {
+        let now = self.clock.now_ms();
+        self.session.logout(now)?;
+        match self.run_until(|e| matches!(e, Event::LoggedOut { .. }))? {
+            Event::LoggedOut { clean: true } => Ok(self.transport),
+            _ => Err(Error::Protocol("logout not confirmed")),
+        }
+    }
+}
