@@ -8,6 +8,7 @@ extern crate alloc;
 
 pub mod bootinfo;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod exitcode;
 
