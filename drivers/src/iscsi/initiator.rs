@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
 use crate::iscsi::session::{Event, Session, SessionConfig, TaskId, TaskResult};
-use crate::scsi::{Command, Inquiry, ReadCapacity16};
+use crate::scsi::{Command, Inquiry, ReadCapacity16, SenseKey};
 
 /// A reliable byte stream to the target's portal (TCP).
 pub trait Transport {
@@ -60,6 +60,11 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         &self.session
     }
 
+    /// The transport (e.g. to inspect or tweak it in tests).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
     /// Block size used by the block helpers (set from READ CAPACITY).
     pub fn block_size(&self) -> u32 {
         self.block_size
@@ -82,7 +87,6 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
                 }
                 match ev {
                     Event::Failed(e) => return Err(e),
-                    Event::ConnectionLost(_) => {}
                     other => self.events.push_back(other),
                 }
             }
@@ -136,10 +140,23 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
     }
 
     /// Executes and maps a non-GOOD status to the typed error.
+    /// A CHECK CONDITION with UNIT ATTENTION (e.g. power on/reset after a
+    /// login, SPC-4 §5.14) means the command was not executed: it is
+    /// re-issued, a few times at most.
     pub fn execute_checked(&mut self, cmd: Command) -> Result<Vec<u8>> {
-        let r = self.execute(cmd)?;
-        r.check()?;
-        Ok(r.data)
+        let mut attentions = 0;
+        loop {
+            let r = self.execute(cmd.clone())?;
+            match r.check() {
+                Ok(()) => return Ok(r.data),
+                Err(Error::Scsi { sense: Some(s), .. })
+                    if s.key == SenseKey::UNIT_ATTENTION && attentions < 4 =>
+                {
+                    attentions += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn test_unit_ready(&mut self) -> Result<()> {
