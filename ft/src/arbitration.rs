@@ -26,7 +26,7 @@ pub const FLAG_VERSION: u16 = 1;
 /// Encoded flag length (fits in one 512-byte block; the rest is zero).
 pub const FLAG_LEN: usize = 32;
 
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+static CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
 /// The arbitration record stored on the shared LUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

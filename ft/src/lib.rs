@@ -16,7 +16,7 @@
 //! The state machines never read a clock, a socket or a disk: methods take
 //! `now` and input bytes and return [`Effect`]s for the caller to carry
 //! out, so the kernel and the simulator drive the same code.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "sim")), no_std)]
 
 extern crate alloc;
 

@@ -4,14 +4,15 @@
 
 use alloc::vec::Vec;
 
-use crc::{Crc, CRC_32_ISCSI};
+use crc::{Crc, Table, CRC_32_ISCSI};
 
 use super::entry::{DiskStatus, ExecPoint, GoodbyeReason, LogEntry, NonDetSource, Record};
 use super::{HEADER_LEN, LOG_FORMAT_VERSION, MAX_PAYLOAD, RECORD_MAGIC, TRAILER_LEN};
 use crate::FtError;
 
 /// CRC32C (Castagnoli), the iSCSI polynomial.
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+// `static`, not `const`: one table in .rodata, never copied per use.
+static CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
 /// Appends one encoded record to `out`. Fails only if the payload would
 /// exceed [`MAX_PAYLOAD`] (then `out` is left unchanged).

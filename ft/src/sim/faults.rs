@@ -1,0 +1,85 @@
+//! A seed's fault schedule: crashes and restarts of either node, log-link
+//! partitions, storage partitions per node, storage outages, connection
+//! drops, a slow backup, corrupting and delaying links (issue 7).
+
+use alloc::vec::Vec;
+
+use super::rng::Rng;
+use super::SimConfig;
+
+/// Half-open time intervals `[start, end)` in ns.
+pub type Intervals = Vec<(u64, u64)>;
+
+/// Whether `t` falls in any interval.
+pub fn in_any(iv: &Intervals, t: u64) -> bool {
+    iv.iter().any(|&(s, e)| s <= t && t < e)
+}
+
+/// Everything that will go wrong in one run.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Crash time of each node, if it crashes.
+    pub crash: [Option<u64>; 2],
+    /// Restart time of each node after its crash.
+    pub restart: [Option<u64>; 2],
+    /// Times the log link is partitioned.
+    pub log_partitions: Intervals,
+    /// Times each node is cut off from storage.
+    pub storage_partitions: [Intervals; 2],
+    /// Times the storage server is down.
+    pub storage_outages: Intervals,
+    /// Times the connection is dropped.
+    pub drops: Vec<u64>,
+    /// Execution speed per node, per mille of nominal.
+    pub speed_per_mille: [u64; 2],
+    /// Largest one-way delay on the log link.
+    pub max_delay_ns: u64,
+    /// Link corruption probability per chunk, per mille.
+    pub corrupt_per_mille: u64,
+}
+
+fn interval(rng: &mut Rng, end: u64, min_len: u64, max_len: u64) -> (u64, u64) {
+    let s = rng.range(end / 20, end * 4 / 5);
+    (s, s + rng.range(min_len, max_len))
+}
+
+impl Faults {
+    /// A random schedule for a run of `cfg.duration_ms`.
+    pub fn generate(rng: &mut Rng, cfg: &SimConfig) -> Self {
+        let end = cfg.duration_ms * 1_000_000;
+        let ft = cfg.failure_timeout_ns;
+        let mut f = Faults {
+            max_delay_ns: rng.range(100_000, 30_000_000),
+            corrupt_per_mille: if rng.chance(100) { 5 } else { 0 },
+            speed_per_mille: [1000, 1000],
+            ..Faults::default()
+        };
+        for node in 0..2 {
+            if rng.chance(350) {
+                let t = rng.range(end / 10, end * 4 / 5);
+                f.crash[node] = Some(t);
+                if rng.chance(500) {
+                    f.restart[node] = Some(t + rng.range(20_000_000, 300_000_000));
+                }
+            }
+            if rng.chance(250) {
+                f.speed_per_mille[node] = rng.range(200, 950);
+            }
+            if rng.chance(200) {
+                f.storage_partitions[node].push(interval(rng, end, ft / 2, ft * 4));
+            }
+        }
+        for _ in 0..rng.range(0, 3) {
+            if rng.chance(300) {
+                f.log_partitions.push(interval(rng, end, ft / 3, ft * 4));
+            }
+        }
+        if rng.chance(150) {
+            f.storage_outages.push(interval(rng, end, ft / 2, ft * 4));
+        }
+        for _ in 0..rng.range(0, 4) {
+            f.drops.push(rng.range(0, end));
+        }
+        f
+    }
+}
