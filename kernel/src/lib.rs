@@ -11,5 +11,6 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod exitcode;
+pub mod mmio_decode;
 
 pub use error::Error;

@@ -139,12 +139,18 @@ impl Lapic {
     /// Whether this model owns `msr` (IA32_APIC_BASE, IA32_TSC_DEADLINE,
     /// the x2APIC range).
     pub fn handles_msr(msr: u32) -> bool {
-        matches!(msr, MSR_APIC_BASE | MSR_TSC_DEADLINE | MSR_X2APIC_FIRST..=MSR_X2APIC_LAST)
+        matches!(
+            msr,
+            MSR_APIC_BASE | MSR_TSC_DEADLINE | MSR_X2APIC_FIRST..=MSR_X2APIC_LAST
+        )
     }
 
     /// The hardware mode.
     pub fn mode(&self) -> ApicMode {
-        match (self.apic_base & BASE_EN != 0, self.apic_base & BASE_EXTD != 0) {
+        match (
+            self.apic_base & BASE_EN != 0,
+            self.apic_base & BASE_EXTD != 0,
+        ) {
             (false, _) => ApicMode::Disabled,
             (true, false) => ApicMode::XApic,
             (true, true) => ApicMode::X2Apic,

@@ -60,15 +60,31 @@ fn apic_base_transitions() {
     let base = 0xFEE0_0000;
     let mut a = Lapic::new(39);
     assert_eq!(a.wrmsr(0x1B, base | BASE_EN, 0), GP, "x2APIC -> xAPIC");
-    assert_eq!(a.wrmsr(0x1B, base | BASE_EXTD, 0), GP, "invalid EN=0 EXTD=1");
-    assert_eq!(a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD | 1, 0), GP, "bit 0");
+    assert_eq!(
+        a.wrmsr(0x1B, base | BASE_EXTD, 0),
+        GP,
+        "invalid EN=0 EXTD=1"
+    );
+    assert_eq!(
+        a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD | 1, 0),
+        GP,
+        "bit 0"
+    );
     assert_eq!(a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD | 1 << 9, 0), GP);
-    assert_eq!(a.wrmsr(0x1B, 1 << 40 | BASE_EN | BASE_EXTD, 0), GP, "MAXPHYADDR");
+    assert_eq!(
+        a.wrmsr(0x1B, 1 << 40 | BASE_EN | BASE_EXTD, 0),
+        GP,
+        "MAXPHYADDR"
+    );
     a.wrmsr(0x808, 0x20, 0).unwrap();
     a.wrmsr(0x1B, base, 0).unwrap();
     assert_eq!(a.mode(), ApicMode::Disabled);
     assert_eq!(rd(&mut a, 0x1B, 0), base | BASE_BSP, "BSP stays set");
-    assert_eq!(a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD, 0), GP, "disabled -> x2APIC");
+    assert_eq!(
+        a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD, 0),
+        GP,
+        "disabled -> x2APIC"
+    );
     a.wrmsr(0x1B, base | BASE_EN, 0).unwrap();
     a.wrmsr(0x1B, base | BASE_EN | BASE_EXTD, 0).unwrap();
     assert_eq!(rd(&mut a, 0x808, 0), 0, "disabling reset the registers");
@@ -96,7 +112,10 @@ fn one_shot_counts_down_and_fires_once() {
     let mut last = u64::MAX;
     for now in (1000..2600).step_by(97) {
         let c = rd(&mut a, 0x839, now);
-        assert!(c < last || (c == 100 && last == u64::MAX), "{c} after {last}");
+        assert!(
+            c < last || (c == 100 && last == u64::MAX),
+            "{c} after {last}"
+        );
         assert_eq!(c, 100 - (now - 1000) / 16);
         last = c;
     }
@@ -210,7 +229,11 @@ fn eoi_order_and_priority_classes() {
     a.raise(0x52);
     assert_eq!(a.pending_vector(), Some(0x52));
     a.ack(0x52);
-    assert_eq!(a.pending_vector(), None, "0x31 is below the in-service class");
+    assert_eq!(
+        a.pending_vector(),
+        None,
+        "0x31 is below the in-service class"
+    );
     assert_eq!(a.ppr(), 0x50);
     a.raise(0x55);
     assert_eq!(a.pending_vector(), None, "same class as in-service 0x52");

@@ -343,7 +343,11 @@ mod tests {
         assert!(devs.0[0].log.is_empty());
         let s = bus.stats();
         assert_eq!(
-            (s.unclaimed_pio_reads, s.unclaimed_pio_writes, s.unclaimed_mmio),
+            (
+                s.unclaimed_pio_reads,
+                s.unclaimed_pio_writes,
+                s.unclaimed_mmio
+            ),
             (3, 1, 2)
         );
         assert_eq!(all_ones(1), 0xFF);
@@ -359,10 +363,7 @@ mod tests {
         assert_eq!(bus.insert_pio(0x3F0, 9, 1), Err(BusError::Overlap));
         assert_eq!(bus.insert_pio(0x3F0, 8, 1), Ok(()));
         assert_eq!(bus.insert_pio(0x500, 0, 1), Err(BusError::EmptyOrWrapping));
-        assert_eq!(
-            bus.insert_pio(0xFFFF, 2, 1),
-            Err(BusError::EmptyOrWrapping)
-        );
+        assert_eq!(bus.insert_pio(0xFFFF, 2, 1), Err(BusError::EmptyOrWrapping));
         assert_eq!(bus.insert_pio(0xFFFF, 1, 1), Ok(()));
         assert_eq!(bus.resolve_pio(0xFFFF, 1), Ok(Target { id: 1, offset: 0 }));
         assert_eq!(

@@ -264,12 +264,16 @@ impl Uart {
                 if iir == IIR_THRE {
                     self.thre_pending = false;
                 }
-                let fifo = if self.fcr & FCR_ENABLE != 0 { IIR_FIFO } else { 0 };
+                let fifo = if self.fcr & FCR_ENABLE != 0 {
+                    IIR_FIFO
+                } else {
+                    0
+                };
                 iir | fifo
             }
             3 => self.lcr,
             4 => self.mcr,
-            5 => LSR_THRE | LSR_TEMT | u8::from(!self.rx.is_empty()) * LSR_DR,
+            5 => LSR_THRE | LSR_TEMT | (u8::from(!self.rx.is_empty()) * LSR_DR),
             6 => {
                 let msr = self.msr;
                 self.msr &= 0xF0;
