@@ -227,14 +227,14 @@ impl Lapic {
             0x38 => {
                 if self.timer_mode() != TimerMode::TscDeadline {
                     self.timer_initial = v;
-                    self.deadline = (v != 0).then(|| now + self.period());
+                    self.deadline = (v != 0).then(|| now.saturating_add(self.period()));
                 }
             }
             0x3E => {
                 let count = self.current_count(now);
                 self.dcr = v & 0xB;
                 if self.deadline.is_some() && self.timer_mode() != TimerMode::TscDeadline {
-                    self.deadline = Some(now + u64::from(count) * self.divisor());
+                    self.deadline = Some(now.saturating_add(u64::from(count) * self.divisor()));
                 }
             }
             0x3F if v <= 0xFF => self.raise(v as u8),
