@@ -53,6 +53,17 @@ fn serial_putb(b: u8) {
     outb(COM1, b);
 }
 
+/// Bounded wait for LSR.TEMT (bit 6): the last byte has left the UART
+/// (Bochs would otherwise cut the exit marker short at shutdown).
+pub fn serial_drain() {
+    for _ in 0..1_000_000 {
+        if inb(COM1 + 5) & 0x40 != 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// The serial console as a [`core::fmt::Write`] sink.
 pub struct Serial;
 
@@ -127,7 +138,7 @@ pub fn hypervisor_leaf() -> (u32, [u8; 12]) {
 /// and remembers the answer for [`exit`].
 pub fn detect_ftvisor() -> bool {
     let (eax, id) = hypervisor_leaf();
-    let found = eax == 0x4000_0000 && &id == b"ftvisor-hv\0\0";
+    let found = eax >= 0x4000_0000 && &id == b"ftvisor-hv\0\0";
     UNDER_FTVISOR.store(found, Ordering::Relaxed);
     found
 }
@@ -171,6 +182,7 @@ pub fn exit(code: u8) -> ! {
         println!("guest: exit hypercall returned; halting");
     } else {
         println!("{EXIT_MARKER}{code}");
+        serial_drain();
         outb(0xF4, code);
         for b in b"Shutdown" {
             outb(0x8900, *b);

@@ -78,6 +78,13 @@ pub fn option<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 extern "C" fn kmain(magic: u32, info: u32) -> ! {
     hw::serial_init();
     let under = hw::detect_ftvisor();
+    if !under {
+        // Natively the BIOS left the 8259 PICs delivering IRQ 0 (PIT) at
+        // vector 8; mask them so `sti` only lets the x2APIC timer in. Under
+        // ftvisor there is no PIC and the guest leaves ports 0x21/0xA1 alone.
+        hw::outb(0x21, 0xFF);
+        hw::outb(0xA1, 0xFF);
+    }
     idt::init();
     let bi = boot_info(magic, info);
     println!("guest: cmdline \"{}\"", bi.cmdline);
