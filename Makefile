@@ -28,6 +28,7 @@ image:
 	@boot/mkimage.sh elf32 build/ftvisor.elf64 build/ftvisor.elf32
 	@size=$$(stat -c %s build/ftvisor.elf64); \
 	 if [ $$size -gt $(IMAGE_LIMIT) ]; then echo "image: build/ftvisor.elf64 is $$size bytes (> 2 MiB)"; exit 1; fi
+	@CARGO_TARGET_DIR=$(CURDIR)/target/guest qemu-tests/guests/hello/build.sh build >/dev/null
 
 # Bootable GRUB ISO (QEMU -cdrom, Bochs, bare metal). CMDLINE= sets the
 # hypervisor command line.

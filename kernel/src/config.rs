@@ -11,6 +11,7 @@
 //! | `selftest` | `none`, `panic` (deliberate panic), `fault` (deliberate page fault) | `none` |
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
+//! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
 use crate::Error;
 use alloc::string::ToString;
 
@@ -47,6 +48,7 @@ pub struct Config {
     pub selftest: SelfTest,
     pub guest_mem: u64,
     pub log: LogLevel,
+    pub watchdog_secs: u64,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             selftest: SelfTest::None,
             guest_mem: 64 << 20,
             log: LogLevel::Info,
+            watchdog_secs: 30,
         }
     }
 }
@@ -80,6 +83,7 @@ impl Config {
                 "selftest" => (1, "selftest"),
                 "guest_mem" => (2, "guest_mem"),
                 "log" => (3, "log"),
+                "watchdog" => (4, "watchdog"),
                 _ => {
                     return Err(Error::UnknownOption {
                         option: key.to_string(),
@@ -128,10 +132,29 @@ impl Config {
                         _ => return Err(bad("`error`, `warn`, `info` or `debug`")),
                     }
                 }
+                "watchdog" => {
+                    const EXPECTED: &str = "whole seconds between 1 and 3600";
+                    let secs: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
+                    if !(1..=3600).contains(&secs) {
+                        return Err(bad(EXPECTED));
+                    }
+                    cfg.watchdog_secs = secs;
+                }
                 _ => unreachable!("every key above is handled"),
             }
         }
         Ok(cfg)
+    }
+}
+
+/// A boot module's command line without the leading image path that some
+/// loaders put first (a first token starting with `/` and holding no `=`).
+pub fn strip_image_path(cmdline: &str) -> &str {
+    let trimmed = cmdline.trim_start();
+    match trimmed.split_once(' ') {
+        Some((first, rest)) if first.starts_with('/') && !first.contains('=') => rest.trim_start(),
+        None if trimmed.starts_with('/') && !trimmed.contains('=') => "",
+        _ => trimmed,
     }
 }
 
@@ -192,6 +215,21 @@ mod tests {
         assert_eq!(e, Error::DuplicateOption { option: "log" });
         let e = Config::parse("mode=report bare").unwrap_err();
         assert_eq!(e.to_string(), "unknown command-line option `bare`");
+    }
+
+    #[test]
+    fn module_cmdline() {
+        assert_eq!(strip_image_path("/boot/module0 test=hello"), "test=hello");
+        assert_eq!(strip_image_path("/boot/module0"), "");
+        assert_eq!(strip_image_path("test=hello x=1"), "test=hello x=1");
+        assert_eq!(strip_image_path(""), "");
+    }
+
+    #[test]
+    fn watchdog() {
+        assert_eq!(Config::parse("watchdog=2").unwrap().watchdog_secs, 2);
+        assert!(Config::parse("watchdog=0").is_err());
+        assert!(Config::parse("watchdog=1s").is_err());
     }
 
     #[test]

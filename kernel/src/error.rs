@@ -16,6 +16,8 @@ pub enum Error {
     DuplicateOption { option: &'static str },
     /// The boot loader's information is unusable.
     BootInfo(&'static str),
+    /// The guest image cannot be loaded.
+    GuestImage(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -36,6 +38,7 @@ impl fmt::Display for Error {
                 write!(f, "command-line option `{option}` given twice")
             }
             Error::BootInfo(what) => write!(f, "unusable boot information: {what}"),
+            Error::GuestImage(what) => write!(f, "guest image rejected: {what}"),
         }
     }
 }

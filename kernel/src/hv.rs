@@ -14,6 +14,13 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
     println!("ftvisor {} booting", env!("CARGO_PKG_VERSION"));
     gdt::init();
     idt::init();
+    // The hypervisor polls; mask the legacy PICs so no firmware-programmed
+    // timer interrupt reaches the CPU (it would only cause VM exits).
+    // SAFETY: writing the PIC interrupt-mask registers (OCW1).
+    unsafe {
+        x86::io::outb(0x21, 0xFF);
+        x86::io::outb(0xA1, 0xFF);
+    }
     if magic != boot::MULTIBOOT_BOOTLOADER_MAGIC {
         println!("error: not started by a multiboot loader (EAX={magic:#x}, expected 0x2badb002)");
         exit(exitcode::BAD_CONFIG);
@@ -82,6 +89,10 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             exit(exitcode::SUCCESS);
         }
         Mode::Hypervisor => {
+            let Some(module) = boot.modules().next() else {
+                println!("error: no guest image: pass the guest as the first boot module (GRUB `module`, QEMU `-initrd`)");
+                exit(exitcode::BAD_CONFIG);
+            };
             if !report.has_vmx {
                 println!(
                     "no VMX on this CPU: CPUID.1:ECX.VMX[bit 5] = 0. ftvisor needs Intel VT-x \
@@ -98,8 +109,12 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
                 println!("no VMX on this CPU: {e}");
                 exit(exitcode::NO_VMX);
             }
-            println!("hypervisor: VMX usable; running a guest is not implemented yet");
-            exit(exitcode::FAILURE);
+            let len = module.end.saturating_sub(module.start) as usize;
+            // SAFETY: the loader placed the module at [start, end) in
+            // identity-mapped RAM, below the heap floor computed above.
+            let image = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
+            let guest_cmdline = kernel::config::strip_image_path(module.cmdline);
+            crate::vmm::run(&config, &caps, image, guest_cmdline);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod exitcode;
+pub mod loader;
 pub mod mmio_decode;
 
 pub use error::Error;

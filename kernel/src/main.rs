@@ -16,6 +16,9 @@ mod arch;
 #[cfg(target_os = "none")]
 mod hv;
 
+#[cfg(target_os = "none")]
+mod vmm;
+
 #[cfg(not(target_os = "none"))]
 fn main() {
     eprintln!("ftvisor is a bare-metal image: build it with `make image`");

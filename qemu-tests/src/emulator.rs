@@ -40,6 +40,8 @@ pub struct BootSpec {
     pub stream: bool,
     /// Extra emulator configuration lines (Bochs) or arguments (QEMU).
     pub extra: Vec<String>,
+    /// QEMU only: boot this multiboot ELF32 instead of the hypervisor.
+    pub kernel: Option<PathBuf>,
 }
 
 /// What happened.
@@ -190,7 +192,11 @@ impl Emulator {
     fn qemu_command(&self, root: &Path, spec: &BootSpec, serial: &Path) -> Command {
         let mut c = Command::new("qemu-system-x86_64");
         c.arg("-kernel")
-            .arg(root.join("build/ftvisor.elf32"))
+            .arg(
+                spec.kernel
+                    .clone()
+                    .unwrap_or_else(|| root.join("build/ftvisor.elf32")),
+            )
             .args(["-append", &spec.cmdline])
             .args([
                 "-m",

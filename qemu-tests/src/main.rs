@@ -136,6 +136,7 @@ fn main() -> ExitCode {
                 timeout: std::time::Duration::from_secs(600),
                 stream: true,
                 extra: vec![],
+                kernel: None,
             };
             match emu.boot(&root, &spec) {
                 Ok(run) => match run.exit_code {

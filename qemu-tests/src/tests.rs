@@ -22,6 +22,8 @@ pub struct E2eTest {
     pub timeout: Duration,
     /// Extra checks on the captured run; `Err` fails the test.
     pub check: Option<Check>,
+    /// Boot this image instead of the hypervisor (QEMU `-kernel`).
+    pub kernel: Option<&'static str>,
 }
 
 impl E2eTest {
@@ -37,6 +39,7 @@ impl E2eTest {
             forbid: vec!["PANIC", "EXCEPTION"],
             timeout: Duration::from_secs(60),
             check: None,
+            kernel: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl E2eTest {
             timeout: self.timeout,
             stream: std::env::var_os("E2E_VERBOSE").is_some(),
             extra: vec![],
+            kernel: self.kernel.map(|k| root.join(k)),
         };
         let run = match self.emulator.boot(root, &spec) {
             Ok(r) => r,
@@ -161,6 +165,7 @@ pub fn all() -> Vec<E2eTest> {
         },
         E2eTest {
             cmdline: "",
+            modules: vec![(GUEST, "test=hello")],
             expect_code: 3,
             expect: vec![
                 "cpu: vmx=no",
@@ -208,7 +213,188 @@ pub fn all() -> Vec<E2eTest> {
                 "an unknown option is named and refused with code 2",
             )
         },
+        E2eTest {
+            cmdline: "test=hello",
+            expect: vec![
+                "hello from the test guest",
+                "hypervisor=none",
+                "checksum=0x",
+            ],
+            kernel: Some("build/testguest.elf32"),
+            ..E2eTest::new(
+                "guest-native-hello",
+                Emulator::QemuTcg,
+                "the test guest alone in QEMU TCG (reference run)",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor",
+            expect_code: 2,
+            expect: vec!["error: no guest image"],
+            ..E2eTest::new(
+                "no-guest-module",
+                Emulator::QemuTcg,
+                "hypervisor mode without a guest module: clear error, code 2",
+            )
+        },
     ]
+    .into_iter()
+    .chain(vmx_tests())
+    .collect()
+}
+
+const GUEST: &str = "build/testguest.elf64";
+
+/// A test of the test guest under the hypervisor in Bochs.
+fn vmx(name: &'static str, about: &'static str, guest_cmdline: &'static str) -> E2eTest {
+    E2eTest {
+        cmdline: "mode=hypervisor",
+        modules: vec![(GUEST, guest_cmdline)],
+        timeout: Duration::from_secs(180),
+        ..E2eTest::new(name, Emulator::Bochs, about)
+    }
+}
+
+pub fn vmx_tests() -> Vec<E2eTest> {
+    vec![
+        E2eTest {
+            expect: vec![
+                "hypervisor: VMCS",
+                "guest: hello from the test guest",
+                "guest: hypervisor=ftvisor",
+                "guest: rdtsc=ok",
+                "guest: checksum=0x",
+                "hypervisor: guest exited with code 0",
+            ],
+            check: Some(check_checksum_matches_native),
+            ..vmx(
+                "vmx-guest-hello",
+                "test guest under VMX: output with prefix, checksum = native QEMU run",
+                "test=hello",
+            )
+        },
+        E2eTest {
+            expect: vec![
+                "guest: timer: ticks=100",
+                "hypervisor: guest exited with code 0",
+            ],
+            check: Some(check_timer),
+            ..vmx(
+                "vmx-guest-timer",
+                ">= 100 LAPIC timer interrupts at the programmed rate",
+                "test=timer",
+            )
+        },
+        E2eTest {
+            expect_code: 6,
+            expect: vec![
+                "guest: hostile: touching unmapped memory",
+                "hypervisor: guest stopped: read of unmapped guest-physical 0xf0000000",
+            ],
+            ..vmx(
+                "vmx-hostile-unmapped",
+                "guest reads outside RAM: stopped with a report",
+                "test=hostile-unmapped",
+            )
+        },
+        E2eTest {
+            expect: vec![
+                "guest: hostile: #GP on wrmsr",
+                "hypervisor: guest exited with code 0",
+            ],
+            ..vmx(
+                "vmx-hostile-msr",
+                "guest writes VMX-reserved MSRs: gets #GP",
+                "test=hostile-msr",
+            )
+        },
+        E2eTest {
+            expect: vec![
+                "guest: hostile: hypercalls rejected",
+                "hypervisor: guest exited with code 0",
+            ],
+            ..vmx(
+                "vmx-hostile-hypercall",
+                "bogus hypercalls get error codes",
+                "test=hostile-hypercall",
+            )
+        },
+        E2eTest {
+            expect_code: 6,
+            expect: vec![
+                "guest: hostile: triple fault next",
+                "hypervisor: guest stopped: triple fault",
+            ],
+            ..vmx(
+                "vmx-hostile-triple",
+                "guest triple-faults: stopped with a report",
+                "test=hostile-triple",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor watchdog=1",
+            expect_code: 6,
+            expect: vec![
+                "guest: hostile: cli loop",
+                "hypervisor: guest stopped: watchdog",
+            ],
+            ..vmx(
+                "vmx-hostile-cli-loop",
+                "endless loop with interrupts off: watchdog stops it",
+                "test=hostile-cli-loop",
+            )
+        },
+    ]
+}
+
+fn serial_value<'a>(serial: &'a str, key: &str) -> Option<&'a str> {
+    serial.lines().find_map(|l| {
+        let i = l.find(key)?;
+        l[i + key.len()..].split_whitespace().next()
+    })
+}
+
+/// Boots the test guest natively in QEMU TCG and compares checksums.
+fn check_checksum_matches_native(run: &Run) -> Result<String, String> {
+    let ours = serial_value(&run.serial, "checksum=").ok_or("no checksum under the hypervisor")?;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg("qemu-system-x86_64")
+        .arg("-kernel")
+        .arg(root.join("build/testguest.elf32"))
+        .args([
+            "-append",
+            "test=hello",
+            "-m",
+            "128",
+            "-cpu",
+            "max",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-serial", "stdio", "-monitor", "none"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .output()
+        .map_err(|e| format!("native QEMU run: {e}"))?;
+    let native_serial = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let native = serial_value(&native_serial, "checksum=")
+        .ok_or_else(|| format!("native QEMU run printed no checksum: {native_serial}"))?;
+    if native != ours {
+        return Err(format!(
+            "checksum under ftvisor {ours} != native QEMU {native}"
+        ));
+    }
+    Ok(format!("(checksum {ours} matches native QEMU)"))
+}
+
+fn check_timer(run: &Run) -> Result<String, String> {
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.contains("timer: ticks="))
+        .ok_or("no timer summary")?;
+    Ok(format!("({})", line.trim_start_matches("guest: ")))
 }
 
 fn check_vmx_features(run: &Run) -> Result<String, String> {

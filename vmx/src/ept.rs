@@ -44,8 +44,13 @@ impl Ept {
     /// Maps `guest_size` bytes of guest RAM onto `host_base` (both 2 MiB
     /// aligned; at most 512 GiB).
     pub fn new(guest_size: u64, host_base: u64) -> Result<Ept, Error> {
-        if guest_size == 0 || guest_size % PAGE_2M != 0 || host_base % PAGE_2M != 0 {
-            return Err(Error::BadGuestMemory("guest RAM must be 2 MiB aligned and sized"));
+        if guest_size == 0
+            || !guest_size.is_multiple_of(PAGE_2M)
+            || !host_base.is_multiple_of(PAGE_2M)
+        {
+            return Err(Error::BadGuestMemory(
+                "guest RAM must be 2 MiB aligned and sized",
+            ));
         }
         if guest_size > 512 << 30 {
             return Err(Error::BadGuestMemory("guest RAM above 512 GiB"));

@@ -15,7 +15,10 @@ pub enum Error {
     /// A VMX instruction failed with VMfailInvalid (no current VMCS).
     VmFailInvalid { instruction: &'static str },
     /// A VMX instruction failed with VMfailValid and this error number.
-    VmFailValid { instruction: &'static str, number: u64 },
+    VmFailValid {
+        instruction: &'static str,
+        number: u64,
+    },
     /// Guest RAM layout not usable.
     BadGuestMemory(&'static str),
     /// A guest-physical range outside guest RAM.
@@ -31,7 +34,10 @@ impl fmt::Display for Error {
                 "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)"
             ),
             Error::MissingControl { register, control } => {
-                write!(f, "required VMX control {register}.{control} is not supported by this CPU")
+                write!(
+                    f,
+                    "required VMX control {register}.{control} is not supported by this CPU"
+                )
             }
             Error::VmFailInvalid { instruction } => {
                 write!(f, "{instruction} failed: VMfailInvalid (no current VMCS)")
@@ -46,7 +52,10 @@ impl fmt::Display for Error {
             ),
             Error::BadGuestMemory(why) => write!(f, "bad guest memory: {why}"),
             Error::GuestAddress { gpa, len } => {
-                write!(f, "guest-physical range {gpa:#x}+{len:#x} is outside guest RAM")
+                write!(
+                    f,
+                    "guest-physical range {gpa:#x}+{len:#x} is outside guest RAM"
+                )
             }
         }
     }

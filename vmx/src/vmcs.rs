@@ -219,7 +219,10 @@ mod tests {
 
     #[test]
     fn error_texts() {
-        assert_eq!(instruction_error_text(7), "VM entry with invalid control field(s)");
+        assert_eq!(
+            instruction_error_text(7),
+            "VM entry with invalid control field(s)"
+        );
         assert_eq!(instruction_error_text(999), "unknown VM-instruction error");
     }
 }

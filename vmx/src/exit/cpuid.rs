@@ -68,7 +68,12 @@ pub fn model(leaf: u32, _subleaf: u32) -> [u32; 4] {
         // TSC / core crystal ratio 1:1, crystal = TSC frequency in Hz
         0x15 => [1, 1, GUEST_TSC_KHZ.wrapping_mul(1000), 0],
         0x16 => [GUEST_TSC_KHZ / 1000, GUEST_TSC_KHZ / 1000, 100, 0],
-        0x4000_0000 => [0x4000_0010, HV_SIGNATURE[0], HV_SIGNATURE[1], HV_SIGNATURE[2]],
+        0x4000_0000 => [
+            0x4000_0010,
+            HV_SIGNATURE[0],
+            HV_SIGNATURE[1],
+            HV_SIGNATURE[2],
+        ],
         0x4000_0010 => [GUEST_TSC_KHZ, GUEST_TSC_KHZ, 0, 0],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         // LAHF/SAHF; SYSCALL, NX, RDTSCP, LM

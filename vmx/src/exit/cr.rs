@@ -93,7 +93,13 @@ pub fn handle(
     let access = (q >> 4) & 3;
     let gpr = ((q >> 8) & 0xf) as usize;
     let rip = vmcs.get(Field::GuestRip);
-    let unsupported = |what| Ok(Action::Stop(Stop::Unsupported { reason: super::reason::CR_ACCESS, what, rip }));
+    let unsupported = |what| {
+        Ok(Action::Stop(Stop::Unsupported {
+            reason: super::reason::CR_ACCESS,
+            what,
+            rip,
+        }))
+    };
     match (access, cr) {
         (0, 0) => {
             if let Some(a) = write_cr0(vmcs, read_gpr(vmcs, regs, gpr))? {
@@ -145,7 +151,8 @@ mod tests {
         v.write(Field::GuestCr0, CR0_PE | CR0_NE).unwrap();
         v.write(Field::Cr0ReadShadow, CR0_PE).unwrap();
         v.write(Field::Cr0GuestHostMask, CR0_NE).unwrap();
-        v.write(Field::Cr4GuestHostMask, CR4_VMXE | (1 << 22)).unwrap();
+        v.write(Field::Cr4GuestHostMask, CR4_VMXE | (1 << 22))
+            .unwrap();
         v.write(Field::GuestCr4, CR4_VMXE).unwrap();
         v.write(Field::ExitInstructionLength, 3).unwrap();
         v
@@ -160,7 +167,10 @@ mod tests {
         r.gpr[0] = CR0_PE | CR0_NE | CR0_PG;
         // mov cr0, rax
         v.write(Field::ExitQualification, 0).unwrap();
-        assert_eq!(handle(&mut v, &mut r, &mut FakePlatform::default()).unwrap(), Action::Resume);
+        assert_eq!(
+            handle(&mut v, &mut r, &mut FakePlatform::default()).unwrap(),
+            Action::Resume
+        );
         assert_eq!(v.get(Field::GuestIa32Efer), EFER_LME | EFER_LMA);
         assert_ne!(v.get(Field::EntryControls) & ENTRY_IA32E_MODE, 0);
         assert_eq!(v.get(Field::Cr0ReadShadow), CR0_PE | CR0_NE | CR0_PG);

@@ -38,7 +38,13 @@ pub fn handle_violation(
     let q = vmcs.get(Field::ExitQualification);
     let gpa = vmcs.get(Field::GuestPhysicalAddress);
     let rip = vmcs.get(Field::GuestRip);
-    let stop = |what| Ok(Action::Stop(Stop::UnmappedAccess { gpa, access: what, rip }));
+    let stop = |what| {
+        Ok(Action::Stop(Stop::UnmappedAccess {
+            gpa,
+            access: what,
+            rip,
+        }))
+    };
     if q & 4 != 0 {
         return stop(access_kind(q));
     }
@@ -83,11 +89,19 @@ mod tests {
         v.write(Field::ExitQualification, 1).unwrap();
         v.write(Field::GuestPhysicalAddress, 0xF_0000_0000).unwrap();
         v.write(Field::GuestRip, 0x10_1234).unwrap();
-        let a = handle_violation(&mut v, &mut GuestRegs::default(), &mut FakePlatform::default())
-            .unwrap();
+        let a = handle_violation(
+            &mut v,
+            &mut GuestRegs::default(),
+            &mut FakePlatform::default(),
+        )
+        .unwrap();
         assert_eq!(
             a,
-            Action::Stop(Stop::UnmappedAccess { gpa: 0xF_0000_0000, access: "read", rip: 0x10_1234 })
+            Action::Stop(Stop::UnmappedAccess {
+                gpa: 0xF_0000_0000,
+                access: "read",
+                rip: 0x10_1234
+            })
         );
     }
 

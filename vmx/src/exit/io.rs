@@ -98,7 +98,12 @@ mod tests {
     #[test]
     fn string_io_stops_with_report() {
         let mut v = exit_with((0x3f8 << 16) | (1 << 4));
-        let a = handle(&mut v, &mut GuestRegs::default(), &mut FakePlatform::default()).unwrap();
+        let a = handle(
+            &mut v,
+            &mut GuestRegs::default(),
+            &mut FakePlatform::default(),
+        )
+        .unwrap();
         assert!(matches!(a, Action::Stop(Stop::Unsupported { .. })));
     }
 }

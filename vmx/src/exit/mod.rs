@@ -15,8 +15,8 @@ pub mod extint;
 pub mod hlt;
 pub mod intwin;
 pub mod io;
-pub mod mtf;
 pub mod msr;
+pub mod mtf;
 pub mod preempt;
 pub mod rdrand;
 pub mod rdtsc;
@@ -96,18 +96,38 @@ pub mod reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     /// The guest asked to exit through the hypercall.
-    GuestExit { code: u8 },
-    TripleFault { rip: u64 },
+    GuestExit {
+        code: u8,
+    },
+    TripleFault {
+        rip: u64,
+    },
     /// Access to guest-physical memory that is neither RAM nor a device.
-    UnmappedAccess { gpa: u64, access: &'static str, rip: u64 },
+    UnmappedAccess {
+        gpa: u64,
+        access: &'static str,
+        rip: u64,
+    },
     /// HLT with interrupts disabled and no event that can wake it.
-    DeadHalt { rip: u64 },
+    DeadHalt {
+        rip: u64,
+    },
     /// Interrupts stayed disabled longer than the watchdog allows.
-    Watchdog { rip: u64, ticks: u64 },
+    Watchdog {
+        rip: u64,
+        ticks: u64,
+    },
     /// An exit the hypervisor does not emulate.
-    Unsupported { reason: u16, what: &'static str, rip: u64 },
+    Unsupported {
+        reason: u16,
+        what: &'static str,
+        rip: u64,
+    },
     /// VM entry failed on guest state (SDM §28.8).
-    EntryFailure { reason: u16, qualification: u64 },
+    EntryFailure {
+        reason: u16,
+        qualification: u64,
+    },
     /// A VMX instruction failed.
     Vmx(Error),
 }
@@ -307,13 +327,18 @@ pub mod fake {
         }
         fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
             let start = gpa as usize;
-            let end = start.checked_add(buf.len()).filter(|&e| e <= self.memory.len());
+            let end = start
+                .checked_add(buf.len())
+                .filter(|&e| e <= self.memory.len());
             match end {
                 Some(end) => {
                     buf.copy_from_slice(&self.memory[start..end]);
                     Ok(())
                 }
-                None => Err(Error::GuestAddress { gpa, len: buf.len() as u64 }),
+                None => Err(Error::GuestAddress {
+                    gpa,
+                    len: buf.len() as u64,
+                }),
             }
         }
         fn console(&mut self, text: &str) {
@@ -343,16 +368,32 @@ mod tests {
     fn entry_failure_is_reported() {
         let mut v = FakeVmcs::default();
         v.write(Field::ExitReason, (1 << 31) | 33).unwrap();
-        let a = handle(&mut v, &mut GuestRegs::default(), &mut FakePlatform::default()).unwrap();
-        assert!(matches!(a, Action::Stop(Stop::EntryFailure { reason: 33, .. })));
+        let a = handle(
+            &mut v,
+            &mut GuestRegs::default(),
+            &mut FakePlatform::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            a,
+            Action::Stop(Stop::EntryFailure { reason: 33, .. })
+        ));
     }
 
     #[test]
     fn unknown_reason_stops_cleanly() {
         let mut v = FakeVmcs::default();
         v.write(Field::ExitReason, 62).unwrap();
-        let a = handle(&mut v, &mut GuestRegs::default(), &mut FakePlatform::default()).unwrap();
-        assert!(matches!(a, Action::Stop(Stop::Unsupported { reason: 62, .. })));
+        let a = handle(
+            &mut v,
+            &mut GuestRegs::default(),
+            &mut FakePlatform::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            a,
+            Action::Stop(Stop::Unsupported { reason: 62, .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! | IA32_EFER (0xC000_0080) | VMCS guest EFER; SCE/LME/NXE writable, LMA kept, other bits #GP |
 //! | IA32_FS_BASE / GS_BASE (0xC000_0100/101) | VMCS segment bases |
 //! | everything else | the platform's list (LAPIC, syscall MSRs, feature MSRs); unknown = #GP |
-use super::{inject_exception, skip_instruction, vector, Action, GuestRegs, Platform, RAX, RCX, RDX};
+use super::{
+    inject_exception, skip_instruction, vector, Action, GuestRegs, Platform, RAX, RCX, RDX,
+};
 use crate::vmcs::{Field, VmcsAccess};
 use crate::Error;
 
@@ -167,7 +169,10 @@ mod tests {
     #[test]
     fn platform_msrs_and_tsc() {
         let mut v = FakeVmcs::default();
-        let mut p = FakePlatform { tsc: 0x1_0000_0002, ..Default::default() };
+        let mut p = FakePlatform {
+            tsc: 0x1_0000_0002,
+            ..Default::default()
+        };
         p.msrs.insert(0x838, 5);
         let mut r = regs(0x838, 0);
         handle_read(&mut v, &mut r, &mut p).unwrap();
@@ -183,7 +188,12 @@ mod tests {
     fn non_canonical_fs_base_is_gp() {
         let mut v = FakeVmcs::default();
         let mut p = FakePlatform::default();
-        handle_write(&mut v, &mut regs(IA32_FS_BASE, 0x0000_8000_0000_0000), &mut p).unwrap();
+        handle_write(
+            &mut v,
+            &mut regs(IA32_FS_BASE, 0x0000_8000_0000_0000),
+            &mut p,
+        )
+        .unwrap();
         assert_eq!(v.get(Field::EntryInterruptionInfo), 0x8000_0B0D);
     }
 }

@@ -43,9 +43,13 @@ mod tests {
     fn writes_destination_with_operand_size_and_sets_cf() {
         let mut v = FakeVmcs::default();
         // destination RBX (3), 32-bit operand
-        v.write(Field::ExitInstructionInfo, (3 << 3) | (1 << 11)).unwrap();
+        v.write(Field::ExitInstructionInfo, (3 << 3) | (1 << 11))
+            .unwrap();
         v.write(Field::GuestRflags, 0x2 | 0x40).unwrap();
-        let mut p = FakePlatform { rand: 0xaaaa_bbbb_cccc_dddd, ..Default::default() };
+        let mut p = FakePlatform {
+            rand: 0xaaaa_bbbb_cccc_dddd,
+            ..Default::default()
+        };
         let mut r = GuestRegs::default();
         r.gpr[3] = u64::MAX;
         handle(&mut v, &mut r, &mut p, false).unwrap();

@@ -30,11 +30,17 @@ mod tests {
     fn splits_tsc_into_edx_eax() {
         let mut v = FakeVmcs::default();
         v.write(Field::ExitInstructionLength, 2).unwrap();
-        let mut p = FakePlatform { tsc: 0x1234_5678_9abc_def0, ..Default::default() };
+        let mut p = FakePlatform {
+            tsc: 0x1234_5678_9abc_def0,
+            ..Default::default()
+        };
         let mut r = GuestRegs::default();
         r.gpr[RCX] = 77;
         handle(&mut v, &mut r, &mut p, false).unwrap();
-        assert_eq!((r.gpr[RDX], r.gpr[RAX], r.gpr[RCX]), (0x1234_5678, 0x9abc_def0, 77));
+        assert_eq!(
+            (r.gpr[RDX], r.gpr[RAX], r.gpr[RCX]),
+            (0x1234_5678, 0x9abc_def0, 77)
+        );
         handle(&mut v, &mut r, &mut p, true).unwrap();
         assert_eq!(r.gpr[RCX], 0);
         assert_eq!(v.get(Field::GuestRip), 4);

@@ -70,13 +70,22 @@ mod tests {
 
     #[test]
     fn print_exit_and_bogus_calls() {
-        let mut p = FakePlatform { memory: b"....hello".to_vec(), ..Default::default() };
+        let mut p = FakePlatform {
+            memory: b"....hello".to_vec(),
+            ..Default::default()
+        };
         assert_eq!(call(&mut p, HC_PRINT, 4, 5), (Action::Resume, 0));
         assert_eq!(p.console, "hello");
-        assert_eq!(call(&mut p, HC_PRINT, 0xFFFF_FFFF_0000, 16).1, ERR_BAD_RANGE);
+        assert_eq!(
+            call(&mut p, HC_PRINT, 0xFFFF_FFFF_0000, 16).1,
+            ERR_BAD_RANGE
+        );
         assert_eq!(call(&mut p, HC_PRINT, 0, 1 << 40).1, ERR_BAD_RANGE);
         assert_eq!(call(&mut p, HC_PRINT, u64::MAX, 2).1, ERR_BAD_RANGE);
         assert_eq!(call(&mut p, 0xdead, 0, 0).1, ERR_UNKNOWN);
-        assert_eq!(call(&mut p, HC_EXIT, 7, 0).0, Action::Stop(Stop::GuestExit { code: 7 }));
+        assert_eq!(
+            call(&mut p, HC_EXIT, 7, 0).0,
+            Action::Stop(Stop::GuestExit { code: 7 })
+        );
     }
 }

@@ -1,0 +1,209 @@
+//! The machine around the vCPU: guest RAM, the device bus (UART, virtual
+//! LAPIC), guest time, randomness and the MSRs outside the VMCS — the
+//! kernel's implementation of [`vmx::exit::Platform`].
+//!
+//! Guest time is a virtual TSC: host TSC plus an offset that only grows
+//! (HLT with a timer armed skips ahead to the deadline), announced to the
+//! guest as [`vmx::exit::cpuid::GUEST_TSC_KHZ`].
+use alloc::string::String;
+use kernel::devices::lapic::{ApicMode, Lapic};
+use kernel::devices::uart::{Uart, COM1_BASE, PORT_COUNT};
+use kernel::devices::{all_ones, Bus, DeviceSet, MmioDevice, PioDevice};
+use vmx::exit::{MmioRequest, Platform};
+use vmx::Error;
+
+/// Device ids on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dev {
+    Uart,
+}
+
+/// Guest-visible devices.
+pub struct Devices {
+    pub uart: Uart,
+}
+
+impl DeviceSet<Dev> for Devices {
+    fn pio(&mut self, id: Dev) -> &mut dyn PioDevice {
+        match id {
+            Dev::Uart => &mut self.uart,
+        }
+    }
+    fn mmio(&mut self, id: Dev) -> &mut dyn MmioDevice {
+        match id {
+            Dev::Uart => unreachable!("the UART is not on the MMIO bus"),
+        }
+    }
+}
+
+/// IA32_STAR .. IA32_KERNEL_GS_BASE: held here and in the physical MSRs
+/// (the host never uses SYSCALL or SWAPGS).
+const SYSCALL_MSRS: [u32; 5] = [
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084,
+    0xC000_0102,
+];
+
+pub struct Machine {
+    ram: &'static mut [u8],
+    pub bus: Bus<Dev>,
+    pub devices: Devices,
+    pub lapic: Lapic,
+    tsc_offset: u64,
+    syscall_msrs: [u64; 5],
+    rng: u64,
+    pub exits: [u64; 66],
+    pub console_lines: u64,
+}
+
+pub fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Machine {
+    pub fn new(ram: &'static mut [u8]) -> Machine {
+        let mut bus = Bus::new();
+        bus.insert_pio(COM1_BASE, PORT_COUNT, Dev::Uart)
+            .expect("empty bus");
+        let start = host_tsc();
+        Machine {
+            ram,
+            bus,
+            devices: Devices {
+                uart: Uart::new(None),
+            },
+            lapic: Lapic::with_mode(ApicMode::XApic, 40),
+            // Guest TSC starts at 0.
+            tsc_offset: 0u64.wrapping_sub(start),
+            syscall_msrs: [0; 5],
+            rng: start | 1,
+            exits: [0; 66],
+            console_lines: 0,
+        }
+    }
+
+    /// Guest time now (virtual TSC).
+    pub fn now(&self) -> u64 {
+        host_tsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// Moves guest time forward to `t` (HLT until a timer deadline).
+    pub fn skip_to(&mut self, t: u64) {
+        let now = self.now();
+        if t > now {
+            self.tsc_offset = self.tsc_offset.wrapping_add(t - now);
+        }
+    }
+
+    /// Forwards complete guest console lines to COM1 with the guest prefix.
+    pub fn flush_console(&mut self) {
+        while let Some(line) = self.devices.uart.take_output() {
+            self.console_lines += 1;
+            println!("guest: {line}");
+        }
+    }
+
+    pub fn flush_console_partial(&mut self) {
+        self.devices.uart.flush_partial();
+        self.flush_console();
+    }
+}
+
+impl Platform for Machine {
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        let now = self.now();
+        self.bus
+            .pio_read(&mut self.devices, port, size, now)
+            .unwrap_or_else(|_| all_ones(size))
+    }
+
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        let now = self.now();
+        let _ = self
+            .bus
+            .pio_write(&mut self.devices, port, size, value, now);
+    }
+
+    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+        if Lapic::handles_msr(msr) {
+            let now = self.now();
+            return self.lapic.rdmsr(msr, now).ok();
+        }
+        if let Some(i) = SYSCALL_MSRS.iter().position(|&m| m == msr) {
+            return Some(self.syscall_msrs[i]);
+        }
+        match msr {
+            0x3A => Some(1),        // IA32_FEATURE_CONTROL: locked, VMX off
+            0x8B => Some(0),        // IA32_BIOS_SIGN_ID
+            0x1A0 => Some(1),       // IA32_MISC_ENABLE: fast strings
+            0xC000_0103 => Some(0), // IA32_TSC_AUX
+            _ => None,
+        }
+    }
+
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        if Lapic::handles_msr(msr) {
+            let now = self.now();
+            return self.lapic.wrmsr(msr, value, now).is_ok();
+        }
+        if let Some(i) = SYSCALL_MSRS.iter().position(|&m| m == msr) {
+            self.syscall_msrs[i] = value;
+            // SAFETY: the host never executes SYSCALL or SWAPGS, so these
+            // MSRs belong to the guest; writing them has no host effect.
+            unsafe { x86::msr::wrmsr(msr, value) };
+            return true;
+        }
+        match msr {
+            0x8B => true,        // microcode update trigger: ignored
+            0x1A0 => value == 1, // MISC_ENABLE: only the value we report
+            _ => false,
+        }
+    }
+
+    fn rdtsc(&mut self) -> u64 {
+        self.now()
+    }
+
+    fn random(&mut self, _seed: bool) -> u64 {
+        // xorshift64*: the hypervisor produces the value so record/replay
+        // can log it; quality is that of a PRNG seeded from the TSC.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn mmio(
+        &mut self,
+        _gpa: u64,
+        _access: &mut MmioRequest<'_>,
+    ) -> Option<Result<(), &'static str>> {
+        // No MMIO devices yet (virtio-mmio comes with guest I/O).
+        None
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let err = Error::GuestAddress {
+            gpa,
+            len: buf.len() as u64,
+        };
+        let start = usize::try_from(gpa).map_err(|_| err)?;
+        let end = start.checked_add(buf.len()).ok_or(err)?;
+        let src = self.ram.get(start..end).ok_or(err)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn console(&mut self, text: &str) {
+        let mut s = String::from(text);
+        if s.ends_with('\n') {
+            s.pop();
+        }
+        for line in s.split('\n') {
+            println!("guest: {line}");
+        }
+    }
+}
