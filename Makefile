@@ -1,7 +1,8 @@
 # ftvisor: build / image / run / test / deps entry points (README.md).
 SHELL := /bin/bash
 KTARGET := x86_64-unknown-none
-KELF := target/$(KTARGET)/release/ftvisor
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+KELF := $(TARGET_DIR)/$(KTARGET)/release/ftvisor
 RUNNER := cargo run -q --release -p qemu-tests --
 T ?=
 CMDLINE ?= mode=report
