@@ -114,8 +114,7 @@ pub trait SharedStorage {
     /// Otherwise [`FtError::Miscompare`] with the stored record, or
     /// [`FtError::StorageUnreachable`] when the server cannot be reached
     /// (the write may or may not have happened).
-    fn try_acquire(&mut self, expected_generation: u64, me: NodeId)
-        -> Result<FlagRecord, FtError>;
+    fn try_acquire(&mut self, expected_generation: u64, me: NodeId) -> Result<FlagRecord, FtError>;
 }
 
 /// Outcome of one arbitration attempt.
@@ -140,7 +139,8 @@ pub fn arbitrate<S: SharedStorage + ?Sized>(
     match storage.try_acquire(expected_generation, me) {
         Ok(rec) => Verdict::Won(rec),
         Err(FtError::Miscompare { current })
-            if current.owner == me && Some(current.generation) == expected_generation.checked_add(1) =>
+            if current.owner == me
+                && Some(current.generation) == expected_generation.checked_add(1) =>
         {
             Verdict::Won(current)
         }
@@ -187,7 +187,9 @@ mod tests {
     fn exactly_one_winner_and_lost_reply_is_recognised() {
         let mut s = Mem(FlagRecord::new(3, NodeId(1)), false);
         assert!(matches!(arbitrate(&mut s, 3, NodeId(2)), Verdict::Won(r) if r.generation == 4));
-        assert!(matches!(arbitrate(&mut s, 3, NodeId(1)), Verdict::Lost(r) if r.owner == NodeId(2)));
+        assert!(
+            matches!(arbitrate(&mut s, 3, NodeId(1)), Verdict::Lost(r) if r.owner == NodeId(2))
+        );
         // Node 2 retries after a lost reply: still its win.
         assert!(matches!(arbitrate(&mut s, 3, NodeId(2)), Verdict::Won(_)));
         s.1 = true;

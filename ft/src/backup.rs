@@ -14,7 +14,9 @@ use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use crate::arbitration::Verdict;
-use crate::log::{encode_record, ExecPoint, LogEntry, NonDetSource, Record, StreamDecoder, PROTOCOL_VERSION};
+use crate::log::{
+    encode_record, ExecPoint, LogEntry, NonDetSource, Record, StreamDecoder, PROTOCOL_VERSION,
+};
 use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
 
 /// Where the backup is in its life.
@@ -173,7 +175,9 @@ impl Backup {
             return Ok(());
         }
         if !self.hello_seen {
-            return Err(FtError::UnexpectedEntry { kind: rec.entry.kind() });
+            return Err(FtError::UnexpectedEntry {
+                kind: rec.entry.kind(),
+            });
         }
         if rec.seq <= self.received {
             return Ok(()); // retransmitted after a reconnect
@@ -192,7 +196,11 @@ impl Backup {
                 self.state = BackupState::Halted;
                 out.push(Effect::Halt);
             }
-            LogEntry::Ack { .. } => return Err(FtError::UnexpectedEntry { kind: rec.entry.kind() }),
+            LogEntry::Ack { .. } => {
+                return Err(FtError::UnexpectedEntry {
+                    kind: rec.entry.kind(),
+                })
+            }
             _ => self.queue.push_back(rec),
         }
         Ok(())
@@ -232,16 +240,25 @@ impl Backup {
         };
         let seq = front.seq;
         let Some(p) = front.entry.exec_point() else {
-            return Err(FtError::Divergence { seq, reason: "entry without point queued" });
+            return Err(FtError::Divergence {
+                seq,
+                reason: "entry without point queued",
+            });
         };
         if p.counter > at.counter {
             return Ok(None);
         }
         if p.counter < at.counter {
-            return Err(FtError::Divergence { seq, reason: "guest ran past the entry's point" });
+            return Err(FtError::Divergence {
+                seq,
+                reason: "guest ran past the entry's point",
+            });
         }
         if p != at {
-            return Err(FtError::Divergence { seq, reason: "RIP/RCX differ at the entry's counter" });
+            return Err(FtError::Divergence {
+                seq,
+                reason: "RIP/RCX differ at the entry's counter",
+            });
         }
         self.applied = seq;
         Ok(self.queue.pop_front())
@@ -252,8 +269,13 @@ impl Backup {
     /// checkpoint) for the engine to inject. `Ok(None)` if none is due.
     pub fn take_async(&mut self, at: ExecPoint) -> Result<Option<LogEntry>, FtError> {
         if let Some(front) = self.queue.front() {
-            if matches!(front.entry, LogEntry::NonDet { .. } | LogEntry::OutputMarker { .. })
-                && front.entry.exec_point().is_some_and(|p| p.counter == at.counter)
+            if matches!(
+                front.entry,
+                LogEntry::NonDet { .. } | LogEntry::OutputMarker { .. }
+            ) && front
+                .entry
+                .exec_point()
+                .is_some_and(|p| p.counter == at.counter)
             {
                 return Err(FtError::Divergence {
                     seq: front.seq,
@@ -276,12 +298,24 @@ impl Backup {
     /// value comes from the log.
     pub fn take_nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, FtError> {
         let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
+        let diverged = FtError::Divergence {
+            seq,
+            reason: "expected a non-deterministic result here",
+        };
+        // Check the kind before consuming: a failed take leaves the log as is.
+        let Some(LogEntry::NonDet {
+            source: s, value, ..
+        }) = self.queue.front().map(|r| &r.entry)
+        else {
+            return Err(diverged);
+        };
+        if *s != source {
+            return Err(diverged);
+        }
+        let value = *value;
         match self.pop_due(at)? {
-            Some(Record {
-                entry: LogEntry::NonDet { source: s, value, .. },
-                ..
-            }) if s == source => Ok(value),
-            _ => Err(FtError::Divergence { seq, reason: "expected a non-deterministic result here" }),
+            Some(_) => Ok(value),
+            None => Err(diverged),
         }
     }
 
@@ -292,12 +326,22 @@ impl Backup {
             return Ok(true);
         }
         let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
+        if !matches!(self.queue.front(), Some(Record { entry: LogEntry::OutputMarker { output_id: id, .. }, .. }) if *id == output_id)
+        {
+            return Err(FtError::Divergence {
+                seq,
+                reason: "expected this output's marker here",
+            });
+        }
         match self.pop_due(at)? {
             Some(Record {
                 entry: LogEntry::OutputMarker { output_id: id, .. },
                 ..
             }) if id == output_id => Ok(false),
-            _ => Err(FtError::Divergence { seq, reason: "expected this output's marker here" }),
+            _ => Err(FtError::Divergence {
+                seq,
+                reason: "expected this output's marker here",
+            }),
         }
     }
 

@@ -60,7 +60,10 @@ impl fmt::Display for FtError {
             Self::ReservedBitsSet(b) => write!(f, "reserved header bits set: {b:#04x}"),
             Self::TooLarge(n) => write!(f, "record payload of {n} bytes exceeds the limit"),
             Self::CrcMismatch { stored, computed } => {
-                write!(f, "CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             Self::BadPayload { kind, reason } => {
                 write!(f, "malformed payload for kind {kind:#04x}: {reason}")
@@ -70,7 +73,10 @@ impl fmt::Display for FtError {
             }
             Self::StreamPoisoned => write!(f, "log stream already failed; reset the connection"),
             Self::OutOfOrder { expected, got } => {
-                write!(f, "log record out of order: expected seq {expected}, got {got}")
+                write!(
+                    f,
+                    "log record out of order: expected seq {expected}, got {got}"
+                )
             }
             Self::SessionMismatch(what) => write!(f, "session hello mismatch: {what}"),
             Self::UnexpectedEntry { kind } => write!(f, "unexpected entry kind {kind:#04x}"),

@@ -29,6 +29,8 @@ pub mod io;
 pub mod log;
 pub mod output_rule;
 pub mod primary;
+#[cfg(test)]
+mod protocol_tests;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

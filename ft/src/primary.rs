@@ -11,7 +11,9 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::arbitration::Verdict;
-use crate::log::{encode_record, ExecPoint, GoodbyeReason, LogEntry, StreamDecoder, PROTOCOL_VERSION};
+use crate::log::{
+    encode_record, ExecPoint, GoodbyeReason, LogEntry, StreamDecoder, PROTOCOL_VERSION,
+};
 use crate::output_rule::OutputRule;
 use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
 
@@ -162,7 +164,12 @@ impl Primary {
     /// Appends a replayed entry (async event, non-deterministic result,
     /// checkpoint) at the guest's current point and streams it. Returns
     /// the sequence number it got (0 when acting alone: nothing is logged).
-    pub fn record(&mut self, now: u64, guest_time_ns: u64, entry: LogEntry) -> Result<(u64, Effects), FtError> {
+    pub fn record(
+        &mut self,
+        now: u64,
+        guest_time_ns: u64,
+        entry: LogEntry,
+    ) -> Result<(u64, Effects), FtError> {
         match self.state {
             PrimaryState::Alone => return Ok((0, Effects::new())),
             PrimaryState::Halted => return Err(FtError::WrongState("primary halted")),
@@ -178,7 +185,13 @@ impl Primary {
 
     /// The guest produced output `output_id` at `at`. Released at once when
     /// acting alone, else held until the backup acks its marker.
-    pub fn output(&mut self, now: u64, guest_time_ns: u64, at: ExecPoint, output_id: u64) -> Result<Effects, FtError> {
+    pub fn output(
+        &mut self,
+        now: u64,
+        guest_time_ns: u64,
+        at: ExecPoint,
+        output_id: u64,
+    ) -> Result<Effects, FtError> {
         let mut out = Effects::new();
         match self.state {
             PrimaryState::Alone => out.push(Effect::Release(output_id)),
@@ -192,7 +205,13 @@ impl Primary {
         Ok(out)
     }
 
-    fn append(&mut self, now: u64, guest_time_ns: u64, entry: &LogEntry, out: &mut Effects) -> Result<u64, FtError> {
+    fn append(
+        &mut self,
+        now: u64,
+        guest_time_ns: u64,
+        entry: &LogEntry,
+        out: &mut Effects,
+    ) -> Result<u64, FtError> {
         let seq = self.next_seq;
         let mut bytes = Vec::new();
         encode_record(seq, entry, &mut bytes)?;
@@ -251,7 +270,9 @@ impl Primary {
                     }
                 }
                 other => {
-                    out.push(Effect::ResetConnection(FtError::UnexpectedEntry { kind: other.kind() }));
+                    out.push(Effect::ResetConnection(FtError::UnexpectedEntry {
+                        kind: other.kind(),
+                    }));
                     break;
                 }
             }
@@ -271,7 +292,9 @@ impl Primary {
                     self.request_arbitration(&mut out);
                     return out;
                 }
-                if self.connected && now.saturating_sub(self.last_append_ns) >= self.cfg.heartbeat_interval_ns {
+                if self.connected
+                    && now.saturating_sub(self.last_append_ns) >= self.cfg.heartbeat_interval_ns
+                {
                     let hb = LogEntry::Heartbeat { at, guest_time_ns };
                     // A heartbeat is 52 bytes; encoding cannot fail.
                     let _ = self.append(now, guest_time_ns, &hb, &mut out);

@@ -57,7 +57,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Some(v) => {
-                println!("seed {seed}: VIOLATION {:?} at {} ms: {}", v.invariant, v.at_ns / 1_000_000, v.detail);
+                println!(
+                    "seed {seed}: VIOLATION {:?} at {} ms: {}",
+                    v.invariant,
+                    v.at_ns / 1_000_000,
+                    v.detail
+                );
                 ExitCode::FAILURE
             }
         };
@@ -100,7 +105,10 @@ fn main() -> ExitCode {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!("summary: {count} seeds from {start} in {secs:.1} s ({:.0} seeds/s), {failed} failed", count as f64 / secs);
+    println!(
+        "summary: {count} seeds from {start} in {secs:.1} s ({:.0} seeds/s), {failed} failed",
+        count as f64 / secs
+    );
     println!(
         "  failovers (backup went live) {}, primaries went alone {}, halts {}, repairs {}, arbitrations {}",
         total.failovers, total.primary_alone, total.halts, total.repairs, total.arbitrations

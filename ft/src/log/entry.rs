@@ -74,7 +74,11 @@ pub enum LogEntry {
     /// An interrupt with no data (timer, device status).
     Interrupt { at: ExecPoint, vector: u8 },
     /// An incoming network frame: the DMA'd bytes plus its interrupt.
-    NetFrame { at: ExecPoint, vector: u8, frame: Vec<u8> },
+    NetFrame {
+        at: ExecPoint,
+        vector: u8,
+        frame: Vec<u8>,
+    },
     /// A disk request completed: read data (empty for writes) plus its
     /// completion interrupt.
     DiskCompletion {

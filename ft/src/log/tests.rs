@@ -17,7 +17,11 @@ pub(crate) fn samples() -> Vec<LogEntry> {
             protocol_version: PROTOCOL_VERSION,
         },
         LogEntry::Interrupt { at, vector: 0x20 },
-        LogEntry::NetFrame { at, vector: 0x30, frame: vec![0xab; 60] },
+        LogEntry::NetFrame {
+            at,
+            vector: 0x30,
+            frame: vec![0xab; 60],
+        },
         LogEntry::DiskCompletion {
             at,
             vector: 0x31,
@@ -32,19 +36,57 @@ pub(crate) fn samples() -> Vec<LogEntry> {
             status: DiskStatus::IoError,
             data: vec![],
         },
-        LogEntry::NonDet { at, source: NonDetSource::Rdtsc, value: 1 },
-        LogEntry::NonDet { at, source: NonDetSource::Rdtscp { aux: 3 }, value: 2 },
-        LogEntry::NonDet { at, source: NonDetSource::Rdrand, value: 3 },
-        LogEntry::NonDet { at, source: NonDetSource::Rdseed, value: 4 },
-        LogEntry::NonDet { at, source: NonDetSource::Msr { index: 0x10 }, value: 5 },
-        LogEntry::Heartbeat { at, guest_time_ns: 99 },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Rdtsc,
+            value: 1,
+        },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Rdtscp { aux: 3 },
+            value: 2,
+        },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Rdrand,
+            value: 3,
+        },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Rdseed,
+            value: 4,
+        },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Msr { index: 0x10 },
+            value: 5,
+        },
+        LogEntry::Heartbeat {
+            at,
+            guest_time_ns: 99,
+        },
         LogEntry::OutputMarker { at, output_id: 5 },
-        LogEntry::Ack { received: 10, applied: 9 },
-        LogEntry::GoLive { generation: 4, owner: 2 },
-        LogEntry::Goodbye { reason: GoodbyeReason::Shutdown },
-        LogEntry::Goodbye { reason: GoodbyeReason::Halted },
-        LogEntry::Goodbye { reason: GoodbyeReason::Superseded },
-        LogEntry::Checkpoint { at, state_hash: 0xdead_beef },
+        LogEntry::Ack {
+            received: 10,
+            applied: 9,
+        },
+        LogEntry::GoLive {
+            generation: 4,
+            owner: 2,
+        },
+        LogEntry::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        },
+        LogEntry::Goodbye {
+            reason: GoodbyeReason::Halted,
+        },
+        LogEntry::Goodbye {
+            reason: GoodbyeReason::Superseded,
+        },
+        LogEntry::Checkpoint {
+            at,
+            state_hash: 0xdead_beef,
+        },
     ]
 }
 
@@ -74,10 +116,36 @@ fn documented_sizes() {
     let at = ExecPoint::default();
     let size = |e: LogEntry| encoded_len(&e);
     assert_eq!(size(LogEntry::Interrupt { at, vector: 0 }), 20 + 25);
-    assert_eq!(size(LogEntry::NonDet { at, source: NonDetSource::Rdtsc, value: 0 }), 20 + 37);
-    assert_eq!(size(LogEntry::Heartbeat { at, guest_time_ns: 0 }), 20 + 32);
-    assert_eq!(size(LogEntry::Ack { received: 0, applied: 0 }), 20 + 16);
-    assert_eq!(size(LogEntry::NetFrame { at, vector: 0, frame: vec![0; 1514] }), 20 + 25 + 1514);
+    assert_eq!(
+        size(LogEntry::NonDet {
+            at,
+            source: NonDetSource::Rdtsc,
+            value: 0
+        }),
+        20 + 37
+    );
+    assert_eq!(
+        size(LogEntry::Heartbeat {
+            at,
+            guest_time_ns: 0
+        }),
+        20 + 32
+    );
+    assert_eq!(
+        size(LogEntry::Ack {
+            received: 0,
+            applied: 0
+        }),
+        20 + 16
+    );
+    assert_eq!(
+        size(LogEntry::NetFrame {
+            at,
+            vector: 0,
+            frame: vec![0; 1514]
+        }),
+        20 + 25 + 1514
+    );
 }
 
 #[test]
@@ -95,26 +163,48 @@ fn every_single_bit_flip_is_rejected() {
 
 #[test]
 fn truncation_asks_for_more_and_never_panics() {
-    let e = LogEntry::NetFrame { at: ExecPoint::default(), vector: 1, frame: vec![5; 100] };
+    let e = LogEntry::NetFrame {
+        at: ExecPoint::default(),
+        vector: 1,
+        frame: vec![5; 100],
+    };
     let mut b = Vec::new();
     encode_record(1, &e, &mut b).unwrap();
     for n in 0..b.len() {
-        assert!(matches!(decode_record(&b[..n]), Err(FtError::Truncated { .. })), "prefix {n}");
+        assert!(
+            matches!(decode_record(&b[..n]), Err(FtError::Truncated { .. })),
+            "prefix {n}"
+        );
     }
 }
 
 #[test]
 fn sequence_zero_is_hello_only() {
     let mut b = Vec::new();
-    encode_record(0, &LogEntry::Ack { received: 1, applied: 1 }, &mut b).unwrap();
+    encode_record(
+        0,
+        &LogEntry::Ack {
+            received: 1,
+            applied: 1,
+        },
+        &mut b,
+    )
+    .unwrap();
     assert!(matches!(decode_record(&b), Err(FtError::BadPayload { .. })));
 }
 
 #[test]
 fn oversized_payload_is_refused_by_encoder_and_decoder() {
-    let e = LogEntry::NetFrame { at: ExecPoint::default(), vector: 1, frame: vec![0; MAX_PAYLOAD] };
+    let e = LogEntry::NetFrame {
+        at: ExecPoint::default(),
+        vector: 1,
+        frame: vec![0; MAX_PAYLOAD],
+    };
     let mut b = vec![1, 2, 3];
-    assert!(matches!(encode_record(1, &e, &mut b), Err(FtError::TooLarge(_))));
+    assert!(matches!(
+        encode_record(1, &e, &mut b),
+        Err(FtError::TooLarge(_))
+    ));
     assert_eq!(b, [1, 2, 3]);
     let mut h = vec![RECORD_MAGIC, LOG_FORMAT_VERSION, 3, 0];
     h.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -130,7 +220,11 @@ fn stream_reassembles_any_chunking() {
     let mut all = Vec::new();
     let entries = samples();
     for (i, e) in entries.iter().enumerate() {
-        let seq = if matches!(e, LogEntry::Hello { .. }) { 0 } else { i as u64 + 1 };
+        let seq = if matches!(e, LogEntry::Hello { .. }) {
+            0
+        } else {
+            i as u64 + 1
+        };
         encode_record(seq, e, &mut all).unwrap();
     }
     for chunk in [1usize, 2, 3, 7, 16, 19, 64, 1000, all.len()] {

@@ -53,7 +53,11 @@ impl SimGuest {
 
     /// The current execution point; RIP and RCX derive from the state.
     pub fn point(&self) -> ExecPoint {
-        ExecPoint::new(self.counter, 0x1000 + (self.state & 0xfff), self.state >> 56)
+        ExecPoint::new(
+            self.counter,
+            0x1000 + (self.state & 0xfff),
+            self.state >> 56,
+        )
     }
 
     /// The execution counter.
@@ -72,7 +76,7 @@ impl SimGuest {
     }
 
     fn reschedule(&mut self) {
-        self.next_event = self.counter + 60 + self.state % 240;
+        self.next_event = self.counter + 100 + self.state % 400;
     }
 
     /// Runs until `limit` or the next guest-initiated event, whichever

@@ -98,7 +98,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            duration_ms: 1200,
+            duration_ms: 1000,
             failure_timeout_ns: 150_000_000,
             heartbeat_ns: 10_000_000,
             max_lag_ns: 100_000_000,
@@ -155,3 +155,6 @@ pub struct SeedReport {
 pub fn run_seed(seed: u64, cfg: &SimConfig) -> SeedReport {
     runner::Sim::new(seed, cfg).run()
 }
+
+#[cfg(test)]
+mod tests;

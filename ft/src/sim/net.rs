@@ -85,7 +85,8 @@ impl Transport for LinkEnd<'_> {
                 let i = self.rng.range(0, n as u64) as usize;
                 chunk[i] ^= 1 << self.rng.range(0, 8);
             }
-            let at = (self.now + self.rng.range(0, self.link.max_delay_ns)).max(self.link.last_deliver[to]);
+            let at = (self.now + self.rng.range(0, self.link.max_delay_ns))
+                .max(self.link.last_deliver[to]);
             self.link.last_deliver[to] = at;
             self.link.queues[to].push_back((at, chunk));
         }

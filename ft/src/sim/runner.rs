@@ -134,7 +134,15 @@ impl<'c> Sim<'c> {
     }
 
     fn session_cfg(&self, i: usize) -> SessionConfig {
-        let mut c = SessionConfig::new(0xf7, self.seed.to_le_bytes().repeat(2).try_into().unwrap_or([0; 16]), NodeId(i as u64 + 1));
+        let mut c = SessionConfig::new(
+            0xf7,
+            self.seed
+                .to_le_bytes()
+                .repeat(2)
+                .try_into()
+                .unwrap_or([0; 16]),
+            NodeId(i as u64 + 1),
+        );
         c.heartbeat_interval_ns = self.cfg.heartbeat_ns;
         c.failure_timeout_ns = self.cfg.failure_timeout_ns;
         c.max_lag_ns = self.cfg.max_lag_ns;
@@ -172,13 +180,31 @@ impl<'c> Sim<'c> {
     fn step(&mut self) -> Result<(), Violation> {
         if self.trace {
             let r = |i: usize| match &self.nodes[i].role {
-                Role::Primary(p) => format!("P{:?}g{} c{}", p.state(), p.generation(), self.nodes[i].guest.counter()),
-                Role::Backup(b) => format!("B{:?}g{} c{} q{}", b.state(), b.generation(), self.nodes[i].guest.counter(), b.backlog()),
+                Role::Primary(p) => format!(
+                    "P{:?}g{} c{}",
+                    p.state(),
+                    p.generation(),
+                    self.nodes[i].guest.counter()
+                ),
+                Role::Backup(b) => format!(
+                    "B{:?}g{} c{} q{}",
+                    b.state(),
+                    b.generation(),
+                    self.nodes[i].guest.counter(),
+                    b.backlog()
+                ),
                 Role::Down => "down".into(),
                 Role::Spare => "spare".into(),
                 Role::Halted => "halted".into(),
             };
-            std::eprintln!("{} ms: {} | {} | link {} flag {:?}", self.now() / STEP_NS, r(0), r(1), self.link.up, self.storage.flag().map(|f| (f.generation, f.owner.0)));
+            std::eprintln!(
+                "{} ms: {} | {} | link {} flag {:?}",
+                self.now() / STEP_NS,
+                r(0),
+                r(1),
+                self.link.up,
+                self.storage.flag().map(|f| (f.generation, f.owner.0))
+            );
         }
         self.apply_faults();
         self.connect()?;
@@ -204,7 +230,8 @@ impl<'c> Sim<'c> {
 
     fn storage_reachable(&self, i: usize) -> bool {
         let now = self.now();
-        !in_any(&self.faults.storage_partitions[i], now) && !in_any(&self.faults.storage_outages, now)
+        !in_any(&self.faults.storage_partitions[i], now)
+            && !in_any(&self.faults.storage_outages, now)
     }
 
     fn drop_link(&mut self) {
@@ -224,7 +251,9 @@ impl<'c> Sim<'c> {
             if self.faults.crash[i].is_some_and(|t| self.due(t)) {
                 self.crash(i);
             }
-            if self.faults.restart[i].is_some_and(|t| self.due(t)) && matches!(self.nodes[i].role, Role::Down) {
+            if self.faults.restart[i].is_some_and(|t| self.due(t))
+                && matches!(self.nodes[i].role, Role::Down)
+            {
                 self.nodes[i].role = Role::Spare;
                 self.spare_ready[i] = now + 30 * STEP_NS;
             }
@@ -244,12 +273,18 @@ impl<'c> Sim<'c> {
                 Role::Primary(p) => (p.generation(), 0),
                 Role::Backup(b) => (
                     b.generation(),
-                    self.nodes[i].guest.counter().saturating_sub(self.nodes[s].guest.counter()),
+                    self.nodes[i]
+                        .guest
+                        .counter()
+                        .saturating_sub(self.nodes[s].guest.counter()),
                 ),
                 _ => (0, 0),
             };
             let replay_ns = lag_units * NS_PER_UNIT * 1000 / speed;
-            let slack = self.cfg.heartbeat_ns + self.faults.max_delay_ns + 3 * self.cfg.retry_ns + 10 * STEP_NS;
+            let slack = self.cfg.heartbeat_ns
+                + self.faults.max_delay_ns
+                + 3 * self.cfg.retry_ns
+                + 10 * STEP_NS;
             self.obligations.push(Obligation {
                 survivor: s,
                 crashed: i,
@@ -279,10 +314,15 @@ impl<'c> Sim<'c> {
 
     fn connect(&mut self) -> Result<(), Violation> {
         let now = self.now();
-        if self.link.up || now < self.link.next_connect_ns || in_any(&self.faults.log_partitions, now) {
+        if self.link.up
+            || now < self.link.next_connect_ns
+            || in_any(&self.faults.log_partitions, now)
+        {
             return Ok(());
         }
-        let Some((p, b)) = self.pair() else { return Ok(()) };
+        let Some((p, b)) = self.pair() else {
+            return Ok(());
+        };
         self.link.up = true;
         if let Role::Backup(bk) = &mut self.nodes[b].role {
             bk.on_connected(now);
@@ -329,17 +369,27 @@ impl<'c> Sim<'c> {
             self.requests.insert(pos, (at, frame));
         }
         while self.requests.front().is_some_and(|(t, _)| *t <= now) {
-            let Some((_, frame)) = self.requests.pop_front() else { break };
+            let Some((_, frame)) = self.requests.pop_front() else {
+                break;
+            };
             let i = self.owner;
             let n = &mut self.nodes[i];
-            let Role::Primary(p) = &mut n.role else { continue };
+            let Role::Primary(p) = &mut n.role else {
+                continue;
+            };
             if p.state() == PrimaryState::Halted {
                 continue;
             }
             let at = n.guest.point();
             let gt = n.guest.guest_time_ns();
-            let entry = LogEntry::NetFrame { at, vector: 0x30, frame: frame.clone() };
-            let (_, fx) = p.record(now, gt, entry).map_err(|e| protocol(now, "record frame", &e))?;
+            let entry = LogEntry::NetFrame {
+                at,
+                vector: 0x30,
+                frame: frame.clone(),
+            };
+            let (_, fx) = p
+                .record(now, gt, entry)
+                .map_err(|e| protocol(now, "record frame", &e))?;
             n.guest.inject_frame(&frame);
             self.apply(i, fx)?;
         }
@@ -357,7 +407,9 @@ impl<'c> Sim<'c> {
             let value = self.rng.next_u64();
             let mutation = self.cfg.mutation;
             let n = &mut self.nodes[i];
-            let Role::Primary(p) = &mut n.role else { return Ok(()) };
+            let Role::Primary(p) = &mut n.role else {
+                return Ok(());
+            };
             if p.state() == PrimaryState::Halted {
                 return Ok(());
             }
@@ -375,21 +427,34 @@ impl<'c> Sim<'c> {
                     n.guest.inject_timer();
                     n.timers += 1;
                     n.next_timer += TIMER_UNITS;
-                    if n.timers % 10 == 0 {
+                    if n.timers.is_multiple_of(10) {
                         let at = n.guest.point();
-                        let entry = LogEntry::Checkpoint { at, state_hash: n.guest.state_hash() };
-                        let (_, f) = p.record(now, gt, entry).map_err(|e| protocol(now, "record checkpoint", &e))?;
+                        let entry = LogEntry::Checkpoint {
+                            at,
+                            state_hash: n.guest.state_hash(),
+                        };
+                        let (_, f) = p
+                            .record(now, gt, entry)
+                            .map_err(|e| protocol(now, "record checkpoint", &e))?;
                         fx.extend(f);
                     }
                 }
                 GuestStop::NonDet(at) => {
-                    let entry = LogEntry::NonDet { at, source: NonDetSource::Rdtsc, value };
-                    let (_, f) = p.record(now, gt, entry).map_err(|e| protocol(now, "record rdtsc", &e))?;
+                    let entry = LogEntry::NonDet {
+                        at,
+                        source: NonDetSource::Rdtsc,
+                        value,
+                    };
+                    let (_, f) = p
+                        .record(now, gt, entry)
+                        .map_err(|e| protocol(now, "record rdtsc", &e))?;
                     fx.extend(f);
                     n.guest.supply(value);
                 }
                 GuestStop::Output { at, index } => {
-                    let f = p.output(now, gt, at, index).map_err(|e| protocol(now, "output", &e))?;
+                    let f = p
+                        .output(now, gt, at, index)
+                        .map_err(|e| protocol(now, "output", &e))?;
                     let paired = p.state() != PrimaryState::Alone;
                     if paired {
                         n.markers.insert(index, p.last_seq());
@@ -407,11 +472,16 @@ impl<'c> Sim<'c> {
 
     fn run_backup(&mut self, i: usize) -> Result<(), Violation> {
         let now = self.now();
-        let end = self.nodes[i].guest.counter() + UNITS_PER_STEP * self.faults.speed_per_mille[i] / 1000;
+        let end =
+            self.nodes[i].guest.counter() + UNITS_PER_STEP * self.faults.speed_per_mille[i] / 1000;
         loop {
             let n = &mut self.nodes[i];
-            let Role::Backup(b) = &mut n.role else { return Ok(()) };
-            let ReplayLimit::Until(limit) = b.replay_limit() else { return Ok(()) };
+            let Role::Backup(b) = &mut n.role else {
+                return Ok(());
+            };
+            let ReplayLimit::Until(limit) = b.replay_limit() else {
+                return Ok(());
+            };
             let replay = |e: FtError| Violation {
                 invariant: Invariant::Replay,
                 at_ns: now,
@@ -422,11 +492,21 @@ impl<'c> Sim<'c> {
                 GuestStop::Reached => match b.take_async(n.guest.point()).map_err(replay)? {
                     Some(LogEntry::NetFrame { frame, .. }) => n.guest.inject_frame(&frame),
                     Some(LogEntry::Interrupt { .. }) => n.guest.inject_timer(),
-                    Some(LogEntry::Checkpoint { state_hash, .. }) if state_hash != n.guest.state_hash() => {
-                        return Err(replay(FtError::Divergence { seq: b.applied(), reason: "checkpoint hash differs" }));
+                    Some(LogEntry::Checkpoint { state_hash, .. })
+                        if state_hash != n.guest.state_hash() =>
+                    {
+                        return Err(replay(FtError::Divergence {
+                            seq: b.applied(),
+                            reason: "checkpoint hash differs",
+                        }));
                     }
                     Some(_) => {}
-                    None => return Err(replay(FtError::Divergence { seq: b.applied(), reason: "nothing due at limit" })),
+                    None => {
+                        return Err(replay(FtError::Divergence {
+                            seq: b.applied(),
+                            reason: "nothing due at limit",
+                        }))
+                    }
                 },
                 GuestStop::NonDet(at) => {
                     let v = b.take_nondet(at, NonDetSource::Rdtsc).map_err(replay)?;
@@ -461,10 +541,16 @@ impl<'c> Sim<'c> {
     fn release(&mut self, i: usize, index: u64) -> Result<(), Violation> {
         let n = &self.nodes[i];
         let Role::Primary(p) = &n.role else {
-            return Err(self.violation(Invariant::Protocol, format!("node {i} released output {index} while not primary")));
+            return Err(self.violation(
+                Invariant::Protocol,
+                format!("node {i} released output {index} while not primary"),
+            ));
         };
         if p.state() == PrimaryState::Alone {
-            let flag = self.storage.flag().map_err(|e| protocol(self.now(), "flag", &e))?;
+            let flag = self
+                .storage
+                .flag()
+                .map_err(|e| protocol(self.now(), "flag", &e))?;
             if p.generation() > flag.generation || flag.owner != n.id {
                 return Err(self.violation(
                     Invariant::NoSplitBrain,
@@ -497,11 +583,19 @@ impl<'c> Sim<'c> {
                         self.release(i, id)?;
                     }
                 }
-                Effect::Arbitrate { expected_generation } => {
+                Effect::Arbitrate {
+                    expected_generation,
+                } => {
                     self.stats.arbitrations += 1;
                     let reachable = !in_any(&self.faults.storage_partitions[i], now);
                     let me = self.nodes[i].id;
-                    let verdict = arbitrate(&mut self.storage.view(reachable, &mut self.rng, self.cfg.mutation), expected_generation, me);
+                    let verdict = arbitrate(
+                        &mut self
+                            .storage
+                            .view(reachable, &mut self.rng, self.cfg.mutation),
+                        expected_generation,
+                        me,
+                    );
                     work.extend(match &mut self.nodes[i].role {
                         Role::Primary(p) => p.on_verdict(now, verdict),
                         Role::Backup(b) => b.on_verdict(now, verdict),
@@ -517,7 +611,8 @@ impl<'c> Sim<'c> {
                     if matches!(self.nodes[i].role, Role::Backup(_)) {
                         self.stats.failovers += 1;
                         let cfg = self.session_cfg(i);
-                        self.nodes[i].role = Role::Primary(Primary::new_alone(cfg, g.generation, now));
+                        self.nodes[i].role =
+                            Role::Primary(Primary::new_alone(cfg, g.generation, now));
                         let n = &mut self.nodes[i];
                         n.next_timer = (n.guest.counter() / TIMER_UNITS + 1) * TIMER_UNITS;
                         n.markers.clear();
@@ -549,18 +644,28 @@ impl<'c> Sim<'c> {
             if !matches!(self.nodes[s].role, Role::Spare) || now < self.spare_ready[s] {
                 continue;
             }
-            let Role::Primary(p) = &self.nodes[l].role else { continue };
+            let Role::Primary(p) = &self.nodes[l].role else {
+                continue;
+            };
             if p.state() != PrimaryState::Alone || in_any(&self.faults.log_partitions, now) {
                 continue;
             }
             let (generation, me) = (p.generation(), self.nodes[l].id);
             let reachable = !in_any(&self.faults.storage_partitions[l], now);
-            match arbitrate(&mut self.storage.view(reachable, &mut self.rng, self.cfg.mutation), generation, me) {
+            match arbitrate(
+                &mut self
+                    .storage
+                    .view(reachable, &mut self.rng, self.cfg.mutation),
+                generation,
+                me,
+            ) {
                 Verdict::Won(flag) => {
                     self.stats.repairs += 1;
                     self.nodes[s].guest = self.nodes[l].guest.clone();
-                    self.nodes[s].role = Role::Backup(Backup::new(self.session_cfg(s), flag.generation, now));
-                    self.nodes[l].role = Role::Primary(Primary::new(self.session_cfg(l), flag.generation, now));
+                    self.nodes[s].role =
+                        Role::Backup(Backup::new(self.session_cfg(s), flag.generation, now));
+                    self.nodes[l].role =
+                        Role::Primary(Primary::new(self.session_cfg(l), flag.generation, now));
                     self.nodes[l].markers.clear();
                     self.session_received = 0;
                     self.drop_link();
@@ -613,7 +718,8 @@ impl<'c> Sim<'c> {
         while k < self.obligations.len() {
             let o = &self.obligations[k];
             let (s, c) = (o.survivor, o.crashed);
-            let live = matches!(&self.nodes[s].role, Role::Primary(p) if p.state() == PrimaryState::Alone);
+            let live =
+                matches!(&self.nodes[s].role, Role::Primary(p) if p.state() == PrimaryState::Alone);
             if live {
                 self.stats.liveness_met += 1;
                 self.stats.max_takeover_ns = self.stats.max_takeover_ns.max(now - o.since);

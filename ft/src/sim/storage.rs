@@ -30,7 +30,12 @@ impl StorageServer {
     }
 
     /// A node's view: `reachable` is false while it is cut off.
-    pub fn view<'a>(&'a mut self, reachable: bool, rng: &'a mut Rng, mutation: Mutation) -> StorageView<'a> {
+    pub fn view<'a>(
+        &'a mut self,
+        reachable: bool,
+        rng: &'a mut Rng,
+        mutation: Mutation,
+    ) -> StorageView<'a> {
         StorageView {
             server: self,
             reachable,

@@ -23,7 +23,13 @@ pub struct World {
 
 impl World {
     /// Node `node` releases output `index`; `outputs` is its execution.
-    pub fn release(&mut self, now: u64, node: usize, outputs: &[u64], index: u64) -> Result<(), Violation> {
+    pub fn release(
+        &mut self,
+        now: u64,
+        node: usize,
+        outputs: &[u64],
+        index: u64,
+    ) -> Result<(), Violation> {
         let i = index as usize;
         let content = outputs[i];
         self.delivered += 1;
@@ -45,7 +51,9 @@ impl World {
             Some(c) if c != content => Err(Violation {
                 invariant: Invariant::SingleExecution,
                 at_ns: now,
-                detail: format!("output {i} from node {node} is {content:#x}, the world already saw {c:#x}"),
+                detail: format!(
+                    "output {i} from node {node} is {content:#x}, the world already saw {c:#x}"
+                ),
             }),
             Some(_) => {
                 self.duplicates += 1;

@@ -1,0 +1,293 @@
+//! Primary and backup state machines wired back to back, without a
+//! simulator: the rules of DESIGN.md §1.3–§1.8 one at a time.
+
+use alloc::vec::Vec;
+
+use crate::arbitration::{FlagRecord, NodeId, Verdict};
+use crate::backup::{Backup, BackupState, ReplayLimit};
+use crate::log::{encode_record, ExecPoint, LogEntry, NonDetSource};
+use crate::primary::{Primary, PrimaryState};
+use crate::{Effect, Effects, FtError, SessionConfig};
+
+const MS: u64 = 1_000_000;
+
+fn cfg(me: u64) -> SessionConfig {
+    SessionConfig::new(7, [1; 16], NodeId(me))
+}
+
+fn sent(fx: &Effects) -> Vec<u8> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Send(b) => Some(b.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn released(fx: &Effects) -> Vec<u64> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Release(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pt(c: u64) -> ExecPoint {
+    ExecPoint::new(c, 0x1000 + c, 0)
+}
+
+fn pair() -> (Primary, Backup, Vec<u8>) {
+    let mut p = Primary::new(cfg(1), 1, 0);
+    let mut b = Backup::new(cfg(2), 1, 0);
+    b.on_connected(0);
+    let hello = sent(&p.on_connected(0));
+    (p, b, hello)
+}
+
+#[test]
+fn output_waits_for_ack_and_backup_lags_one_entry() {
+    let (mut p, mut b, hello) = pair();
+    let (s1, fx1) = p
+        .record(
+            MS,
+            10,
+            LogEntry::NonDet {
+                at: pt(5),
+                source: NonDetSource::Rdtsc,
+                value: 99,
+            },
+        )
+        .unwrap();
+    let fx2 = p.output(MS, 20, pt(9), 0).unwrap();
+    assert_eq!(s1, 1);
+    assert!(released(&fx2).is_empty(), "output released before any ack");
+    assert_eq!(p.held_outputs(), 1);
+    // Deliver only the hello and the first entry: the ack does not cover the output.
+    let mut bytes = hello.clone();
+    bytes.extend(sent(&fx1));
+    let ack = sent(&b.on_bytes(2 * MS, &bytes));
+    assert!(released(&p.on_bytes(2 * MS, &ack)).is_empty());
+    assert_eq!(b.replay_limit(), ReplayLimit::Until(pt(5)));
+    assert_eq!(b.take_nondet(pt(5), NonDetSource::Rdtsc), Ok(99));
+    assert_eq!(
+        b.replay_limit(),
+        ReplayLimit::Wait,
+        "nothing received beyond: the backup waits"
+    );
+    let ack = sent(&b.on_bytes(3 * MS, &sent(&fx2)));
+    assert_eq!(released(&p.on_bytes(3 * MS, &ack)), [0]);
+    assert_eq!(
+        b.take_output(pt(9), 0),
+        Ok(false),
+        "backup output discarded"
+    );
+}
+
+#[test]
+fn replay_divergence_is_detected() {
+    let (mut p, mut b, mut bytes) = pair();
+    let (_, fx) = p
+        .record(
+            MS,
+            0,
+            LogEntry::NonDet {
+                at: pt(5),
+                source: NonDetSource::Rdrand,
+                value: 1,
+            },
+        )
+        .unwrap();
+    bytes.extend(sent(&fx));
+    b.on_bytes(MS, &bytes);
+    assert!(matches!(
+        b.take_nondet(pt(4), NonDetSource::Rdrand),
+        Err(FtError::Divergence { .. })
+    ));
+    assert!(matches!(
+        b.take_nondet(pt(5), NonDetSource::Rdtsc),
+        Err(FtError::Divergence { .. })
+    ));
+    assert!(matches!(
+        b.take_async(pt(5)),
+        Err(FtError::Divergence { .. })
+    ));
+    assert!(matches!(
+        b.take_nondet(ExecPoint::new(5, 0, 0), NonDetSource::Rdrand),
+        Err(FtError::Divergence { .. })
+    ));
+}
+
+#[test]
+fn bad_session_and_gaps_reset_the_connection_and_duplicates_are_skipped() {
+    let mut b = Backup::new(cfg(2), 1, 0);
+    b.on_connected(0);
+    let mut wrong = Vec::new();
+    let hello = LogEntry::Hello {
+        cluster_id: 7,
+        generation: 2,
+        guest_id: [1; 16],
+        protocol_version: 1,
+    };
+    encode_record(0, &hello, &mut wrong).unwrap();
+    assert!(matches!(
+        b.on_bytes(0, &wrong)[..],
+        [Effect::ResetConnection(FtError::SessionMismatch(
+            "generation"
+        ))]
+    ));
+
+    let (mut p, mut b, mut bytes) = pair();
+    let (_, fx) = p
+        .record(
+            0,
+            0,
+            LogEntry::Interrupt {
+                at: pt(1),
+                vector: 32,
+            },
+        )
+        .unwrap();
+    bytes.extend(sent(&fx));
+    b.on_bytes(0, &bytes);
+    // Reconnect: the primary retransmits everything unacked; no double entries.
+    b.on_connected(MS);
+    b.on_bytes(MS, &sent(&p.on_connected(MS)));
+    assert_eq!((b.received(), b.backlog()), (1, 1));
+    // A gap is an error.
+    let mut gap = Vec::new();
+    encode_record(
+        3,
+        &LogEntry::Interrupt {
+            at: pt(2),
+            vector: 32,
+        },
+        &mut gap,
+    )
+    .unwrap();
+    assert!(matches!(
+        b.on_bytes(MS, &gap)[..],
+        [Effect::ResetConnection(FtError::OutOfOrder {
+            expected: 2,
+            got: 3
+        })]
+    ));
+}
+
+#[test]
+fn lagging_backup_throttles_the_primary() {
+    let (mut p, mut b, mut bytes) = pair();
+    let c = cfg(1).max_lag_ns;
+    for i in 1..=20 {
+        let (_, fx) = p
+            .record(
+                i * MS,
+                i * 100 * MS,
+                LogEntry::Interrupt {
+                    at: pt(i),
+                    vector: 32,
+                },
+            )
+            .unwrap();
+        bytes.extend(sent(&fx));
+    }
+    let ack = sent(&b.on_bytes(21 * MS, &bytes));
+    p.on_bytes(21 * MS, &ack);
+    let fx = p.tick(21 * MS, 2000 * MS, pt(21));
+    assert!(
+        fx.contains(&Effect::Throttle(true)),
+        "lag {} > {c}",
+        p.lag_ns(2000 * MS)
+    );
+    while let ReplayLimit::Until(at) = b.replay_limit() {
+        b.take_async(at).unwrap();
+    }
+    p.on_bytes(22 * MS, &sent(&b.tick(22 * MS)));
+    assert!(p
+        .tick(22 * MS, 2000 * MS, pt(21))
+        .contains(&Effect::Throttle(false)));
+}
+
+#[test]
+fn silent_backup_primary_wins_and_releases_or_loses_and_halts() {
+    for won in [true, false] {
+        let (mut p, _b, _) = pair();
+        p.output(MS, 0, pt(3), 41).unwrap();
+        assert!(p
+            .tick(100 * MS, 0, pt(4))
+            .iter()
+            .all(|e| !matches!(e, Effect::Arbitrate { .. })));
+        let fx = p.tick(2_001 * MS, 0, pt(4));
+        assert!(fx.contains(&Effect::Arbitrate {
+            expected_generation: 1
+        }));
+        assert_eq!(p.state(), PrimaryState::Arbitrating);
+        // Storage unreachable: nothing happens, retry later.
+        assert!(p.on_verdict(2_001 * MS, Verdict::Unreachable).is_empty());
+        assert!(p.tick(2_002 * MS, 0, pt(4)).is_empty());
+        assert!(p.tick(2_101 * MS, 0, pt(4)).contains(&Effect::Arbitrate {
+            expected_generation: 1
+        }));
+        let fx = if won {
+            p.on_verdict(2_101 * MS, Verdict::Won(FlagRecord::new(2, NodeId(1))))
+        } else {
+            p.on_verdict(2_101 * MS, Verdict::Lost(FlagRecord::new(2, NodeId(2))))
+        };
+        if won {
+            assert_eq!(released(&fx), [41]);
+            assert_eq!(p.state(), PrimaryState::Alone);
+            assert_eq!(released(&p.output(3_000 * MS, 0, pt(9), 42).unwrap()), [42]);
+        } else {
+            assert!(fx.contains(&Effect::Halt) && released(&fx).is_empty());
+            assert_eq!(p.state(), PrimaryState::Halted);
+        }
+    }
+}
+
+#[test]
+fn silent_primary_backup_drains_then_goes_live_and_reissues_disk_io() {
+    let (mut p, mut b, mut bytes) = pair();
+    b.note_disk_request(5);
+    b.note_disk_request(6);
+    let done = LogEntry::DiskCompletion {
+        at: pt(2),
+        vector: 33,
+        request_id: 5,
+        status: crate::log::DiskStatus::Ok,
+        data: alloc::vec![0; 512],
+    };
+    for e in [
+        done,
+        LogEntry::Interrupt {
+            at: pt(3),
+            vector: 32,
+        },
+    ] {
+        let (_, fx) = p.record(0, 0, e).unwrap();
+        bytes.extend(sent(&fx));
+    }
+    b.on_bytes(MS, &bytes);
+    assert!(b
+        .tick(1_000 * MS)
+        .iter()
+        .all(|e| !matches!(e, Effect::Arbitrate { .. })));
+    assert!(b.tick(2_001 * MS).contains(&Effect::Arbitrate {
+        expected_generation: 1
+    }));
+    let fx = b.on_verdict(2_001 * MS, Verdict::Won(FlagRecord::new(2, NodeId(2))));
+    assert!(fx.is_empty(), "must drain the log before going live");
+    assert_eq!(b.state(), BackupState::Draining);
+    b.take_async(pt(2)).unwrap();
+    b.take_async(pt(3)).unwrap();
+    let fx = b.tick(2_002 * MS);
+    let Some(Effect::GoLive(g)) = fx.first() else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(
+        (g.generation, g.last_applied, &g.reissue_disk[..]),
+        (2, 2, &[6][..])
+    );
+    assert_eq!(b.replay_limit(), ReplayLimit::Free);
+    assert_eq!(b.take_output(pt(9), 1), Ok(true), "live outputs are real");
+}

@@ -1,0 +1,113 @@
+//! The simulation campaign run by `cargo test -p ft`, and the mutation
+//! checks that prove the checker bites.
+
+use super::*;
+
+const SEEDS: u64 = 10_000;
+const SHARDS: u64 = 4;
+
+fn campaign(shard: u64) {
+    let cfg = SimConfig::default();
+    let mut total = Stats::default();
+    let per = SEEDS / SHARDS;
+    for seed in shard * per..(shard + 1) * per {
+        let r = run_seed(seed, &cfg);
+        if let Some(v) = r.violation {
+            panic!(
+                "seed {seed}: {:?} at {} ms: {}\nreproduce: cargo run -p ft --features sim --bin ftsim -- --seed {seed}",
+                v.invariant,
+                v.at_ns / 1_000_000,
+                v.detail
+            );
+        }
+        total.failovers += r.stats.failovers;
+        total.primary_alone += r.stats.primary_alone;
+        total.halts += r.stats.halts;
+        total.repairs += r.stats.repairs;
+        total.liveness_met += r.stats.liveness_met;
+        total.resets += r.stats.resets;
+        total.outputs += r.stats.outputs;
+    }
+    // The schedule must actually exercise what the invariants are about.
+    assert!(total.failovers > per / 20, "too few failovers: {total:?}");
+    assert!(
+        total.primary_alone > per / 20,
+        "too few primaries alone: {total:?}"
+    );
+    assert!(total.halts > per / 50, "too few halts: {total:?}");
+    assert!(total.repairs > per / 50, "too few repairs: {total:?}");
+    assert!(
+        total.liveness_met > per / 20,
+        "too few liveness checks: {total:?}"
+    );
+    assert!(total.resets > 0, "no corruption resets: {total:?}");
+    assert!(total.outputs > per * 50, "too few outputs: {total:?}");
+}
+
+#[test]
+fn campaign_shard_0() {
+    campaign(0);
+}
+#[test]
+fn campaign_shard_1() {
+    campaign(1);
+}
+#[test]
+fn campaign_shard_2() {
+    campaign(2);
+}
+#[test]
+fn campaign_shard_3() {
+    campaign(3);
+}
+
+/// The first seed in `0..limit` whose run breaks an invariant.
+fn first_violation(cfg: &SimConfig, limit: u64) -> Option<(u64, Violation)> {
+    (0..limit).find_map(|s| run_seed(s, cfg).violation.map(|v| (s, v)))
+}
+
+#[test]
+fn mutation_no_output_rule_is_caught() {
+    let cfg = SimConfig {
+        mutation: Mutation::NoOutputRule,
+        ..SimConfig::default()
+    };
+    let (_, v) = first_violation(&cfg, 50).expect("output rule switched off, nothing caught");
+    assert_eq!(v.invariant, Invariant::OutputRule, "{v:?}");
+}
+
+#[test]
+fn mutation_no_output_rule_is_caught_by_world_consistency_alone() {
+    // Without the direct check, only what the world saw can betray it.
+    let cfg = SimConfig {
+        mutation: Mutation::NoOutputRule,
+        check_output_rule: false,
+        ..SimConfig::default()
+    };
+    let (seed, v) = first_violation(&cfg, 500).expect("output rule switched off, nothing caught");
+    assert!(
+        matches!(
+            v.invariant,
+            Invariant::Extension | Invariant::SingleExecution
+        ),
+        "seed {seed}: {v:?}"
+    );
+}
+
+#[test]
+fn mutation_no_test_and_set_is_caught() {
+    let cfg = SimConfig {
+        mutation: Mutation::NoTestAndSet,
+        ..SimConfig::default()
+    };
+    let (seed, v) = first_violation(&cfg, 500).expect("test-and-set switched off, nothing caught");
+    assert_eq!(v.invariant, Invariant::NoSplitBrain, "seed {seed}: {v:?}");
+}
+
+#[test]
+fn a_seed_reproduces_exactly() {
+    let cfg = SimConfig::default();
+    for seed in [1, 77, 4242] {
+        assert_eq!(run_seed(seed, &cfg).stats, run_seed(seed, &cfg).stats);
+    }
+}
