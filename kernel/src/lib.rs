@@ -12,6 +12,7 @@ pub mod devices;
 pub mod error;
 pub mod exitcode;
 pub mod loader;
+pub mod mmio;
 pub mod mmio_decode;
 
 pub use error::Error;

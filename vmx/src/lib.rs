@@ -11,6 +11,7 @@ pub mod caps;
 pub mod ept;
 pub mod error;
 pub mod exit;
+pub mod guest_walk;
 pub mod vmcs;
 
 pub use error::Error;

@@ -9,7 +9,9 @@ use alloc::string::String;
 use kernel::devices::lapic::{ApicMode, Lapic};
 use kernel::devices::uart::{Uart, COM1_BASE, PORT_COUNT};
 use kernel::devices::{all_ones, Bus, DeviceSet, MmioDevice, PioDevice};
+use kernel::mmio_decode::CpuMode;
 use vmx::exit::{MmioRequest, Platform};
+use vmx::guest_walk::{self, GuestPhysRead};
 use vmx::Error;
 
 /// Device ids on the bus.
@@ -61,6 +63,24 @@ pub struct Machine {
 pub fn host_tsc() -> u64 {
     // SAFETY: RDTSC has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Guest RAM as seen by the page walker.
+struct RamReader<'a>(&'a [u8]);
+
+impl GuestPhysRead for RamReader<'_> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let a = usize::try_from(gpa).ok()?;
+        Some(u64::from_le_bytes(
+            self.0.get(a..a.checked_add(8)?)?.try_into().ok()?,
+        ))
+    }
+    fn read_u32(&self, gpa: u64) -> Option<u32> {
+        let a = usize::try_from(gpa).ok()?;
+        Some(u32::from_le_bytes(
+            self.0.get(a..a.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
 }
 
 impl Machine {
@@ -176,13 +196,50 @@ impl Platform for Machine {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn mmio(
-        &mut self,
-        _gpa: u64,
-        _access: &mut MmioRequest<'_>,
-    ) -> Option<Result<(), &'static str>> {
-        // No MMIO devices yet (virtio-mmio comes with guest I/O).
-        None
+    fn mmio(&mut self, gpa: u64, req: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
+        // Only fetch and decode when a device claims the address.
+        self.bus.resolve_mmio(gpa, 1).ok()?;
+        let mode = match req.code_bits {
+            64 => CpuMode::Bits64,
+            32 => CpuMode::Bits32,
+            _ => CpuMode::Bits16,
+        };
+        let linear = if req.code_bits == 64 {
+            req.rip
+        } else {
+            req.cs_base.wrapping_add(req.rip)
+        };
+        let mut insn = [0u8; 15];
+        let mut got = 0;
+        // Fetch page by page: the instruction may cross a page boundary.
+        while got < insn.len() {
+            let lin = linear.wrapping_add(got as u64);
+            let Ok(gpa_insn) = guest_walk::translate(&req.paging, &RamReader(self.ram), lin) else {
+                break;
+            };
+            let in_page = (4096 - (lin & 0xfff) as usize).min(insn.len() - got);
+            if self
+                .read_guest(gpa_insn, &mut insn[got..got + in_page])
+                .is_err()
+            {
+                break;
+            }
+            got += in_page;
+        }
+        if got == 0 {
+            return Some(Err("cannot fetch the instruction that accessed MMIO"));
+        }
+        let now = self.now();
+        let result = kernel::mmio::emulate(
+            &mut self.bus,
+            &mut self.devices,
+            gpa,
+            &insn[..got],
+            mode,
+            &mut req.regs.gpr,
+            now,
+        )?;
+        Some(result.map(|len| req.instruction_len = len as u64))
     }
 
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {

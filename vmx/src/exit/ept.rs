@@ -4,6 +4,7 @@
 //! RIP advanced) or an access to nothing, which stops the guest with a
 //! report naming the address, the access type and RIP.
 use super::{Action, GuestRegs, MmioRequest, Platform, Stop};
+use crate::guest_walk::PagingMode;
 use crate::vmcs::{Field, VmcsAccess};
 use crate::Error;
 
@@ -27,6 +28,19 @@ pub fn code_bits(vmcs: &impl VmcsAccess) -> u8 {
         32
     } else {
         16
+    }
+}
+
+/// The guest's paging state from CR0, CR4 and EFER.
+pub fn paging_mode(vmcs: &impl VmcsAccess) -> PagingMode {
+    let cr4 = vmcs.get(Field::GuestCr4);
+    PagingMode {
+        paging: vmcs.get(Field::GuestCr0) & (1 << 31) != 0,
+        long_mode: vmcs.get(Field::GuestIa32Efer) & (1 << 10) != 0,
+        pae: cr4 & (1 << 5) != 0,
+        pse: cr4 & (1 << 4) != 0,
+        la57: cr4 & (1 << 12) != 0,
+        cr3: vmcs.get(Field::GuestCr3),
     }
 }
 
@@ -55,8 +69,8 @@ pub fn handle_violation(
         instruction_len: 0,
         is_write: q & 2 != 0,
         code_bits: code_bits(vmcs),
-        cr3: vmcs.get(Field::GuestCr3),
-        paging: vmcs.get(Field::GuestCr0) & (1 << 31) != 0,
+        cs_base: vmcs.get(Field::GuestCsBase),
+        paging: paging_mode(vmcs),
     };
     match platform.mmio(gpa, &mut req) {
         None => stop(access_kind(q)),

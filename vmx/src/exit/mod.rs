@@ -178,8 +178,10 @@ pub struct MmioRequest<'a> {
     pub is_write: bool,
     /// Code segment mode: 16, 32 or 64.
     pub code_bits: u8,
-    pub cr3: u64,
-    pub paging: bool,
+    /// CS base (linear address of RIP = base + RIP outside 64-bit mode).
+    pub cs_base: u64,
+    /// Guest paging state, to fetch the instruction bytes.
+    pub paging: crate::guest_walk::PagingMode,
 }
 
 /// Advances RIP past the exiting instruction and clears STI/MOV-SS
