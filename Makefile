@@ -5,7 +5,8 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 KELF := $(TARGET_DIR)/$(KTARGET)/release/ftvisor
 RUNNER := cargo run -q --release -p qemu-tests --
 T ?=
-CMDLINE ?= mode=report
+CMDLINE ?= mode=hypervisor
+GUEST ?= build/testguest.elf64=test=hello
 EMU ?= bochs
 IMAGE_LIMIT := 2097152
 
@@ -34,12 +35,13 @@ image:
 # Bootable GRUB ISO (QEMU -cdrom, Bochs, bare metal). CMDLINE= sets the
 # hypervisor command line.
 iso: image
-	boot/mkimage.sh iso build/ftvisor.elf64 build/ftvisor.iso "$(CMDLINE)"
+	boot/mkimage.sh iso build/ftvisor.elf64 build/ftvisor.iso "$(CMDLINE)" $(GUEST)
 	@echo "iso: build/ftvisor.iso (cmdline: $(CMDLINE))"
 
-# The demo: boots the hypervisor in Bochs 3.0 (EMU=qemu-tcg for QEMU).
+# The demo: boots the hypervisor in Bochs 3.0 and runs the test guest under
+# VMX (EMU=qemu-tcg CMDLINE=mode=report for QEMU, which has no VMX).
 run: deps
-	$(RUNNER) boot $(EMU) "$(CMDLINE)"
+	$(RUNNER) boot $(EMU) "$(CMDLINE)" $(GUEST)
 
 test: deps unit e2e
 

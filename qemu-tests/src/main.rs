@@ -9,7 +9,8 @@
 //! ```text
 //! qemu-tests list                 # every test and the emulator it needs
 //! qemu-tests run [FILTER]         # run tests whose name contains FILTER
-//! qemu-tests boot <emu> [cmdline] # boot once, stream serial (make run)
+//! qemu-tests boot <emu> [cmdline] [module[=args]]...
+//!                                 # boot once, stream serial (make run)
 //! ```
 mod emulator;
 mod tests;
@@ -42,7 +43,7 @@ fn build_images(root: &PathBuf) -> Result<(), String> {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: qemu-tests list | run [--no-build] [FILTER] | boot <qemu-tcg|qemu-kvm|bochs> [cmdline]"
+        "usage: qemu-tests list | run [--no-build] [FILTER] | boot <qemu-tcg|qemu-kvm|bochs> [cmdline] [module[=args]]..."
     );
     ExitCode::from(2)
 }
@@ -121,6 +122,14 @@ fn main() -> ExitCode {
                 return usage();
             };
             let cmdline = args.get(2).cloned().unwrap_or_default();
+            // Further arguments: boot modules as `file` or `file=module args`.
+            let modules = args[3.min(args.len())..]
+                .iter()
+                .map(|m| match m.split_once('=') {
+                    Some((f, a)) => (root.join(f), a.to_string()),
+                    None => (root.join(m), String::new()),
+                })
+                .collect();
             if let Err(e) = build_images(&root) {
                 eprintln!("qemu-tests: {e}");
                 return ExitCode::FAILURE;
@@ -132,7 +141,7 @@ fn main() -> ExitCode {
             let spec = emulator::BootSpec {
                 name: "boot".into(),
                 cmdline,
-                modules: vec![],
+                modules,
                 timeout: std::time::Duration::from_secs(600),
                 stream: true,
                 extra: vec![],
