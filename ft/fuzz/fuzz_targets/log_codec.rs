@@ -2,15 +2,36 @@
 //! decoding arbitrary bytes never panics; whatever decodes re-encodes to
 //! the same bytes (canonical format); the stream decoder, fed the same
 //! bytes in fuzzer-chosen chunks, yields the same records as one-shot
-//! decoding; the flag block parser never panics.
+//! decoding; the flag block parser never panics. A second pass patches a
+//! valid CRC32C into the input so the payload parsers behind the CRC get
+//! fuzzed too (random bytes almost never carry a valid CRC).
 #![no_main]
 
 use ft::arbitration::FlagRecord;
-use ft::log::{decode_record, encode_record, StreamDecoder};
+use crc::{Crc, CRC_32_ISCSI};
+use ft::log::{decode_record, encode_record, StreamDecoder, HEADER_LEN, TRAILER_LEN};
 use libfuzzer_sys::fuzz_target;
+
+/// Writes the CRC32C the header's length asks for, then decodes.
+fn check_patched(data: &[u8]) {
+    if data.len() < HEADER_LEN + TRAILER_LEN {
+        return;
+    }
+    let mut v = data.to_vec();
+    let len = u32::from_le_bytes([v[4], v[5], v[6], v[7]]) as usize;
+    let body = (HEADER_LEN + len).min(v.len() - TRAILER_LEN);
+    let crc = Crc::<u32>::new(&CRC_32_ISCSI).checksum(&v[..body]);
+    v[body..body + TRAILER_LEN].copy_from_slice(&crc.to_le_bytes());
+    if let Ok((rec, used)) = decode_record(&v) {
+        let mut again = Vec::new();
+        encode_record(rec.seq, &rec.entry, &mut again).expect("decoded record re-encodes");
+        assert_eq!(again, &v[..used], "encoding is canonical");
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let _ = FlagRecord::from_bytes(data);
+    check_patched(data);
     let (chunk, bytes) = match data.split_first() {
         Some((c, rest)) => (usize::from(*c % 31) + 1, rest),
         None => return,
