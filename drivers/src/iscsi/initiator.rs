@@ -200,12 +200,19 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         self.execute_checked(cmd).map(|_| ())
     }
 
-    /// Logs out (§11.14) and returns the transport.
+    /// Logs out (§11.14) and returns the transport. The target closes the
+    /// connection after its Logout Response; if our answer to one of its
+    /// NOP-In pings was still unread there, its close is a reset that can
+    /// swallow the response (seen with istgt). The session is closed at the
+    /// target either way, so a connection closed during logout is success.
     pub fn logout(mut self) -> Result<T> {
         let now = self.clock.now_ms();
         self.session.logout(now)?;
-        match self.run_until(|e| matches!(e, Event::LoggedOut { .. }))? {
-            Event::LoggedOut { clean: true } => Ok(self.transport),
+        match self.run_until(|e| matches!(e, Event::LoggedOut(_)))? {
+            Event::LoggedOut(Ok(0)) => Ok(self.transport),
+            Event::LoggedOut(Ok(_)) => Err(Error::Protocol("target refused the logout")),
+            Event::LoggedOut(Err(Error::ConnectionClosed)) => Ok(self.transport),
+            Event::LoggedOut(Err(e)) => Err(e),
             _ => Err(Error::Protocol("logout not confirmed")),
         }
     }

@@ -481,7 +481,7 @@ fn logout_is_confirmed() {
         time2retain: 0,
     };
     reply(&mut s, Pdu::LogoutResponse(resp), 2);
-    assert_eq!(events(&mut s), vec![Event::LoggedOut { clean: true }]);
+    assert_eq!(events(&mut s), vec![Event::LoggedOut(Ok(0))]);
     assert!(s.is_logged_out());
     assert_eq!(s.logout(3), Err(Error::NotLoggedIn));
 }
