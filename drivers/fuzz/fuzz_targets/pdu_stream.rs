@@ -1,11 +1,12 @@
 //! Streaming PDU decoder on arbitrary bytes in arbitrary chunks: never
 //! panics, never buffers past one maximal PDU, and every decoded PDU
-//! re-encodes to bytes that decode to the same PDU. Also feeds the bytes to
-//! a logged-in-looking session and to the text-key parser.
+//! re-encodes to bytes that decode to the same PDU. The same chunks then go
+//! to a session that is logging in (hostile target), and the whole input to
+//! the text-key parser.
 #![no_main]
 
 use drivers::iscsi::text::TextPairs;
-use drivers::iscsi::{Pdu, PduDecoder};
+use drivers::iscsi::{Pdu, PduDecoder, Session, SessionConfig};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 8192;
@@ -27,6 +28,15 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => break 'outer,
             }
         }
+    }
+    let mut s = Session::new(SessionConfig::new("iqn.i", "iqn.t", [0x80, 0, 0, 0, 0, 1]));
+    s.connected(0);
+    for (t, c) in rest.chunks(chunk).enumerate() {
+        s.receive(c, t as u64);
+        s.poll(t as u64);
+        let n = s.transmit().len();
+        s.consume_transmit(n);
+        while s.next_event().is_some() {}
     }
     let _ = TextPairs::decode(rest);
 });

@@ -69,9 +69,13 @@ impl Session {
                 self.update_sn(&r.sn);
                 match self.task_index(r.rejected_itt()) {
                     Ok(i) => self.complete(i, Err(Error::Rejected { reason: r.reason }), now),
-                    Err(_) => self
-                        .events
-                        .push_back(Event::ConnectionLost(Error::Rejected { reason: r.reason })),
+                    // A rejected NOP-Out or Data-Out: surfaced, the
+                    // connection stays (§11.17.1; a task times out if it
+                    // never completes).
+                    Err(_) => self.events.push_back(Event::Rejected {
+                        reason: r.reason,
+                        itt: r.rejected_itt(),
+                    }),
                 }
                 Ok(())
             }

@@ -83,6 +83,11 @@ pub enum Event {
     },
     /// The target's Asynchronous Message (§11.9), surfaced as is.
     Async(AsyncMessage),
+    /// The target rejected a PDU that belongs to no task (§11.17).
+    Rejected {
+        reason: u8,
+        itt: u32,
+    },
     /// The connection is unusable: close the transport; the session will
     /// ask to reconnect via [`Session::wants_connect`].
     ConnectionLost(Error),

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::iscsi::pdu::{
-    DataIn, LoginResponse, LogoutResponse, NopIn, R2t, ScsiResponse, StatusSn,
+    DataIn, LoginResponse, LogoutResponse, NopIn, R2t, Reject, ScsiResponse, StatusSn,
 };
 use alloc::vec;
 
@@ -454,6 +454,36 @@ fn refused_login_and_bad_pdus_end_cleanly() {
         &events(&mut s)[..],
         [Event::ConnectionLost(Error::DataSegmentTooLong { .. })]
     ));
+    // A Reject of a task fails that task; of anything else is surfaced.
+    let mut s = Session::new(cfg());
+    login(&mut s, 0, &[]);
+    let id = s.submit(0, Command::test_unit_ready(), 1).unwrap();
+    let Pdu::ScsiCommand(c) = &sent(&mut s)[0] else {
+        panic!()
+    };
+    let mut header = [0u8; 48];
+    header[16..20].copy_from_slice(&c.itt.to_be_bytes());
+    let rej = |header| {
+        Pdu::Reject(Reject {
+            reason: 9,
+            sn: sn(102, 1, 32),
+            data_sn: 0,
+            header,
+        })
+    };
+    reply(&mut s, rej(header), 2);
+    reply(&mut s, rej([0; 48]), 2);
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::TaskComplete {
+                id,
+                result: Err(Error::Rejected { reason: 9 })
+            },
+            Event::Rejected { reason: 9, itt: 0 }
+        ]
+    );
+    assert!(s.is_logged_in());
     // A response for a task we never sent.
     let mut s = Session::new(cfg());
     login(&mut s, 0, &[]);
