@@ -12,6 +12,11 @@
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
+//! | `ip` | the hypervisor's IPv4 address and prefix, `a.b.c.d/nn` (`mode=net`) | `10.0.2.15/24` |
+//! | `gw` | default IPv4 gateway `a.b.c.d`, or `none` | `10.0.2.2` |
+//! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
+//! | `echo_port` | TCP/UDP port of the echo/diagnostic service (1..65535) | `7` |
+//! | `net_timeout` | seconds `mode=net` serves before exiting with failure (1..86400) | `120` |
 use crate::Error;
 use alloc::string::ToString;
 
@@ -22,6 +27,49 @@ pub enum Mode {
     Hypervisor,
     /// Print the boot and CPU report and exit with success.
     Report,
+    /// Bring up the NIC and serve the TCP/UDP echo service (no guest).
+    Net,
+}
+
+/// Which NIC driver `mode=net` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicChoice {
+    Auto,
+    E1000,
+    Virtio,
+}
+
+/// An IPv4 address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: [u8; 4],
+    pub prefix: u8,
+}
+
+/// Network settings of `mode=net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub ip: Ipv4Cidr,
+    pub gateway: Option<[u8; 4]>,
+    pub nic: NicChoice,
+    pub echo_port: u16,
+    pub timeout_secs: u64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        // QEMU user networking's defaults (guest 10.0.2.15, host 10.0.2.2).
+        NetConfig {
+            ip: Ipv4Cidr {
+                addr: [10, 0, 2, 15],
+                prefix: 24,
+            },
+            gateway: Some([10, 0, 2, 2]),
+            nic: NicChoice::Auto,
+            echo_port: 7,
+            timeout_secs: 120,
+        }
+    }
 }
 
 /// Deliberate failures for the exit-path tests.
@@ -49,6 +97,7 @@ pub struct Config {
     pub guest_mem: u64,
     pub log: LogLevel,
     pub watchdog_secs: u64,
+    pub net: NetConfig,
 }
 
 impl Default for Config {
@@ -59,6 +108,7 @@ impl Default for Config {
             guest_mem: 64 << 20,
             log: LogLevel::Info,
             watchdog_secs: 30,
+            net: NetConfig::default(),
         }
     }
 }
@@ -84,6 +134,11 @@ impl Config {
                 "guest_mem" => (2, "guest_mem"),
                 "log" => (3, "log"),
                 "watchdog" => (4, "watchdog"),
+                "ip" => (10, "ip"),
+                "gw" => (11, "gw"),
+                "nic" => (12, "nic"),
+                "echo_port" => (13, "echo_port"),
+                "net_timeout" => (14, "net_timeout"),
                 _ => {
                     return Err(Error::UnknownOption {
                         option: key.to_string(),
@@ -104,7 +159,8 @@ impl Config {
                     cfg.mode = match value {
                         "hypervisor" => Mode::Hypervisor,
                         "report" => Mode::Report,
-                        _ => return Err(bad("`hypervisor` or `report`")),
+                        "net" => Mode::Net,
+                        _ => return Err(bad("`hypervisor`, `report` or `net`")),
                     }
                 }
                 "selftest" => {
@@ -140,6 +196,46 @@ impl Config {
                     }
                     cfg.watchdog_secs = secs;
                 }
+                "ip" => {
+                    cfg.net.ip = parse_cidr(value)
+                        .ok_or_else(|| bad("an IPv4 address with prefix, e.g. `10.0.2.15/24`"))?;
+                }
+                "gw" => {
+                    cfg.net.gateway =
+                        if value == "none" {
+                            None
+                        } else {
+                            Some(parse_ipv4(value).ok_or_else(|| {
+                                bad("an IPv4 address, e.g. `10.0.2.2`, or `none`")
+                            })?)
+                        };
+                }
+                "nic" => {
+                    cfg.net.nic = match value {
+                        "auto" => NicChoice::Auto,
+                        "e1000" => NicChoice::E1000,
+                        "virtio" => NicChoice::Virtio,
+                        _ => return Err(bad("`e1000`, `virtio` or `auto`")),
+                    }
+                }
+                "echo_port" => {
+                    const EXPECTED: &str = "a port number between 1 and 65535";
+                    let port: u16 = parse_decimal(value)
+                        .and_then(|v| u16::try_from(v).ok())
+                        .ok_or_else(|| bad(EXPECTED))?;
+                    if port == 0 {
+                        return Err(bad(EXPECTED));
+                    }
+                    cfg.net.echo_port = port;
+                }
+                "net_timeout" => {
+                    const EXPECTED: &str = "whole seconds between 1 and 86400";
+                    let secs = parse_decimal(value).ok_or_else(|| bad(EXPECTED))?;
+                    if !(1..=86400).contains(&secs) {
+                        return Err(bad(EXPECTED));
+                    }
+                    cfg.net.timeout_secs = secs;
+                }
                 _ => unreachable!("every key above is handled"),
             }
         }
@@ -156,6 +252,52 @@ pub fn strip_image_path(cmdline: &str) -> &str {
         None if trimmed.starts_with('/') && !trimmed.contains('=') => "",
         _ => trimmed,
     }
+}
+
+/// Parses plain decimal digits (no sign, no spaces) into a `u64`.
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a dotted-quad IPv4 address: four decimal octets 0..=255, no
+/// leading `+`, no empty parts, at most three digits each.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() > 3 {
+            return None;
+        }
+        *o = u8::try_from(parse_decimal(p)?).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Parses `a.b.c.d/nn` with a prefix length of 1..=32. The address must be
+/// a unicast host address of that network (not the network or broadcast
+/// address of prefixes shorter than 31).
+pub fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
+    let (a, p) = s.split_once('/')?;
+    let addr = parse_ipv4(a)?;
+    if p.len() > 2 {
+        return None;
+    }
+    let prefix = u8::try_from(parse_decimal(p)?).ok()?;
+    if !(1..=32).contains(&prefix) || addr[0] == 0 || addr[0] >= 224 || addr[0] == 127 {
+        return None;
+    }
+    if prefix < 31 {
+        let host_mask = u32::MAX >> prefix;
+        let host = u32::from_be_bytes(addr) & host_mask;
+        if host == 0 || host == host_mask {
+            return None;
+        }
+    }
+    Some(Ipv4Cidr { addr, prefix })
 }
 
 /// Parses `123`, `4K`, `64M`, `1G` (binary units) without overflow.
@@ -230,6 +372,91 @@ mod tests {
         assert_eq!(Config::parse("watchdog=2").unwrap().watchdog_secs, 2);
         assert!(Config::parse("watchdog=0").is_err());
         assert!(Config::parse("watchdog=1s").is_err());
+    }
+
+    #[test]
+    fn net_options() {
+        let c = Config::parse(
+            "mode=net ip=192.168.7.2/16 gw=192.168.0.1 nic=e1000 echo_port=4000 net_timeout=30",
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Net);
+        assert_eq!(
+            c.net,
+            NetConfig {
+                ip: Ipv4Cidr {
+                    addr: [192, 168, 7, 2],
+                    prefix: 16
+                },
+                gateway: Some([192, 168, 0, 1]),
+                nic: NicChoice::E1000,
+                echo_port: 4000,
+                timeout_secs: 30,
+            }
+        );
+        assert_eq!(
+            Config::parse("nic=virtio").unwrap().net.nic,
+            NicChoice::Virtio
+        );
+        assert_eq!(Config::parse("gw=none").unwrap().net.gateway, None);
+        assert_eq!(Config::parse("").unwrap().net, NetConfig::default());
+        assert_eq!(Config::parse("ip=10.0.0.1/32").unwrap().net.ip.prefix, 32);
+    }
+
+    #[test]
+    fn bad_net_values_are_named() {
+        for (line, option) in [
+            ("ip=10.0.2.15", "ip"),
+            ("ip=10.0.2.15/33", "ip"),
+            ("ip=10.0.2.15/0", "ip"),
+            ("ip=10.0.2.256/24", "ip"),
+            ("ip=10.0.2/24", "ip"),
+            ("ip=10.0.2.15.1/24", "ip"),
+            ("ip=10..2.15/24", "ip"),
+            ("ip=+10.0.2.15/24", "ip"),
+            ("ip=10.0.2.0/24", "ip"),
+            ("ip=10.0.2.255/24", "ip"),
+            ("ip=0.0.0.1/8", "ip"),
+            ("ip=127.0.0.1/8", "ip"),
+            ("ip=224.0.0.1/4", "ip"),
+            ("ip=0010.0.2.15/24", "ip"),
+            ("gw=10.0.2", "gw"),
+            ("gw=300.1.1.1", "gw"),
+            ("nic=rtl8139", "nic"),
+            ("echo_port=0", "echo_port"),
+            ("echo_port=65536", "echo_port"),
+            ("echo_port=-1", "echo_port"),
+            ("echo_port=7x", "echo_port"),
+            ("net_timeout=0", "net_timeout"),
+            ("net_timeout=86401", "net_timeout"),
+            ("net_timeout=", "net_timeout"),
+        ] {
+            let e = Config::parse(line).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("`{option}`")), "{line}: {text}");
+            let value = line.split_once('=').unwrap().1;
+            assert!(text.contains(&format!("`{value}`")), "{line}: {text}");
+        }
+        assert_eq!(
+            Config::parse("nic=auto nic=e1000").unwrap_err(),
+            Error::DuplicateOption { option: "nic" }
+        );
+    }
+
+    #[test]
+    fn ipv4_parsing() {
+        assert_eq!(parse_ipv4("0.0.0.0"), Some([0; 4]));
+        assert_eq!(parse_ipv4("255.255.255.255"), Some([255; 4]));
+        assert_eq!(parse_ipv4("1.2.3"), None);
+        assert_eq!(parse_ipv4("1.2.3.4."), None);
+        assert_eq!(parse_ipv4(""), None);
+        assert_eq!(
+            parse_cidr("10.0.2.15/31"),
+            Some(Ipv4Cidr {
+                addr: [10, 0, 2, 15],
+                prefix: 31
+            })
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod bootinfo;
 pub mod config;
 pub mod devices;
+pub mod echo;
 pub mod error;
 pub mod exitcode;
 pub mod loader;

@@ -17,6 +17,9 @@ mod arch;
 mod hv;
 
 #[cfg(target_os = "none")]
+mod net;
+
+#[cfg(target_os = "none")]
 mod vmm;
 
 #[cfg(not(target_os = "none"))]
