@@ -10,7 +10,7 @@ GUEST ?= build/testguest.elf64=test=hello
 EMU ?= bochs
 IMAGE_LIMIT := 2097152
 
-.PHONY: all deps build image iso run test unit e2e e2e-list fmt fmt-check clippy clean
+.PHONY: all deps build image iso run test unit e2e e2e-list sim fmt fmt-check clippy clean
 
 all: image
 
@@ -53,6 +53,11 @@ e2e:
 
 e2e-list:
 	@$(RUNNER) list
+
+# Long deterministic-simulation campaign of the FT protocol (ft/).
+SEEDS ?= 100000
+sim:
+	cargo run --release -p ft --features sim --bin ftsim -- --seeds $(SEEDS)
 
 fmt:
 	cargo fmt --all
