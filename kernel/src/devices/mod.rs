@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 
 pub mod lapic;
 pub mod uart;
+pub mod virtio;
 
 /// A device on the x86 I/O port space (`IN`/`OUT`, SDM Vol. 2).
 pub trait PioDevice {

@@ -1,0 +1,1 @@
+//! Hostile descriptor chains and randomized register/ring contents.
