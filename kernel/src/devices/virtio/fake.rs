@@ -178,6 +178,8 @@ impl<D: VirtioDevice> Driver<D> {
             avail_idx: 0,
             used_seen: 0,
         };
+        // Fresh rings, as a driver allocates them zeroed.
+        self.mem.put(base, &[0; 0x3000]);
         self.write32(reg::QUEUE_SEL, q.into());
         assert!(self.read32(reg::QUEUE_NUM_MAX) >= size.into());
         self.write32(reg::QUEUE_NUM, size.into());

@@ -456,7 +456,8 @@ impl<D: VirtioDevice> MmioDevice for VirtioMmio<D> {
             // No writable configuration fields are offered.
             return;
         }
-        let ok = size == 4 && offset.is_multiple_of(4) && self.transport.write_reg(offset, value as u32);
+        let ok =
+            size == 4 && offset.is_multiple_of(4) && self.transport.write_reg(offset, value as u32);
         if !ok {
             self.transport.stats.bad_accesses += 1;
         } else if offset == reg::STATUS && value as u32 == 0 {
