@@ -67,8 +67,8 @@ const HEADER: u64 = 16;
 /// What a request in flight waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
-    Read(u32),
-    Write,
+    Read(u32, u64),
+    Write(u64),
     Flush,
 }
 
@@ -130,9 +130,32 @@ impl Blk {
         &self.stats
     }
 
-    /// Ids of the requests in flight, oldest first (re-issued on go-live).
+    /// Ids of the requests in flight, oldest first.
     pub fn in_flight(&self) -> impl Iterator<Item = u64> + '_ {
         self.in_flight.iter().map(|r| r.id)
+    }
+
+    /// Emit every request in flight again, with its original id, oldest
+    /// first: on go-live the new primary re-issues the I/O whose completion
+    /// the old one never logged (DESIGN.md §1.8). Write data is read again
+    /// from the guest's buffers, which the driver may not touch while the
+    /// request is in flight. A request whose buffers became unreadable is
+    /// skipped.
+    pub fn resubmit(&self, mem: &dyn GuestMemory, sink: &mut dyn OutputSink) {
+        for r in &self.in_flight {
+            let id = r.id;
+            sink.emit(match r.pending {
+                Pending::Read(len, sector) => GuestOutput::BlockRead { id, sector, len },
+                Pending::Write(sector) => {
+                    let mut data = vec![0u8; (r.chain.readable_len() - HEADER) as usize];
+                    if r.chain.read(mem, HEADER, &mut data).is_err() {
+                        continue;
+                    }
+                    GuestOutput::BlockWrite { id, sector, data }
+                }
+                Pending::Flush => GuestOutput::BlockFlush { id },
+            });
+        }
     }
 
     /// Write the status byte (the last writable byte) and return the chain
@@ -192,7 +215,7 @@ impl Blk {
                 }
                 let len = data_in as u32;
                 sink.emit(GuestOutput::BlockRead { id, sector, len });
-                Ok(Outcome::Pending(Pending::Read(len)))
+                Ok(Outcome::Pending(Pending::Read(len, sector)))
             }
             T_OUT if data_in == 0 && in_range(data_out) => {
                 if data_out == 0 {
@@ -203,7 +226,7 @@ impl Blk {
                     .read(mem, HEADER, &mut data)
                     .map_err(|_| BlockStatus::IoErr)?;
                 sink.emit(GuestOutput::BlockWrite { id, sector, data });
-                Ok(Outcome::Pending(Pending::Write))
+                Ok(Outcome::Pending(Pending::Write(sector)))
             }
             T_FLUSH if data_in == 0 && data_out == 0 => {
                 sink.emit(GuestOutput::BlockFlush { id });
@@ -271,7 +294,7 @@ impl Blk {
         }
         let mut result = Ok(());
         let (data_len, status) = match (req.pending, status) {
-            (Pending::Read(len), BlockStatus::Ok) if data.len() != len as usize => {
+            (Pending::Read(len, _), BlockStatus::Ok) if data.len() != len as usize => {
                 result = Err(InputError::BadReadLength {
                     id,
                     expected: len,
@@ -279,7 +302,7 @@ impl Blk {
                 });
                 (0, BlockStatus::IoErr)
             }
-            (Pending::Read(len), BlockStatus::Ok) => match req.chain.write(mem, 0, data) {
+            (Pending::Read(len, _), BlockStatus::Ok) => match req.chain.write(mem, 0, data) {
                 Ok(()) => (u64::from(len), BlockStatus::Ok),
                 Err(e) => {
                     t.fail(e.into());

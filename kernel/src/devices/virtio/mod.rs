@@ -25,6 +25,9 @@
 //!   and raises the interrupt; the interrupt is a deterministic consequence of
 //!   the input at that point, so it needs no log entry of its own.
 //!
+//! On go-live, [`blk::Blk::resubmit`] re-emits the block requests still in
+//! flight so the new primary can issue them (DESIGN.md §1.8).
+//!
 //! Inputs produced by guest register accesses alone (`GET_ID`, requests
 //! rejected with `IOERR`/`UNSUPP`, transmit-buffer returns) complete inside
 //! [`VirtioMmio::process`] and are deterministic too.

@@ -375,3 +375,20 @@ fn replaying_logged_inputs_reproduces_the_state() {
     assert_eq!(primary.irqs.0, backup.irqs.0);
     assert_eq!(primary.dev.device().stats().ok, 40);
 }
+
+#[test]
+fn requests_in_flight_can_be_resubmitted_on_go_live() {
+    let mut d = blk();
+    request(&mut d, T_OUT, 4, &[6; 512], 0);
+    request(&mut d, T_IN, 5, &[], 1024);
+    request(&mut d, T_FLUSH, 0, &[], 0);
+    d.kick(0);
+    let first = core::mem::take(&mut d.out);
+    assert_eq!(first.len(), 3);
+    d.dev
+        .complete(1, BlockStatus::Ok, vec![0; 1024], &mut d.mem, &mut d.irqs)
+        .unwrap();
+    let mut again = Vec::new();
+    d.dev.device().resubmit(&d.mem, &mut again);
+    assert_eq!(again, [first[0].clone(), first[2].clone()]);
+}
