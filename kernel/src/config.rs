@@ -12,6 +12,9 @@
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
+//! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
+//! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `replay` (record, then replay from the in-memory log in the same boot and compare) | `off` |
+//! | `replay_mutate` | `0`, or `1`: perturb one recorded entry's counter before replaying (proves the divergence check bites) | `0` |
 //! | `ip` | the hypervisor's IPv4 address and prefix, `a.b.c.d/nn` (`mode=net`) | `10.0.2.15/24` |
 //! | `gw` | default IPv4 gateway `a.b.c.d`, or `none` | `10.0.2.2` |
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
@@ -89,6 +92,26 @@ pub enum LogLevel {
     Debug,
 }
 
+/// Execution-counter backend (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterChoice {
+    /// `pmu` if it proves itself, else `preempt` if it does, else `mtf`.
+    Auto,
+    Preempt,
+    Mtf,
+    Pmu,
+}
+
+/// Record/replay mode of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FtMode {
+    Off,
+    /// Log every non-deterministic input at its execution point.
+    Record,
+    /// Record, then replay from the in-memory log (same boot) and compare.
+    Replay,
+}
+
 /// The typed kernel configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -98,6 +121,9 @@ pub struct Config {
     pub log: LogLevel,
     pub watchdog_secs: u64,
     pub net: NetConfig,
+    pub counter: CounterChoice,
+    pub ft: FtMode,
+    pub replay_mutate: bool,
 }
 
 impl Default for Config {
@@ -109,6 +135,9 @@ impl Default for Config {
             log: LogLevel::Info,
             watchdog_secs: 30,
             net: NetConfig::default(),
+            counter: CounterChoice::Auto,
+            ft: FtMode::Off,
+            replay_mutate: false,
         }
     }
 }
@@ -134,6 +163,9 @@ impl Config {
                 "guest_mem" => (2, "guest_mem"),
                 "log" => (3, "log"),
                 "watchdog" => (4, "watchdog"),
+                "counter" => (10, "counter"),
+                "ft" => (11, "ft"),
+                "replay_mutate" => (12, "replay_mutate"),
                 "ip" => (10, "ip"),
                 "gw" => (11, "gw"),
                 "nic" => (12, "nic"),
@@ -235,6 +267,30 @@ impl Config {
                         return Err(bad(EXPECTED));
                     }
                     cfg.net.timeout_secs = secs;
+                }
+                "counter" => {
+                    cfg.counter = match value {
+                        "auto" => CounterChoice::Auto,
+                        "preempt" => CounterChoice::Preempt,
+                        "mtf" => CounterChoice::Mtf,
+                        "pmu" => CounterChoice::Pmu,
+                        _ => return Err(bad("`auto`, `preempt`, `mtf` or `pmu`")),
+                    }
+                }
+                "ft" => {
+                    cfg.ft = match value {
+                        "off" => FtMode::Off,
+                        "record" => FtMode::Record,
+                        "replay" => FtMode::Replay,
+                        _ => return Err(bad("`off`, `record` or `replay`")),
+                    }
+                }
+                "replay_mutate" => {
+                    cfg.replay_mutate = match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(bad("`0` or `1`")),
+                    }
                 }
                 _ => unreachable!("every key above is handled"),
             }
@@ -456,6 +512,37 @@ mod tests {
                 addr: [10, 0, 2, 15],
                 prefix: 31
             })
+        );
+    }
+
+    #[test]
+    fn counter_and_ft() {
+        let c = Config::parse("counter=preempt ft=replay replay_mutate=1").unwrap();
+        assert_eq!(
+            (c.counter, c.ft, c.replay_mutate),
+            (CounterChoice::Preempt, FtMode::Replay, true)
+        );
+        let d = Config::default();
+        assert_eq!(
+            (d.counter, d.ft, d.replay_mutate),
+            (CounterChoice::Auto, FtMode::Off, false)
+        );
+        assert_eq!(
+            Config::parse("counter=mtf").unwrap().counter,
+            CounterChoice::Mtf
+        );
+        assert_eq!(
+            Config::parse("counter=pmu").unwrap().counter,
+            CounterChoice::Pmu
+        );
+        assert_eq!(Config::parse("ft=record").unwrap().ft, FtMode::Record);
+        let e = Config::parse("counter=tsc").unwrap_err();
+        assert!(e.to_string().contains("`counter`"), "{e}");
+        assert!(Config::parse("ft=on").is_err());
+        assert!(Config::parse("replay_mutate=2").is_err());
+        assert_eq!(
+            Config::parse("ft=off ft=record").unwrap_err(),
+            Error::DuplicateOption { option: "ft" }
         );
     }
 

@@ -115,7 +115,7 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             // identity-mapped RAM, below the heap floor computed above.
             let image = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
             let guest_cmdline = kernel::config::strip_image_path(module.cmdline);
-            crate::vmm::run(&config, &caps, image, guest_cmdline);
+            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline);
         }
     }
 }

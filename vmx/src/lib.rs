@@ -8,10 +8,12 @@
 extern crate alloc;
 
 pub mod caps;
+pub mod counter;
 pub mod ept;
 pub mod error;
 pub mod exit;
 pub mod guest_walk;
+pub mod replay;
 pub mod vmcs;
 
 pub use error::Error;

@@ -18,7 +18,6 @@ pub struct CpuReport {
     pub has_vmx: bool,
     pub vmx: Option<VmxCaps>,
     pub feature_control: u64,
-    #[allow(dead_code)] // the pmu execution-counter backend checks it
     pub pmu: PmuInfo,
 }
 

@@ -1,5 +1,6 @@
 //! Exception handling (Intel SDM Vol. 3A §6.14 64-bit IDT, §6.15 exception
-//! list). Every vector 0-31 prints its name, error code, CR2 and a full
+//! list). A #GP of a probing MSR access (`arch::msr`) resumes at its
+//! recovery label; otherwise every vector 0-31 prints its name, error code, CR2 and a full
 //! register dump on COM1 and exits the machine with
 //! [`kernel::exitcode::EXCEPTION`]; the hypervisor never resumes from an
 //! unexpected exception of its own. The double fault runs on IST1.
@@ -227,7 +228,15 @@ pub fn init() {
 }
 
 #[no_mangle]
-extern "C" fn exception_handler(frame: &TrapFrame) {
+extern "C" fn exception_handler(frame: &mut TrapFrame) {
+    // A probing MSR access (`arch::msr`) that faulted resumes at its
+    // recovery label; nothing else is ever resumed.
+    if frame.vector == 13 {
+        if let Some(resume) = super::msr::gp_fixup(frame.rip) {
+            frame.rip = resume;
+            return;
+        }
+    }
     let cr2: u64;
     // SAFETY: reading CR2 in ring 0 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };

@@ -7,5 +7,6 @@ pub mod exit;
 pub mod gdt;
 pub mod heap;
 pub mod idt;
+pub mod msr;
 pub mod multiboot;
 pub mod port;

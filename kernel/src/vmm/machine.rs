@@ -58,6 +58,24 @@ pub struct Machine {
     rng: u64,
     pub exits: [u64; 66],
     pub console_lines: u64,
+    /// Hash of every guest console line (record/replay compare it).
+    pub console_hash: u64,
+    /// Replay: outputs are discarded (counted and hashed, not printed).
+    pub console_quiet: bool,
+}
+
+/// The physical IA32_STAR..KERNEL_GS_BASE (they carry guest values; a
+/// replay restores the ones the guest started with).
+pub fn read_syscall_msrs() -> [u64; 5] {
+    // SAFETY: architectural MSRs present on every x86-64 CPU.
+    SYSCALL_MSRS.map(|m| unsafe { x86::msr::rdmsr(m) })
+}
+
+pub fn write_syscall_msrs(values: &[u64; 5]) {
+    for (m, v) in SYSCALL_MSRS.iter().zip(values) {
+        // SAFETY: the host never executes SYSCALL or SWAPGS (see `wrmsr`).
+        unsafe { x86::msr::wrmsr(*m, *v) };
+    }
 }
 
 pub fn host_tsc() -> u64 {
@@ -102,6 +120,8 @@ impl Machine {
             rng: start | 1,
             exits: [0; 66],
             console_lines: 0,
+            console_hash: vmx::replay::HASH_SEED,
+            console_quiet: false,
         }
     }
 
@@ -118,12 +138,30 @@ impl Machine {
         }
     }
 
-    /// Forwards complete guest console lines to COM1 with the guest prefix.
+    /// Forwards complete guest console lines to COM1 with the guest prefix
+    /// (hashed and counted; not printed when `console_quiet`).
     pub fn flush_console(&mut self) {
         while let Some(line) = self.devices.uart.take_output() {
-            self.console_lines += 1;
+            self.console_line(&line);
+        }
+    }
+
+    fn console_line(&mut self, line: &str) {
+        self.console_lines += 1;
+        self.console_hash = vmx::replay::hash_bytes(self.console_hash, line.as_bytes());
+        if !self.console_quiet {
             println!("guest: {line}");
         }
+    }
+
+    /// Guest RAM (for snapshots and state hashes).
+    pub fn ram(&self) -> &[u8] {
+        self.ram
+    }
+
+    /// Gives guest RAM back (to restore a snapshot into it).
+    pub fn into_ram(self) -> &'static mut [u8] {
+        self.ram
     }
 
     pub fn flush_console_partial(&mut self) {
@@ -260,7 +298,7 @@ impl Platform for Machine {
             s.pop();
         }
         for line in s.split('\n') {
-            println!("guest: {line}");
+            self.console_line(line);
         }
     }
 }

@@ -3,15 +3,20 @@
 //! watchdog, and the reaction to each exit (Intel SDM Vol. 3C §24-28).
 mod hw;
 mod machine;
+mod rr;
 mod setup;
 mod switch;
 
 use alloc::alloc::{alloc_zeroed, Layout};
-use kernel::config::Config;
+use alloc::boxed::Box;
+use ft::log::ExecPoint;
+use kernel::config::{Config, FtMode};
 use kernel::exitcode;
 use machine::Machine;
-use vmx::caps::VmxCaps;
+use vmx::caps::{PmuInfo, VmxCaps};
+use vmx::counter::{ExecCounter, Plan, Refusal};
 use vmx::exit::{self, intwin::INTERRUPT_WINDOW_EXITING, Action, GuestRegs, Stop};
+use vmx::replay::{Divergence, Due, Recorder, Replayer, Tape};
 use vmx::vmcs::{Field, VmcsAccess};
 
 /// Upper bound on one stretch of guest execution between exits, in
@@ -20,8 +25,16 @@ const SLICE: u64 = 2_000_000;
 
 /// Why the run loop ended.
 struct Ended {
-    stop: Stop,
+    end: End,
     exits: u64,
+}
+
+enum End {
+    Stop(Stop),
+    /// Replay met the log no more (DESIGN.md §6 divergence detector).
+    Diverged(Divergence),
+    /// The counter backend found it cannot be exact here.
+    Refused(Refusal),
 }
 
 fn fail(what: &str, e: vmx::Error) -> ! {
@@ -30,23 +43,14 @@ fn fail(what: &str, e: vmx::Error) -> ! {
 }
 
 /// Loads the guest and runs it until it stops; never returns.
-pub fn run(config: &Config, caps: &VmxCaps, image: &[u8], guest_cmdline: &str) -> ! {
-    let controls = setup::controls(caps).unwrap_or_else(|e| fail("VMX controls", e));
+pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cmdline: &str) -> ! {
+    let controls = setup::controls(caps, rr::wants_save_timer(config, caps))
+        .unwrap_or_else(|e| fail("VMX controls", e));
     hw::enable(caps).unwrap_or_else(|e| fail("VMXON", e));
     let mut vmcs = hw::HwVmcs::new(caps).unwrap_or_else(|e| fail("VMCS", e));
 
     let size = config.guest_mem as usize;
-    let layout = Layout::from_size_align(size, 2 << 20).expect("2 MiB-aligned layout");
-    // SAFETY: non-zero size; the block is never freed and is identity
-    // mapped, so it is both the guest RAM slice and its host-physical base.
-    let base = unsafe { alloc_zeroed(layout) };
-    if base.is_null() {
-        println!(
-            "hypervisor: cannot allocate {} MiB of guest RAM (heap too small)",
-            size >> 20
-        );
-        crate::arch::exit::exit(exitcode::BAD_CONFIG);
-    }
+    let base = alloc_ram(size);
     // SAFETY: `base` points to `size` zeroed bytes owned by the guest only.
     let ram: &'static mut [u8] = unsafe { core::slice::from_raw_parts_mut(base, size) };
     let start = match kernel::loader::multiboot::load(image, guest_cmdline, ram) {
@@ -73,22 +77,346 @@ pub fn run(config: &Config, caps: &VmxCaps, image: &[u8], guest_cmdline: &str) -
     if let Err(e) = setup {
         fail("VMCS setup", e);
     }
+    let mut counter: Option<Box<dyn ExecCounter>> = None;
+    if rr::counter_wanted(config) {
+        match rr::choose_counter(config, caps, pmu) {
+            Ok(c) => {
+                println!("counter: {}", c.describe());
+                counter = Some(c);
+            }
+            Err(r) => {
+                println!("counter: {r}");
+                crate::arch::exit::exit(exitcode::NO_VMX);
+            }
+        }
+    }
+    // Replay needs the initial state twice: keep a copy of guest RAM (the
+    // VMCS guest state and the devices are rebuilt from `start`).
+    let snapshot = (config.ft == FtMode::Replay).then(|| {
+        let copy = alloc_ram(size);
+        // SAFETY: both blocks are `size` bytes, distinct, and owned here.
+        unsafe { core::ptr::copy_nonoverlapping(base, copy, size) };
+        copy
+    });
+    let syscall_msrs = machine::read_syscall_msrs();
+    let mut tape = match config.ft {
+        FtMode::Off => Tape::Off,
+        _ => Tape::Record(Recorder::default()),
+    };
     let mut machine = Machine::new(ram);
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
     let t0 = machine::host_tsc();
-    let ended = run_loop(&mut vmcs, &mut regs, &mut machine, watchdog_ticks);
+    let mut ended = run_loop(
+        &mut vmcs,
+        &mut regs,
+        &mut machine,
+        watchdog_ticks,
+        counter.as_deref_mut(),
+        &mut tape,
+    );
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
-    let code = match ended.stop {
-        Stop::GuestExit { code } => code,
+    if let Some(c) = counter.as_deref() {
+        report_counter(c);
+    }
+    let Tape::Record(mut recorder) = tape else {
+        finish(&ended, None)
+    };
+    let Some(final_at) = final_point(&ended, &vmcs, &regs, counter.as_deref()) else {
+        println!("ft: record: the run did not end with a guest exit; nothing to compare");
+        finish(&ended, None)
+    };
+    let rec_hash = final_hash(&vmcs, &regs, &machine);
+    recorder.push(&ft::log::LogEntry::Checkpoint {
+        at: final_at,
+        state_hash: rec_hash,
+    });
+    let final_seq = recorder.entries();
+    recorder
+        .checkpoints
+        .push((final_seq, vmx::replay::state_vector(&vmcs, &regs)));
+    let rec_lines = machine.console_lines;
+    let rec_console = machine.console_hash;
+    print_log_summary(
+        "record",
+        &recorder,
+        final_at,
+        rec_hash,
+        rec_lines,
+        rec_console,
+    );
+    let Some(copy) = snapshot else {
+        finish(&ended, None)
+    };
+
+    // ---- replay from the in-memory log, same boot ----
+    let mut replayer = match Replayer::decode(&recorder.bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("ft: replay: the recorded log does not decode: {e}");
+            crate::arch::exit::exit(exitcode::FAILURE);
+        }
+    };
+    if config.replay_mutate {
+        mutate(&mut replayer);
+    }
+    let ram = machine.into_ram();
+    // SAFETY: `copy` holds `size` bytes of the initial guest RAM; `ram` is
+    // the guest's block of the same size, not in use while the guest is out.
+    unsafe { core::ptr::copy_nonoverlapping(copy, ram.as_mut_ptr(), size) };
+    machine::write_syscall_msrs(&syscall_msrs);
+    let rewrite = setup::write_controls(&mut vmcs, &controls, caps, ept.pointer())
+        .and_then(|_| setup::write_guest_state(&mut vmcs, caps, start, &mut regs));
+    if let Err(e) = rewrite {
+        fail("VMCS reset for replay", e);
+    }
+    let mut counter = match rr::choose_counter(config, caps, pmu) {
+        Ok(c) => c,
+        Err(r) => {
+            println!("counter: {r}");
+            crate::arch::exit::exit(exitcode::NO_VMX);
+        }
+    };
+    let mut machine = Machine::new(ram);
+    machine.console_quiet = true;
+    let mut tape = Tape::Replay(replayer);
+    println!(
+        "ft: replay: restored the initial state; replaying {} entries (guest output discarded)",
+        recorder.entries()
+    );
+    let t0 = machine::host_tsc();
+    ended = run_loop(
+        &mut vmcs,
+        &mut regs,
+        &mut machine,
+        watchdog_ticks,
+        Some(&mut *counter),
+        &mut tape,
+    );
+    let host_ticks = machine::host_tsc().wrapping_sub(t0);
+    machine.flush_console_partial();
+    report(&ended, &machine, host_ticks);
+    report_counter(&*counter);
+    let Tape::Replay(mut replayer) = tape else {
+        unreachable!("the replay tape stays a replay tape")
+    };
+    let verdict = match (
+        &ended.end,
+        final_point(&ended, &vmcs, &regs, Some(&*counter)),
+    ) {
+        (End::Diverged(d), _) => Err(d.clone()),
+        (_, Some(at)) => {
+            let hash = final_hash(&vmcs, &regs, &machine);
+            replayer.finish(at, hash).map(|_| (at, hash))
+        }
+        (_, None) => Err(Divergence {
+            seq: replayer.head().map_or(0, |r| r.seq),
+            expected: replayer.head().and_then(|r| r.entry.exec_point()),
+            found: ft::log::ExecPoint::default(),
+            what: "the replay did not end with a guest exit".into(),
+        }),
+    };
+    let mut applied = alloc::string::String::new();
+    for (k, n) in replayer
+        .applied_by_kind
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+    {
+        applied.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
+    }
+    println!(
+        "ft: replay: applied{applied}; guest console lines discarded={} hash={:#018x}",
+        machine.console_lines, machine.console_hash
+    );
+    match verdict {
+        Ok((at, hash)) => {
+            let same_console =
+                machine.console_lines == rec_lines && machine.console_hash == rec_console;
+            if same_console {
+                println!(
+                    "ft: replay: IDENTICAL: final point (counter {}, rip {:#x}, rcx {:#x}), state hash {hash:#018x} (registers, {} MiB RAM, console) = recorded",
+                    at.counter, at.rip, at.rcx, size >> 20
+                );
+                finish(&ended, Some(true))
+            } else {
+                println!("ft: replay: DIVERGED: console output differs ({} lines, hash {:#018x}; recorded {rec_lines}, {rec_console:#018x})", machine.console_lines, machine.console_hash);
+                finish(&ended, Some(false))
+            }
+        }
+        Err(d) => {
+            println!("ft: replay: DIVERGED at {d}");
+            explain(&d, &recorder, &vmcs, &regs);
+            finish(&ended, Some(false))
+        }
+    }
+}
+
+fn alloc_ram(size: usize) -> *mut u8 {
+    let layout = Layout::from_size_align(size, 2 << 20).expect("2 MiB-aligned layout");
+    // SAFETY: non-zero size; the block is never freed and is identity
+    // mapped, so it is both the guest RAM slice and its host-physical base.
+    let base = unsafe { alloc_zeroed(layout) };
+    if base.is_null() {
+        println!(
+            "hypervisor: cannot allocate {} MiB of guest RAM (heap too small)",
+            size >> 20
+        );
+        crate::arch::exit::exit(exitcode::BAD_CONFIG);
+    }
+    base
+}
+
+/// The point where the guest exited (the exit hypercall), if it did.
+fn final_point(
+    ended: &Ended,
+    vmcs: &hw::HwVmcs,
+    regs: &GuestRegs,
+    counter: Option<&dyn ExecCounter>,
+) -> Option<ft::log::ExecPoint> {
+    matches!(ended.end, End::Stop(Stop::GuestExit { .. })).then(|| ft::log::ExecPoint {
+        counter: counter.map_or(0, |c| c.count()),
+        rip: vmcs.get(Field::GuestRip),
+        rcx: regs.gpr[exit::RCX],
+    })
+}
+
+/// Registers, all of guest RAM and the console output, in one hash.
+fn final_hash(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> u64 {
+    let state = vmx::replay::state_vector(vmcs, regs);
+    let h = vmx::replay::hash_words(vmx::replay::HASH_SEED, state.iter().copied());
+    let h = vmx::replay::hash_bytes(h, m.ram());
+    vmx::replay::hash_words(h, [m.console_lines, m.console_hash])
+}
+
+fn print_log_summary(
+    what: &str,
+    r: &Recorder,
+    at: ft::log::ExecPoint,
+    hash: u64,
+    lines: u64,
+    console: u64,
+) {
+    let mut kinds = alloc::string::String::new();
+    for (k, n) in r.by_kind.iter().enumerate().filter(|(_, n)| **n > 0) {
+        kinds.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
+    }
+    let log_hash = vmx::replay::hash_bytes(vmx::replay::HASH_SEED, &r.bytes);
+    println!(
+        "ft: {what}: log entries={} bytes={} hash={log_hash:#018x};{kinds}",
+        r.entries(),
+        r.bytes.len()
+    );
+    println!(
+        "ft: {what}: final point (counter {}, rip {:#x}, rcx {:#x}) state hash {hash:#018x}; console lines={lines} hash={console:#018x}",
+        at.counter, at.rip, at.rcx
+    );
+}
+
+/// `replay_mutate=1`: moves one recorded entry one instruction later, so a
+/// correct detector must report a divergence.
+fn mutate(r: &mut Replayer) {
+    use ft::log::LogEntry;
+    let records = r.records_mut();
+    let pick = records
+        .iter()
+        .position(|r| matches!(r.entry, LogEntry::Interrupt { .. }))
+        .or_else(|| {
+            records
+                .iter()
+                .position(|r| matches!(r.entry, LogEntry::NonDet { .. }))
+        });
+    let Some(i) = pick else {
+        println!("ft: replay_mutate: no interrupt or non-deterministic entry to perturb");
+        return;
+    };
+    let rec = &mut records[i];
+    let kind = vmx::replay::kind_name(rec.entry.kind() as usize);
+    match &mut rec.entry {
+        LogEntry::Interrupt { at, .. } | LogEntry::NonDet { at, .. } => {
+            println!(
+                "ft: replay_mutate: entry #{} ({}) moved from counter {} to {}",
+                rec.seq,
+                kind,
+                at.counter,
+                at.counter + 1
+            );
+            at.counter += 1;
+        }
+        _ => unreachable!("picked an interrupt or nondet entry"),
+    }
+}
+
+/// Names the registers that differ from the nearest recorded checkpoint
+/// at or after the divergent entry (same-boot side table).
+fn explain(d: &Divergence, r: &Recorder, vmcs: &hw::HwVmcs, regs: &GuestRegs) {
+    let Some((seq, rec)) = r.checkpoints.iter().find(|(s, _)| *s >= d.seq) else {
+        return;
+    };
+    if *seq != d.seq {
+        return;
+    }
+    let now = vmx::replay::state_vector(vmcs, regs);
+    for (i, name) in vmx::replay::STATE_NAMES.iter().enumerate() {
+        if rec[i] != now[i] {
+            println!(
+                "ft: replay: register {name}: recorded {:#018x}, replay {:#018x}",
+                rec[i], now[i]
+            );
+        }
+    }
+}
+
+fn report_counter(c: &dyn ExecCounter) {
+    println!(
+        "counter: {} counted {} guest instructions",
+        c.name(),
+        c.count()
+    );
+    if let Some(m) = c.measure() {
+        println!(
+            "counter: cross-check (timer delta vs MTF count): {} samples, {} mismatches",
+            m.samples, m.mismatches
+        );
+        for ((reason, injected, timer, mtf), n) in &m.table {
+            println!(
+                "counter:   exit {reason:2} injected={} timer_delta={timer} mtf_delta={mtf} x{n}",
+                u8::from(*injected)
+            );
+        }
+    }
+}
+
+/// Exit code of the run: the guest's, or failure when replay diverged.
+fn finish(ended: &Ended, replay_ok: Option<bool>) -> ! {
+    let code = match (&ended.end, replay_ok) {
+        (_, Some(false)) => exitcode::FAILURE,
+        (End::Refused(_), _) => exitcode::NO_VMX,
+        (End::Stop(Stop::GuestExit { code }), _) => *code,
         _ => exitcode::GUEST_STOPPED,
     };
     crate::arch::exit::exit(code)
 }
 
 fn report(ended: &Ended, m: &Machine, host_ticks: u64) {
-    match &ended.stop {
+    match &ended.end {
+        End::Stop(stop) => report_stop(stop),
+        End::Diverged(d) => println!("hypervisor: replay stopped: diverged at {d}"),
+        End::Refused(r) => println!("hypervisor: guest stopped: {r}"),
+    }
+    let mut line = alloc::string::String::new();
+    for (reason, n) in m.exits.iter().enumerate().filter(|(_, n)| **n > 0) {
+        line.push_str(&alloc::format!(" {reason}:{n}"));
+    }
+    println!(
+        "hypervisor: {} exits in {} host TSC ticks; by reason:{}",
+        ended.exits, host_ticks, line
+    );
+}
+
+fn report_stop(stop: &Stop) {
+    match stop {
         Stop::GuestExit { code } => println!("hypervisor: guest exited with code {code}"),
         Stop::TripleFault { rip } => {
             println!("hypervisor: guest stopped: triple fault (RIP {rip:#x})")
@@ -110,14 +438,15 @@ fn report(ended: &Ended, m: &Machine, host_ticks: u64) {
         ),
         Stop::Vmx(e) => println!("hypervisor: guest stopped: {e}"),
     }
-    let mut line = alloc::string::String::new();
-    for (reason, n) in m.exits.iter().enumerate().filter(|(_, n)| **n > 0) {
-        line.push_str(&alloc::format!(" {reason}:{n}"));
+}
+
+/// Guest-visible point now: counter, RIP, RCX.
+fn point_now(vmcs: &hw::HwVmcs, regs: &GuestRegs, counter: Option<&dyn ExecCounter>) -> ExecPoint {
+    ExecPoint {
+        counter: counter.map_or(0, |c| c.count()),
+        rip: vmcs.get(Field::GuestRip),
+        rcx: regs.gpr[exit::RCX],
     }
-    println!(
-        "hypervisor: {} exits in {} host TSC ticks; by reason:{}",
-        ended.exits, host_ticks, line
-    );
 }
 
 fn run_loop(
@@ -125,72 +454,157 @@ fn run_loop(
     regs: &mut GuestRegs,
     m: &mut Machine,
     watchdog_ticks: u64,
+    mut counter: Option<&mut (dyn ExecCounter + 'static)>,
+    tape: &mut Tape,
 ) -> Ended {
-    let mut launched = false;
     let mut halted = false;
     let mut exits = 0u64;
     let mut irq_off_since: Option<u64> = None;
-    let stop = |stop: Stop, exits: u64| Ended { stop, exits };
+    let stop = |stop: Stop, exits: u64| Ended {
+        end: End::Stop(stop),
+        exits,
+    };
+    let replaying = tape.is_replay();
+    // The VMCS was launched by an earlier run (record before replay).
+    let mut launched = replaying;
     loop {
         let now = m.now();
-        m.lapic.tick(now);
         let rflags = vmcs.get(Field::GuestRflags);
         let interruptible =
             rflags & (1 << 9) != 0 && vmcs.get(Field::GuestInterruptibility) & 0b11 == 0;
         let event_pending = vmcs.get(Field::EntryInterruptionInfo) & (1 << 31) != 0;
         let mut proc = vmcs.get(Field::ProcBasedControls) & !INTERRUPT_WINDOW_EXITING;
-        let pending = m.lapic.pending_vector();
-        if let Some(vector) = pending {
-            if interruptible && !event_pending {
-                if let Err(e) = exit::inject_interrupt(vmcs, vector) {
-                    return stop(Stop::Vmx(e), exits);
+        let mut plan = None;
+        let mut injecting = event_pending;
+        if let Tape::Replay(replayer) = tape {
+            // Replay: interrupts come from the log only, at their points.
+            let at = point_now(vmcs, regs, counter.as_deref());
+            let exact = counter.as_deref().is_none_or(|c| c.exact());
+            let state = vmx::replay::state_vector(vmcs, regs);
+            match replayer.due(at, &state, exact) {
+                Err(d) => {
+                    return Ended {
+                        end: End::Diverged(d),
+                        exits,
+                    }
                 }
-                m.lapic.ack(vector);
-                halted = false;
-            } else {
-                proc |= INTERRUPT_WINDOW_EXITING;
+                Ok(Due::Inject(vector)) => {
+                    if !interruptible || event_pending {
+                        let d = Divergence {
+                            seq: 0,
+                            expected: Some(at),
+                            found: at,
+                            what: alloc::format!(
+                                "interrupt {vector:#x} due but the guest cannot take it here"
+                            ),
+                        };
+                        return Ended {
+                            end: End::Diverged(d),
+                            exits,
+                        };
+                    }
+                    if let Err(e) = exit::inject_interrupt(vmcs, vector) {
+                        return stop(Stop::Vmx(e), exits);
+                    }
+                    m.lapic.ack(vector);
+                    halted = false;
+                    injecting = true;
+                }
+                Ok(Due::Nothing) => {}
             }
-        }
-        if halted {
-            match m.lapic.next_deadline() {
-                Some(deadline) if rflags & (1 << 9) != 0 => {
-                    m.skip_to(deadline);
-                    continue;
+            let target = replayer.target();
+            if halted {
+                let d = Divergence {
+                    seq: replayer.head().map_or(0, |r| r.seq),
+                    expected: target.map(|t| t.0),
+                    found: at,
+                    what: "the guest halted, but no interrupt is logged here".into(),
+                };
+                return Ended {
+                    end: End::Diverged(d),
+                    exits,
+                };
+            }
+            plan = Some(match target {
+                Some((p, _)) if p.counter > at.counter => Plan::Land {
+                    remaining: p.counter - at.counter,
+                },
+                // A synchronous entry here: step once; its instruction exits.
+                Some(_) => Plan::Land { remaining: 1 },
+                None => Plan::Run { slice: SLICE },
+            });
+        } else {
+            m.lapic.tick(now);
+            let pending = m.lapic.pending_vector();
+            if let Some(vector) = pending {
+                if interruptible && !event_pending {
+                    if let Tape::Record(r) = tape {
+                        let at = point_now(vmcs, regs, counter.as_deref());
+                        r.checkpoint(at, &vmx::replay::state_vector(vmcs, regs));
+                        r.push(&ft::log::LogEntry::Interrupt { at, vector });
+                    }
+                    if let Err(e) = exit::inject_interrupt(vmcs, vector) {
+                        return stop(Stop::Vmx(e), exits);
+                    }
+                    m.lapic.ack(vector);
+                    halted = false;
+                    injecting = true;
+                } else {
+                    proc |= INTERRUPT_WINDOW_EXITING;
                 }
-                _ => {
+            }
+            if halted {
+                match m.lapic.next_deadline() {
+                    Some(deadline) if rflags & (1 << 9) != 0 => {
+                        m.skip_to(deadline);
+                        continue;
+                    }
+                    _ => {
+                        return stop(
+                            Stop::DeadHalt {
+                                rip: vmcs.get(Field::GuestRip),
+                            },
+                            exits,
+                        );
+                    }
+                }
+            }
+            // Watchdog: interrupts continuously disabled for too long.
+            if rflags & (1 << 9) == 0 {
+                let since = *irq_off_since.get_or_insert(now);
+                if now.wrapping_sub(since) > watchdog_ticks {
                     return stop(
-                        Stop::DeadHalt {
+                        Stop::Watchdog {
                             rip: vmcs.get(Field::GuestRip),
+                            ticks: now - since,
                         },
                         exits,
                     );
                 }
+            } else {
+                irq_off_since = None;
+            }
+            if pending.is_none() {
+                let mut slice = SLICE;
+                if let Some(deadline) = m.lapic.next_deadline() {
+                    slice = slice.min(deadline.saturating_sub(now).max(1));
+                }
+                plan = Some(Plan::Run { slice });
             }
         }
-        // Watchdog: interrupts continuously disabled for too long.
-        if rflags & (1 << 9) == 0 {
-            let since = *irq_off_since.get_or_insert(now);
-            if now.wrapping_sub(since) > watchdog_ticks {
-                return stop(
-                    Stop::Watchdog {
-                        rip: vmcs.get(Field::GuestRip),
-                        ticks: now - since,
-                    },
-                    exits,
-                );
-            }
-        } else {
-            irq_off_since = None;
+        let plan = plan.unwrap_or(Plan::Run { slice: SLICE });
+        let mut armed = vmcs.write(Field::ProcBasedControls, proc);
+        if armed.is_ok() {
+            armed = match counter.as_deref_mut() {
+                Some(c) => c.arm(vmcs, plan, injecting),
+                None => {
+                    let Plan::Run { slice } = plan else {
+                        unreachable!("landing needs a counter")
+                    };
+                    vmcs.write(Field::PreemptionTimerValue, slice)
+                }
+            };
         }
-        let mut slice = SLICE;
-        if pending.is_none() {
-            if let Some(deadline) = m.lapic.next_deadline() {
-                slice = slice.min(deadline.saturating_sub(now).max(1));
-            }
-        }
-        let armed = vmcs
-            .write(Field::ProcBasedControls, proc)
-            .and_then(|_| vmcs.write(Field::PreemptionTimerValue, slice));
         if let Err(e) = armed {
             return stop(Stop::Vmx(e), exits);
         }
@@ -221,13 +635,48 @@ fn run_loop(
         }
         launched = true;
         exits += 1;
-        let reason = vmcs.get(Field::ExitReason) as u16 as usize;
-        if let Some(n) = m.exits.get_mut(reason) {
+        let reason = vmcs.get(Field::ExitReason) as u16;
+        if let Some(n) = m.exits.get_mut(reason as usize) {
             *n += 1;
         }
-        // A pending injection was delivered by this entry.
-        let action = exit::handle(vmcs, regs, m);
+        if let Some(c) = counter.as_deref_mut() {
+            if let Err(r) = c.exited(vmcs, reason) {
+                return Ended {
+                    end: End::Refused(r),
+                    exits,
+                };
+            }
+        }
+        let at = point_now(vmcs, regs, counter.as_deref());
+        let mut platform = rr::RrPlatform {
+            m,
+            tape,
+            at,
+            reason,
+            divergence: None,
+        };
+        let action = exit::handle(vmcs, regs, &mut platform);
+        let divergence = platform.divergence.take();
+        let (m, tape) = (platform.m, platform.tape);
+        if vmcs.get(Field::GuestRip) != at.rip {
+            // The handler completed the instruction (RIP advanced).
+            if let Some(c) = counter.as_deref_mut() {
+                c.emulated();
+            }
+        }
         m.flush_console();
+        if let Some(d) = divergence {
+            return Ended {
+                end: End::Diverged(d),
+                exits,
+            };
+        }
+        if reason == exit::reason::PREEMPTION_TIMER && !replaying {
+            if let Tape::Record(r) = tape {
+                let at = point_now(vmcs, regs, counter.as_deref());
+                r.checkpoint(at, &vmx::replay::state_vector(vmcs, regs));
+            }
+        }
         match action {
             Ok(Action::Resume) => {}
             Ok(Action::Halt) => halted = true,

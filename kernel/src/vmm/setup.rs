@@ -20,7 +20,9 @@ pub struct Controls {
     pub entry: u32,
 }
 
-pub fn controls(caps: &VmxCaps) -> Result<Controls, Error> {
+/// `save_timer`: also set exit control bit 22 "save VMX-preemption timer
+/// value" (the execution counters read the timer back on every exit).
+pub fn controls(caps: &VmxCaps, save_timer: bool) -> Result<Controls, Error> {
     let pin = caps.pin.compute(
         "pinbased",
         &[
@@ -54,17 +56,21 @@ pub fn controls(caps: &VmxCaps) -> Result<Controls, Error> {
         want2.push((bits::PROC2_RDSEED_EXITING, "RDSEED exiting"));
     }
     let proc2 = caps.proc2.compute("procbased2", &want2)?;
-    let exit = caps.exit.compute(
-        "exit",
-        &[
-            (9, "host address-space size"),
-            (15, "acknowledge interrupt on exit"),
-            (18, "save IA32_PAT"),
-            (19, "load IA32_PAT"),
-            (20, "save IA32_EFER"),
-            (21, "load IA32_EFER"),
-        ],
-    )?;
+    let mut want_exit = alloc::vec![
+        (9, "host address-space size"),
+        (15, "acknowledge interrupt on exit"),
+        (18, "save IA32_PAT"),
+        (19, "load IA32_PAT"),
+        (20, "save IA32_EFER"),
+        (21, "load IA32_EFER"),
+    ];
+    if save_timer {
+        want_exit.push((
+            bits::EXIT_SAVE_PREEMPTION_TIMER,
+            "save VMX-preemption timer value",
+        ));
+    }
+    let exit = caps.exit.compute("exit", &want_exit)?;
     let entry = caps
         .entry
         .compute("entry", &[(14, "load IA32_PAT"), (15, "load IA32_EFER")])?;

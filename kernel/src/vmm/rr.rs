@@ -1,0 +1,181 @@
+//! Record/replay glue of the run loop (DESIGN.md §1.1-§1.2, §3, §6): the
+//! execution-counter choice, and [`RrPlatform`], the [`Platform`] wrapper
+//! that logs every non-deterministic input at its execution point when
+//! recording and answers it from the log when replaying. The logic is in
+//! `vmx::counter` and `vmx::replay` (host-tested); this is the hardware half.
+use super::machine::Machine;
+use alloc::boxed::Box;
+use ft::log::{ExecPoint, NonDetSource};
+use kernel::config::{Config, CounterChoice, FtMode};
+use vmx::caps::{PmuInfo, VmxCaps};
+use vmx::counter::mtf::Mtf;
+use vmx::counter::pmu::{Pmu, PmuHw};
+use vmx::counter::preempt::Preempt;
+use vmx::counter::{ExecCounter, Refusal};
+use vmx::exit::{reason, MmioRequest, Platform};
+use vmx::replay::{Divergence, Tape};
+use vmx::Error;
+
+/// Guest instructions the `preempt` backend single-steps and cross-checks
+/// before it trusts the timer (covers the guest's boot code, including a
+/// `rep stos`).
+pub const CALIBRATE: u64 = 20_000;
+
+/// The PMU seen through fault-tolerant MSR accesses.
+struct HwPmu;
+
+impl PmuHw for HwPmu {
+    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+        crate::arch::msr::read_safe(msr)
+    }
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        crate::arch::msr::write_safe(msr, value)
+    }
+    fn branches(&mut self, n: u64) {
+        let mut x = 0u64;
+        for i in 0..n {
+            // black_box keeps one real conditional branch per iteration.
+            if core::hint::black_box(i) & 1 == 0 {
+                x = x.wrapping_add(1);
+            }
+        }
+        core::hint::black_box(x);
+    }
+}
+
+/// Whether the VMCS must save the preemption timer on exit (exit control
+/// bit 22) for the counter this configuration will use.
+pub fn wants_save_timer(config: &Config, caps: &VmxCaps) -> bool {
+    counter_wanted(config) && caps.save_preemption_timer()
+}
+
+/// A counter runs when record/replay is on or one was asked for.
+pub fn counter_wanted(config: &Config) -> bool {
+    config.ft != FtMode::Off || config.counter != CounterChoice::Auto
+}
+
+/// Builds the configured counter backend; refuses one that cannot be exact.
+pub fn choose_counter(
+    config: &Config,
+    caps: &VmxCaps,
+    pmu: PmuInfo,
+) -> Result<Box<dyn ExecCounter>, Refusal> {
+    let timer_ok = caps.preemption_timer() && caps.save_preemption_timer() && caps.mtf();
+    let preempt = || -> Result<Box<dyn ExecCounter>, Refusal> {
+        if !timer_ok {
+            return Err(Refusal {
+                backend: "preempt",
+                reason:
+                    "needs the VMX-preemption timer, \"save VMX-preemption timer value\" and MTF"
+                        .into(),
+            });
+        }
+        Ok(Box::new(Preempt::new(CALIBRATE)))
+    };
+    let mtf = || -> Result<Box<dyn ExecCounter>, Refusal> {
+        if !caps.mtf() {
+            return Err(Refusal {
+                backend: "mtf",
+                reason: "the CPU offers no monitor trap flag".into(),
+            });
+        }
+        Ok(Box::new(Mtf::new(caps.save_preemption_timer())))
+    };
+    match config.counter {
+        CounterChoice::Pmu => Ok(Box::new(Pmu::probe(pmu, Box::new(HwPmu))?)),
+        CounterChoice::Preempt => preempt(),
+        CounterChoice::Mtf => mtf(),
+        CounterChoice::Auto => match Pmu::probe(pmu, Box::new(HwPmu)) {
+            Ok(p) => Ok(Box::new(p)),
+            Err(r) => {
+                println!("counter: {r}; trying preempt");
+                preempt().or_else(|r| {
+                    println!("counter: {r}; using mtf");
+                    mtf()
+                })
+            }
+        },
+    }
+}
+
+/// MSRs whose value depends on time (logged like RDTSC): IA32_TSC,
+/// IA32_TSC_DEADLINE, the x2APIC IRR and current-count registers.
+pub fn time_like_msr(msr: u32) -> bool {
+    matches!(msr, 0x10 | 0x6E0 | 0x820..=0x827 | 0x839)
+}
+
+/// The machine as the exit handlers see it during record or replay.
+pub struct RrPlatform<'a> {
+    pub m: &'a mut Machine,
+    pub tape: &'a mut Tape,
+    /// The point of the exiting instruction.
+    pub at: ExecPoint,
+    pub reason: u16,
+    pub divergence: Option<Divergence>,
+}
+
+impl RrPlatform<'_> {
+    fn nondet(&mut self, source: NonDetSource, live: impl FnOnce(&mut Machine) -> u64) -> u64 {
+        let m = &mut *self.m;
+        match self.tape.nondet(self.at, source, || live(m)) {
+            Ok(v) => v,
+            Err(d) => {
+                self.divergence.get_or_insert(d);
+                0
+            }
+        }
+    }
+}
+
+impl Platform for RrPlatform<'_> {
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        self.m.port_in(port, size)
+    }
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        self.m.port_out(port, size, value)
+    }
+    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+        if !time_like_msr(msr) {
+            return self.m.rdmsr(msr);
+        }
+        // The log keeps faults as u64::MAX with CF-free semantics: a value
+        // that faulted when recorded faults again.
+        let v = self.nondet(NonDetSource::Msr { index: msr }, |m| {
+            m.rdmsr(msr).unwrap_or(u64::MAX)
+        });
+        (v != u64::MAX).then_some(v)
+    }
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        self.m.wrmsr(msr, value)
+    }
+    fn rdtsc(&mut self) -> u64 {
+        let source = match self.reason {
+            reason::RDTSCP => NonDetSource::Rdtscp {
+                aux: self.m.tsc_aux(),
+            },
+            reason::RDMSR => NonDetSource::Msr { index: 0x10 },
+            _ => NonDetSource::Rdtsc,
+        };
+        self.nondet(source, |m| m.rdtsc())
+    }
+    fn tsc_aux(&mut self) -> u32 {
+        self.m.tsc_aux()
+    }
+    fn random(&mut self, seed: bool) -> u64 {
+        let source = if seed {
+            NonDetSource::Rdseed
+        } else {
+            NonDetSource::Rdrand
+        };
+        self.nondet(source, |m| m.random(seed))
+    }
+    fn mmio(&mut self, gpa: u64, access: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
+        self.m.mmio(gpa, access)
+    }
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.m.read_guest(gpa, buf)
+    }
+    fn console(&mut self, text: &str) {
+        self.m.console(text)
+    }
+}

@@ -1,0 +1,476 @@
+//! Record and replay of one vCPU's non-determinism on an `ft` log
+//! (DESIGN.md §1.1 what is logged, §1.2 exact execution points, §6 the
+//! divergence detector). Hardware-free: the run loop feeds it execution
+//! points and guest state; [`Tape`] either appends to a [`Recorder`] or
+//! answers from a [`Replayer`].
+//!
+//! Entry kinds used here (`ft::log::LogEntry`):
+//! * `NonDet` — an RDTSC/RDTSCP/RDRAND/RDSEED result or a time-like MSR
+//!   read, at the point of the exiting instruction ("synchronous": the
+//!   replaying guest exits there by itself).
+//! * `Interrupt` — an interrupt injected at a point ("asynchronous": the
+//!   replay lands on the point with the execution counter and injects).
+//! * `Checkpoint` — a hash of the guest registers at a point (asynchronous);
+//!   the last one of a run also covers guest RAM and the console output.
+//!
+//! The replay stops at the first entry the guest does not meet exactly and
+//! reports it as a [`Divergence`].
+use crate::exit::GuestRegs;
+use crate::vmcs::{Field, VmcsAccess};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ft::log::{decode_record, encode_record, ExecPoint, LogEntry, NonDetSource, Record};
+
+/// Registers in a checkpoint, in [`state_vector`] order.
+pub const STATE_NAMES: [&str; 24] = [
+    "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12", "R13",
+    "R14", "R15", "RIP", "RFLAGS", "CR0", "CR3", "CR4", "EFER", "FS.base", "GS.base",
+];
+
+pub type StateVector = [u64; 24];
+
+/// The guest's architectural registers (GPRs with RSP from the VMCS).
+pub fn state_vector(vmcs: &impl VmcsAccess, regs: &GuestRegs) -> StateVector {
+    let mut s = [0u64; 24];
+    s[..16].copy_from_slice(&regs.gpr);
+    s[4] = vmcs.get(Field::GuestRsp);
+    for (i, f) in [
+        Field::GuestRip,
+        Field::GuestRflags,
+        Field::GuestCr0,
+        Field::GuestCr3,
+        Field::GuestCr4,
+        Field::GuestIa32Efer,
+        Field::GuestFsBase,
+        Field::GuestGsBase,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s[16 + i] = vmcs.get(f);
+    }
+    s
+}
+
+/// FNV-1a over 64-bit words (fast enough for 64 MiB of guest RAM in Bochs).
+pub fn hash_words(mut h: u64, words: impl IntoIterator<Item = u64>) -> u64 {
+    for w in words {
+        h ^= w;
+        h = h.wrapping_mul(0x100_0000_01B3);
+    }
+    h
+}
+
+pub const HASH_SEED: u64 = 0xCBF2_9CE4_8422_2325;
+
+/// Hash of guest memory, 8 bytes at a time (tail zero-padded).
+pub fn hash_bytes(h: u64, bytes: &[u8]) -> u64 {
+    let chunks = bytes.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut h = hash_words(
+        h,
+        chunks.map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+    );
+    if !tail.is_empty() {
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        h = hash_words(h, [u64::from_le_bytes(last), tail.len() as u64]);
+    }
+    h
+}
+
+/// The log being written, kept in memory as encoded records.
+#[derive(Default)]
+pub struct Recorder {
+    pub bytes: Vec<u8>,
+    seq: u64,
+    /// Entries per kind byte.
+    pub by_kind: [u64; 16],
+    /// Same-boot side table: the full register vector of every checkpoint,
+    /// so a divergence can name registers (the log itself carries hashes).
+    pub checkpoints: Vec<(u64, StateVector)>,
+}
+
+impl Recorder {
+    pub fn push(&mut self, entry: &LogEntry) {
+        self.seq += 1;
+        encode_record(self.seq, entry, &mut self.bytes).expect("small entries always encode");
+        self.by_kind[entry.kind() as usize & 15] += 1;
+    }
+    pub fn checkpoint(&mut self, at: ExecPoint, state: &StateVector) {
+        self.push(&LogEntry::Checkpoint {
+            at,
+            state_hash: hash_words(HASH_SEED, state.iter().copied()),
+        });
+        self.checkpoints.push((self.seq, *state));
+    }
+    pub fn entries(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Where replay and log parted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// Sequence number of the first entry not met (0: none left).
+    pub seq: u64,
+    /// The entry's point, if it has one.
+    pub expected: Option<ExecPoint>,
+    /// Where the replaying guest was.
+    pub found: ExecPoint,
+    pub what: String,
+}
+
+impl core::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let p = |p: &ExecPoint| {
+            format!(
+                "(counter {}, rip {:#x}, rcx {:#x})",
+                p.counter, p.rip, p.rcx
+            )
+        };
+        write!(
+            f,
+            "entry #{}: {}; guest at {}",
+            self.seq,
+            self.what,
+            p(&self.found)
+        )?;
+        if let Some(e) = &self.expected {
+            write!(f, ", entry at {}", p(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// What is due at the current point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    Inject(u8),
+}
+
+/// The log being replayed.
+pub struct Replayer {
+    records: Vec<Record>,
+    pos: usize,
+    pub applied_by_kind: [u64; 16],
+}
+
+impl Replayer {
+    /// Decodes a whole in-memory log (every record CRC-checked).
+    pub fn decode(mut bytes: &[u8]) -> Result<Replayer, ft::FtError> {
+        let mut records = Vec::new();
+        while !bytes.is_empty() {
+            let (r, used) = decode_record(bytes)?;
+            records.push(r);
+            bytes = &bytes[used..];
+        }
+        Ok(Replayer {
+            records,
+            pos: 0,
+            applied_by_kind: [0; 16],
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    pub fn remaining(&self) -> usize {
+        self.records.len() - self.pos
+    }
+    pub fn head(&self) -> Option<&Record> {
+        self.records.get(self.pos)
+    }
+    /// Test hook for the mutation check: the records, editable.
+    pub fn records_mut(&mut self) -> &mut Vec<Record> {
+        &mut self.records
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.head().map_or(0, |r| r.seq)
+    }
+
+    fn diverge(&self, found: ExecPoint, what: String) -> Divergence {
+        Divergence {
+            seq: self.head_seq(),
+            expected: self.head().and_then(|r| r.entry.exec_point()),
+            found,
+            what,
+        }
+    }
+
+    fn advance(&mut self) {
+        if let Some(r) = self.head() {
+            self.applied_by_kind[r.entry.kind() as usize & 15] += 1;
+        }
+        self.pos += 1;
+    }
+
+    /// The point the guest must run to next and whether the entry there is
+    /// asynchronous (landed on) or synchronous (an exiting instruction).
+    /// The final checkpoint (last record) is checked by [`Self::finish`]
+    /// when the guest exits, so it counts as synchronous.
+    pub fn target(&self) -> Option<(ExecPoint, bool)> {
+        let r = self.head()?;
+        let at = r.entry.exec_point()?;
+        let last = self.remaining() == 1 && matches!(r.entry, LogEntry::Checkpoint { .. });
+        Some((at, !matches!(r.entry, LogEntry::NonDet { .. }) && !last))
+    }
+
+    /// Applies the asynchronous entries due at `at` (checkpoints compared
+    /// against `state`, at most one interrupt returned for injection).
+    /// `exact`: the counter names single instructions, so being at the
+    /// entry's counter with another RIP/RCX is a divergence.
+    pub fn due(
+        &mut self,
+        at: ExecPoint,
+        state: &StateVector,
+        exact: bool,
+    ) -> Result<Due, Divergence> {
+        loop {
+            let Some((point, asynchronous)) = self.target() else {
+                return Ok(Due::Nothing);
+            };
+            if point.counter < at.counter {
+                return Err(self.diverge(at, "the guest ran past the entry's point".into()));
+            }
+            if point.counter > at.counter || !asynchronous {
+                if asynchronous || point.counter > at.counter || point.rip == at.rip {
+                    return Ok(Due::Nothing);
+                }
+                return Err(self.diverge(
+                    at,
+                    "the guest is not at the instruction that produced the entry".into(),
+                ));
+            }
+            if point != at {
+                if exact {
+                    return Err(self.diverge(at, "RIP/RCX differ at the entry's counter".into()));
+                }
+                return Ok(Due::Nothing);
+            }
+            let entry = self.head().expect("target is Some").entry.clone();
+            match entry {
+                LogEntry::Checkpoint { state_hash, .. } => {
+                    let ours = hash_words(HASH_SEED, state.iter().copied());
+                    if ours != state_hash {
+                        return Err(self.diverge(
+                            at,
+                            format!(
+                                "checkpoint: register hash {ours:#018x} != recorded {state_hash:#018x}"
+                            ),
+                        ));
+                    }
+                    self.advance();
+                }
+                LogEntry::Interrupt { vector, .. } => {
+                    self.advance();
+                    return Ok(Due::Inject(vector));
+                }
+                _ => {
+                    let what = format!("entry kind {:#x} cannot be replayed here", entry.kind());
+                    return Err(self.diverge(at, what));
+                }
+            }
+        }
+    }
+
+    /// The value a non-deterministic instruction at `at` returns.
+    pub fn nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, Divergence> {
+        match self.head().map(|r| &r.entry) {
+            Some(LogEntry::NonDet {
+                at: p,
+                source: s,
+                value,
+            }) if *p == at && *s == source => {
+                let v = *value;
+                self.advance();
+                Ok(v)
+            }
+            Some(_) => Err(self.diverge(at, format!("the guest asked for {source:?} here"))),
+            None => Err(self.diverge(at, format!("log exhausted; the guest asked for {source:?}"))),
+        }
+    }
+
+    /// The end of the run: the last entry must be the final checkpoint at
+    /// `at` with `hash`.
+    pub fn finish(&mut self, at: ExecPoint, hash: u64) -> Result<(), Divergence> {
+        match self.head().map(|r| &r.entry) {
+            Some(LogEntry::Checkpoint { at: p, state_hash })
+                if *p == at && self.remaining() == 1 =>
+            {
+                if *state_hash != hash {
+                    return Err(self.diverge(
+                        at,
+                        format!("final state hash {hash:#018x} != recorded {state_hash:#018x}"),
+                    ));
+                }
+                self.advance();
+                Ok(())
+            }
+            _ => Err(self.diverge(at, "the guest stopped before the end of the log".into())),
+        }
+    }
+}
+
+/// Record, replay, or neither.
+pub enum Tape {
+    Off,
+    Record(Recorder),
+    Replay(Replayer),
+}
+
+impl Tape {
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Tape::Replay(_))
+    }
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Tape::Off)
+    }
+    /// A non-deterministic value at `at`: `live()` when recording (and
+    /// logged) or off; the logged value when replaying.
+    pub fn nondet(
+        &mut self,
+        at: ExecPoint,
+        source: NonDetSource,
+        live: impl FnOnce() -> u64,
+    ) -> Result<u64, Divergence> {
+        match self {
+            Tape::Off => Ok(live()),
+            Tape::Record(r) => {
+                let value = live();
+                r.push(&LogEntry::NonDet { at, source, value });
+                Ok(value)
+            }
+            Tape::Replay(r) => r.nondet(at, source),
+        }
+    }
+}
+
+/// Log kind names for summaries, indexed by kind byte.
+pub fn kind_name(kind: usize) -> &'static str {
+    match kind {
+        0x02 => "interrupt",
+        0x05 => "nondet",
+        0x0B => "checkpoint",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(c: u64, rip: u64, rcx: u64) -> ExecPoint {
+        ExecPoint::new(c, rip, rcx)
+    }
+
+    fn log() -> Recorder {
+        let mut r = Recorder::default();
+        let mut tape = Tape::Record(core::mem::take(&mut r));
+        assert_eq!(
+            tape.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc, || 77),
+            Ok(77)
+        );
+        let Tape::Record(mut r) = tape else {
+            unreachable!()
+        };
+        r.checkpoint(pt(20, 0x200, 5), &[1; 24]);
+        r.push(&LogEntry::Interrupt {
+            at: pt(20, 0x200, 5),
+            vector: 0x40,
+        });
+        r.push(&LogEntry::Checkpoint {
+            at: pt(30, 0x300, 0),
+            state_hash: 99,
+        });
+        r
+    }
+
+    #[test]
+    fn record_then_replay_roundtrip() {
+        let r = log();
+        assert_eq!(r.entries(), 4);
+        assert_eq!(r.by_kind[0x05], 1);
+        assert_eq!(r.by_kind[0x0B], 2);
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        assert_eq!(p.len(), 4);
+        // nothing async due before the RDTSC; target is synchronous
+        assert_eq!(p.target(), Some((pt(10, 0x100, 0), false)));
+        assert_eq!(p.due(pt(3, 0x50, 0), &[0; 24], true), Ok(Due::Nothing));
+        let mut tape = Tape::Replay(p);
+        assert_eq!(
+            tape.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc, || unreachable!()),
+            Ok(77)
+        );
+        let Tape::Replay(mut p) = tape else {
+            unreachable!()
+        };
+        assert_eq!(p.target(), Some((pt(20, 0x200, 5), true)));
+        assert_eq!(
+            p.due(pt(20, 0x200, 5), &[1; 24], true),
+            Ok(Due::Inject(0x40))
+        );
+        assert_eq!(p.finish(pt(30, 0x300, 0), 99), Ok(()));
+        assert_eq!(p.remaining(), 0);
+    }
+
+    #[test]
+    fn divergences_name_the_entry() {
+        let r = log();
+        // wrong source at the right point
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        let d = p
+            .nondet(pt(10, 0x100, 0), NonDetSource::Rdrand)
+            .unwrap_err();
+        assert_eq!(d.seq, 1);
+        // ran past
+        let d = p.due(pt(11, 0x104, 0), &[0; 24], true).unwrap_err();
+        assert!(d.what.contains("ran past"), "{d}");
+        // at the counter of a synchronous entry with another RIP
+        let d = p.due(pt(10, 0x999, 0), &[0; 24], true).unwrap_err();
+        assert!(d.what.contains("not at the instruction"), "{d}");
+        // checkpoint mismatch names its hash
+        p.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc).unwrap();
+        let d = p.due(pt(20, 0x200, 5), &[2; 24], true).unwrap_err();
+        assert_eq!(d.seq, 2);
+        assert!(d.what.contains("checkpoint"), "{d}");
+        // same counter, other RCX (a `rep` iteration): divergence when exact
+        let d = p.due(pt(20, 0x200, 4), &[1; 24], true).unwrap_err();
+        assert!(d.what.contains("RIP/RCX"), "{d}");
+        assert_eq!(p.due(pt(20, 0x200, 4), &[1; 24], false), Ok(Due::Nothing));
+        assert!(d.to_string().contains("entry #2"));
+    }
+
+    #[test]
+    fn finish_requires_the_whole_log() {
+        let r = log();
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        assert!(p.finish(pt(30, 0x300, 0), 99).is_err());
+        let mut bad = r.bytes.clone();
+        bad[20] ^= 1;
+        assert!(Replayer::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn hashes() {
+        assert_ne!(hash_bytes(HASH_SEED, b"abc"), hash_bytes(HASH_SEED, b"abd"));
+        assert_ne!(
+            hash_bytes(HASH_SEED, &[0; 8]),
+            hash_bytes(HASH_SEED, &[0; 9])
+        );
+        let mut v = crate::vmcs::FakeVmcs::default();
+        v.write(Field::GuestRsp, 0x8000).unwrap();
+        v.write(Field::GuestRip, 0x1234).unwrap();
+        let mut regs = GuestRegs::default();
+        regs.gpr[0] = 5;
+        let s = state_vector(&v, &regs);
+        assert_eq!((s[0], s[4], s[16]), (5, 0x8000, 0x1234));
+        assert_eq!(STATE_NAMES[16], "RIP");
+    }
+}
