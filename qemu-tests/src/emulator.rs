@@ -42,7 +42,15 @@ pub struct BootSpec {
     pub extra: Vec<String>,
     /// QEMU only: boot this multiboot ELF32 instead of the hypervisor.
     pub kernel: Option<PathBuf>,
+    /// Runs on its own thread while the emulator runs (given the serial
+    /// file); its verdict lands in [`Run::interaction`].
+    pub interact: Option<Interaction>,
+    /// Run the emulator inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
+
+/// A host-side conversation with the running machine.
+pub type Interaction = Box<dyn FnOnce(&Path) -> Result<String, String> + Send>;
 
 /// What happened.
 pub struct Run {
@@ -54,6 +62,8 @@ pub struct Run {
     pub timed_out: bool,
     pub ended: String,
     pub wall: Duration,
+    /// The verdict of [`BootSpec::interact`], if one ran.
+    pub interaction: Option<Result<String, String>>,
 }
 
 /// Verdict of one test.
@@ -126,7 +136,9 @@ impl Emulator {
         }
     }
 
-    pub fn boot(&self, root: &Path, spec: &BootSpec) -> Result<Run, String> {
+    pub fn boot(&self, root: &Path, mut spec: BootSpec) -> Result<Run, String> {
+        let spec_interact = spec.interact.take();
+        let spec = &spec;
         let dir = root.join("build/e2e").join(&spec.name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -141,9 +153,27 @@ impl Emulator {
             .stderr(log)
             .current_dir(&dir);
         let start = Instant::now();
+        if let Some(ns) = &spec.netns {
+            let mut wrapped = Command::new("ip");
+            wrapped.args(["netns", "exec", ns]).arg(cmd.get_program());
+            wrapped.args(cmd.get_args());
+            if let Some(d) = cmd.get_current_dir() {
+                wrapped.current_dir(d);
+            }
+            let log = fs::File::create(dir.join("emulator.log")).map_err(|e| e.to_string())?;
+            wrapped
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log);
+            cmd = wrapped;
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.name()))?;
+        let interaction = spec_interact.map(|f| {
+            let serial = serial.clone();
+            std::thread::spawn(move || f(&serial))
+        });
         let mut shown = 0usize;
         let mut timed_out = false;
         let status = loop {
@@ -179,6 +209,10 @@ impl Emulator {
         } else {
             format!("emulator exited with status {status:?}")
         };
+        let interaction = interaction.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the interaction thread panicked".into()))
+        });
         Ok(Run {
             serial: text,
             exit_code,
@@ -186,6 +220,7 @@ impl Emulator {
             timed_out,
             ended,
             wall,
+            interaction,
         })
     }
 

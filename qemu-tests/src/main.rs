@@ -12,6 +12,7 @@
 //! qemu-tests boot <emu> [cmdline] [module[=args]]...
 //!                                 # boot once, stream serial (make run)
 //! ```
+mod echo_client;
 mod emulator;
 mod tests;
 
@@ -146,8 +147,10 @@ fn main() -> ExitCode {
                 stream: true,
                 extra: vec![],
                 kernel: None,
+                interact: None,
+                netns: None,
             };
-            match emu.boot(&root, &spec) {
+            match emu.boot(&root, spec) {
                 Ok(run) => match run.exit_code {
                     Some(c) => {
                         eprintln!("qemu-tests: hypervisor exited with code {c}");
@@ -160,6 +163,22 @@ fn main() -> ExitCode {
                 },
                 Err(e) => {
                     eprintln!("qemu-tests: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        // Used by net-echo-bochs-e1000 from inside its network namespace.
+        Some("echo-client") => {
+            let Some(addr) = args.get(1).and_then(|a| a.parse().ok()) else {
+                return usage();
+            };
+            match echo_client::converse(addr) {
+                Ok(note) => {
+                    println!("{note}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{e}");
                     ExitCode::FAILURE
                 }
             }

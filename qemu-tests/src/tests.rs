@@ -1,6 +1,7 @@
 //! The e2e test table. Names are part of the issues' contracts
 //! (`make e2e T=<name>`).
-use crate::emulator::{BootSpec, Emulator, Outcome, Run};
+use crate::echo_client;
+use crate::emulator::{BootSpec, Emulator, Interaction, Outcome, Run};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,18 @@ pub struct E2eTest {
     pub check: Option<Check>,
     /// Boot this image instead of the hypervisor (QEMU `-kernel`).
     pub kernel: Option<&'static str>,
+    /// A NIC and a host-side echo conversation (`net-echo-*`).
+    pub net: Option<NetSetup>,
+}
+
+/// How a `net-echo-*` test reaches the hypervisor's echo service.
+#[derive(Clone, Copy)]
+pub enum NetSetup {
+    /// QEMU user networking with a host port forwarded to guest port 7;
+    /// the QEMU `-device` model (`e1000`, `virtio-net-pci`).
+    QemuUser(&'static str),
+    /// Bochs's e1000 on a tap inside a private network namespace.
+    BochsTap,
 }
 
 impl E2eTest {
@@ -40,12 +53,73 @@ impl E2eTest {
             timeout: Duration::from_secs(60),
             check: None,
             kernel: None,
+            net: None,
         }
     }
 
     pub fn run(&self, root: &Path) -> Outcome {
         if let Err(why) = self.emulator.available() {
             return Outcome::Skip(format!("{} unavailable: {why}", self.emulator.name()));
+        }
+        let mut extra = vec![];
+        let mut interact: Option<Interaction> = None;
+        let mut netns = None;
+        let mut _ns_guard = None;
+        match self.net {
+            None => {}
+            Some(NetSetup::QemuUser(device)) => {
+                let port = match echo_client::free_port() {
+                    Ok(p) => p,
+                    Err(e) => return Outcome::Fail(e),
+                };
+                extra = vec![
+                    "-netdev".to_string(),
+                    format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"),
+                    "-device".to_string(),
+                    format!("{device},netdev=n0"),
+                ];
+                let timeout = self.timeout;
+                interact = Some(Box::new(move |serial: &Path| {
+                    echo_client::wait_ready(serial, timeout)?;
+                    echo_client::converse(([127, 0, 0, 1], port).into())
+                }));
+            }
+            Some(NetSetup::BochsTap) => {
+                let ns = match NetnsTap::create() {
+                    Ok(ns) => ns,
+                    Err(why) => return Outcome::Skip(why),
+                };
+                extra = vec![
+                    "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
+                    format!(
+                        "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=tuntap, ethdev=/dev/net/tun:{}",
+                        NetnsTap::TAP
+                    ),
+                ];
+                netns = Some(ns.name.clone());
+                let timeout = self.timeout;
+                let name = ns.name.clone();
+                interact = Some(Box::new(move |serial: &Path| {
+                    echo_client::wait_ready(serial, timeout)?;
+                    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &name])
+                        .arg(exe)
+                        .args(["echo-client", "10.0.2.15:7"])
+                        .output()
+                        .map_err(|e| format!("echo client: {e}"))?;
+                    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if out.status.success() {
+                        Ok(text)
+                    } else {
+                        Err(format!(
+                            "{text} {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ))
+                    }
+                }));
+                _ns_guard = Some(ns);
+            }
         }
         let spec = BootSpec {
             name: self.name.to_string(),
@@ -57,10 +131,12 @@ impl E2eTest {
                 .collect::<Vec<(PathBuf, String)>>(),
             timeout: self.timeout,
             stream: std::env::var_os("E2E_VERBOSE").is_some(),
-            extra: vec![],
+            extra,
             kernel: self.kernel.map(|k| root.join(k)),
+            interact,
+            netns,
         };
-        let run = match self.emulator.boot(root, &spec) {
+        let run = match self.emulator.boot(root, spec) {
             Ok(r) => r,
             Err(e) => return Outcome::Fail(e),
         };
@@ -75,6 +151,9 @@ impl E2eTest {
     }
 
     fn judge(&self, run: &Run) -> Result<String, String> {
+        if let Some(Err(why)) = &run.interaction {
+            return Err(format!("echo conversation: {why}; {}", run.ended));
+        }
         if run.timed_out {
             return Err(format!("{} (no verdict)", run.ended));
         }
@@ -105,10 +184,15 @@ impl E2eTest {
                 return Err(format!("forbidden `{f}` on serial"));
             }
         }
-        let extra = match self.check {
+        let mut extra = match self.check {
             Some(check) => check(run)?,
             None => String::new(),
         };
+        match &run.interaction {
+            Some(Err(why)) => return Err(format!("echo conversation: {why}")),
+            Some(Ok(note)) => extra.push_str(note),
+            None => {}
+        }
         Ok(format!(
             "{:.2}s in emulator {extra}",
             run.wall.as_secs_f64()
@@ -240,8 +324,104 @@ pub fn all() -> Vec<E2eTest> {
     ]
     .into_iter()
     .chain(vmx_tests())
-    .chain(replay_tests())
+    .chain(net_tests())
     .collect()
+}
+
+/// The echo service through each NIC driver (issue 5).
+pub fn net_tests() -> Vec<E2eTest> {
+    let qemu = |name, about, nic, device| E2eTest {
+        cmdline: nic,
+        expect: vec![
+            "net: tsc ",
+            "link=up ip=10.0.2.15/24",
+            "net: echo listening on tcp/udp port 7",
+            "net: connection 1 from 10.0.2.2",
+            "net: `quit` received",
+            "net: done",
+        ],
+        timeout: Duration::from_secs(90),
+        net: Some(NetSetup::QemuUser(device)),
+        ..E2eTest::new(name, Emulator::QemuTcg, about)
+    };
+    vec![
+        qemu(
+            "net-echo-qemu-e1000",
+            "e1000 (82540EM) + smoltcp in QEMU TCG: TCP echo via user-net port forward, RTT/throughput, quit",
+            "mode=net nic=e1000 ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7 net_timeout=80",
+            "e1000",
+        ),
+        qemu(
+            "net-echo-qemu-virtio",
+            "virtio-net (virtio-drivers) + smoltcp in QEMU TCG: TCP echo via user-net port forward, quit",
+            "mode=net nic=virtio ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7 net_timeout=80",
+            "virtio-net-pci",
+        ),
+        E2eTest {
+            cmdline: "mode=net nic=e1000 ip=10.0.2.15/24 gw=none echo_port=7 net_timeout=600",
+            expect: vec![
+                "net: e1000 mac=52:54:00:12:34:56 link=up",
+                "net: echo listening on tcp/udp port 7",
+                "net: `quit` received",
+                "net: done",
+            ],
+            timeout: Duration::from_secs(240),
+            net: Some(NetSetup::BochsTap),
+            ..E2eTest::new(
+                "net-echo-bochs-e1000",
+                Emulator::Bochs,
+                "Bochs e1000 on a tap in a private netns: TCP echo from inside the netns, quit",
+            )
+        },
+    ]
+}
+
+/// A network namespace holding one tap (`10.0.2.2/24`) for Bochs; removed
+/// on drop.
+struct NetnsTap {
+    name: String,
+}
+
+impl NetnsTap {
+    const TAP: &'static str = "tapftv0";
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("`ip` not runnable: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`ip {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// `Err` is a reason to skip (no root, no `ip`, no tun).
+    fn create() -> Result<NetnsTap, String> {
+        if !Path::new("/dev/net/tun").exists() {
+            return Err("/dev/net/tun is absent".into());
+        }
+        let name = format!("ftv-e2e-{}", std::process::id());
+        Self::ip(&["netns", "add", &name])?;
+        let ns = NetnsTap { name };
+        let n = ns.name.as_str();
+        Self::ip(&["-n", n, "tuntap", "add", "dev", Self::TAP, "mode", "tap"])?;
+        Self::ip(&["-n", n, "addr", "add", "10.0.2.2/24", "dev", Self::TAP])?;
+        Self::ip(&["-n", n, "link", "set", Self::TAP, "up"])?;
+        Self::ip(&["-n", n, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for NetnsTap {
+    fn drop(&mut self) {
+        let _ = Self::ip(&["netns", "del", &self.name]);
+    }
 }
 
 const GUEST: &str = "build/testguest.elf64";
@@ -415,157 +595,4 @@ fn check_vmx_features(run: &Run) -> Result<String, String> {
         }
     }
     Ok("(VMX, EPT, unrestricted guest, MTF, preemption timer reported)".into())
-}
-
-/// Record and replay in the same boot (issue 8): the guest runs once
-/// recording every non-deterministic input at its execution point, then
-/// again from the initial snapshot replaying the in-memory log.
-fn replay(
-    name: &'static str,
-    about: &'static str,
-    cmdline: &'static str,
-    guest: &'static str,
-) -> E2eTest {
-    E2eTest {
-        cmdline,
-        expect: vec![
-            "counter: ",
-            "ft: record: log entries=",
-            "ft: replay: restored the initial state",
-            "ft: replay: IDENTICAL",
-        ],
-        forbid: vec!["PANIC", "EXCEPTION", "DIVERGED", "refused"],
-        check: Some(check_replay),
-        ..vmx(name, about, guest)
-    }
-}
-
-pub fn replay_tests() -> Vec<E2eTest> {
-    // `replay-hello` and `replay-timer` with `counter=preempt` are not in
-    // the table yet: the preempt replay diverges at the first entry after
-    // the calibration (the timer-expiry accounting is off by a few
-    // instructions; issue 8). Run them with `replay_tests_preempt()`.
-    vec![
-        E2eTest {
-            check: Some(check_measure),
-            ..replay(
-                "replay-timer-mtf",
-                "test=timer, mtf counter: 100 timer interrupts landed at exact points; replay bit-identical; timer deltas cross-checked per exit",
-                "mode=hypervisor counter=mtf ft=replay",
-                "test=timer",
-            )
-        },
-        E2eTest {
-            expect_code: 1,
-            expect: vec![
-                "ft: record: log entries=",
-                "ft: replay_mutate: entry #",
-                "ft: replay: DIVERGED at entry #",
-            ],
-            forbid: vec!["PANIC", "EXCEPTION", "IDENTICAL"],
-            ..vmx(
-                "replay-mutate",
-                "one recorded interrupt moved by one instruction: the replay reports the divergence",
-                "test=timer",
-            )
-        }
-        .with_cmdline("mode=hypervisor counter=mtf ft=replay replay_mutate=1"),
-        E2eTest {
-            expect_code: 3,
-            expect: vec!["counter: counter backend `pmu` refused: CPUID.0AH claims PMU version"],
-            ..vmx(
-                "replay-pmu-refused",
-                "counter=pmu in Bochs (CPUID claims a PMU, PMC0 does not count): refused with a reason",
-                "test=hello",
-            )
-        }
-        .with_cmdline("mode=hypervisor counter=pmu ft=record"),
-    ]
-}
-
-/// The preempt-counter replays (failing today; see `replay_tests`).
-#[allow(dead_code)]
-pub fn replay_tests_preempt() -> Vec<E2eTest> {
-    vec![
-        replay(
-            "replay-hello",
-            "test=hello recorded and replayed (preempt counter): final registers, RAM and console hashes equal",
-            "mode=hypervisor counter=preempt ft=replay",
-            "test=hello",
-        ),
-        E2eTest {
-            check: Some(check_replay_timer),
-            ..replay(
-                "replay-timer",
-                "test=timer: 100 LAPIC timer interrupts recorded and injected at exact points in replay",
-                "mode=hypervisor counter=preempt ft=replay",
-                "test=timer",
-            )
-        },
-    ]
-}
-
-impl E2eTest {
-    fn with_cmdline(self, cmdline: &'static str) -> Self {
-        E2eTest { cmdline, ..self }
-    }
-}
-
-fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
-    serial
-        .lines()
-        .find(|l| l.contains(key))
-        .ok_or_else(|| format!("no `{key}` line"))
-}
-
-/// The record and replay final hashes and console hashes agree, and the
-/// replay applied every logged entry.
-fn check_replay(run: &Run) -> Result<String, String> {
-    let rec = line_with(&run.serial, "ft: record: final point")?;
-    let ident = line_with(&run.serial, "ft: replay: IDENTICAL")?;
-    let rec_hash = rec
-        .split("state hash ")
-        .nth(1)
-        .and_then(|t| t.split(';').next());
-    let rep_hash = ident
-        .split("state hash ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next());
-    if rec_hash.is_none() || rec_hash != rep_hash {
-        return Err(format!("state hashes differ: {rec_hash:?} vs {rep_hash:?}"));
-    }
-    let log = line_with(&run.serial, "ft: record: log entries=")?;
-    let applied = line_with(&run.serial, "ft: replay: applied")?;
-    Ok(format!(
-        "({}; {})",
-        log.trim_start_matches("ft: record: "),
-        applied.trim_start_matches("ft: replay: ")
-    ))
-}
-
-fn count_of(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.trim_end_matches(';').parse().ok())
-        .unwrap_or(0)
-}
-
-fn check_replay_timer(run: &Run) -> Result<String, String> {
-    let note = check_replay(run)?;
-    let log = line_with(&run.serial, "ft: record: log entries=")?;
-    let applied = line_with(&run.serial, "ft: replay: applied")?;
-    let (rec, rep) = (count_of(log, "interrupt="), count_of(applied, "interrupt="));
-    if rec < 100 || rec != rep {
-        return Err(format!(
-            "{rec} interrupts recorded, {rep} replayed (want >= 100, equal)"
-        ));
-    }
-    Ok(note)
-}
-
-/// The mtf run's cross-check table, reported (not judged: it is the measurement).
-fn check_measure(run: &Run) -> Result<String, String> {
-    let note = check_replay_timer(run)?;
-    let x = line_with(&run.serial, "counter: cross-check")?;
-    Ok(format!("{note} [{}]", x.trim_start_matches("counter: ")))
 }
