@@ -15,6 +15,7 @@
 mod echo_client;
 mod emulator;
 mod tests;
+mod tests_net;
 
 use emulator::{Emulator, Outcome};
 use std::path::PathBuf;
@@ -167,7 +168,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        // Used by net-echo-bochs-e1000 from inside its network namespace.
+        // Used by the net-echo-* tests from inside their network namespace.
         Some("echo-client") => {
             let Some(addr) = args.get(1).and_then(|a| a.parse().ok()) else {
                 return usage();

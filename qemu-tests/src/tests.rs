@@ -1,12 +1,15 @@
 //! The e2e test table. Names are part of the issues' contracts
 //! (`make e2e T=<name>`).
-use crate::echo_client;
-use crate::emulator::{BootSpec, Emulator, Interaction, Outcome, Run};
+use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// An extra judgement on a finished run: `Ok(note)` or `Err(reason)`.
 pub type Check = fn(&Run) -> Result<String, String>;
+
+/// A test that drives its emulator(s) itself (network rigs, several
+/// machines, host-side peers); see `tests_net.rs`.
+pub type CustomRun = fn(&E2eTest, &Path) -> Outcome;
 
 pub struct E2eTest {
     pub name: &'static str,
@@ -25,22 +28,13 @@ pub struct E2eTest {
     pub check: Option<Check>,
     /// Boot this image instead of the hypervisor (QEMU `-kernel`).
     pub kernel: Option<&'static str>,
-    /// A NIC and a host-side echo conversation (`net-echo-*`).
-    pub net: Option<NetSetup>,
-}
-
-/// How a `net-echo-*` test reaches the hypervisor's echo service.
-#[derive(Clone, Copy)]
-pub enum NetSetup {
-    /// QEMU user networking with a host port forwarded to guest port 7;
-    /// the QEMU `-device` model (`e1000`, `virtio-net-pci`).
-    QemuUser(&'static str),
-    /// Bochs's e1000 on a tap inside a private network namespace.
-    BochsTap,
+    /// Runs the test instead of the single boot below (after the
+    /// emulator's availability check).
+    pub custom: Option<CustomRun>,
 }
 
 impl E2eTest {
-    fn new(name: &'static str, emulator: Emulator, about: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str, emulator: Emulator, about: &'static str) -> Self {
         E2eTest {
             name,
             about,
@@ -53,7 +47,7 @@ impl E2eTest {
             timeout: Duration::from_secs(60),
             check: None,
             kernel: None,
-            net: None,
+            custom: None,
         }
     }
 
@@ -61,67 +55,19 @@ impl E2eTest {
         if let Err(why) = self.emulator.available() {
             return Outcome::Skip(format!("{} unavailable: {why}", self.emulator.name()));
         }
-        let mut extra = vec![];
-        let mut interact: Option<Interaction> = None;
-        let mut netns = None;
-        let mut _ns_guard = None;
-        match self.net {
-            None => {}
-            Some(NetSetup::QemuUser(device)) => {
-                let port = match echo_client::free_port() {
-                    Ok(p) => p,
-                    Err(e) => return Outcome::Fail(e),
-                };
-                extra = vec![
-                    "-netdev".to_string(),
-                    format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"),
-                    "-device".to_string(),
-                    format!("{device},netdev=n0"),
-                ];
-                let timeout = self.timeout;
-                interact = Some(Box::new(move |serial: &Path| {
-                    echo_client::wait_ready(serial, timeout)?;
-                    echo_client::converse(([127, 0, 0, 1], port).into())
-                }));
-            }
-            Some(NetSetup::BochsTap) => {
-                let ns = match NetnsTap::create() {
-                    Ok(ns) => ns,
-                    Err(why) => return Outcome::Skip(why),
-                };
-                extra = vec![
-                    "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
-                    format!(
-                        "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=tuntap, ethdev=/dev/net/tun:{}",
-                        NetnsTap::TAP
-                    ),
-                ];
-                netns = Some(ns.name.clone());
-                let timeout = self.timeout;
-                let name = ns.name.clone();
-                interact = Some(Box::new(move |serial: &Path| {
-                    echo_client::wait_ready(serial, timeout)?;
-                    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                    let out = std::process::Command::new("ip")
-                        .args(["netns", "exec", &name])
-                        .arg(exe)
-                        .args(["echo-client", "10.0.2.15:7"])
-                        .output()
-                        .map_err(|e| format!("echo client: {e}"))?;
-                    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                    if out.status.success() {
-                        Ok(text)
-                    } else {
-                        Err(format!(
-                            "{text} {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ))
-                    }
-                }));
-                _ns_guard = Some(ns);
-            }
+        if let Some(custom) = self.custom {
+            return custom(self, root);
         }
-        let spec = BootSpec {
+        let run = match self.emulator.boot(root, self.boot_spec(root)) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Fail(e),
+        };
+        self.verdict(&run)
+    }
+
+    /// The single boot this test describes (custom runs add to it).
+    pub(crate) fn boot_spec(&self, root: &Path) -> BootSpec {
+        BootSpec {
             name: self.name.to_string(),
             cmdline: self.cmdline.to_string(),
             modules: self
@@ -131,16 +77,16 @@ impl E2eTest {
                 .collect::<Vec<(PathBuf, String)>>(),
             timeout: self.timeout,
             stream: std::env::var_os("E2E_VERBOSE").is_some(),
-            extra,
+            extra: vec![],
             kernel: self.kernel.map(|k| root.join(k)),
-            interact,
-            netns,
-        };
-        let run = match self.emulator.boot(root, spec) {
-            Ok(r) => r,
-            Err(e) => return Outcome::Fail(e),
-        };
-        match self.judge(&run) {
+            interact: None,
+            netns: None,
+        }
+    }
+
+    /// Judges a finished run; a failure carries the serial tail.
+    pub(crate) fn verdict(&self, run: &Run) -> Outcome {
+        match self.judge(run) {
             Ok(note) => Outcome::Pass(note),
             Err(why) => Outcome::Fail(format!(
                 "{why}\n---- last serial lines (build/e2e/{}/serial.txt) ----\n{}",
@@ -150,9 +96,9 @@ impl E2eTest {
         }
     }
 
-    fn judge(&self, run: &Run) -> Result<String, String> {
+    pub(crate) fn judge(&self, run: &Run) -> Result<String, String> {
         if let Some(Err(why)) = &run.interaction {
-            return Err(format!("echo conversation: {why}; {}", run.ended));
+            return Err(format!("host side: {why}; {}", run.ended));
         }
         if run.timed_out {
             return Err(format!("{} (no verdict)", run.ended));
@@ -189,7 +135,7 @@ impl E2eTest {
             None => String::new(),
         };
         match &run.interaction {
-            Some(Err(why)) => return Err(format!("echo conversation: {why}")),
+            Some(Err(why)) => return Err(format!("host side: {why}")),
             Some(Ok(note)) => extra.push_str(note),
             None => {}
         }
@@ -200,7 +146,7 @@ impl E2eTest {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -324,105 +270,9 @@ pub fn all() -> Vec<E2eTest> {
     ]
     .into_iter()
     .chain(vmx_tests())
-    .chain(net_tests())
+    .chain(crate::tests_net::tests())
     .chain(replay_tests())
     .collect()
-}
-
-/// The echo service through each NIC driver (issue 5).
-pub fn net_tests() -> Vec<E2eTest> {
-    let qemu = |name, about, nic, device| E2eTest {
-        cmdline: nic,
-        expect: vec![
-            "net: tsc ",
-            "link=up ip=10.0.2.15/24",
-            "net: echo listening on tcp/udp port 7",
-            "net: connection 1 from 10.0.2.2",
-            "net: `quit` received",
-            "net: done",
-        ],
-        timeout: Duration::from_secs(90),
-        net: Some(NetSetup::QemuUser(device)),
-        ..E2eTest::new(name, Emulator::QemuTcg, about)
-    };
-    vec![
-        qemu(
-            "net-echo-qemu-e1000",
-            "e1000 (82540EM) + smoltcp in QEMU TCG: TCP echo via user-net port forward, RTT/throughput, quit",
-            "mode=net nic=e1000 ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7 net_timeout=80",
-            "e1000",
-        ),
-        qemu(
-            "net-echo-qemu-virtio",
-            "virtio-net (virtio-drivers) + smoltcp in QEMU TCG: TCP echo via user-net port forward, quit",
-            "mode=net nic=virtio ip=10.0.2.15/24 gw=10.0.2.2 echo_port=7 net_timeout=80",
-            "virtio-net-pci",
-        ),
-        E2eTest {
-            cmdline: "mode=net nic=e1000 ip=10.0.2.15/24 gw=none echo_port=7 net_timeout=600",
-            expect: vec![
-                "net: e1000 mac=52:54:00:12:34:56 link=up",
-                "net: echo listening on tcp/udp port 7",
-                "net: `quit` received",
-                "net: done",
-            ],
-            timeout: Duration::from_secs(240),
-            net: Some(NetSetup::BochsTap),
-            ..E2eTest::new(
-                "net-echo-bochs-e1000",
-                Emulator::Bochs,
-                "Bochs e1000 on a tap in a private netns: TCP echo from inside the netns, quit",
-            )
-        },
-    ]
-}
-
-/// A network namespace holding one tap (`10.0.2.2/24`) for Bochs; removed
-/// on drop.
-struct NetnsTap {
-    name: String,
-}
-
-impl NetnsTap {
-    const TAP: &'static str = "tapftv0";
-
-    fn ip(args: &[&str]) -> Result<(), String> {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("`ip` not runnable: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "`ip {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    /// `Err` is a reason to skip (no root, no `ip`, no tun).
-    fn create() -> Result<NetnsTap, String> {
-        if !Path::new("/dev/net/tun").exists() {
-            return Err("/dev/net/tun is absent".into());
-        }
-        let name = format!("ftv-e2e-{}", std::process::id());
-        Self::ip(&["netns", "add", &name])?;
-        let ns = NetnsTap { name };
-        let n = ns.name.as_str();
-        Self::ip(&["-n", n, "tuntap", "add", "dev", Self::TAP, "mode", "tap"])?;
-        Self::ip(&["-n", n, "addr", "add", "10.0.2.2/24", "dev", Self::TAP])?;
-        Self::ip(&["-n", n, "link", "set", Self::TAP, "up"])?;
-        Self::ip(&["-n", n, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for NetnsTap {
-    fn drop(&mut self) {
-        let _ = Self::ip(&["netns", "del", &self.name]);
-    }
 }
 
 const GUEST: &str = "build/testguest.elf64";
