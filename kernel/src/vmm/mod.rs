@@ -374,6 +374,9 @@ fn report_counter(c: &dyn ExecCounter) {
         c.name(),
         c.count()
     );
+    if let Some(s) = c.stats() {
+        println!("counter: {s}");
+    }
     if let Some(m) = c.measure() {
         println!(
             "counter: cross-check (timer delta vs MTF count): {} samples, {} mismatches",
@@ -608,9 +611,10 @@ fn run_loop(
         if let Err(e) = armed {
             return stop(Stop::Vmx(e), exits);
         }
+        let mut stamps = [0u64; 2];
         // SAFETY: the VMCS is current and complete (host state written in
         // setup, HOST_RIP = vmx_exit) and EPT confines the guest to its RAM.
-        let entry = unsafe { switch::enter(regs, launched) };
+        let entry = unsafe { switch::enter(regs, launched, &mut stamps) };
         match entry {
             switch::Entry::Exited => {}
             switch::Entry::FailInvalid => {
@@ -640,6 +644,7 @@ fn run_loop(
             *n += 1;
         }
         if let Some(c) = counter.as_deref_mut() {
+            c.stamps(stamps[1].wrapping_sub(stamps[0]));
             if let Err(r) = c.exited(vmcs, reason) {
                 return Ended {
                     end: End::Refused(r),

@@ -1,12 +1,19 @@
 //! The host/guest world switch: all VM entry/exit assembly in one place
 //! (Intel SDM Vol. 3C §26 "VM Entries", §28.5 "Loading Host State").
 //!
-//! `vmx_enter(regs, launched)` saves the host's callee-saved registers,
-//! writes HOST_RSP, loads the guest GPRs from `regs` (layout of
+//! `vmx_enter(regs, launched, stamps)` saves the host's callee-saved
+//! registers, writes HOST_RSP, loads the guest GPRs from `regs` (layout of
 //! `vmx::exit::GuestRegs`, indexed by register number) and executes
 //! VMLAUNCH or VMRESUME. A VM exit lands at `vmx_exit` (HOST_RIP), which
 //! stores the guest GPRs back and returns 0. If the entry instruction
 //! itself fails, it returns 1 (VMfailInvalid) or 2 (VMfailValid).
+//!
+//! `stamps` receives the host TSC read by a fixed instruction sequence
+//! just before the entry (`[0]`) and by the first instructions at HOST_RIP
+//! (`[1]`). In Bochs the TSC is the emulated instruction count, so the
+//! difference is the guest's instructions plus a constant (the `preempt`
+//! execution counter, `vmx::counter::preempt`); keep both paths free of
+//! data-dependent branches.
 use vmx::exit::GuestRegs;
 
 core::arch::global_asm!(
@@ -20,7 +27,13 @@ vmx_enter:
     push r13
     push r14
     push r15
+    push rdx
     push rdi
+    mov r8, rdx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r8], rax
     mov rax, 0x6C14
     vmwrite rax, rsp
     cmp rsi, 0
@@ -49,6 +62,7 @@ vmx_entry_failed:
     mov ecx, 1
     cmovc eax, ecx
     pop rdi
+    pop rdx
     pop r15
     pop r14
     pop r13
@@ -59,6 +73,15 @@ vmx_entry_failed:
 
 .global vmx_exit
 vmx_exit:
+    push rax
+    push rdx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov rdx, [rsp + 24]
+    mov [rdx + 8], rax
+    pop rdx
+    pop rax
     push rdi
     mov rdi, [rsp + 8]
     mov [rdi + 0], rax
@@ -78,6 +101,7 @@ vmx_exit:
     pop rax
     mov [rdi + 56], rax
     pop rdi
+    pop rdx
     pop r15
     pop r14
     pop r13
@@ -90,7 +114,7 @@ vmx_exit:
 );
 
 extern "C" {
-    fn vmx_enter(regs: *mut GuestRegs, launched: u64) -> u64;
+    fn vmx_enter(regs: *mut GuestRegs, launched: u64, stamps: *mut [u64; 2]) -> u64;
     fn vmx_exit();
 }
 
@@ -110,16 +134,18 @@ pub enum Entry {
     FailValid,
 }
 
-/// Runs the guest until the next VM exit.
+/// Runs the guest until the next VM exit; `stamps` gets the host TSC
+/// just before the entry and just after the exit.
 ///
 /// # Safety
 /// A VMCS must be current with complete, valid host state (HOST_RIP =
 /// [`exit_entry`]) and the guest state must not let the guest reach host
 /// memory (EPT on).
-pub unsafe fn enter(regs: &mut GuestRegs, launched: bool) -> Entry {
-    // SAFETY: forwarded from the caller; `regs` outlives the call and the
-    // assembly preserves every callee-saved register and the stack.
-    match unsafe { vmx_enter(regs, launched as u64) } {
+pub unsafe fn enter(regs: &mut GuestRegs, launched: bool, stamps: &mut [u64; 2]) -> Entry {
+    // SAFETY: forwarded from the caller; `regs` and `stamps` outlive the
+    // call and the assembly preserves every callee-saved register and the
+    // stack.
+    match unsafe { vmx_enter(regs, launched as u64, stamps) } {
         0 => Entry::Exited,
         1 => Entry::FailInvalid,
         _ => Entry::FailValid,

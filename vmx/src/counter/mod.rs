@@ -3,13 +3,14 @@
 //!
 //! | backend | counts | lands on a point with |
 //! |---|---|---|
-//! | [`preempt::Preempt`] | the VMX-preemption timer as a guest instruction counter (exact in Bochs, `notes/bochs.md`; SDM Vol. 3C §26.5.1), read back on every exit through the "save VMX-preemption timer value" exit control | the timer for the bulk, then MTF single-steps (SDM Vol. 3C §26.5.2) |
+//! | [`preempt::Preempt`] | Bochs's instruction clock: the host TSC read around every entry (exact per exit), cross-checked with the VMX-preemption timer saved on exit (SDM Vol. 3C §26.5.1, §27.3.4) | the timer stops a margin short, then MTF single-steps (SDM Vol. 3C §26.5.2) |
 //! | [`mtf::Mtf`] | one monitor-trap-flag exit per guest instruction (SDM Vol. 3C §26.5.2) | MTF single-steps; slow, the reference |
 //! | [`pmu::Pmu`] | IA32_PMC0 counting retired conditional branches (SDM Vol. 3B §20.2) | refuses to start unless the counter is shown to count |
 //!
 //! The counter is a number of *guest instructions*: instructions retired in
-//! VMX non-root operation plus instructions the hypervisor emulated on an
-//! exit (the run loop calls [`ExecCounter::emulated`] when an exit handler
+//! VMX non-root operation (each iteration of a `rep` string instruction
+//! counts as one; RCX names the iteration) plus instructions the
+//! hypervisor emulated on an exit (the run loop calls [`ExecCounter::emulated`] when an exit handler
 //! advanced RIP). A backend that cannot be exact is refused with a
 //! [`Refusal`], never used silently. Backends touch the VMCS only through
 //! [`VmcsAccess`], so the logic here is tested on the host with `FakeVmcs`.
@@ -71,6 +72,10 @@ pub trait ExecCounter {
     /// Accounts the guest instructions of the entry that just ended with
     /// exit `reason`. `Err(Refusal)`: the backend found it cannot be exact.
     fn exited(&mut self, vmcs: &mut dyn VmcsAccess, reason: u16) -> Result<(), Refusal>;
+    /// The host TSC units from just before the entry that just ended to
+    /// just after its exit (read by the world switch; called before
+    /// [`Self::exited`]). Bochs's TSC counts instructions (`preempt`).
+    fn stamps(&mut self, _span: u64) {}
     /// The hypervisor emulated (completed) one guest instruction.
     fn emulated(&mut self);
     /// Whether a count names one instruction (instruction counters) or a
@@ -80,6 +85,10 @@ pub trait ExecCounter {
     }
     /// Cross-check statistics, if the backend keeps them.
     fn measure(&self) -> Option<&Measure> {
+        None
+    }
+    /// One line of run statistics for the report, if the backend keeps any.
+    fn stats(&self) -> Option<String> {
         None
     }
     /// One line for the boot report.
