@@ -13,8 +13,8 @@
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
 //! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
-//! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `replay` (record, then replay from the in-memory log in the same boot and compare) | `off` |
-//! | `replay_mutate` | `0`, or `1`: perturb one recorded entry's counter before replaying (proves the divergence check bites) | `0` |
+//! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `export` (record, then write the log to COM1 as framed hex `FTLOG` lines); `replay` (with a second boot module: replay that log; without: record, then replay from the in-memory log in the same boot; both compare) | `off` |
+//! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle (proves the divergence check bites) | `0` |
 //! | `ip` | the hypervisor's IPv4 address and prefix, `a.b.c.d/nn` (`mode=net`) | `10.0.2.15/24` |
 //! | `gw` | default IPv4 gateway `a.b.c.d`, or `none` | `10.0.2.2` |
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
@@ -108,7 +108,10 @@ pub enum FtMode {
     Off,
     /// Log every non-deterministic input at its execution point.
     Record,
-    /// Record, then replay from the in-memory log (same boot) and compare.
+    /// Record, then write the log to COM1 (framed hex lines).
+    Export,
+    /// Replay the log of the second boot module, or record and replay from
+    /// the in-memory log (same boot); compare.
     Replay,
 }
 
@@ -123,7 +126,7 @@ pub struct Config {
     pub net: NetConfig,
     pub counter: CounterChoice,
     pub ft: FtMode,
-    pub replay_mutate: bool,
+    pub replay_mutate: u8,
 }
 
 impl Default for Config {
@@ -137,7 +140,7 @@ impl Default for Config {
             net: NetConfig::default(),
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
-            replay_mutate: false,
+            replay_mutate: 0,
         }
     }
 }
@@ -281,15 +284,17 @@ impl Config {
                     cfg.ft = match value {
                         "off" => FtMode::Off,
                         "record" => FtMode::Record,
+                        "export" => FtMode::Export,
                         "replay" => FtMode::Replay,
-                        _ => return Err(bad("`off`, `record` or `replay`")),
+                        _ => return Err(bad("`off`, `record`, `export` or `replay`")),
                     }
                 }
                 "replay_mutate" => {
                     cfg.replay_mutate = match value {
-                        "0" => false,
-                        "1" => true,
-                        _ => return Err(bad("`0` or `1`")),
+                        "0" => 0,
+                        "1" => 1,
+                        "2" => 2,
+                        _ => return Err(bad("`0`, `1` or `2`")),
                     }
                 }
                 _ => unreachable!("every key above is handled"),
@@ -520,12 +525,12 @@ mod tests {
         let c = Config::parse("counter=preempt ft=replay replay_mutate=1").unwrap();
         assert_eq!(
             (c.counter, c.ft, c.replay_mutate),
-            (CounterChoice::Preempt, FtMode::Replay, true)
+            (CounterChoice::Preempt, FtMode::Replay, 1)
         );
         let d = Config::default();
         assert_eq!(
             (d.counter, d.ft, d.replay_mutate),
-            (CounterChoice::Auto, FtMode::Off, false)
+            (CounterChoice::Auto, FtMode::Off, 0)
         );
         assert_eq!(
             Config::parse("counter=mtf").unwrap().counter,
@@ -539,7 +544,9 @@ mod tests {
         let e = Config::parse("counter=tsc").unwrap_err();
         assert!(e.to_string().contains("`counter`"), "{e}");
         assert!(Config::parse("ft=on").is_err());
-        assert!(Config::parse("replay_mutate=2").is_err());
+        assert_eq!(Config::parse("replay_mutate=2").unwrap().replay_mutate, 2);
+        assert!(Config::parse("replay_mutate=3").is_err());
+        assert_eq!(Config::parse("ft=export").unwrap().ft, FtMode::Export);
         assert_eq!(
             Config::parse("ft=off ft=record").unwrap_err(),
             Error::DuplicateOption { option: "ft" }

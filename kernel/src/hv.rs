@@ -115,7 +115,14 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             // identity-mapped RAM, below the heap floor computed above.
             let image = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
             let guest_cmdline = kernel::config::strip_image_path(module.cmdline);
-            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline);
+            // A second module is a recorded log for `ft=replay` (issue 8).
+            let log = boot.modules().nth(1).map(|m| {
+                let len = m.end.saturating_sub(m.start) as usize;
+                // SAFETY: as for the guest image: loader-placed, identity
+                // mapped, below the heap floor.
+                unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
+            });
+            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline, log);
         }
     }
 }

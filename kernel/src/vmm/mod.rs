@@ -42,8 +42,16 @@ fn fail(what: &str, e: vmx::Error) -> ! {
     crate::arch::exit::exit(exitcode::FAILURE)
 }
 
-/// Loads the guest and runs it until it stops; never returns.
-pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cmdline: &str) -> ! {
+/// Loads the guest and runs it until it stops; never returns. `log`: a
+/// recorded log (second boot module) that `ft=replay` replays.
+pub fn run(
+    config: &Config,
+    caps: &VmxCaps,
+    pmu: PmuInfo,
+    image: &[u8],
+    guest_cmdline: &str,
+    log: Option<&[u8]>,
+) -> ! {
     let controls = setup::controls(caps, rr::wants_save_timer(config, caps))
         .unwrap_or_else(|e| fail("VMX controls", e));
     hw::enable(caps).unwrap_or_else(|e| fail("VMXON", e));
@@ -92,15 +100,16 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
     }
     // Replay needs the initial state twice: keep a copy of guest RAM (the
     // VMCS guest state and the devices are rebuilt from `start`).
-    let snapshot = (config.ft == FtMode::Replay).then(|| {
+    let snapshot = (config.ft == FtMode::Replay && log.is_none()).then(|| {
         let copy = alloc_ram(size);
         // SAFETY: both blocks are `size` bytes, distinct, and owned here.
         unsafe { core::ptr::copy_nonoverlapping(base, copy, size) };
         copy
     });
     let syscall_msrs = machine::read_syscall_msrs();
-    let mut tape = match config.ft {
-        FtMode::Off => Tape::Off,
+    let mut tape = match (config.ft, log) {
+        (FtMode::Off, _) => Tape::Off,
+        (FtMode::Replay, Some(bytes)) => Tape::Replay(log_from_module(bytes, config, ram)),
         _ => Tape::Record(Recorder::default()),
     };
     let mut machine = Machine::new(ram);
@@ -113,12 +122,39 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
         watchdog_ticks,
         counter.as_deref_mut(),
         &mut tape,
+        false,
     );
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
     if let Some(c) = counter.as_deref() {
         report_counter(c);
+    }
+    print_numbers(&ended, counter.as_deref(), host_ticks, &machine, &tape);
+    if let Tape::Replay(mut replayer) = tape {
+        // ---- replay of a log recorded by another boot ----
+        let verdict = replay_verdict(
+            &ended,
+            &vmcs,
+            &regs,
+            &machine,
+            counter.as_deref(),
+            &mut replayer,
+        );
+        print_applied(&replayer, &machine, "");
+        match verdict {
+            Ok((at, hash)) => {
+                println!(
+                    "ft: replay: IDENTICAL: every entry met; final point (counter {}, rip {:#x}, rcx {:#x}), state hash {hash:#018x} (registers, {} MiB RAM, console) = recorded",
+                    at.counter, at.rip, at.rcx, size >> 20
+                );
+                finish(&ended, Some(true))
+            }
+            Err(d) => {
+                println!("ft: replay: DIVERGED at {d}");
+                finish(&ended, Some(false))
+            }
+        }
     }
     let Tape::Record(mut recorder) = tape else {
         finish(&ended, None)
@@ -146,6 +182,9 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
         rec_lines,
         rec_console,
     );
+    if config.ft == FtMode::Export {
+        rr::export_log(&recorder.bytes);
+    }
     let Some(copy) = snapshot else {
         finish(&ended, None)
     };
@@ -158,8 +197,8 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
             crate::arch::exit::exit(exitcode::FAILURE);
         }
     };
-    if config.replay_mutate {
-        mutate(&mut replayer);
+    if config.replay_mutate != 0 {
+        mutate(&mut replayer, config.replay_mutate, machine.ram());
     }
     let ram = machine.into_ram();
     // SAFETY: `copy` holds `size` bytes of the initial guest RAM; `ram` is
@@ -193,43 +232,25 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
         watchdog_ticks,
         Some(&mut *counter),
         &mut tape,
+        true,
     );
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
     report_counter(&*counter);
+    print_numbers(&ended, Some(&*counter), host_ticks, &machine, &tape);
     let Tape::Replay(mut replayer) = tape else {
         unreachable!("the replay tape stays a replay tape")
     };
-    let verdict = match (
-        &ended.end,
-        final_point(&ended, &vmcs, &regs, Some(&*counter)),
-    ) {
-        (End::Diverged(d), _) => Err(d.clone()),
-        (_, Some(at)) => {
-            let hash = final_hash(&vmcs, &regs, &machine);
-            replayer.finish(at, hash).map(|_| (at, hash))
-        }
-        (_, None) => Err(Divergence {
-            seq: replayer.head().map_or(0, |r| r.seq),
-            expected: replayer.head().and_then(|r| r.entry.exec_point()),
-            found: ft::log::ExecPoint::default(),
-            what: "the replay did not end with a guest exit".into(),
-        }),
-    };
-    let mut applied = alloc::string::String::new();
-    for (k, n) in replayer
-        .applied_by_kind
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-    {
-        applied.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
-    }
-    println!(
-        "ft: replay: applied{applied}; guest console lines discarded={} hash={:#018x}",
-        machine.console_lines, machine.console_hash
+    let verdict = replay_verdict(
+        &ended,
+        &vmcs,
+        &regs,
+        &machine,
+        Some(&*counter),
+        &mut replayer,
     );
+    print_applied(&replayer, &machine, " discarded");
     match verdict {
         Ok((at, hash)) => {
             let same_console =
@@ -251,6 +272,91 @@ pub fn run(config: &Config, caps: &VmxCaps, pmu: PmuInfo, image: &[u8], guest_cm
             finish(&ended, Some(false))
         }
     }
+}
+
+/// Decodes the log of the second boot module (and perturbs it when asked).
+fn log_from_module(bytes: &[u8], config: &Config, code: &[u8]) -> Replayer {
+    let mut r = match Replayer::decode(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("ft: replay: the log module does not decode: {e}");
+            crate::arch::exit::exit(exitcode::BAD_CONFIG);
+        }
+    };
+    println!(
+        "ft: replay: log module of {} bytes, {} entries; replaying from the initial state",
+        bytes.len(),
+        r.len()
+    );
+    if config.replay_mutate != 0 {
+        mutate(&mut r, config.replay_mutate, code);
+    }
+    r
+}
+
+/// The replay's outcome: every entry met and the final state equal.
+fn replay_verdict(
+    ended: &Ended,
+    vmcs: &hw::HwVmcs,
+    regs: &GuestRegs,
+    machine: &Machine,
+    counter: Option<&dyn ExecCounter>,
+    replayer: &mut Replayer,
+) -> Result<(ExecPoint, u64), Divergence> {
+    match (&ended.end, final_point(ended, vmcs, regs, counter)) {
+        (End::Diverged(d), _) => Err(d.clone()),
+        (_, Some(at)) => {
+            let hash = final_hash(vmcs, regs, machine);
+            replayer.finish(at, hash).map(|_| (at, hash))
+        }
+        (_, None) => Err(Divergence {
+            seq: replayer.head().map_or(0, |r| r.seq),
+            expected: replayer.head().and_then(|r| r.entry.exec_point()),
+            found: ExecPoint::default(),
+            what: "the replay did not end with a guest exit".into(),
+        }),
+    }
+}
+
+fn print_applied(replayer: &Replayer, machine: &Machine, discarded: &str) {
+    let mut applied = alloc::string::String::new();
+    for (k, n) in replayer
+        .applied_by_kind
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+    {
+        applied.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
+    }
+    println!(
+        "ft: replay: applied{applied}; guest console lines{discarded}={} hash={:#018x}",
+        machine.console_lines, machine.console_hash
+    );
+}
+
+/// The closing numbers of a run (issue 8), raw: the e2e runner turns them
+/// into rates against wall-clock and guest time. `host_ticks` are Bochs
+/// instructions (its TSC); guest time is the virtual TSC, announced at
+/// 1 GHz (`vmx::exit::cpuid::GUEST_TSC_KHZ`).
+fn print_numbers(
+    ended: &Ended,
+    c: Option<&dyn ExecCounter>,
+    host_ticks: u64,
+    m: &Machine,
+    tape: &Tape,
+) {
+    let (mode, log_bytes, entries) = match tape {
+        Tape::Off => ("off", 0, 0),
+        Tape::Record(r) => ("record", r.bytes.len() as u64, r.entries()),
+        Tape::Replay(r) => ("replay", 0, r.len() as u64),
+    };
+    println!(
+        "ft: numbers: mode={mode} counter={} guest_instructions={} exits={} host_ticks={host_ticks} guest_tsc={} log_bytes={log_bytes} log_entries={entries}",
+        c.map_or("none", |c| c.name()),
+        c.map_or(0, |c| c.count()),
+        ended.exits,
+        m.now(),
+    );
 }
 
 fn alloc_ram(size: usize) -> *mut u8 {
@@ -314,35 +420,56 @@ fn print_log_summary(
     );
 }
 
-/// `replay_mutate=1`: moves one recorded entry one instruction later, so a
-/// correct detector must report a divergence.
-fn mutate(r: &mut Replayer) {
-    use ft::log::LogEntry;
+/// `replay_mutate=`: perturbs the log so a correct detector must report a
+/// divergence: `1` moves the interrupt entry nearest the middle of the log
+/// (one the guest could also take one instruction later: not after HLT,
+/// not before CLI, judged from `code`, guest-physical = linear) one
+/// instruction later; `2` changes the RDTSC value nearest the middle.
+fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
+    use ft::log::{LogEntry, NonDetSource};
     let records = r.records_mut();
-    let pick = records
-        .iter()
-        .position(|r| matches!(r.entry, LogEntry::Interrupt { .. }))
-        .or_else(|| {
-            records
-                .iter()
-                .position(|r| matches!(r.entry, LogEntry::NonDet { .. }))
-        });
+    let mid = records.len() / 2;
+    let byte = |a: u64| code.get(a as usize).copied();
+    let ok = |e: &LogEntry| match (mode, e) {
+        (1, LogEntry::Interrupt { at, .. }) => {
+            byte(at.rip.wrapping_sub(1)) != Some(0xF4) && byte(at.rip) != Some(0xFA)
+        }
+        (
+            2,
+            LogEntry::NonDet {
+                source: NonDetSource::Rdtsc,
+                ..
+            },
+        ) => true,
+        _ => false,
+    };
+    let pick = (0..records.len())
+        .filter(|&i| ok(&records[i].entry))
+        .min_by_key(|&i| i.abs_diff(mid));
     let Some(i) = pick else {
-        println!("ft: replay_mutate: no interrupt or non-deterministic entry to perturb");
+        println!("ft: replay_mutate: no entry to perturb");
         return;
     };
     let rec = &mut records[i];
-    let kind = vmx::replay::kind_name(rec.entry.kind() as usize);
     match &mut rec.entry {
-        LogEntry::Interrupt { at, .. } | LogEntry::NonDet { at, .. } => {
+        LogEntry::Interrupt { at, .. } => {
             println!(
-                "ft: replay_mutate: entry #{} ({}) moved from counter {} to {}",
+                "ft: replay_mutate: entry #{} (interrupt) moved from counter {} to {}",
                 rec.seq,
-                kind,
                 at.counter,
                 at.counter + 1
             );
             at.counter += 1;
+        }
+        LogEntry::NonDet { value, at, .. } => {
+            println!(
+                "ft: replay_mutate: entry #{} (rdtsc at counter {}) value {:#x} changed to {:#x}",
+                rec.seq,
+                at.counter,
+                *value,
+                *value + 1
+            );
+            *value += 1;
         }
         _ => unreachable!("picked an interrupt or nondet entry"),
     }
@@ -459,6 +586,7 @@ fn run_loop(
     watchdog_ticks: u64,
     mut counter: Option<&mut (dyn ExecCounter + 'static)>,
     tape: &mut Tape,
+    launched: bool,
 ) -> Ended {
     let mut halted = false;
     let mut exits = 0u64;
@@ -468,8 +596,8 @@ fn run_loop(
         exits,
     };
     let replaying = tape.is_replay();
-    // The VMCS was launched by an earlier run (record before replay).
-    let mut launched = replaying;
+    // `launched`: an earlier run (record before replay) launched the VMCS.
+    let mut launched = launched;
     loop {
         let now = m.now();
         let rflags = vmcs.get(Field::GuestRflags);
@@ -493,8 +621,10 @@ fn run_loop(
                 }
                 Ok(Due::Inject(vector)) => {
                     if !interruptible || event_pending {
+                        // `due` has moved past the interrupt's entry.
+                        let seq = replayer.head().map_or(replayer.len() as u64, |r| r.seq - 1);
                         let d = Divergence {
-                            seq: 0,
+                            seq,
                             expected: Some(at),
                             found: at,
                             what: alloc::format!(

@@ -179,3 +179,28 @@ impl Platform for RrPlatform<'_> {
         self.m.console(text)
     }
 }
+
+/// Bytes of log per `FTLOG` line.
+const EXPORT_CHUNK: usize = 64;
+
+/// Writes the log to COM1 for the host (issue 8: a second boot replays
+/// it): `FTLOG <hex>` lines of up to 64 bytes, then
+/// `FTLOG-END bytes=<n> fnv=<hash of the bytes>`.
+pub fn export_log(bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = alloc::string::String::with_capacity(6 + 2 * EXPORT_CHUNK);
+    for chunk in bytes.chunks(EXPORT_CHUNK) {
+        line.clear();
+        line.push_str("FTLOG ");
+        for b in chunk {
+            line.push(HEX[usize::from(b >> 4)] as char);
+            line.push(HEX[usize::from(b & 15)] as char);
+        }
+        println!("{line}");
+    }
+    println!(
+        "FTLOG-END bytes={} fnv={:#018x}",
+        bytes.len(),
+        vmx::replay::hash_bytes(vmx::replay::HASH_SEED, bytes)
+    );
+}

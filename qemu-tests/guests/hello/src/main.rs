@@ -14,6 +14,7 @@ use boot as _; // links the multiboot header and trampoline
 
 mod hw;
 mod idt;
+mod replay;
 mod tests;
 
 /// Multiboot info flag: `cmdline` (offset 16) is valid.
@@ -91,6 +92,7 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     let code = match option(bi.cmdline, "test") {
         Some("hello") => tests::hello(&bi, under),
         Some("timer") => tests::timer(&bi),
+        Some("replay") => replay::run(&bi),
         Some("hostile-unmapped") => tests::hostile_unmapped(),
         Some("hostile-msr") => tests::hostile_msr(),
         Some("hostile-hypercall") => tests::hostile_hypercall(),
