@@ -15,6 +15,7 @@
 mod echo_client;
 mod emulator;
 mod tests;
+mod tests_replay;
 mod tests_net;
 
 use emulator::{Emulator, Outcome};
