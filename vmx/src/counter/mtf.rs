@@ -22,6 +22,9 @@ pub struct Mtf {
     injected: bool,
     /// The preemption timer is saved on exit: cross-check it.
     check: bool,
+    /// Entries so far: the first (VMLAUNCH, another host path whose trace
+    /// lands in the timer, `preempt`) is not a sample.
+    entries: u64,
     measure: Measure,
 }
 
@@ -33,6 +36,7 @@ impl Mtf {
             count: 0,
             injected: false,
             check: save_timer,
+            entries: 0,
             measure: Measure::default(),
         }
     }
@@ -60,7 +64,8 @@ impl ExecCounter for Mtf {
     }
     fn exited(&mut self, vmcs: &mut dyn VmcsAccess, reason: u16) -> Result<(), Refusal> {
         let delta = mtf_delta(reason, self.injected);
-        if self.check {
+        self.entries += 1;
+        if self.check && self.entries > 1 {
             let left = vmcs.get(Field::PreemptionTimerValue);
             // Minus the unit every entry consumes in Bochs (`preempt`).
             let timer = CHECK_TIMER
@@ -94,6 +99,12 @@ mod tests {
     fn counts_mtf_exits_but_not_event_delivery_or_exiting_instructions() {
         let mut v = FakeVmcs::default();
         let mut c = Mtf::new(true);
+        // the launch entry (VMLAUNCH's trace in the timer): no sample
+        c.arm(&mut v, Plan::Run { slice: 5 }, false).unwrap();
+        v.write(Field::PreemptionTimerValue, CHECK_TIMER - 24)
+            .unwrap();
+        c.exited(&mut v, 37).unwrap();
+        assert_eq!(c.measure().unwrap().samples, 0);
         // one instruction retired: timer moved by 1
         c.arm(&mut v, Plan::Run { slice: 5 }, false).unwrap();
         assert_ne!(v.get(Field::ProcBasedControls) & super::super::PROC_MTF, 0);
@@ -111,7 +122,7 @@ mod tests {
         v.write(Field::PreemptionTimerValue, CHECK_TIMER - 1)
             .unwrap();
         c.exited(&mut v, 37).unwrap();
-        assert_eq!(c.count(), 2);
+        assert_eq!(c.count(), 3);
         let m = c.measure().unwrap();
         assert_eq!((m.samples, m.mismatches), (3, 0));
         // a timer that moved differently is a mismatch in the table
