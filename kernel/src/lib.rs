@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod bootinfo;
 pub mod config;
 pub mod devices;

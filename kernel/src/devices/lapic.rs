@@ -5,10 +5,12 @@
 //! x2APIC state transitions).
 //!
 //! One processor, APIC ID 0, version 0x14 with six LVT entries (timer,
-//! thermal, performance, LINT0, LINT1, error). There is no memory-mapped
-//! xAPIC page: in xAPIC mode every x2APIC MSR access faults, so the
-//! hypervisor should start the guest in x2APIC mode ([`Lapic::new`]), as
-//! firmware that enables x2APIC does.
+//! thermal, performance, LINT0, LINT1, error). In xAPIC mode the registers
+//! are reached through the memory-mapped page ([`Lapic::xapic_read`],
+//! [`Lapic::xapic_write`], SDM 12.4.1 and Table 12-1 "Local APIC Register
+//! Address Map"; the caller maps it at IA32_APIC_BASE) and every x2APIC MSR
+//! access faults; in x2APIC mode it is the other way round. Linux without
+//! interrupt remapping stays in (or returns to) xAPIC mode.
 //!
 //! The timer counts guest TSC ticks divided by the divide configuration.
 //! One-shot, periodic and TSC-deadline modes are supported. The hypervisor
@@ -88,6 +90,9 @@ pub struct Lapic {
     esr: u32,
     esr_pending: u32,
     icr: u64,
+    /// xAPIC logical destination and destination format registers.
+    ldr: u32,
+    dfr: u32,
     /// Timer, thermal, perf, LINT0, LINT1, error.
     lvt: [u32; 6],
     irr: [u32; 8],
@@ -123,6 +128,8 @@ impl Lapic {
             esr: 0,
             esr_pending: 0,
             icr: 0,
+            ldr: 0,
+            dfr: u32::MAX,
             lvt: [0; 6],
             irr: [0; 8],
             isr: [0; 8],
@@ -171,7 +178,12 @@ impl Lapic {
             MSR_X2APIC_FIRST..=MSR_X2APIC_LAST if self.mode() == ApicMode::X2Apic => {}
             _ => return Err(Fault::GeneralProtection),
         }
-        let v: u32 = match msr & 0xFF {
+        self.read_reg(msr & 0xFF, now)
+    }
+
+    /// A register by its x2APIC index (MSR - 0x800).
+    fn read_reg(&self, reg: u32, now: u64) -> Result<u64, Fault> {
+        let v: u32 = match reg {
             0x02 => 0,
             0x03 => VERSION,
             0x08 => self.tpr.into(),
@@ -207,7 +219,55 @@ impl Lapic {
             MSR_X2APIC_FIRST..=MSR_X2APIC_LAST if self.mode() == ApicMode::X2Apic => {}
             _ => return Err(Fault::GeneralProtection),
         }
-        let reg = msr & 0xFF;
+        self.write_reg(msr & 0xFF, value, now)
+    }
+
+    /// xAPIC MMIO load of the 32-bit register at `offset` in the APIC page
+    /// (SDM Table 12-1: register index = offset >> 4). Outside xAPIC mode,
+    /// unaligned or unknown offsets read 0.
+    pub fn xapic_read(&mut self, offset: u64, now: u64) -> u32 {
+        self.tick(now);
+        if self.mode() != ApicMode::XApic || offset & 0xF != 0 || offset >= 0x400 {
+            return 0;
+        }
+        match (offset >> 4) as u32 {
+            0x02 => 0, // APIC ID 0 in bits 31:24
+            0x0D => self.ldr,
+            0x0E => self.dfr,
+            0x30 => self.icr as u32,
+            0x31 => (self.icr >> 32) as u32,
+            0x3F => 0, // no SELF IPI register in xAPIC mode
+            reg => self.read_reg(reg, now).map_or(0, |v| v as u32),
+        }
+    }
+
+    /// xAPIC MMIO store to the register at `offset`. Read-only and unknown
+    /// registers ignore writes (no #GP in xAPIC mode); a write to ICR low
+    /// sends the IPI with the destination held in ICR high (bits 31:24).
+    pub fn xapic_write(&mut self, offset: u64, value: u32, now: u64) {
+        self.tick(now);
+        if self.mode() != ApicMode::XApic || offset & 0xF != 0 || offset >= 0x400 {
+            return;
+        }
+        match (offset >> 4) as u32 {
+            0x0B => self.eoi(),
+            0x0D => self.ldr = value & 0xFF00_0000,
+            0x0E => self.dfr = value | 0x0FFF_FFFF,
+            0x30 => {
+                let dest = (self.icr >> 56) << 32;
+                self.write_icr(dest | u64::from(value));
+                self.icr = (self.icr & 0xFFFF_FFFF) | (dest << 24);
+            }
+            0x31 => self.icr = (self.icr & 0xFFFF_FFFF) | (u64::from(value & 0xFF00_0000) << 32),
+            0x28 => self.esr = core::mem::take(&mut self.esr_pending),
+            0x3F => {}
+            reg => {
+                let _ = self.write_reg(reg, value.into(), now);
+            }
+        }
+    }
+
+    fn write_reg(&mut self, reg: u32, value: u64, now: u64) -> Result<(), Fault> {
         if reg == 0x30 {
             self.write_icr(value);
             return Ok(());
@@ -415,6 +475,8 @@ impl Lapic {
         self.esr = 0;
         self.esr_pending = 0;
         self.icr = 0;
+        self.ldr = 0;
+        self.dfr = u32::MAX;
         self.lvt = [LVT_MASK; 6];
         self.irr = [0; 8];
         self.isr = [0; 8];

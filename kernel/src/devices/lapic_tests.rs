@@ -295,3 +295,51 @@ fn highest_bit_search() {
         assert_eq!(highest(&m), Some(v));
     }
 }
+
+#[test]
+fn xapic_mmio_page() {
+    let mut a = Lapic::with_mode(ApicMode::XApic, 39);
+    assert_eq!(a.xapic_read(0x30, 0), 0x50014, "version");
+    assert_eq!(a.xapic_read(0x20, 0), 0, "APIC ID 0 in bits 31:24");
+    assert_eq!(a.xapic_read(0xE0, 0), u32::MAX, "DFR flat model at reset");
+    a.xapic_write(0xF0, 0x1FF, 0);
+    assert_eq!(a.xapic_read(0xF0, 0), 0x1FF);
+    a.xapic_write(0xD0, 0x0100_00FF, 0);
+    assert_eq!(a.xapic_read(0xD0, 0), 0x0100_0000, "LDR bits 31:24");
+    a.xapic_write(0xE0, 0x0, 0);
+    assert_eq!(a.xapic_read(0xE0, 0), 0x0FFF_FFFF, "cluster model");
+    // Timer through MMIO: one-shot at vector 0xEC, divide by 1.
+    a.xapic_write(0x3E0, 0xB, 0);
+    a.xapic_write(0x320, 0xEC, 0);
+    a.xapic_write(0x380, 1000, 0);
+    assert_eq!(a.xapic_read(0x390, 400), 600);
+    a.tick(1000);
+    assert_eq!(a.pending_vector(), Some(0xEC));
+    a.ack(0xEC);
+    assert_ne!(
+        a.xapic_read(0x100 + 0x70, 1000) & (1 << 12),
+        0,
+        "ISR bit 0xEC"
+    );
+    a.xapic_write(0xB0, 0x1234, 1000); // EOI: any value in xAPIC mode
+    assert_eq!(a.xapic_read(0x170, 1000), 0);
+    // Self IPI through ICR (destination 0 in ICR high), read back split.
+    a.xapic_write(0x310, 0, 1000);
+    a.xapic_write(0x300, 0x41, 1000);
+    assert_eq!(a.pending_vector(), Some(0x41));
+    assert_eq!(a.xapic_read(0x300, 1000), 0x41);
+    // IPI to another APIC ID goes nowhere.
+    a.xapic_write(0x310, 0x0500_0000, 1000);
+    assert_eq!(a.xapic_read(0x310, 1000), 0x0500_0000);
+    a.ack(0x41);
+    a.xapic_write(0x300, 0x42, 1000);
+    assert_eq!(a.pending_vector(), None);
+    // Read-only registers ignore writes, unaligned accesses read 0.
+    a.xapic_write(0x30, 0, 1000);
+    assert_eq!(a.xapic_read(0x30, 1000), 0x50014);
+    assert_eq!(a.xapic_read(0x34, 1000), 0);
+    // The MSR interface stays closed in xAPIC mode, and the page in x2APIC.
+    assert_eq!(a.rdmsr(0x803, 0), Err(Fault::GeneralProtection));
+    a.wrmsr(0x1B, 0xFEE0_0000 | BASE_EN | BASE_EXTD, 0).unwrap();
+    assert_eq!(a.xapic_read(0x30, 0), 0);
+}

@@ -19,7 +19,11 @@
 
 use alloc::vec::Vec;
 
+pub mod acpi_pm;
+pub mod ioapic;
 pub mod lapic;
+pub mod pit;
+pub mod rtc;
 pub mod uart;
 pub mod virtio;
 

@@ -159,15 +159,24 @@ pub fn write_controls(
     Ok(())
 }
 
-/// Guest state at the loader's start point (Multiboot §3.2: flat 32-bit
-/// protected mode, paging off).
+/// Guest state at the loader's start point: flat 32-bit protected mode,
+/// paging off (Multiboot §3.2; Linux boot.rst "32-bit Boot Protocol", which
+/// also wants `__BOOT_CS` = 0x10 / `__BOOT_DS` = 0x18 from a loaded GDT and
+/// ESI = boot_params).
 pub fn write_guest_state(
     v: &mut impl VmcsAccess,
     caps: &VmxCaps,
     start: GuestStart,
     regs: &mut GuestRegs,
 ) -> Result<(), Error> {
-    let GuestStart::Protected32 { entry, eax, ebx } = start;
+    let (entry, eax, ebx, esi, (cs, ds), (gdt_base, gdt_limit)) = match start {
+        GuestStart::Protected32 { entry, eax, ebx } => (entry, eax, ebx, 0, (0x08, 0x10), (0, 0)),
+        GuestStart::Linux32 {
+            entry,
+            boot_params,
+            gdt,
+        } => (entry, 0, 0, boot_params, (0x10, 0x18), (gdt, 31)),
+    };
     let cr0_guest = CR0_PE | (1 << 4); // PE | ET
     v.write(Field::Cr0ReadShadow, cr0_guest)?;
     v.write(
@@ -187,7 +196,7 @@ pub fn write_guest_state(
         Field::GuestCsLimit,
         Field::GuestCsAccessRights,
     );
-    v.write(code.0, 0x08)?;
+    v.write(code.0, cs)?;
     v.write(code.1, 0)?;
     v.write(code.2, 0xFFFF_FFFF)?;
     v.write(code.3, 0xC09B)?;
@@ -223,7 +232,7 @@ pub fn write_guest_state(
             Field::GuestGsAccessRights,
         ),
     ] {
-        v.write(sel, 0x10)?;
+        v.write(sel, ds)?;
         v.write(base, 0)?;
         v.write(limit, 0xFFFF_FFFF)?;
         v.write(ar, 0xC093)?;
@@ -236,8 +245,8 @@ pub fn write_guest_state(
     v.write(Field::GuestTrBase, 0)?;
     v.write(Field::GuestTrLimit, 0x67)?;
     v.write(Field::GuestTrAccessRights, 0x8B)?; // present, busy 32-bit TSS
-    v.write(Field::GuestGdtrBase, 0)?;
-    v.write(Field::GuestGdtrLimit, 0)?;
+    v.write(Field::GuestGdtrBase, gdt_base.into())?;
+    v.write(Field::GuestGdtrLimit, gdt_limit)?;
     v.write(Field::GuestIdtrBase, 0)?;
     v.write(Field::GuestIdtrLimit, 0)?;
     v.write(Field::GuestIa32Efer, 0)?;
@@ -252,5 +261,6 @@ pub fn write_guest_state(
     *regs = GuestRegs::default();
     regs.gpr[vmx::exit::RAX] = eax as u64;
     regs.gpr[vmx::exit::RBX] = ebx as u64;
+    regs.gpr[6] = esi as u64; // RSI (x86 register number 6)
     Ok(())
 }
