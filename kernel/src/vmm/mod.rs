@@ -422,9 +422,10 @@ fn print_log_summary(
 
 /// `replay_mutate=`: perturbs the log so a correct detector must report a
 /// divergence: `1` moves the interrupt entry nearest the middle of the log
-/// (one the guest could also take one instruction later: not after HLT,
-/// not before CLI, judged from `code`, guest-physical = linear) one
-/// instruction later; `2` changes the RDTSC value nearest the middle.
+/// one instruction later (preferably one the guest could also take one
+/// instruction later: not after HLT, not before CLI, judged from `code`,
+/// guest-physical = linear); `2` changes the RDTSC value nearest the
+/// middle.
 fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
     use ft::log::{LogEntry, NonDetSource};
     let records = r.records_mut();
@@ -443,9 +444,15 @@ fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
         ) => true,
         _ => false,
     };
-    let pick = (0..records.len())
-        .filter(|&i| ok(&records[i].entry))
-        .min_by_key(|&i| i.abs_diff(mid));
+    let nearest = |want: &dyn Fn(&LogEntry) -> bool| {
+        (0..records.len())
+            .filter(|&i| want(&records[i].entry))
+            .min_by_key(|&i| i.abs_diff(mid))
+    };
+    // Prefer a busy point; a guest that only ever halts gets its HLT point
+    // moved (the replay then finds it halted with no interrupt due).
+    let pick =
+        nearest(&ok).or_else(|| nearest(&|e| mode == 1 && matches!(e, LogEntry::Interrupt { .. })));
     let Some(i) = pick else {
         println!("ft: replay_mutate: no entry to perturb");
         return;
