@@ -7,7 +7,7 @@
 //!
 //! | option | values | default |
 //! |---|---|---|
-//! | `mode` | `hypervisor` (run the guest; needs VMX) or `report` (print the CPU report and exit 0) | `hypervisor` |
+//! | `mode` | `hypervisor` (run the guest; needs VMX), `report` (print the CPU report and exit 0), `net` (NIC + echo service), `iscsi` (NIC + iSCSI initiator check, see [`iscsi`]) | `hypervisor` |
 //! | `selftest` | `none`, `panic` (deliberate panic), `fault` (deliberate page fault) | `none` |
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
@@ -19,9 +19,13 @@
 //! | `gw` | default IPv4 gateway `a.b.c.d`, or `none` | `10.0.2.2` |
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
 //! | `echo_port` | TCP/UDP port of the echo/diagnostic service (1..65535) | `7` |
-//! | `net_timeout` | seconds `mode=net` serves before exiting with failure (1..86400) | `120` |
+//! | `net_timeout` | seconds `mode=net` serves (or `mode=iscsi` runs) before exiting with failure (1..86400) | `120` |
+//! | `iscsi`, `iscsi_*` | `mode=iscsi`'s portal, target, LUN and check: [`iscsi`] | |
 use crate::Error;
 use alloc::string::ToString;
+
+pub mod iscsi;
+pub use iscsi::{Endpoint, IscsiConfig, IscsiOp};
 
 /// What the hypervisor does after booting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub enum Mode {
     Report,
     /// Bring up the NIC and serve the TCP/UDP echo service (no guest).
     Net,
+    /// Bring up the NIC, log in to an iSCSI target and run one check.
+    Iscsi,
 }
 
 /// Which NIC driver `mode=net` uses.
@@ -127,6 +133,7 @@ pub struct Config {
     pub counter: CounterChoice,
     pub ft: FtMode,
     pub replay_mutate: u8,
+    pub iscsi: IscsiConfig,
 }
 
 impl Default for Config {
@@ -141,6 +148,7 @@ impl Default for Config {
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
             replay_mutate: 0,
+            iscsi: IscsiConfig::default(),
         }
     }
 }
@@ -152,6 +160,7 @@ impl Config {
     pub fn parse(cmdline: &str) -> Result<Config, Error> {
         let mut cfg = Config::default();
         let mut seen: u32 = 0;
+        let mut iscsi_seen: u32 = 0;
         let mut tokens = cmdline.split_ascii_whitespace().peekable();
         if tokens.peek().is_some_and(|t| !t.contains('=')) {
             tokens.next();
@@ -160,15 +169,19 @@ impl Config {
             let (key, value) = token.split_once('=').ok_or_else(|| Error::UnknownOption {
                 option: token.to_string(),
             })?;
+            if let Some(r) = iscsi::parse_option(&mut cfg.iscsi, &mut iscsi_seen, key, value) {
+                r?;
+                continue;
+            }
             let (bit, name): (u32, &'static str) = match key {
                 "mode" => (0, "mode"),
                 "selftest" => (1, "selftest"),
                 "guest_mem" => (2, "guest_mem"),
                 "log" => (3, "log"),
                 "watchdog" => (4, "watchdog"),
-                "counter" => (10, "counter"),
-                "ft" => (11, "ft"),
-                "replay_mutate" => (12, "replay_mutate"),
+                "counter" => (5, "counter"),
+                "ft" => (6, "ft"),
+                "replay_mutate" => (7, "replay_mutate"),
                 "ip" => (10, "ip"),
                 "gw" => (11, "gw"),
                 "nic" => (12, "nic"),
@@ -195,7 +208,8 @@ impl Config {
                         "hypervisor" => Mode::Hypervisor,
                         "report" => Mode::Report,
                         "net" => Mode::Net,
-                        _ => return Err(bad("`hypervisor`, `report` or `net`")),
+                        "iscsi" => Mode::Iscsi,
+                        _ => return Err(bad("`hypervisor`, `report`, `net` or `iscsi`")),
                     }
                 }
                 "selftest" => {
@@ -550,6 +564,19 @@ mod tests {
         assert_eq!(
             Config::parse("ft=off ft=record").unwrap_err(),
             Error::DuplicateOption { option: "ft" }
+        );
+    }
+
+    #[test]
+    fn options_do_not_share_duplicate_bits() {
+        let c = Config::parse(
+            "mode=net counter=mtf ip=10.0.0.2/24 ft=record gw=none replay_mutate=1 nic=e1000 \
+             echo_port=9 net_timeout=5 watchdog=3 log=warn guest_mem=4M selftest=none",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.counter, c.net.nic),
+            (CounterChoice::Mtf, NicChoice::E1000)
         );
     }
 

@@ -89,6 +89,7 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             exit(exitcode::SUCCESS);
         }
         Mode::Net => crate::net::run(&config),
+        Mode::Iscsi => crate::net::run(&config),
         Mode::Hypervisor => {
             let Some(module) = boot.modules().next() else {
                 println!("error: no guest image: pass the guest as the first boot module (GRUB `module`, QEMU `-initrd`)");

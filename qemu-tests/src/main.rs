@@ -14,6 +14,8 @@
 //! ```
 mod echo_client;
 mod emulator;
+mod istgt;
+mod race_coordinator;
 mod tests;
 mod tests_replay;
 mod tests_net;
@@ -181,6 +183,23 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     println!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        // Used by iscsi-caw-race from inside its network namespace.
+        Some("race-coordinator") => {
+            let (Some(addr), Some(nodes), Some(rounds)) = (
+                args.get(1).and_then(|a| a.parse().ok()),
+                args.get(2).and_then(|a| a.parse().ok()),
+                args.get(3).and_then(|a| a.parse().ok()),
+            ) else {
+                return usage();
+            };
+            match race_coordinator::run(addr, nodes, rounds) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("coordinator: error: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -43,6 +43,18 @@ pub struct Initiator<T: Transport, C: Clock> {
 impl<T: Transport, C: Clock> Initiator<T, C> {
     /// Connects (the transport must be able to `reconnect`) and logs in.
     pub fn login(transport: T, clock: C, cfg: SessionConfig, lun: u64) -> Result<Self> {
+        Self::try_login(transport, clock, cfg, lun).map_err(|(e, _)| e)
+    }
+
+    /// [`Initiator::login`] that hands the transport back when the login
+    /// fails, so the caller can try again later (e.g. while the target is
+    /// down).
+    pub fn try_login(
+        transport: T,
+        clock: C,
+        cfg: SessionConfig,
+        lun: u64,
+    ) -> core::result::Result<Self, (Error, T)> {
         let mut me = Initiator {
             session: Session::new(cfg),
             transport,
@@ -52,8 +64,10 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
             events: VecDeque::new(),
             rx: alloc::vec![0; 64 * 1024],
         };
-        me.run_until(|e| matches!(e, Event::LoggedIn { .. }))?;
-        Ok(me)
+        match me.run_until(|e| matches!(e, Event::LoggedIn { .. })) {
+            Ok(_) => Ok(me),
+            Err(e) => Err((e, me.transport)),
+        }
     }
 
     pub fn session(&self) -> &Session {
@@ -63,6 +77,12 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
     /// The transport (e.g. to inspect or tweak it in tests).
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport
+    }
+
+    /// Gives the transport back without logging out, e.g. to log in again
+    /// with a fresh session after this one failed for good.
+    pub fn into_transport(self) -> T {
+        self.transport
     }
 
     /// Block size used by the block helpers (set from READ CAPACITY).

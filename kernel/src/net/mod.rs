@@ -1,11 +1,14 @@
-//! `mode=net`: PCI scan, NIC bring-up, a static-IPv4 smoltcp interface
-//! (ARP per RFC 826, IPv4, ICMP echo, TCP, UDP) and the echo/diagnostic
-//! service of [`kernel::echo`] on `echo_port` (TCP and UDP).
+//! `mode=net` and `mode=iscsi`: PCI scan, NIC bring-up, a static-IPv4
+//! smoltcp interface (ARP per RFC 826, IPv4, ICMP echo, TCP, UDP), then
+//! either the echo/diagnostic service of [`kernel::echo`] on `echo_port`
+//! (TCP and UDP) or the iSCSI initiator checks of [`iscsi`].
 //!
-//! The service runs until a client sends a `quit` line (exit code 0) or
-//! `net_timeout` seconds pass (exit code 1). Everything is polled.
+//! The echo service runs until a client sends a `quit` line (exit code 0)
+//! or `net_timeout` seconds pass (exit code 1). Everything is polled.
 mod clock;
+mod iscsi;
 mod pci_io;
+mod transport;
 mod uncached;
 
 use crate::arch::exit::exit;
@@ -17,7 +20,7 @@ use drivers::nic::{MacDisplay, Nic, SmolDevice};
 use drivers::pci::{self, Bar, PciDevice};
 use drivers::smoltcp;
 use drivers::virtio_net::{self, VirtioNet};
-use kernel::config::{Config, NicChoice};
+use kernel::config::{Config, Mode, NicChoice};
 use kernel::echo::{Command, LineWatcher};
 use kernel::exitcode;
 use pci_io::PortConfigSpace;
@@ -100,7 +103,7 @@ pub fn run(config: &Config) -> ! {
         // uncached; this driver is its only user.
         let regs = unsafe { MmioRegisters::new(base as *mut u8) };
         match E1000::new(regs) {
-            Ok(nic) => serve(config, clock, nic),
+            Ok(nic) => start(config, clock, nic),
             Err(e) => {
                 println!("net: error: e1000 bring-up failed: {e:?}");
                 exit(exitcode::FAILURE);
@@ -108,7 +111,7 @@ pub fn run(config: &Config) -> ! {
         }
     } else {
         match VirtioNet::new(cfg, dev.addr) {
-            Ok(nic) => serve(config, clock, nic),
+            Ok(nic) => start(config, clock, nic),
             Err(e) => {
                 println!("net: error: virtio-net bring-up failed: {e:?}");
                 exit(exitcode::FAILURE);
@@ -125,7 +128,18 @@ fn print_counters<N: Nic>(nic: &mut N) {
     );
 }
 
-fn serve<N: Nic>(config: &Config, clock: Clock, mut nic: N) -> ! {
+/// Brings the link and the interface up, then runs the mode's service.
+fn start<N: Nic>(config: &Config, clock: Clock, nic: N) -> ! {
+    let (device, iface) = interface(config, &clock, nic);
+    match config.mode {
+        Mode::Iscsi => iscsi::run(config, transport::NetStack::new(device, iface, clock)),
+        _ => serve(config, clock, device, iface),
+    }
+}
+
+/// Waits for the link (5 s at most), then builds the smoltcp interface
+/// with the configured address and default route.
+fn interface<N: Nic>(config: &Config, clock: &Clock, mut nic: N) -> (SmolDevice<N>, Interface) {
     let net = config.net;
     let mac = nic.mac();
     // QEMU's e1000 reports link up once its auto-negotiation timer fires.
@@ -155,6 +169,16 @@ fn serve<N: Nic>(config: &Config, clock: Clock, mut nic: N) -> ! {
             .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
         println!("net: gateway {g0}.{g1}.{g2}.{g3}");
     }
+    (device, iface)
+}
+
+fn serve<N: Nic>(
+    config: &Config,
+    clock: Clock,
+    mut device: SmolDevice<N>,
+    mut iface: Interface,
+) -> ! {
+    let net = config.net;
     let mut sockets = SocketSet::new(vec![]);
     let mut tcp_handles: Vec<(SocketHandle, LineWatcher, bool)> = Vec::new();
     for _ in 0..TCP_SOCKETS {
