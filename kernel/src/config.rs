@@ -20,6 +20,8 @@
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
 //! | `echo_port` | TCP/UDP port of the echo/diagnostic service (1..65535) | `7` |
 //! | `net_timeout` | seconds `mode=net` serves (or `mode=iscsi` runs) before exiting with failure (1..86400) | `120` |
+//! | `disk` | backend of the guest's virtio-blk (`crate::guestio`): `ram:<size>` (a disk in hypervisor RAM, 512-byte multiple, 4K..1G) or `none` (capacity 0) | `ram:8M` |
+//! | `guest_net` | what the guest's virtio-net is wired to: `none` (no wire: frames counted and dropped) or `loopback` (each frame comes back to the guest) | `none` |
 //! | `iscsi`, `iscsi_*` | `mode=iscsi`'s portal, target, LUN and check: [`iscsi`] | |
 use crate::Error;
 use alloc::string::ToString;
@@ -121,6 +123,24 @@ pub enum FtMode {
     Replay,
 }
 
+/// Backend of the guest's virtio-blk disk (`disk=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskChoice {
+    /// No backing store: capacity 0, every request fails.
+    None,
+    /// A disk of `bytes` bytes in hypervisor RAM, zeroed at boot.
+    Ram { bytes: u64 },
+}
+
+/// What the guest's virtio-net is connected to (`guest_net=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestNetChoice {
+    /// No wire: transmitted frames are counted and dropped, nothing arrives.
+    None,
+    /// Every transmitted frame is delivered back to the guest (tests).
+    Loopback,
+}
+
 /// The typed kernel configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -133,6 +153,8 @@ pub struct Config {
     pub counter: CounterChoice,
     pub ft: FtMode,
     pub replay_mutate: u8,
+    pub disk: DiskChoice,
+    pub guest_net: GuestNetChoice,
     pub iscsi: IscsiConfig,
 }
 
@@ -148,6 +170,8 @@ impl Default for Config {
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
             replay_mutate: 0,
+            disk: DiskChoice::Ram { bytes: 8 << 20 },
+            guest_net: GuestNetChoice::None,
             iscsi: IscsiConfig::default(),
         }
     }
@@ -187,6 +211,8 @@ impl Config {
                 "nic" => (12, "nic"),
                 "echo_port" => (13, "echo_port"),
                 "net_timeout" => (14, "net_timeout"),
+                "disk" => (15, "disk"),
+                "guest_net" => (16, "guest_net"),
                 _ => {
                     return Err(Error::UnknownOption {
                         option: key.to_string(),
@@ -311,6 +337,28 @@ impl Config {
                         _ => return Err(bad("`0`, `1` or `2`")),
                     }
                 }
+                "disk" => {
+                    const EXPECTED: &str =
+                        "`none` or `ram:<size>` (a multiple of 512 between 4K and 1G, e.g. `ram:8M`)";
+                    cfg.disk = match value.split_once(':') {
+                        None if value == "none" => DiskChoice::None,
+                        Some(("ram", size)) => {
+                            let bytes = parse_size(size).ok_or_else(|| bad(EXPECTED))?;
+                            if !(4096..=(1 << 30)).contains(&bytes) || bytes % 512 != 0 {
+                                return Err(bad(EXPECTED));
+                            }
+                            DiskChoice::Ram { bytes }
+                        }
+                        _ => return Err(bad(EXPECTED)),
+                    }
+                }
+                "guest_net" => {
+                    cfg.guest_net = match value {
+                        "none" => GuestNetChoice::None,
+                        "loopback" => GuestNetChoice::Loopback,
+                        _ => return Err(bad("`none` or `loopback`")),
+                    }
+                }
                 _ => unreachable!("every key above is handled"),
             }
         }
@@ -432,6 +480,32 @@ mod tests {
         assert_eq!(e, Error::DuplicateOption { option: "log" });
         let e = Config::parse("mode=report bare").unwrap_err();
         assert_eq!(e.to_string(), "unknown command-line option `bare`");
+    }
+
+    #[test]
+    fn guest_disk_and_net() {
+        let c = Config::default();
+        assert_eq!(c.disk, DiskChoice::Ram { bytes: 8 << 20 });
+        assert_eq!(c.guest_net, GuestNetChoice::None);
+        let c = Config::parse("disk=ram:16M guest_net=loopback").unwrap();
+        assert_eq!(c.disk, DiskChoice::Ram { bytes: 16 << 20 });
+        assert_eq!(c.guest_net, GuestNetChoice::Loopback);
+        assert_eq!(Config::parse("disk=none").unwrap().disk, DiskChoice::None);
+        for bad in [
+            "disk=ram",
+            "disk=ram:",
+            "disk=ram:1000",
+            "disk=ram:2G",
+            "disk=iscsi:x",
+            "disk=ram:2K",
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("`disk`"), "{bad}: {e}");
+        }
+        let e = Config::parse("guest_net=tap").unwrap_err();
+        assert!(e.to_string().contains("`guest_net`"), "{e}");
+        let e = Config::parse("disk=none disk=ram:8M").unwrap_err();
+        assert_eq!(e, Error::DuplicateOption { option: "disk" });
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod istgt;
 mod race_coordinator;
 mod tests;
 mod tests_replay;
+mod tests_guestio;
 mod tests_net;
 
 use emulator::{Emulator, Outcome};

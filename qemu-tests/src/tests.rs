@@ -271,6 +271,7 @@ pub fn all() -> Vec<E2eTest> {
     .into_iter()
     .chain(vmx_tests())
     .chain(crate::tests_net::tests())
+    .chain(crate::tests_guestio::tests())
     .chain(crate::tests_replay::tests())
     .collect()
 }

@@ -1,6 +1,13 @@
 //! The machine around the vCPU: guest RAM, the device bus (UART, virtual
-//! LAPIC), guest time, randomness and the MSRs outside the VMCS — the
-//! kernel's implementation of [`vmx::exit::Platform`].
+//! LAPIC, the virtio-mmio devices of [`kernel::guestio`]), guest time,
+//! randomness and the MSRs outside the VMCS — the kernel's implementation of
+//! [`vmx::exit::Platform`].
+//!
+//! Guest I/O: after every MMIO access to a virtio device the device
+//! processes what the guest notified and its outputs go to the backends
+//! ([`GuestIo::after_access`]); the run loop calls [`Machine::poll_io`] once
+//! per iteration to deliver backend completions and frames as inputs, with
+//! their interrupts raised on the virtual LAPIC.
 //!
 //! Guest time is a virtual TSC: host TSC plus an offset that only grows
 //! (HLT with a timer armed skips ahead to the deadline), announced to the
@@ -9,6 +16,7 @@ use alloc::string::String;
 use kernel::devices::lapic::{ApicMode, Lapic};
 use kernel::devices::uart::{Uart, COM1_BASE, PORT_COUNT};
 use kernel::devices::{all_ones, Bus, DeviceSet, MmioDevice, PioDevice};
+use kernel::guestio::{GuestIo, Slot};
 use kernel::mmio_decode::CpuMode;
 use vmx::exit::{MmioRequest, Platform};
 use vmx::guest_walk::{self, GuestPhysRead};
@@ -18,22 +26,27 @@ use vmx::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dev {
     Uart,
+    Virtio(Slot),
 }
 
 /// Guest-visible devices.
 pub struct Devices {
     pub uart: Uart,
+    /// The virtio-mmio devices and their backends.
+    pub io: GuestIo,
 }
 
 impl DeviceSet<Dev> for Devices {
     fn pio(&mut self, id: Dev) -> &mut dyn PioDevice {
         match id {
             Dev::Uart => &mut self.uart,
+            Dev::Virtio(_) => unreachable!("virtio devices are not on the port bus"),
         }
     }
     fn mmio(&mut self, id: Dev) -> &mut dyn MmioDevice {
         match id {
             Dev::Uart => unreachable!("the UART is not on the MMIO bus"),
+            Dev::Virtio(slot) => self.io.mmio_device(slot),
         }
     }
 }
@@ -102,16 +115,21 @@ impl GuestPhysRead for RamReader<'_> {
 }
 
 impl Machine {
-    pub fn new(ram: &'static mut [u8]) -> Machine {
+    pub fn new(ram: &'static mut [u8], io: GuestIo) -> Machine {
         let mut bus = Bus::new();
         bus.insert_pio(COM1_BASE, PORT_COUNT, Dev::Uart)
             .expect("empty bus");
+        for slot in Slot::ALL {
+            bus.insert_mmio(slot.base(), slot.size(), Dev::Virtio(slot))
+                .expect("the virtio slots are disjoint and above guest RAM");
+        }
         let start = host_tsc();
         Machine {
             ram,
             bus,
             devices: Devices {
                 uart: Uart::new(None),
+                io,
             },
             lapic: Lapic::with_mode(ApicMode::XApic, 40),
             // Guest TSC starts at 0.
@@ -162,6 +180,39 @@ impl Machine {
     /// Gives guest RAM back (to restore a snapshot into it).
     pub fn into_ram(self) -> &'static mut [u8] {
         self.ram
+    }
+
+    /// Prints the guest's device layout and backends.
+    pub fn announce_io(&self) {
+        for line in self.devices.io.describe() {
+            println!("guestio: {line}");
+        }
+    }
+
+    /// Once per run-loop iteration (not while replaying): delivers what the
+    /// device backends finished since the last call, through the single
+    /// input entry point [`GuestIo::input`], raising interrupts on the LAPIC.
+    pub fn poll_io(&mut self) {
+        if self.devices.io.poll(self.ram, &mut self.lapic) > 0 {
+            self.print_io_notices();
+        }
+    }
+
+    /// Whether a device backend still owes the guest an input (a halted
+    /// guest is then waiting for it, not dead).
+    pub fn io_busy(&self) -> bool {
+        self.devices.io.busy()
+    }
+
+    /// End-of-run counters of the guest's devices.
+    pub fn report_io(&self) {
+        println!("guestio: {}", self.devices.io.summary());
+    }
+
+    fn print_io_notices(&mut self) {
+        for n in self.devices.io.take_notices() {
+            println!("guestio: {n}");
+        }
     }
 
     pub fn flush_console_partial(&mut self) {
@@ -236,7 +287,7 @@ impl Platform for Machine {
 
     fn mmio(&mut self, gpa: u64, req: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
         // Only fetch and decode when a device claims the address.
-        self.bus.resolve_mmio(gpa, 1).ok()?;
+        let target = self.bus.resolve_mmio(gpa, 1).ok()?;
         let mode = match req.code_bits {
             64 => CpuMode::Bits64,
             32 => CpuMode::Bits32,
@@ -277,6 +328,11 @@ impl Platform for Machine {
             &mut req.regs.gpr,
             now,
         )?;
+        if matches!(target.id, Dev::Virtio(_)) {
+            // The guest may have notified a queue or reset the device.
+            self.devices.io.after_access(self.ram, &mut self.lapic);
+            self.print_io_notices();
+        }
         Some(result.map(|len| req.instruction_len = len as u64))
     }
 

@@ -112,7 +112,12 @@ pub fn run(
         (FtMode::Replay, Some(bytes)) => Tape::Replay(log_from_module(bytes, config, ram)),
         _ => Tape::Record(Recorder::default()),
     };
-    let mut machine = Machine::new(ram);
+    // Guest I/O (issue 6): virtio devices and their backends.
+    let mut machine = Machine::new(
+        ram,
+        kernel::guestio::GuestIo::from_config(size as u64, config),
+    );
+    machine.announce_io();
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
     let t0 = machine::host_tsc();
     let mut ended = run_loop(
@@ -127,6 +132,7 @@ pub fn run(
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
+    machine.report_io();
     if let Some(c) = counter.as_deref() {
         report_counter(c);
     }
@@ -217,7 +223,10 @@ pub fn run(
             crate::arch::exit::exit(exitcode::NO_VMX);
         }
     };
-    let mut machine = Machine::new(ram);
+    let mut machine = Machine::new(
+        ram,
+        kernel::guestio::GuestIo::from_config(size as u64, config),
+    );
     machine.console_quiet = true;
     let mut tape = Tape::Replay(replayer);
     println!(
@@ -674,6 +683,8 @@ fn run_loop(
                 None => Plan::Run { slice: SLICE },
             });
         } else {
+            // Guest I/O (issue 6): backend completions and frames enter here.
+            m.poll_io();
             m.lapic.tick(now);
             let pending = m.lapic.pending_vector();
             if let Some(vector) = pending {
@@ -699,6 +710,8 @@ fn run_loop(
                         m.skip_to(deadline);
                         continue;
                     }
+                    // Guest I/O (issue 6): a backend still owes an input.
+                    _ if rflags & (1 << 9) != 0 && m.io_busy() => continue,
                     _ => {
                         return stop(
                             Stop::DeadHalt {

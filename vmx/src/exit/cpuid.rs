@@ -7,8 +7,9 @@
 //! RDRAND, RDTSCP, NX, SYSCALL, long mode; SSE through SSE4.2, POPCNT, CX16.
 //! Hidden: VMX, PMU (leaf 0xA = 0), XSAVE/AVX, MCE/MCA, MTRR, SEP, monitor/
 //! mwait, TSC-deadline, and everything in leaf 7. Leaf 0x4000_0000 carries
-//! the signature `ftvisor-hv\0\0`; 0x4000_0010 gives the TSC and LAPIC-timer
-//! frequencies in kHz. Unknown leaves return zeros.
+//! the signature `ftvisor-hv\0\0`; 0x4000_0001 announces the virtio-mmio
+//! device layout ([`VIRTIO_LAYOUT`]); 0x4000_0010 gives the TSC and
+//! LAPIC-timer frequencies in kHz. Unknown leaves return zeros.
 use super::{skip_instruction, Action, GuestRegs, RAX, RBX, RCX, RDX};
 use crate::vmcs::VmcsAccess;
 use crate::Error;
@@ -16,6 +17,12 @@ use crate::Error;
 /// Guest TSC frequency the model announces (kHz). The LAPIC timer runs at
 /// the same rate (leaf 0x15 crystal = TSC, leaf 0x4000_0010).
 pub const GUEST_TSC_KHZ: u32 = 1_000_000;
+
+/// Leaf 0x4000_0001, the guest's virtio-mmio devices (kernel
+/// `guestio`, which checks it against its layout): EAX = guest-physical base
+/// of slot 0, EBX = number of slots, ECX = slot stride, EDX = interrupt
+/// vector of slot 0 (slot i uses EDX + i).
+pub const VIRTIO_LAYOUT: [u32; 4] = [0xFEB0_0000, 2, 0x1000, 0x50];
 
 const fn sig(s: &[u8; 12]) -> [u32; 3] {
     [
@@ -74,6 +81,7 @@ pub fn model(leaf: u32, _subleaf: u32) -> [u32; 4] {
             HV_SIGNATURE[1],
             HV_SIGNATURE[2],
         ],
+        0x4000_0001 => VIRTIO_LAYOUT,
         0x4000_0010 => [GUEST_TSC_KHZ, GUEST_TSC_KHZ, 0, 0],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         // LAHF/SAHF; SYSCALL, NX, RDTSCP, LM

@@ -1,5 +1,6 @@
 //! The guest's IDT (Intel SDM Vol. 3A §6.14): stubs for exceptions 0-31,
-//! the timer vector 0x40 and the APIC spurious vector 0xFF, all funnelled to
+//! the timer vector 0x40, the virtio device vectors 0x50/0x51
+//! ([`crate::virtio`]) and the APIC spurious vector 0xFF, all funnelled to
 //! [`trap`]. An unexpected exception prints its vector, error code and RIP
 //! and exits with code 5; the hostile MSR test can ask for #GP to be skipped.
 use crate::hw;
@@ -8,6 +9,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub const TIMER_VECTOR: u8 = 0x40;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// Vectors ftvisor's virtio-mmio slots 0 and 1 raise.
+pub const VIRTIO_VECTORS: [u8; 2] = [0x50, 0x51];
 const CODE_SELECTOR: u16 = 0x08; // boot GDT's 64-bit code segment
 
 core::arch::global_asm!(
@@ -25,7 +28,7 @@ guest_isr\n:
 .endm
 
 .section .text.guest_isr, "ax"
-.irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,64,255
+.irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,64,80,81,255
 STUB_NOERR \n
 .endr
 .irp n, 8,10,11,12,13,14,17,21,29,30
@@ -75,7 +78,7 @@ guest_isr_common:
 .balign 8
 .global guest_isr_table
 guest_isr_table:
-.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,64,255
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,64,80,81,255
     .quad guest_isr\n
 .endr
 "#,
@@ -134,7 +137,7 @@ const EMPTY: Gate = Gate {
 static mut IDT: [Gate; 256] = [EMPTY; 256];
 
 extern "C" {
-    static guest_isr_table: [u64; 34];
+    static guest_isr_table: [u64; 36];
 }
 
 #[repr(C, packed)]
@@ -161,8 +164,8 @@ fn load(base: u64, limit: u16) {
 
 pub fn init() {
     // SAFETY: single CPU, interrupts off; the IDT is written before `lidt`,
-    // and `guest_isr_table` holds the 34 stub addresses emitted above in the
-    // order vectors 0..=31, 0x40, 0xFF.
+    // and `guest_isr_table` holds the 36 stub addresses emitted above in the
+    // order vectors 0..=31, 0x40, 0x50, 0x51, 0xFF.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
     // SAFETY: see above; the table is immutable after link time.
     let table = unsafe { &*core::ptr::addr_of!(guest_isr_table) };
@@ -170,6 +173,7 @@ pub fn init() {
         let vector = match i {
             0..=31 => i,
             32 => usize::from(TIMER_VECTOR),
+            33 | 34 => usize::from(VIRTIO_VECTORS[i - 33]),
             _ => usize::from(SPURIOUS_VECTOR),
         };
         idt[vector] = Gate {
@@ -206,6 +210,7 @@ extern "C" fn guest_trap(frame: &mut TrapFrame) {
             // whenever the timer vector can fire.
             unsafe { hw::wrmsr(0x80B, 0) };
         }
+        v if VIRTIO_VECTORS.iter().any(|&d| u64::from(d) == v) => crate::virtio::irq(v as u8),
         v if v == u64::from(SPURIOUS_VECTOR) => {} // no EOI for spurious
         13 if EXPECT_GP_ON_WRMSR.load(Ordering::Relaxed) => {
             crate::println!(

@@ -16,6 +16,8 @@ mod hw;
 mod idt;
 mod replay;
 mod tests;
+mod virtio;
+mod virtio_tests;
 
 /// Multiboot info flag: `cmdline` (offset 16) is valid.
 const MB_INFO_CMDLINE: u32 = 1 << 2;
@@ -98,6 +100,7 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         Some("hostile-hypercall") => tests::hostile_hypercall(),
         Some("hostile-triple") => tests::hostile_triple(),
         Some("hostile-cli-loop") => tests::hostile_cli_loop(),
+        Some(t) if virtio_tests::handles(t) => virtio_tests::run(t, &bi),
         Some(other) => {
             println!("guest: unknown test \"{other}\" (test=hello|timer|hostile-unmapped|hostile-msr|hostile-hypercall|hostile-triple|hostile-cli-loop)");
             2

@@ -1,0 +1,363 @@
+//! The guest's I/O path: the virtio-mmio devices ftvisor gives every guest,
+//! the backends behind them, and the two narrow points through which
+//! everything enters and leaves the guest (DESIGN.md §1.1, §1.4).
+//!
+//! # Device layout (the guest ABI)
+//!
+//! Fixed, identical on every host, so primary and backup present the same
+//! machine:
+//!
+//! | slot | guest-physical | device (virtio 1.2 §5) | device ID | vector |
+//! |---|---|---|---|---|
+//! | 0 | `0xFEB0_0000` | virtio-blk | 2 | `0x50` |
+//! | 1 | `0xFEB0_1000` | virtio-net (MAC `52:54:00:f7:00:01`) | 1 | `0x51` |
+//!
+//! Each slot is a virtio-mmio transport (virtio 1.2 §4.2.2, `Version` 2, no
+//! legacy interface) whose registers and configuration space fill the first
+//! [`MMIO_SIZE`] (0x200) bytes of a 4 KiB page; the rest of the page is not
+//! claimed (an access stops the guest like any unmapped access). Interrupts
+//! are fixed-delivery, edge-triggered LAPIC vectors (no IOAPIC): the guest
+//! acknowledges the device with `InterruptACK` and the LAPIC with EOI.
+//!
+//! The layout is also announced in CPUID leaf `0x4000_0001`
+//! (`vmx::exit::cpuid`, within the range of leaf `0x4000_0000`):
+//! EAX = guest-physical base of slot 0, EBX = number of slots, ECX = slot
+//! stride, EDX = vector of slot 0 (slot *i* uses EDX + *i*). A slot's device
+//! type is its `DeviceID` register.
+//!
+//! # Where inputs and outputs pass
+//!
+//! - [`GuestIo::after_access`] runs after each guest access to a device
+//!   (the MMIO exit): the device processes what the guest notified
+//!   ([`VirtioMmio::process`]) and every [`GuestOutput`] it emits goes
+//!   through [`GuestIo::output`] — the one place outputs leave, in guest
+//!   order, where the FT layer will hold them for the output rule (§1.4) and
+//!   drop them on the backup (§1.5).
+//! - [`GuestIo::poll`] runs once per run-loop iteration, outside any exit:
+//!   backend completions and received frames become [`GuestInput`]s and go
+//!   through [`GuestIo::input`] — the one place inputs enter, where the FT
+//!   layer will log them with their execution point on the primary and from
+//!   where the backup applies them from the log.
+//!
+//! Backends sit behind [`disk::BlockBackend`] and [`wire::NetBackend`];
+//! device DMA into guest RAM goes through [`ram::GuestRam`] and is recorded
+//! in a [`ram::DirtyLog`] for state transfer (§1.9).
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::config::{Config, DiskChoice, GuestNetChoice};
+use crate::devices::virtio::blk::Blk;
+use crate::devices::virtio::mmio::MMIO_SIZE;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::{GuestInput, GuestOutput, InputError, VirtioMmio};
+use crate::devices::{IrqLine, MmioDevice};
+
+pub mod disk;
+pub mod ram;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use disk::{BlockBackend, BlockRequest, RamDisk};
+use ram::{DirtyLog, GuestRam};
+use wire::{Loopback, NetBackend, NoWire};
+
+/// Guest-physical address of slot 0.
+pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
+/// Distance between slots.
+pub const SLOT_STRIDE: u64 = 0x1000;
+/// Interrupt vector of slot 0; slot *i* uses `VECTOR_BASE + i`.
+pub const VECTOR_BASE: u8 = 0x50;
+/// The guest NIC's MAC address (locally administered).
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xF7, 0x00, 0x01];
+/// What the disk answers to `VIRTIO_BLK_T_GET_ID`.
+pub const DISK_SERIAL: &[u8] = b"ftvisor-disk0";
+/// The CPUID leaf that announces the layout.
+pub const CPUID_LEAF: u32 = 0x4000_0001;
+
+/// The CPUID leaf [`CPUID_LEAF`] as `[eax, ebx, ecx, edx]`.
+pub const fn cpuid_leaf() -> [u32; 4] {
+    [
+        VIRTIO_MMIO_BASE as u32,
+        Slot::ALL.len() as u32,
+        SLOT_STRIDE as u32,
+        VECTOR_BASE as u32,
+    ]
+}
+
+/// A device slot of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Slot 0: virtio-blk.
+    Blk = 0,
+    /// Slot 1: virtio-net.
+    Net = 1,
+}
+
+impl Slot {
+    /// Every slot, in order.
+    pub const ALL: [Slot; 2] = [Slot::Blk, Slot::Net];
+
+    /// Guest-physical base of the slot's registers.
+    pub const fn base(self) -> u64 {
+        VIRTIO_MMIO_BASE + self as u64 * SLOT_STRIDE
+    }
+
+    /// Bytes the slot's device claims.
+    pub const fn size(self) -> u64 {
+        MMIO_SIZE
+    }
+
+    /// The slot's interrupt vector.
+    pub const fn vector(self) -> u8 {
+        VECTOR_BASE + self as u8
+    }
+
+    /// Name for the log.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Slot::Blk => "virtio-blk",
+            Slot::Net => "virtio-net",
+        }
+    }
+}
+
+/// Counters of the two chokepoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Outputs routed to a backend.
+    pub outputs: u64,
+    /// Inputs applied.
+    pub inputs: u64,
+    /// Inputs a device refused ([`InputError`]).
+    pub refused: u64,
+}
+
+/// The guest's virtio devices and their backends.
+pub struct GuestIo {
+    /// Slot 0.
+    pub blk: VirtioMmio<Blk>,
+    /// Slot 1.
+    pub net: VirtioMmio<Net>,
+    disk: Box<dyn BlockBackend>,
+    wire: Box<dyn NetBackend>,
+    /// Guest pages the devices wrote.
+    pub dirty: DirtyLog,
+    stats: IoStats,
+    fatal_seen: [u64; 2],
+    notices: Vec<String>,
+}
+
+impl GuestIo {
+    /// Devices in reset state over `ram_bytes` of guest RAM, with the given
+    /// backends.
+    pub fn new(ram_bytes: u64, disk: Box<dyn BlockBackend>, wire: Box<dyn NetBackend>) -> Self {
+        Self {
+            blk: VirtioMmio::new(
+                Blk::new(disk.capacity_sectors(), DISK_SERIAL),
+                Slot::Blk.vector(),
+            ),
+            net: VirtioMmio::new(Net::new(GUEST_MAC), Slot::Net.vector()),
+            disk,
+            wire,
+            dirty: DirtyLog::new(ram_bytes),
+            stats: IoStats::default(),
+            fatal_seen: [0; 2],
+            notices: Vec::new(),
+        }
+    }
+
+    /// The backends `config` asks for (`disk=`, `guest_net=`).
+    pub fn from_config(ram_bytes: u64, config: &Config) -> Self {
+        let disk: Box<dyn BlockBackend> = match config.disk {
+            DiskChoice::None => Box::new(RamDisk::new(0)),
+            DiskChoice::Ram { bytes } => Box::new(RamDisk::new(bytes)),
+        };
+        let wire: Box<dyn NetBackend> = match config.guest_net {
+            GuestNetChoice::None => Box::new(NoWire::default()),
+            GuestNetChoice::Loopback => Box::new(Loopback::default()),
+        };
+        Self::new(ram_bytes, disk, wire)
+    }
+
+    /// The slot's device, for the bus.
+    pub fn mmio_device(&mut self, slot: Slot) -> &mut dyn MmioDevice {
+        match slot {
+            Slot::Blk => &mut self.blk,
+            Slot::Net => &mut self.net,
+        }
+    }
+
+    /// Lines describing the layout and the backends.
+    pub fn describe(&self) -> [String; 2] {
+        [
+            alloc::format!(
+                "{} at {:#x} vector {:#x}: {}",
+                Slot::Blk.name(),
+                Slot::Blk.base(),
+                Slot::Blk.vector(),
+                self.disk.describe()
+            ),
+            alloc::format!(
+                "{} at {:#x} vector {:#x}: {}",
+                Slot::Net.name(),
+                Slot::Net.base(),
+                Slot::Net.vector(),
+                self.wire.describe()
+            ),
+        ]
+    }
+
+    /// After a guest access to a device: process what the guest notified and
+    /// route the outputs. Cheap when nothing was notified.
+    pub fn after_access(&mut self, ram: &mut [u8], irq: &mut dyn IrqLine) {
+        for slot in Slot::ALL {
+            let mut out: Vec<GuestOutput> = Vec::new();
+            let mut mem = GuestRam::new(ram, &mut self.dirty);
+            match slot {
+                Slot::Blk if self.blk.has_work() => self.blk.process(&mut mem, &mut out, irq),
+                Slot::Net if self.net.has_work() => self.net.process(&mut mem, &mut out, irq),
+                _ => continue,
+            }
+            for o in out {
+                self.output(slot, o);
+            }
+        }
+        self.check_fatal();
+    }
+
+    /// Every output of every device passes here, in guest order, and goes to
+    /// the slot's backend.
+    pub fn output(&mut self, slot: Slot, out: GuestOutput) {
+        self.stats.outputs += 1;
+        match (slot, out) {
+            (Slot::Net, GuestOutput::Frame(frame)) => self.wire.send(frame),
+            (Slot::Blk, out) => match BlockRequest::from_output(out) {
+                Ok(req) => self.disk.submit(req),
+                Err(other) => self.notice(slot, alloc::format!("unroutable output {other:?}")),
+            },
+            (Slot::Net, other) => self.notice(slot, alloc::format!("unroutable output {other:?}")),
+        }
+    }
+
+    /// Every asynchronous input enters the guest here: applied to the slot's
+    /// device, which writes guest RAM and raises its vector on `irq`.
+    pub fn input(
+        &mut self,
+        slot: Slot,
+        input: GuestInput,
+        ram: &mut [u8],
+        irq: &mut dyn IrqLine,
+    ) -> Result<(), InputError> {
+        let mut mem = GuestRam::new(ram, &mut self.dirty);
+        let r = match slot {
+            Slot::Blk => self.blk.apply(input, &mut mem, irq),
+            Slot::Net => self.net.apply(input, &mut mem, irq),
+        };
+        match r {
+            Ok(()) => self.stats.inputs += 1,
+            Err(e) => {
+                self.stats.refused += 1;
+                self.notice(slot, alloc::format!("input refused: {e:?}"));
+            }
+        }
+        self.check_fatal();
+        r
+    }
+
+    /// Once per run-loop iteration: deliver what the backends finished
+    /// since the last call. Returns how many inputs were delivered.
+    pub fn poll(&mut self, ram: &mut [u8], irq: &mut dyn IrqLine) -> usize {
+        let mut done = Vec::new();
+        self.disk.poll(&mut done);
+        let mut frames = Vec::new();
+        self.wire.poll(&mut frames);
+        let n = done.len() + frames.len();
+        for d in done {
+            let _ = self.input(Slot::Blk, d, ram, irq);
+        }
+        for f in frames {
+            let _ = self.input(Slot::Net, GuestInput::Frame(f), ram, irq);
+        }
+        n
+    }
+
+    /// Whether a backend still owes the guest an input.
+    pub fn busy(&self) -> bool {
+        self.disk.in_flight() + self.wire.in_flight() > 0
+    }
+
+    /// Counters of the chokepoints.
+    pub fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    /// Events worth a log line since the last call (a device entering
+    /// `DEVICE_NEEDS_RESET`, a refused input).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        core::mem::take(&mut self.notices)
+    }
+
+    /// One-line counters for the end-of-run report.
+    pub fn summary(&self) -> String {
+        let b = self.blk.device().stats();
+        let bt = self.blk.transport().stats();
+        let d = self.disk.stats();
+        let n = self.net.device().stats();
+        let nt = self.net.transport().stats();
+        let w = self.wire.stats();
+        alloc::format!(
+            "blk requests={} ok={} errors={} needs_reset={} bad_accesses={} | disk reads={} writes={} flushes={} read={}KiB written={}KiB | net tx={} tx_dropped={} rx={} rx_no_buffer={} needs_reset={} bad_accesses={} | wire sent={} delivered={} dropped={} | device-dirtied pages={}",
+            b.submitted,
+            b.ok,
+            b.errors,
+            bt.fatal_errors,
+            bt.bad_accesses,
+            d.reads,
+            d.writes,
+            d.flushes,
+            d.bytes_read >> 10,
+            d.bytes_written >> 10,
+            n.tx_frames,
+            n.tx_dropped,
+            n.rx_frames,
+            n.rx_no_buffer,
+            nt.fatal_errors,
+            nt.bad_accesses,
+            w.sent,
+            w.delivered,
+            w.dropped,
+            self.dirty.count(),
+        )
+    }
+
+    fn notice(&mut self, slot: Slot, what: String) {
+        self.notices.push(alloc::format!(
+            "{} at {:#x}: {what}",
+            slot.name(),
+            slot.base()
+        ));
+    }
+
+    /// Note each device that entered `DEVICE_NEEDS_RESET` since last time.
+    fn check_fatal(&mut self) {
+        for slot in Slot::ALL {
+            let t = match slot {
+                Slot::Blk => self.blk.transport().stats(),
+                Slot::Net => self.net.transport().stats(),
+            };
+            let (n, last) = (t.fatal_errors, t.last_error);
+            if n != self.fatal_seen[slot as usize] {
+                self.fatal_seen[slot as usize] = n;
+                self.notice(
+                    slot,
+                    alloc::format!(
+                        "DEVICE_NEEDS_RESET (driver error #{n}: {last:?}); queues ignored until the guest resets the device"
+                    ),
+                );
+            }
+        }
+    }
+}
