@@ -17,9 +17,9 @@ mod emulator;
 mod istgt;
 mod race_coordinator;
 mod tests;
-mod tests_replay;
 mod tests_guestio;
 mod tests_net;
+mod tests_replay;
 
 use emulator::{Emulator, Outcome};
 use std::path::PathBuf;
