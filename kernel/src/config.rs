@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `mode` | `hypervisor` (run the guest; needs VMX), `report` (print the CPU report and exit 0), `net` (NIC + echo service), `iscsi` (NIC + iSCSI initiator check, see [`iscsi`]) | `hypervisor` |
 //! | `selftest` | `none`, `panic` (deliberate panic), `fault` (deliberate page fault) | `none` |
+//! | `guest` | what the first boot module is: `multiboot` (a Multiboot ELF test guest) or `linux` (a bzImage booted with the Linux boot protocol; the second module is its initrd, the first module's command line the kernel's) | `multiboot` |
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
@@ -141,9 +142,19 @@ pub enum GuestNetChoice {
     Loopback,
 }
 
+/// What kind of guest the first boot module is (`guest=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A Multiboot ELF (the test guests).
+    Multiboot,
+    /// A Linux bzImage (issue 10).
+    Linux,
+}
+
 /// The typed kernel configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    pub guest: GuestKind,
     pub mode: Mode,
     pub selftest: SelfTest,
     pub guest_mem: u64,
@@ -161,6 +172,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            guest: GuestKind::Multiboot,
             mode: Mode::Hypervisor,
             selftest: SelfTest::None,
             guest_mem: 64 << 20,
@@ -199,6 +211,7 @@ impl Config {
             }
             let (bit, name): (u32, &'static str) = match key {
                 "mode" => (0, "mode"),
+                "guest" => (20, "guest"),
                 "selftest" => (1, "selftest"),
                 "guest_mem" => (2, "guest_mem"),
                 "log" => (3, "log"),
@@ -359,6 +372,13 @@ impl Config {
                         _ => return Err(bad("`none` or `loopback`")),
                     }
                 }
+                "guest" => {
+                    cfg.guest = match value {
+                        "multiboot" => GuestKind::Multiboot,
+                        "linux" => GuestKind::Linux,
+                        _ => return Err(bad("`multiboot` or `linux`")),
+                    }
+                }
                 _ => unreachable!("every key above is handled"),
             }
         }
@@ -514,6 +534,23 @@ mod tests {
         assert_eq!(strip_image_path("/boot/module0"), "");
         assert_eq!(strip_image_path("test=hello x=1"), "test=hello x=1");
         assert_eq!(strip_image_path(""), "");
+    }
+
+    #[test]
+    fn guest_kind() {
+        assert_eq!(Config::default().guest, GuestKind::Multiboot);
+        assert_eq!(
+            Config::parse("guest=linux").unwrap().guest,
+            GuestKind::Linux
+        );
+        assert_eq!(
+            Config::parse("guest=multiboot").unwrap().guest,
+            GuestKind::Multiboot
+        );
+        let e = Config::parse("guest=windows").unwrap_err();
+        assert!(e.to_string().contains("`guest`"), "{e}");
+        let e = Config::parse("guest=linux guest=linux").unwrap_err();
+        assert_eq!(e, Error::DuplicateOption { option: "guest" });
     }
 
     #[test]

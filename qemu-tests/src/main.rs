@@ -18,6 +18,7 @@ mod istgt;
 mod race_coordinator;
 mod tests;
 mod tests_guestio;
+mod tests_linux;
 mod tests_net;
 mod tests_replay;
 

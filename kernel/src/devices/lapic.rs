@@ -521,3 +521,14 @@ fn highest(map: &[u32; 8]) -> Option<u8> {
 #[cfg(test)]
 #[path = "lapic_tests.rs"]
 mod tests;
+
+/// The xAPIC page as an MMIO device (32-bit registers; wider or narrower
+/// accesses use the register at the aligned offset).
+impl super::MmioDevice for Lapic {
+    fn mmio_read(&mut self, offset: u64, _size: u8, now: u64) -> u64 {
+        self.xapic_read(offset, now).into()
+    }
+    fn mmio_write(&mut self, offset: u64, _size: u8, value: u64, now: u64) {
+        self.xapic_write(offset, value as u32, now);
+    }
+}

@@ -75,6 +75,8 @@ pub struct Machine {
     pub console_hash: u64,
     /// Replay: outputs are discarded (counted and hashed, not printed).
     pub console_quiet: bool,
+    /// `guest=linux` (issue 10): PIT, RTC, ACPI PM, I/O APIC, xAPIC page.
+    pub linux: Option<super::linux::LinuxDevices>,
 }
 
 /// The physical IA32_STAR..KERNEL_GS_BASE (they carry guest values; a
@@ -140,6 +142,7 @@ impl Machine {
             console_lines: 0,
             console_hash: vmx::replay::HASH_SEED,
             console_quiet: false,
+            linux: None,
         }
     }
 
@@ -221,19 +224,42 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// `guest=linux`: the UART's interrupt line is ISA IRQ 4 on the I/O APIC.
+    fn sync_linux_irqs(&mut self) {
+        if let Some(l) = self.linux.as_mut() {
+            l.set_isa_irq(4, self.devices.uart.irq_level(), &mut self.lapic);
+        }
+    }
+}
+
 impl Platform for Machine {
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
         let now = self.now();
-        self.bus
+        if let Some(l) = self.linux.as_mut() {
+            if let Some(v) = l.port_in(&mut self.lapic, port, size, now) {
+                return v;
+            }
+        }
+        let v = self
+            .bus
             .pio_read(&mut self.devices, port, size, now)
-            .unwrap_or_else(|_| all_ones(size))
+            .unwrap_or_else(|_| all_ones(size));
+        self.sync_linux_irqs();
+        v
     }
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) {
         let now = self.now();
+        if let Some(l) = self.linux.as_mut() {
+            if l.port_out(&mut self.lapic, port, size, value, now) {
+                return;
+            }
+        }
         let _ = self
             .bus
             .pio_write(&mut self.devices, port, size, value, now);
+        self.sync_linux_irqs();
     }
 
     fn rdmsr(&mut self, msr: u32) -> Option<u64> {
@@ -266,8 +292,9 @@ impl Platform for Machine {
             return true;
         }
         match msr {
-            0x8B => true,        // microcode update trigger: ignored
-            0x1A0 => value == 1, // MISC_ENABLE: only the value we report
+            0x8B => true,              // microcode update trigger: ignored
+            0x1A0 => value == 1,       // MISC_ENABLE: only the value we report
+            0xC000_0103 => value == 0, // IA32_TSC_AUX (RDTSCP): one CPU, number 0
             _ => false,
         }
     }
@@ -286,6 +313,12 @@ impl Platform for Machine {
     }
 
     fn mmio(&mut self, gpa: u64, req: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
+        if let Some(l) = self.linux.as_mut() {
+            let now = host_tsc().wrapping_add(self.tsc_offset);
+            if let Some(r) = l.mmio(&mut self.lapic, self.ram, gpa, req, now) {
+                return Some(r);
+            }
+        }
         // Only fetch and decode when a device claims the address.
         let target = self.bus.resolve_mmio(gpa, 1).ok()?;
         let mode = match req.code_bits {

@@ -2,6 +2,7 @@
 //! loader) and the run loop — interrupt injection, guest time, the
 //! watchdog, and the reaction to each exit (Intel SDM Vol. 3C §24-28).
 mod hw;
+mod linux;
 mod machine;
 mod rr;
 mod setup;
@@ -61,11 +62,17 @@ pub fn run(
     let base = alloc_ram(size);
     // SAFETY: `base` points to `size` zeroed bytes owned by the guest only.
     let ram: &'static mut [u8] = unsafe { core::slice::from_raw_parts_mut(base, size) };
-    let start = match kernel::loader::multiboot::load(image, guest_cmdline, ram) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("hypervisor: {e}");
-            crate::arch::exit::exit(exitcode::BAD_CONFIG);
+    let linux_guest = config.guest == kernel::config::GuestKind::Linux;
+    // Issue 10: `guest=linux` boots a bzImage; the second module is its initrd.
+    let (start, log) = if linux_guest {
+        (linux::load(image, log, guest_cmdline, ram), None)
+    } else {
+        match kernel::loader::multiboot::load(image, guest_cmdline, ram) {
+            Ok(s) => (s, log),
+            Err(e) => {
+                println!("hypervisor: {e}");
+                crate::arch::exit::exit(exitcode::BAD_CONFIG);
+            }
         }
     };
     let ept = vmx::ept::Ept::new(size as u64, base as u64).unwrap_or_else(|e| fail("EPT", e));
@@ -118,6 +125,10 @@ pub fn run(
         kernel::guestio::GuestIo::from_config(size as u64, config),
     );
     machine.announce_io();
+    if linux_guest {
+        let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
+        machine.linux = Some(linux::LinuxDevices::new(tsc_hz, machine.now()));
+    }
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
     let t0 = machine::host_tsc();
     let mut ended = run_loop(
@@ -831,6 +842,10 @@ fn run_loop(
                 let at = point_now(vmcs, regs, counter.as_deref());
                 r.checkpoint(at, &vmx::replay::state_vector(vmcs, regs));
             }
+        }
+        if m.linux.as_ref().is_some_and(|l| l.powered_off) {
+            println!("hypervisor: guest powered off (ACPI S5 through PM1a_CNT)");
+            return stop(Stop::GuestExit { code: 0 }, exits);
         }
         match action {
             Ok(Action::Resume) => {}

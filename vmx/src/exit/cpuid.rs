@@ -72,6 +72,9 @@ pub fn model(leaf: u32, _subleaf: u32) -> [u32; 4] {
         0 => [0x16, VENDOR[0], VENDOR[2], VENDOR[1]],
         // family 6, model 0x3C, stepping 3; CLFLUSH 64 B, 1 logical CPU, APIC ID 0
         1 => [0x0003_06C3, (1 << 16) | (8 << 8), LEAF1_ECX, LEAF1_EDX],
+        // ARAT: the LAPIC timer never stops (nothing to emulate; lets Linux
+        // run without the PIT as its clock event when frequencies are known)
+        6 => [1 << 2, 0, 0, 0],
         // TSC / core crystal ratio 1:1, crystal = TSC frequency in Hz
         0x15 => [1, 1, GUEST_TSC_KHZ.wrapping_mul(1000), 0],
         0x16 => [GUEST_TSC_KHZ / 1000, GUEST_TSC_KHZ / 1000, 100, 0],
