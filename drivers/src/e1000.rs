@@ -47,6 +47,9 @@ pub mod reg {
     pub const MTA: u32 = 0x5200;
     pub const RAL0: u32 = 0x5400;
     pub const RAH0: u32 = 0x5404;
+    /// Receive address 1 (a second unicast address the filter accepts).
+    pub const RAL1: u32 = 0x5408;
+    pub const RAH1: u32 = 0x540C;
 }
 
 /// Register bits.
@@ -511,6 +514,19 @@ impl<R: Registers> Nic for E1000<R> {
         self.counters.tx_frames += 1;
         self.counters.tx_bytes += frame.len() as u64;
         Ok(())
+    }
+
+    fn accept_mac(&mut self, mac: [u8; 6]) -> bool {
+        // Receive address 1 of the exact-match filter (82540EM SDM §13.5.2).
+        self.regs.write(
+            reg::RAL1,
+            u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        );
+        self.regs.write(
+            reg::RAH1,
+            u32::from(mac[4]) | (u32::from(mac[5]) << 8) | bits::RAH_AV,
+        );
+        true
     }
 }
 

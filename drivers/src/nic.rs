@@ -64,6 +64,13 @@ pub trait Nic {
     fn can_transmit(&mut self) -> bool;
     /// Queues one frame (without FCS) for transmission.
     fn transmit(&mut self, frame: &[u8]) -> Result<(), NicError>;
+    /// Also accept unicast frames for `mac` (a second station behind this
+    /// NIC, e.g. a bridged guest). Returns whether the device now delivers
+    /// them; the default is a NIC without such a filter that cannot.
+    fn accept_mac(&mut self, mac: [u8; 6]) -> bool {
+        let _ = mac;
+        false
+    }
 }
 
 /// A [`Nic`] as a smoltcp `phy::Device`.

@@ -21,8 +21,8 @@
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
 //! | `echo_port` | TCP/UDP port of the echo/diagnostic service (1..65535) | `7` |
 //! | `net_timeout` | seconds `mode=net` serves (or `mode=iscsi` runs) before exiting with failure (1..86400) | `120` |
-//! | `disk` | backend of the guest's virtio-blk (`crate::guestio`): `ram:<size>` (a disk in hypervisor RAM, 512-byte multiple, 4K..1G) or `none` (capacity 0) | `ram:8M` |
-//! | `guest_net` | what the guest's virtio-net is wired to: `none` (no wire: frames counted and dropped) or `loopback` (each frame comes back to the guest) | `none` |
+//! | `disk` | backend of the guest's virtio-blk (`crate::guestio`): `ram:<size>` (a disk in hypervisor RAM, 512-byte multiple, 4K..1G), `iscsi` (the shared LUN of `iscsi=`/`iscsi_target=`/`iscsi_lun=` from block 8 on, through the hypervisor's NIC and `ip=`) or `none` (capacity 0) | `ram:8M` |
+//! | `guest_net` | what the guest's virtio-net is wired to: `none` (no wire: frames counted and dropped), `loopback` (each frame comes back to the guest) or `bridge` (the hypervisor's physical NIC, shared by destination MAC) | `none` |
 //! | `iscsi`, `iscsi_*` | `mode=iscsi`'s portal, target, LUN and check: [`iscsi`] | |
 use crate::Error;
 use alloc::string::ToString;
@@ -131,6 +131,8 @@ pub enum DiskChoice {
     None,
     /// A disk of `bytes` bytes in hypervisor RAM, zeroed at boot.
     Ram { bytes: u64 },
+    /// A region of the shared iSCSI LUN (`iscsi=` etc.).
+    Iscsi,
 }
 
 /// What the guest's virtio-net is connected to (`guest_net=`).
@@ -140,6 +142,8 @@ pub enum GuestNetChoice {
     None,
     /// Every transmitted frame is delivered back to the guest (tests).
     Loopback,
+    /// Bridged to the hypervisor's physical NIC.
+    Bridge,
 }
 
 /// What kind of guest the first boot module is (`guest=`).
@@ -352,9 +356,10 @@ impl Config {
                 }
                 "disk" => {
                     const EXPECTED: &str =
-                        "`none` or `ram:<size>` (a multiple of 512 between 4K and 1G, e.g. `ram:8M`)";
+                        "`none`, `iscsi` or `ram:<size>` (a multiple of 512 between 4K and 1G, e.g. `ram:8M`)";
                     cfg.disk = match value.split_once(':') {
                         None if value == "none" => DiskChoice::None,
+                        None if value == "iscsi" => DiskChoice::Iscsi,
                         Some(("ram", size)) => {
                             let bytes = parse_size(size).ok_or_else(|| bad(EXPECTED))?;
                             if !(4096..=(1 << 30)).contains(&bytes) || bytes % 512 != 0 {
@@ -369,7 +374,8 @@ impl Config {
                     cfg.guest_net = match value {
                         "none" => GuestNetChoice::None,
                         "loopback" => GuestNetChoice::Loopback,
-                        _ => return Err(bad("`none` or `loopback`")),
+                        "bridge" => GuestNetChoice::Bridge,
+                        _ => return Err(bad("`none`, `loopback` or `bridge`")),
                     }
                 }
                 "guest" => {
@@ -511,6 +517,9 @@ mod tests {
         assert_eq!(c.disk, DiskChoice::Ram { bytes: 16 << 20 });
         assert_eq!(c.guest_net, GuestNetChoice::Loopback);
         assert_eq!(Config::parse("disk=none").unwrap().disk, DiskChoice::None);
+        let c = Config::parse("disk=iscsi guest_net=bridge").unwrap();
+        assert_eq!(c.disk, DiskChoice::Iscsi);
+        assert_eq!(c.guest_net, GuestNetChoice::Bridge);
         for bad in [
             "disk=ram",
             "disk=ram:",

@@ -18,6 +18,7 @@ mod istgt;
 mod race_coordinator;
 mod tests;
 mod tests_guestio;
+mod tests_kv;
 mod tests_linux;
 mod tests_net;
 mod tests_replay;
@@ -189,6 +190,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Used by guest-kv from inside its network namespace.
+        Some("kv-client") => match tests_kv::client_main(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("kv-client: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         // Used by iscsi-caw-race from inside its network namespace.
         Some("race-coordinator") => {
             let (Some(addr), Some(nodes), Some(rounds)) = (

@@ -272,6 +272,7 @@ pub fn all() -> Vec<E2eTest> {
     .chain(vmx_tests())
     .chain(crate::tests_net::tests())
     .chain(crate::tests_guestio::tests())
+    .chain(crate::tests_kv::tests())
     .chain(crate::tests_replay::tests())
     .chain(crate::tests_linux::tests())
     .collect()

@@ -269,7 +269,7 @@ impl Drop for Netns {
 
 /// Emulator arguments (QEMU) or configuration lines (Bochs) for a NIC on
 /// `tap`; `device` is the QEMU model (`e1000`, `virtio-net-pci`).
-fn nic_args(emulator: Emulator, device: &str, tap: &str, mac: &str) -> Vec<String> {
+pub(crate) fn nic_args(emulator: Emulator, device: &str, tap: &str, mac: &str) -> Vec<String> {
     match emulator {
         Emulator::Bochs => vec![
             "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
@@ -344,7 +344,7 @@ fn run_echo(t: &E2eTest, root: &Path) -> Outcome {
 
 /// Where a test keeps its target's files (next to, not inside, the
 /// emulator's directory, which each boot recreates).
-fn target_dir(root: &Path, name: &str) -> PathBuf {
+pub(crate) fn target_dir(root: &Path, name: &str) -> PathBuf {
     root.join("build/e2e").join(format!("{name}.istgt"))
 }
 

@@ -53,7 +53,9 @@ use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{GuestInput, GuestOutput, InputError, VirtioMmio};
 use crate::devices::{IrqLine, MmioDevice};
 
+pub mod bridge;
 pub mod disk;
+pub mod iscsi_disk;
 pub mod ram;
 pub mod wire;
 
@@ -171,15 +173,24 @@ impl GuestIo {
 
     /// The backends `config` asks for (`disk=`, `guest_net=`).
     pub fn from_config(ram_bytes: u64, config: &Config) -> Self {
+        // `disk=iscsi` and `guest_net=bridge` need the hypervisor's NIC:
+        // the kernel binary builds those backends ([`bridge`],
+        // [`iscsi_disk`]) and calls [`GuestIo::new`]; here they stand in
+        // as no disk and no wire.
         let disk: Box<dyn BlockBackend> = match config.disk {
-            DiskChoice::None => Box::new(RamDisk::new(0)),
+            DiskChoice::None | DiskChoice::Iscsi => Box::new(RamDisk::new(0)),
             DiskChoice::Ram { bytes } => Box::new(RamDisk::new(bytes)),
         };
         let wire: Box<dyn NetBackend> = match config.guest_net {
-            GuestNetChoice::None => Box::new(NoWire::default()),
+            GuestNetChoice::None | GuestNetChoice::Bridge => Box::new(NoWire::default()),
             GuestNetChoice::Loopback => Box::new(Loopback::default()),
         };
         Self::new(ram_bytes, disk, wire)
+    }
+
+    /// The disk backend, for building a [`GuestIo`] with another wire.
+    pub fn into_disk(self) -> Box<dyn BlockBackend> {
+        self.disk
     }
 
     /// The slot's device, for the bus.

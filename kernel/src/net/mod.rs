@@ -6,6 +6,7 @@
 //! The echo service runs until a client sends a `quit` line (exit code 0)
 //! or `net_timeout` seconds pass (exit code 1). Everything is polled.
 mod clock;
+pub mod guest;
 mod iscsi;
 mod pci_io;
 mod transport;
@@ -36,7 +37,28 @@ fn is_supported(d: &PciDevice, ids: &[(u16, u16)]) -> bool {
     ids.contains(&(d.vendor_id, d.device_id))
 }
 
+/// What to do with the NIC once it is up (the driver type differs).
+pub trait WithNic {
+    type Out;
+    fn go<N: Nic + 'static>(self, config: &Config, clock: Clock, nic: N) -> Self::Out;
+}
+
+struct Service;
+
+impl WithNic for Service {
+    type Out = core::convert::Infallible;
+    fn go<N: Nic + 'static>(self, config: &Config, clock: Clock, nic: N) -> Self::Out {
+        start(config, clock, nic)
+    }
+}
+
 pub fn run(config: &Config) -> ! {
+    match open_nic(config, Service) {}
+}
+
+/// PCI scan, NIC bring-up (e1000 or virtio-net per `nic=`), then `w` with
+/// the driver; a missing or broken NIC exits with a failure.
+pub fn open_nic<W: WithNic>(config: &Config, w: W) -> W::Out {
     let net = config.net;
     let clock = Clock::calibrate();
     println!(
@@ -103,7 +125,7 @@ pub fn run(config: &Config) -> ! {
         // uncached; this driver is its only user.
         let regs = unsafe { MmioRegisters::new(base as *mut u8) };
         match E1000::new(regs) {
-            Ok(nic) => start(config, clock, nic),
+            Ok(nic) => w.go(config, clock, nic),
             Err(e) => {
                 println!("net: error: e1000 bring-up failed: {e:?}");
                 exit(exitcode::FAILURE);
@@ -111,7 +133,7 @@ pub fn run(config: &Config) -> ! {
         }
     } else {
         match VirtioNet::new(cfg, dev.addr) {
-            Ok(nic) => start(config, clock, nic),
+            Ok(nic) => w.go(config, clock, nic),
             Err(e) => {
                 println!("net: error: virtio-net bring-up failed: {e:?}");
                 exit(exitcode::FAILURE);
@@ -139,7 +161,11 @@ fn start<N: Nic>(config: &Config, clock: Clock, nic: N) -> ! {
 
 /// Waits for the link (5 s at most), then builds the smoltcp interface
 /// with the configured address and default route.
-fn interface<N: Nic>(config: &Config, clock: &Clock, mut nic: N) -> (SmolDevice<N>, Interface) {
+pub(crate) fn interface<N: Nic>(
+    config: &Config,
+    clock: &Clock,
+    mut nic: N,
+) -> (SmolDevice<N>, Interface) {
     let net = config.net;
     let mac = nic.mac();
     // QEMU's e1000 reports link up once its auto-negotiation timer fires.

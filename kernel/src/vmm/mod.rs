@@ -119,11 +119,9 @@ pub fn run(
         (FtMode::Replay, Some(bytes)) => Tape::Replay(log_from_module(bytes, config, ram)),
         _ => Tape::Record(Recorder::default()),
     };
-    // Guest I/O (issue 6): virtio devices and their backends.
-    let mut machine = Machine::new(
-        ram,
-        kernel::guestio::GuestIo::from_config(size as u64, config),
-    );
+    // Guest I/O (issue 6): virtio devices and their backends (the NIC is
+    // brought up here for `guest_net=bridge` / `disk=iscsi`).
+    let mut machine = Machine::new(ram, crate::net::guest::guest_io(size as u64, config));
     machine.announce_io();
     if linux_guest {
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;

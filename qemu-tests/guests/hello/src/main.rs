@@ -14,6 +14,7 @@ use boot as _; // links the multiboot header and trampoline
 
 mod hw;
 mod idt;
+mod kv;
 mod replay;
 mod tests;
 mod virtio;
@@ -95,6 +96,7 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         Some("hello") => tests::hello(&bi, under),
         Some("timer") => tests::timer(&bi),
         Some("replay") => replay::run(&bi),
+        Some("kv") => kv::run(&bi),
         Some("hostile-unmapped") => tests::hostile_unmapped(),
         Some("hostile-msr") => tests::hostile_msr(),
         Some("hostile-hypercall") => tests::hostile_hypercall(),
