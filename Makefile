@@ -30,7 +30,7 @@ image:
 	@boot/mkimage.sh elf32 build/ftvisor.elf64 build/ftvisor.elf32
 	@size=$$(stat -c %s build/ftvisor.elf64); \
 	 if [ $$size -gt $(IMAGE_LIMIT) ]; then echo "image: build/ftvisor.elf64 is $$size bytes (> 2 MiB)"; exit 1; fi
-	@CARGO_TARGET_DIR=$(CURDIR)/target/guest qemu-tests/guests/hello/build.sh build >/dev/null
+	@CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/guest qemu-tests/guests/hello/build.sh build >/dev/null
 
 # Bootable GRUB ISO (QEMU -cdrom, Bochs, bare metal). CMDLINE= sets the
 # hypervisor command line.
@@ -64,10 +64,12 @@ fmt:
 
 fmt-check:
 	cargo fmt --all -- --check
+	cd qemu-tests/guests/hello && cargo fmt -- --check
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p kernel -p vmx -p ft -p drivers -p boot --target $(KTARGET) --release -- -D warnings
+	cd qemu-tests/guests/hello && CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/guest cargo clippy --release --target $(KTARGET) -- -D warnings
 
 clean:
 	cargo clean

@@ -45,7 +45,7 @@ fn step(buf: &mut [u64], state: &mut u64, n: u64) -> u64 {
         buf[i] = b.rotate_left(17) ^ a.wrapping_mul(0x9E37_79B9);
         buf[j] = a.wrapping_add(b);
     }
-    if n % 16 == 0 && len >= 1024 {
+    if n.is_multiple_of(16) && len >= 1024 {
         let half = len as usize / 2;
         let from = (*state as usize) % (half - 256);
         let to = half + (n as usize * 8) % (half - 256);
