@@ -15,7 +15,8 @@ use alloc::vec::Vec;
 
 use crate::arbitration::Verdict;
 use crate::log::{
-    encode_record, ExecPoint, LogEntry, NonDetSource, Record, StreamDecoder, PROTOCOL_VERSION,
+    encode_record, ExecPoint, GoodbyeReason, LogEntry, NonDetSource, Record, StreamDecoder,
+    PROTOCOL_VERSION,
 };
 use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
 
@@ -64,6 +65,7 @@ pub struct Backup {
     pending_disk: BTreeSet<u64>,
     arbitration_pending: bool,
     next_arbitration_ns: u64,
+    goodbye: Option<GoodbyeReason>,
 }
 
 impl Backup {
@@ -85,6 +87,7 @@ impl Backup {
             pending_disk: BTreeSet::new(),
             arbitration_pending: false,
             next_arbitration_ns: now,
+            goodbye: None,
         }
     }
 
@@ -193,6 +196,9 @@ impl Backup {
         match rec.entry {
             LogEntry::GoLive { .. } | LogEntry::Goodbye { .. } => {
                 // The primary holds the flag or ended the session: fenced.
+                if let LogEntry::Goodbye { reason } = rec.entry {
+                    self.goodbye = Some(reason);
+                }
                 self.state = BackupState::Halted;
                 out.push(Effect::Halt);
             }
@@ -220,6 +226,31 @@ impl Backup {
             self.last_ack_sent = (self.received, self.applied);
             out.push(Effect::Send(bytes));
         }
+    }
+
+    /// Why the primary ended the session, if it said Goodbye. After a
+    /// `Goodbye { Shutdown }` the log is complete: the engine replays what
+    /// it has to the end instead of halting the guest.
+    pub fn goodbye(&self) -> Option<GoodbyeReason> {
+        self.goodbye
+    }
+
+    /// For a replay engine that keeps its own queue and lands on each
+    /// entry's point itself (the kernel's `vmx::replay::Replayer`): hands
+    /// over every received replayable record not taken yet, in order. The
+    /// engine still may only run up to the point of the last record it
+    /// holds (DESIGN.md §1.3) and reports progress with
+    /// [`Backup::set_applied`]. Disk requests are not tracked for such an
+    /// engine, and before acting on [`Effect::GoLive`] it must first apply
+    /// everything it was handed (§1.7 "finishes replaying").
+    pub fn take_received(&mut self) -> Vec<Record> {
+        self.queue.drain(..).collect()
+    }
+
+    /// The external engine applied every record up to `seq` (clamped to
+    /// what was received); the next ack carries it.
+    pub fn set_applied(&mut self, seq: u64) {
+        self.applied = self.applied.max(seq.min(self.received));
     }
 
     /// How far the guest may execute now.

@@ -107,6 +107,11 @@ impl Primary {
         self.received
     }
 
+    /// Highest sequence the backup reported applied (replayed).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
     /// Sequence number of the last appended entry.
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
@@ -324,6 +329,26 @@ impl Primary {
         out.push(Effect::Arbitrate {
             expected_generation: self.generation,
         });
+    }
+
+    /// Orderly end of the session (the guest finished): a
+    /// `Goodbye { Shutdown }` after the last entry tells the backup its log
+    /// is complete. Call it once every entry is acknowledged; nothing may
+    /// be appended afterwards.
+    pub fn shutdown(&mut self) -> Effects {
+        let mut out = Effects::new();
+        if self.state != PrimaryState::Paired {
+            return out;
+        }
+        self.state = PrimaryState::Halted;
+        let mut bytes = Vec::new();
+        let bye = LogEntry::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        };
+        if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
+            out.push(Effect::Send(bytes));
+        }
+        out
     }
 
     /// The result of an [`Effect::Arbitrate`].

@@ -291,3 +291,58 @@ fn silent_primary_backup_drains_then_goes_live_and_reissues_disk_io() {
     assert_eq!(b.replay_limit(), ReplayLimit::Free);
     assert_eq!(b.take_output(pt(9), 1), Ok(true), "live outputs are real");
 }
+
+#[test]
+fn external_engine_takes_records_acks_applied_and_shutdown_ends_the_log() {
+    let (mut p, mut b, hello) = pair();
+    let mut bytes = hello;
+    for c in [5, 9] {
+        let (_, fx) = p
+            .record(
+                MS,
+                c,
+                LogEntry::Interrupt {
+                    at: pt(c),
+                    vector: 0x40,
+                },
+            )
+            .unwrap();
+        bytes.extend(sent(&fx));
+    }
+    let fx = p.output(MS, 20, pt(12), 1).unwrap();
+    bytes.extend(sent(&fx));
+    let ack = sent(&b.on_bytes(2 * MS, &bytes));
+    let taken = b.take_received();
+    assert_eq!(
+        taken.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "handed over in order"
+    );
+    assert!(
+        b.take_received().is_empty(),
+        "each record is handed over once"
+    );
+    assert_eq!(b.backlog(), 0);
+    // The ack covers reception: the output is released, nothing applied yet.
+    assert_eq!(released(&p.on_bytes(2 * MS, &ack)), [1]);
+    assert_eq!((p.acked(), p.applied()), (3, 0));
+    b.set_applied(2);
+    b.set_applied(99); // clamped to what was received
+    assert_eq!(b.applied(), 3);
+    let ack = sent(&b.tick(3 * MS));
+    p.on_bytes(3 * MS, &ack);
+    assert_eq!(p.applied(), 3);
+    // Orderly end: Goodbye(Shutdown) after the last entry; the backup
+    // learns the log is complete (it is not fenced by a new generation).
+    let bye = sent(&p.shutdown());
+    assert!(!bye.is_empty());
+    assert_eq!(p.state(), PrimaryState::Halted);
+    assert!(p.shutdown().is_empty(), "only once");
+    let fx = b.on_bytes(4 * MS, &bye);
+    assert_eq!(fx, [Effect::Halt]);
+    assert_eq!(
+        b.goodbye(),
+        Some(crate::log::GoodbyeReason::Shutdown),
+        "the backup knows why"
+    );
+}

@@ -24,10 +24,13 @@
 //! | `disk` | backend of the guest's virtio-blk (`crate::guestio`): `ram:<size>` (a disk in hypervisor RAM, 512-byte multiple, 4K..1G), `iscsi` (the shared LUN of `iscsi=`/`iscsi_target=`/`iscsi_lun=` from block 8 on, through the hypervisor's NIC and `ip=`) or `none` (capacity 0) | `ram:8M` |
 //! | `guest_net` | what the guest's virtio-net is wired to: `none` (no wire: frames counted and dropped), `loopback` (each frame comes back to the guest) or `bridge` (the hypervisor's physical NIC, shared by destination MAC) | `none` |
 //! | `iscsi`, `iscsi_*` | `mode=iscsi`'s portal, target, LUN and check: [`iscsi`] | |
+//! | `role`, `peer`, `cluster`, `ft_timeout`, `heartbeat`, `ft_status` | one side of an FT pair: [`ftpair`] | |
 use crate::Error;
 use alloc::string::ToString;
 
+pub mod ftpair;
 pub mod iscsi;
+pub use ftpair::{FtPairConfig, Role};
 pub use iscsi::{Endpoint, IscsiConfig, IscsiOp};
 
 /// What the hypervisor does after booting.
@@ -171,6 +174,7 @@ pub struct Config {
     pub disk: DiskChoice,
     pub guest_net: GuestNetChoice,
     pub iscsi: IscsiConfig,
+    pub pair: FtPairConfig,
 }
 
 impl Default for Config {
@@ -189,6 +193,7 @@ impl Default for Config {
             disk: DiskChoice::Ram { bytes: 8 << 20 },
             guest_net: GuestNetChoice::None,
             iscsi: IscsiConfig::default(),
+            pair: FtPairConfig::default(),
         }
     }
 }
@@ -201,6 +206,7 @@ impl Config {
         let mut cfg = Config::default();
         let mut seen: u32 = 0;
         let mut iscsi_seen: u32 = 0;
+        let mut pair_seen: u32 = 0;
         let mut tokens = cmdline.split_ascii_whitespace().peekable();
         if tokens.peek().is_some_and(|t| !t.contains('=')) {
             tokens.next();
@@ -210,6 +216,10 @@ impl Config {
                 option: token.to_string(),
             })?;
             if let Some(r) = iscsi::parse_option(&mut cfg.iscsi, &mut iscsi_seen, key, value) {
+                r?;
+                continue;
+            }
+            if let Some(r) = ftpair::parse_option(&mut cfg.pair, &mut pair_seen, key, value) {
                 r?;
                 continue;
             }

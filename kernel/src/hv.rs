@@ -123,7 +123,11 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
                 // mapped, below the heap floor.
                 unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
             });
-            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline, log);
+            // Issue 9: one side of an FT pair (NIC first, then the guest).
+            if config.pair.role.is_some() {
+                crate::ftlive::start(&config, &caps, report.pmu, image, guest_cmdline);
+            }
+            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline, log, None);
         }
     }
 }

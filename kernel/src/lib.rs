@@ -13,6 +13,7 @@ pub mod devices;
 pub mod echo;
 pub mod error;
 pub mod exitcode;
+pub mod ftnode;
 pub mod guestio;
 pub mod iscsi_checks;
 pub mod loader;

@@ -14,6 +14,10 @@ extern crate alloc;
 mod arch;
 
 #[cfg(target_os = "none")]
+#[path = "ftnode/live.rs"]
+mod ftlive;
+
+#[cfg(target_os = "none")]
 mod hv;
 
 #[cfg(target_os = "none")]

@@ -17,6 +17,7 @@ mod emulator;
 mod istgt;
 mod race_coordinator;
 mod tests;
+mod tests_ft;
 mod tests_guestio;
 mod tests_kv;
 mod tests_linux;

@@ -12,6 +12,15 @@
 //!   replay lands on the point with the execution counter and injects).
 //! * `Checkpoint` — a hash of the guest registers at a point (asynchronous);
 //!   the last one of a run also covers guest RAM and the console output.
+//! * `Heartbeat`, `OutputMarker` — written by the live FT primary
+//!   (`ft::primary::Primary`, DESIGN.md §1.4, §1.6): asynchronous points
+//!   the replay lands on and passes (markers are counted).
+//!
+//! A [`Replayer`] is either a whole log ([`Replayer::decode`]) or a live
+//! stream ([`Replayer::streaming`], the FT backup, DESIGN.md §1.3): records
+//! are [`Replayer::push`]ed as they arrive, and while the stream is open
+//! the engine may only run up to the point of the last record it holds
+//! ([`Replayer::must_wait`]).
 //!
 //! The replay stops at the first entry the guest does not meet exactly and
 //! reports it as a [`Divergence`].
@@ -156,6 +165,9 @@ pub struct Replayer {
     records: Vec<Record>,
     pos: usize,
     pub applied_by_kind: [u64; 16],
+    /// `Some(ended)` for a live stream; `None` for a whole log.
+    stream: Option<bool>,
+    applied_seq: u64,
 }
 
 impl Replayer {
@@ -171,9 +183,69 @@ impl Replayer {
             records,
             pos: 0,
             applied_by_kind: [0; 16],
+            stream: None,
+            applied_seq: 0,
         })
     }
 
+    /// An empty live stream (the FT backup): records arrive with
+    /// [`Self::push`] until [`Self::end_stream`].
+    pub fn streaming() -> Replayer {
+        Replayer {
+            records: Vec::new(),
+            pos: 0,
+            applied_by_kind: [0; 16],
+            stream: Some(false),
+            applied_seq: 0,
+        }
+    }
+
+    /// Appends a received record (applied records are dropped from memory
+    /// now and then).
+    pub fn push(&mut self, r: Record) {
+        if self.pos > 4096 && self.pos * 2 > self.records.len() {
+            self.records.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.records.push(r);
+    }
+
+    /// The sender said the log is complete: its last record is final.
+    pub fn end_stream(&mut self) {
+        if self.stream.is_some() {
+            self.stream = Some(true);
+        }
+    }
+
+    /// Whether this is a live stream that is still open.
+    pub fn stream_open(&self) -> bool {
+        self.stream == Some(false)
+    }
+
+    /// A live stream that has nothing to land on: the backup lags one
+    /// entry (DESIGN.md §1.3), so the guest must not run until more
+    /// arrives. A checkpoint as the last record held also waits: only the
+    /// end of the stream says whether it is the final one (which hashes
+    /// RAM and console and is met at the guest's exit).
+    pub fn must_wait(&self) -> bool {
+        self.stream_open()
+            && match self.remaining() {
+                0 => true,
+                1 => matches!(
+                    self.head().map(|r| &r.entry),
+                    Some(LogEntry::Checkpoint { .. })
+                ),
+                _ => false,
+            }
+    }
+
+    /// Sequence number of the last record applied (0: none).
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    /// Records held (a live stream forgets applied ones: see
+    /// [`Self::applied_seq`]).
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -205,8 +277,9 @@ impl Replayer {
     }
 
     fn advance(&mut self) {
-        if let Some(r) = self.head() {
-            self.applied_by_kind[r.entry.kind() as usize & 15] += 1;
+        if let Some((kind, seq)) = self.head().map(|r| (r.entry.kind(), r.seq)) {
+            self.applied_by_kind[kind as usize & 15] += 1;
+            self.applied_seq = seq;
         }
         self.pos += 1;
     }
@@ -272,6 +345,9 @@ impl Replayer {
                     self.advance();
                     return Ok(Due::Inject(vector));
                 }
+                // The primary's idle heartbeat and output markers: points
+                // the backup may run to; nothing to inject.
+                LogEntry::Heartbeat { .. } | LogEntry::OutputMarker { .. } => self.advance(),
                 _ => {
                     let what = format!("entry kind {:#x} cannot be replayed here", entry.kind());
                     return Err(self.diverge(at, what));
@@ -357,6 +433,8 @@ pub fn kind_name(kind: usize) -> &'static str {
     match kind {
         0x02 => "interrupt",
         0x05 => "nondet",
+        0x06 => "heartbeat",
+        0x07 => "output",
         0x0B => "checkpoint",
         _ => "other",
     }
@@ -455,6 +533,72 @@ mod tests {
         let mut bad = r.bytes.clone();
         bad[20] ^= 1;
         assert!(Replayer::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn live_stream_waits_for_the_next_entry_and_for_its_end() {
+        let r = log();
+        let records = Replayer::decode(&r.bytes).unwrap().records;
+        let mut p = Replayer::streaming();
+        assert!(p.must_wait(), "nothing received: no guest execution");
+        p.push(records[0].clone()); // the RDTSC
+        assert!(!p.must_wait());
+        assert_eq!(p.target(), Some((pt(10, 0x100, 0), false)));
+        assert_eq!(p.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc), Ok(77));
+        assert_eq!(p.applied_seq(), 1);
+        assert!(p.must_wait(), "applied all it had");
+        // A checkpoint as the last record waits until something follows.
+        p.push(records[1].clone());
+        assert!(p.must_wait());
+        p.push(records[2].clone());
+        assert!(!p.must_wait());
+        // Heartbeats and output markers are passed where they stand.
+        p.push(Record {
+            seq: 5,
+            entry: LogEntry::Heartbeat {
+                at: pt(20, 0x200, 5),
+                guest_time_ns: 1,
+            },
+        });
+        assert_eq!(
+            p.due(pt(20, 0x200, 5), &[1; 24], true),
+            Ok(Due::Inject(0x40))
+        );
+        p.push(Record {
+            seq: 6,
+            entry: LogEntry::OutputMarker {
+                at: pt(25, 0x250, 0),
+                output_id: 1,
+            },
+        });
+        // (the heartbeat at the interrupt's point comes after it here)
+        assert!(p.due(pt(21, 0x204, 5), &[1; 24], true).is_err());
+        let mut p2 = Replayer::streaming();
+        p2.push(Record {
+            seq: 1,
+            entry: LogEntry::Heartbeat {
+                at: pt(3, 0x30, 0),
+                guest_time_ns: 1,
+            },
+        });
+        p2.push(Record {
+            seq: 2,
+            entry: LogEntry::OutputMarker {
+                at: pt(3, 0x30, 0),
+                output_id: 1,
+            },
+        });
+        p2.push(records[3].clone());
+        assert_eq!(p2.due(pt(3, 0x30, 0), &[0; 24], true), Ok(Due::Nothing));
+        assert_eq!((p2.applied_by_kind[6], p2.applied_by_kind[7]), (1, 1));
+        assert_eq!(p2.applied_seq(), 2);
+        // The final checkpoint: waits until the stream ends, then is met
+        // at the exit like a whole log's.
+        assert!(p2.must_wait());
+        assert_eq!(p2.target(), Some((pt(30, 0x300, 0), false)));
+        p2.end_stream();
+        assert!(!p2.must_wait());
+        assert_eq!(p2.finish(pt(30, 0x300, 0), 99), Ok(()));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod clock;
 pub mod guest;
 mod iscsi;
 mod pci_io;
-mod transport;
+pub mod transport;
 mod uncached;
 
 use crate::arch::exit::exit;

@@ -7,7 +7,9 @@
 //! coordinator link) keep running while the initiator blocks. Nagle and
 //! delayed ACKs are off: iSCSI is request/response and both add latency to
 //! every command.
-use super::clock::{rdtsc, Clock};
+use super::clock::rdtsc;
+/// The TSC clock (also named by `net::WithNic` users outside `net`).
+pub use super::clock::Clock;
 use alloc::vec;
 use drivers::iscsi::{self, Transport};
 use drivers::nic::{Nic, SmolDevice};

@@ -77,6 +77,9 @@ pub struct Machine {
     pub console_quiet: bool,
     /// `guest=linux` (issue 10): PIT, RTC, ACPI PM, I/O APIC, xAPIC page.
     pub linux: Option<super::linux::LinuxDevices>,
+    /// FT primary: lines are collected here instead of printed; the
+    /// output rule lets them out (`crate::ftlive`, DESIGN.md §1.4).
+    pub console_capture: Option<alloc::vec::Vec<String>>,
 }
 
 /// The physical IA32_STAR..KERNEL_GS_BASE (they carry guest values; a
@@ -143,6 +146,7 @@ impl Machine {
             console_hash: vmx::replay::HASH_SEED,
             console_quiet: false,
             linux: None,
+            console_capture: None,
         }
     }
 
@@ -170,7 +174,9 @@ impl Machine {
     fn console_line(&mut self, line: &str) {
         self.console_lines += 1;
         self.console_hash = vmx::replay::hash_bytes(self.console_hash, line.as_bytes());
-        if !self.console_quiet {
+        if let Some(held) = self.console_capture.as_mut() {
+            held.push(String::from(line));
+        } else if !self.console_quiet {
             println!("guest: {line}");
         }
     }

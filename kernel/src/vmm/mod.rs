@@ -36,6 +36,8 @@ enum End {
     Diverged(Divergence),
     /// The counter backend found it cannot be exact here.
     Refused(Refusal),
+    /// The FT pair's session failed (issue 9, `crate::ftlive`).
+    Live(alloc::string::String),
 }
 
 fn fail(what: &str, e: vmx::Error) -> ! {
@@ -44,7 +46,9 @@ fn fail(what: &str, e: vmx::Error) -> ! {
 }
 
 /// Loads the guest and runs it until it stops; never returns. `log`: a
-/// recorded log (second boot module) that `ft=replay` replays.
+/// recorded log (second boot module) that `ft=replay` replays. `live`:
+/// one side of an FT pair (`role=`, issue 9): the primary records and
+/// streams, the backup replays the stream (`crate::ftlive`).
 pub fn run(
     config: &Config,
     caps: &VmxCaps,
@@ -52,6 +56,7 @@ pub fn run(
     image: &[u8],
     guest_cmdline: &str,
     log: Option<&[u8]>,
+    mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> ! {
     let controls = setup::controls(caps, rr::wants_save_timer(config, caps))
         .unwrap_or_else(|e| fail("VMX controls", e));
@@ -114,7 +119,10 @@ pub fn run(
         copy
     });
     let syscall_msrs = machine::read_syscall_msrs();
+    let role = config.pair.role.filter(|_| live.is_some());
     let mut tape = match (config.ft, log) {
+        _ if role == Some(kernel::config::Role::Primary) => Tape::Record(Recorder::default()),
+        _ if role == Some(kernel::config::Role::Backup) => Tape::Replay(Replayer::streaming()),
         (FtMode::Off, _) => Tape::Off,
         (FtMode::Replay, Some(bytes)) => Tape::Replay(log_from_module(bytes, config, ram)),
         _ => Tape::Record(Recorder::default()),
@@ -127,6 +135,13 @@ pub fn run(
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
         machine.linux = Some(linux::LinuxDevices::new(tsc_hz, machine.now()));
     }
+    // FT pair: the primary's console lines wait for the backup's ack, the
+    // backup's are discarded (DESIGN.md §1.4, §1.5).
+    match role {
+        Some(kernel::config::Role::Primary) => machine.console_capture = Some(Default::default()),
+        Some(kernel::config::Role::Backup) => machine.console_quiet = true,
+        None => {}
+    }
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
     let t0 = machine::host_tsc();
     let mut ended = run_loop(
@@ -137,6 +152,7 @@ pub fn run(
         counter.as_deref_mut(),
         &mut tape,
         false,
+        live.as_deref_mut(),
     );
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
@@ -157,6 +173,9 @@ pub fn run(
             &mut replayer,
         );
         print_applied(&replayer, &machine, "");
+        if let Some(l) = live.as_deref_mut() {
+            l.end_backup(&replayer, machine.console_lines, verdict.is_ok());
+        }
         match verdict {
             Ok((at, hash)) => {
                 println!(
@@ -199,6 +218,11 @@ pub fn run(
     );
     if config.ft == FtMode::Export {
         rr::export_log(&recorder.bytes);
+    }
+    if let Some(l) = live {
+        let guest_now = machine.now();
+        let ok = l.end_primary(&recorder, &mut machine.console_capture, guest_now);
+        finish(&ended, Some(ok))
     }
     let Some(copy) = snapshot else {
         finish(&ended, None)
@@ -251,6 +275,7 @@ pub fn run(
         Some(&mut *counter),
         &mut tape,
         true,
+        None,
     );
     let host_ticks = machine::host_tsc().wrapping_sub(t0);
     machine.flush_console_partial();
@@ -559,6 +584,7 @@ fn report(ended: &Ended, m: &Machine, host_ticks: u64) {
         End::Stop(stop) => report_stop(stop),
         End::Diverged(d) => println!("hypervisor: replay stopped: diverged at {d}"),
         End::Refused(r) => println!("hypervisor: guest stopped: {r}"),
+        End::Live(why) => println!("hypervisor: guest stopped: ft: {why}"),
     }
     let mut line = alloc::string::String::new();
     for (reason, n) in m.exits.iter().enumerate().filter(|(_, n)| **n > 0) {
@@ -604,6 +630,7 @@ fn point_now(vmcs: &hw::HwVmcs, regs: &GuestRegs, counter: Option<&dyn ExecCount
     }
 }
 
+#[allow(clippy::too_many_arguments)] // `live` (issue 9) made it eight
 fn run_loop(
     vmcs: &mut hw::HwVmcs,
     regs: &mut GuestRegs,
@@ -612,6 +639,7 @@ fn run_loop(
     mut counter: Option<&mut (dyn ExecCounter + 'static)>,
     tape: &mut Tape,
     launched: bool,
+    mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> Ended {
     let mut halted = false;
     let mut exits = 0u64;
@@ -625,6 +653,16 @@ fn run_loop(
     let mut launched = launched;
     loop {
         let now = m.now();
+        // FT pair (issue 9): ship/receive the log, output rule, heartbeats.
+        if let Some(l) = live.as_deref_mut() {
+            let at = point_now(vmcs, regs, counter.as_deref());
+            if let Err(why) = l.poll(tape, at, now, &mut m.console_capture) {
+                return Ended {
+                    end: End::Live(why),
+                    exits,
+                };
+            }
+        }
         let rflags = vmcs.get(Field::GuestRflags);
         let interruptible =
             rflags & (1 << 9) != 0 && vmcs.get(Field::GuestInterruptibility) & 0b11 == 0;
@@ -669,6 +707,19 @@ fn run_loop(
                     injecting = true;
                 }
                 Ok(Due::Nothing) => {}
+            }
+            // A live stream (FT backup): run only up to the last entry
+            // received (DESIGN.md §1.3); wait for more first.
+            if replayer.must_wait() {
+                if let Some(l) = live.as_deref_mut() {
+                    if let Err(why) = l.wait(replayer) {
+                        return Ended {
+                            end: End::Live(why),
+                            exits,
+                        };
+                    }
+                    continue;
+                }
             }
             let target = replayer.target();
             if halted {
@@ -769,6 +820,9 @@ fn run_loop(
         }
         if let Err(e) = armed {
             return stop(Stop::Vmx(e), exits);
+        }
+        if let Some(l) = live.as_deref_mut() {
+            l.before_entry(tape, now);
         }
         let mut stamps = [0u64; 2];
         // SAFETY: the VMCS is current and complete (host state written in

@@ -49,9 +49,10 @@ pub fn wants_save_timer(config: &Config, caps: &VmxCaps) -> bool {
     counter_wanted(config) && caps.save_preemption_timer()
 }
 
-/// A counter runs when record/replay is on or one was asked for.
+/// A counter runs when record/replay is on (also as one side of an FT
+/// pair) or one was asked for.
 pub fn counter_wanted(config: &Config) -> bool {
-    config.ft != FtMode::Off || config.counter != CounterChoice::Auto
+    config.ft != FtMode::Off || config.counter != CounterChoice::Auto || config.pair.role.is_some()
 }
 
 /// Builds the configured counter backend; refuses one that cannot be exact.

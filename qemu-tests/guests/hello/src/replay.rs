@@ -7,7 +7,9 @@
 //!
 //! Options: `rounds=` (default 250), `min=`/`span=` (timer count range in
 //! TSC ticks, default 20000 + 0..100000), `mem=` (KiB of the working set,
-//! default 1024). The final line carries a hash of everything the guest
+//! default 1024), `progress=` (a `replay: round N` line every N rounds,
+//! default 0 = none: console output for the FT pair's output rule). The
+//! final line carries a hash of everything the guest
 //! read and computed, so record and replay consoles must match exactly.
 use crate::{hw, idt, println, BootInfo};
 use core::sync::atomic::Ordering;
@@ -76,6 +78,7 @@ pub fn run(bi: &BootInfo) -> u8 {
     let min = opt(bi, "min", 20_000);
     let span = opt(bi, "span", 100_000).max(1);
     let kib = opt(bi, "mem", 1024).clamp(16, 16 << 10) as usize;
+    let progress = opt(bi, "progress", 0);
     if let Some(upper) = bi.mem_upper {
         if upper + (1 << 20) < (BASE + kib * 1024) as u64 {
             println!("replay: not enough memory for mem={kib}");
@@ -134,6 +137,9 @@ pub fn run(bi: &BootInfo) -> u8 {
             }
             // SAFETY: back to interrupts off between rounds.
             unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+        }
+        if progress > 0 && (round + 1).is_multiple_of(progress) {
+            println!("replay: round {} steps={steps} hash={h:#018x}", round + 1);
         }
     }
     let t1 = hw::rdtsc();

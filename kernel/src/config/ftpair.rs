@@ -1,0 +1,205 @@
+//! The FT pair's command-line options (issue 9; DESIGN.md §1.1, §1.6):
+//! which side this hypervisor is, where its peer is, and the session's
+//! timers. Both sides boot the same guest image with the same guest
+//! command line (checked in the session hello, `crate::ftnode`).
+//!
+//! The **backup listens** on the log port and the **primary connects** to
+//! it: the primary starts its guest only once a backup has joined, so the
+//! side that waits is the one that has nothing to run yet.
+//!
+//! | option | values | default |
+//! |---|---|---|
+//! | `role` | `primary` or `backup` (runs the guest in `mode=hypervisor` as one side of an FT pair; needs the NIC options `ip=`, `nic=`) | none (no pair) |
+//! | `peer` | the other hypervisor: on the primary the backup's log listener `a.b.c.d[:port]`; on the backup the primary's address `a.b.c.d[:port]` (only it may connect; the backup listens on `port`) | none (required with `role`) |
+//! | `cluster` | the pair's cluster id, the same on both sides (0..2^63) | `1` |
+//! | `ft_timeout` | milliseconds of log-channel silence before the peer is presumed dead (DESIGN.md §1.6; 100..600000) | `2000` |
+//! | `heartbeat` | milliseconds of idle log before the primary sends a heartbeat (1..60000, below `ft_timeout`) | `10` |
+//! | `ft_status` | milliseconds between status lines on the console (100..600000) | `1000` |
+use super::iscsi::{parse_endpoint, Endpoint};
+use super::parse_decimal;
+use crate::Error;
+use alloc::string::ToString;
+
+/// The log port when `peer=` names none.
+pub const DEFAULT_LOG_PORT: u16 = 7700;
+
+/// Which side of the pair this hypervisor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the guest for real, records and streams the log, holds outputs.
+    Primary,
+    /// Replays the primary's log live, acknowledges, discards outputs.
+    Backup,
+}
+
+/// Settings of an FT pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FtPairConfig {
+    pub role: Option<Role>,
+    pub peer: Option<Endpoint>,
+    pub cluster: u64,
+    pub timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub status_ms: u64,
+}
+
+impl Default for FtPairConfig {
+    fn default() -> Self {
+        FtPairConfig {
+            role: None,
+            peer: None,
+            cluster: 1,
+            timeout_ms: 2000,
+            heartbeat_ms: 10,
+            status_ms: 1000,
+        }
+    }
+}
+
+impl FtPairConfig {
+    /// Whether the options form a usable pair configuration: a role needs a
+    /// peer; the heartbeat must be shorter than the failure timeout.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.role.is_none() {
+            return Ok(());
+        }
+        if self.peer.is_none() {
+            return Err("`role=` needs `peer=a.b.c.d[:port]` (the other hypervisor)");
+        }
+        if self.heartbeat_ms >= self.timeout_ms {
+            return Err("`heartbeat=` must be shorter than `ft_timeout=`");
+        }
+        Ok(())
+    }
+}
+
+/// Handles one `key=value` if `key` is an FT-pair option: `None` for any
+/// other key. `seen` tracks repeats of these keys.
+pub fn parse_option(
+    cfg: &mut FtPairConfig,
+    seen: &mut u32,
+    key: &str,
+    value: &str,
+) -> Option<Result<(), Error>> {
+    const KEYS: [&str; 6] = [
+        "role",
+        "peer",
+        "cluster",
+        "ft_timeout",
+        "heartbeat",
+        "ft_status",
+    ];
+    let bit = KEYS.iter().position(|k| *k == key)?;
+    let name = KEYS[bit];
+    if *seen & (1 << bit) != 0 {
+        return Some(Err(Error::DuplicateOption { option: name }));
+    }
+    *seen |= 1 << bit;
+    let bad = |expected: &'static str| Error::BadValue {
+        option: name,
+        value: value.to_string(),
+        expected,
+    };
+    let number = |lo: u64, hi: u64, expected: &'static str| {
+        parse_decimal(value)
+            .filter(|v| (lo..=hi).contains(v))
+            .ok_or_else(|| bad(expected))
+    };
+    let r = (|| {
+        match name {
+            "role" => {
+                cfg.role = Some(match value {
+                    "primary" => Role::Primary,
+                    "backup" => Role::Backup,
+                    _ => return Err(bad("`primary` or `backup`")),
+                })
+            }
+            "peer" => {
+                cfg.peer = Some(
+                    parse_endpoint(value, Some(DEFAULT_LOG_PORT))
+                        .ok_or_else(|| bad("the peer's `a.b.c.d` or `a.b.c.d:port`"))?,
+                )
+            }
+            "cluster" => cfg.cluster = number(0, i64::MAX as u64, "a cluster id 0..2^63")?,
+            "ft_timeout" => {
+                cfg.timeout_ms = number(100, 600_000, "milliseconds between 100 and 600000")?
+            }
+            "heartbeat" => {
+                cfg.heartbeat_ms = number(1, 60_000, "milliseconds between 1 and 60000")?
+            }
+            "ft_status" => {
+                cfg.status_ms = number(100, 600_000, "milliseconds between 100 and 600000")?
+            }
+            _ => unreachable!("every key in KEYS is handled"),
+        }
+        Ok(())
+    })();
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn pair_options() {
+        let c = Config::parse(
+            "mode=hypervisor role=backup peer=10.0.4.11:7701 cluster=42 ft_timeout=3000 heartbeat=20 ft_status=500",
+        )
+        .unwrap();
+        assert_eq!(
+            c.pair,
+            FtPairConfig {
+                role: Some(Role::Backup),
+                peer: Some(Endpoint {
+                    addr: [10, 0, 4, 11],
+                    port: 7701
+                }),
+                cluster: 42,
+                timeout_ms: 3000,
+                heartbeat_ms: 20,
+                status_ms: 500,
+            }
+        );
+        assert_eq!(c.pair.validate(), Ok(()));
+        let c = Config::parse("role=primary peer=10.0.4.12").unwrap();
+        assert_eq!(c.pair.role, Some(Role::Primary));
+        assert_eq!(c.pair.peer.unwrap().port, DEFAULT_LOG_PORT);
+        assert_eq!(Config::parse("").unwrap().pair, FtPairConfig::default());
+        assert_eq!(FtPairConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_pair_values_are_named() {
+        for (line, option) in [
+            ("role=leader", "role"),
+            ("peer=10.0.4", "peer"),
+            ("peer=10.0.4.1:0", "peer"),
+            ("cluster=-1", "cluster"),
+            ("cluster=9223372036854775808", "cluster"),
+            ("ft_timeout=99", "ft_timeout"),
+            ("ft_timeout=600001", "ft_timeout"),
+            ("heartbeat=0", "heartbeat"),
+            ("ft_status=50", "ft_status"),
+        ] {
+            let text = Config::parse(line).unwrap_err().to_string();
+            assert!(
+                text.contains(&alloc::format!("`{option}`")),
+                "{line}: {text}"
+            );
+        }
+        assert_eq!(
+            Config::parse("role=primary role=backup").unwrap_err(),
+            Error::DuplicateOption { option: "role" }
+        );
+    }
+
+    #[test]
+    fn pair_needs_a_peer_and_a_short_heartbeat() {
+        let c = Config::parse("role=primary").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("peer"));
+        let c = Config::parse("role=backup peer=1.2.3.4 heartbeat=2000 ft_timeout=2000").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("heartbeat"));
+    }
+}

@@ -1,0 +1,867 @@
+//! The FT pair's logging channel, live (issue 9; DESIGN.md §1.1-§1.6): a
+//! [`Node`] drives `ft::primary::Primary` or `ft::backup::Backup` over one
+//! smoltcp TCP connection on the hypervisor's own NIC, polled from the VMX
+//! run loop (`crate::vmm`) through the [`Live`] hooks.
+//!
+//! * **Primary** (§1.1, §1.4): records like `ft=record` (the run loop's
+//!   `vmx::replay::Recorder`); at every run-loop iteration the new entries
+//!   go to `Primary::record` and out on the socket as they are produced.
+//!   Guest console lines are its outputs for now: each gets an
+//!   `OutputMarker` in the log and is printed only once the backup has
+//!   acknowledged the marker (`kernel::ftnode::ConsoleGate`). Idle log:
+//!   heartbeats (§1.6). A lagging backup throttles the guest.
+//! * **Backup** (§1.3, §1.5): listens on the log port, verifies the
+//!   session hello (cluster, guest identity, generation, protocol version;
+//!   a mismatch is refused with the reason), acknowledges, and hands each
+//!   received record to a streaming `vmx::replay::Replayer`: the guest
+//!   only runs up to the point of the last entry received (lags one
+//!   entry); its console lines are discarded and counted.
+//! * Both print a status line every `ft_status` ms of hypervisor time
+//!   (role, generation, seq sent/acked/applied, lag, log Mbit/s, heartbeat
+//!   age; §6 "Observable").
+//!
+//! Not yet (issue 9): failure detection ends the run with a message
+//! instead of arbitrating and going live (§1.7); outputs are console lines
+//! only (frames and disk writes come with guest networking).
+//!
+//! Time: the TSC calibrated on the PIT (`crate::net` clock). In Bochs with
+//! `clock: sync=none` that is emulated time, so `ft_timeout` and
+//! `heartbeat` count each emulator's own instructions, not wall time.
+use crate::arch::exit::exit;
+use crate::net::transport::NetStack;
+use crate::net::WithNic;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use drivers::nic::Nic;
+use drivers::smoltcp::iface::SocketHandle;
+use drivers::smoltcp::socket::tcp;
+use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
+use ft::arbitration::NodeId;
+use ft::backup::Backup;
+use ft::log::{decode_record, ExecPoint, GoodbyeReason};
+use ft::primary::{Primary, PrimaryState};
+use ft::{Effect, Effects, SessionConfig};
+use kernel::config::{Config, Endpoint, Role};
+use kernel::exitcode;
+use kernel::ftnode::{guest_identity, mbit_per_s, ConsoleGate, IdHex, LagMeter, StatusLine};
+use vmx::caps::{PmuInfo, VmxCaps};
+use vmx::replay::{Recorder, Replayer, Tape};
+
+/// TCP buffers of the log connection (each way).
+const TCP_BUFFER: usize = 256 * 1024;
+/// Poll the NIC at least this often while the guest runs (µs).
+const POLL_US: u64 = 50;
+/// The flag generation both sides start under until arbitration on the
+/// shared LUN is wired in (a fresh LUN's flag is generation 0).
+const GENERATION: u64 = 0;
+
+/// What the run loop calls while an FT pair runs.
+pub trait Live {
+    /// Top of every run-loop iteration, the guest at `at` with guest time
+    /// `guest_ns`; `lines` are guest console lines captured since the last
+    /// call (primary). `Err`: the session failed, stop the guest.
+    fn poll(
+        &mut self,
+        tape: &mut Tape,
+        at: ExecPoint,
+        guest_ns: u64,
+        lines: &mut Option<Vec<String>>,
+    ) -> Result<(), String>;
+    /// Just before VM entry: ship what this iteration recorded.
+    fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64);
+    /// Backup: the replayer holds nothing to run to; poll until it does.
+    fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String>;
+    /// Primary, after the guest exited and the final checkpoint was
+    /// recorded: ship the rest, release held lines on the backup's acks,
+    /// end the session. `false` if the backup never acknowledged the end.
+    fn end_primary(
+        &mut self,
+        recorder: &Recorder,
+        lines: &mut Option<Vec<String>>,
+        guest_ns: u64,
+    ) -> bool;
+    /// Backup, after its replay ended (`identical`: every entry met and
+    /// the final state equal).
+    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, identical: bool);
+}
+
+/// Boots the pair's network side, joins the session, then runs the guest.
+pub fn start(
+    config: &Config,
+    caps: &VmxCaps,
+    pmu: PmuInfo,
+    image: &[u8],
+    guest_cmdline: &str,
+) -> ! {
+    if let Err(e) = config.pair.validate() {
+        println!("ft: error: {e}");
+        exit(exitcode::BAD_CONFIG);
+    }
+    match crate::net::open_nic(
+        config,
+        Starter {
+            caps,
+            pmu,
+            image,
+            guest_cmdline,
+        },
+    ) {}
+}
+
+struct Starter<'a> {
+    caps: &'a VmxCaps,
+    pmu: PmuInfo,
+    image: &'a [u8],
+    guest_cmdline: &'a str,
+}
+
+impl WithNic for Starter<'_> {
+    type Out = core::convert::Infallible;
+    fn go<N: Nic + 'static>(
+        self,
+        config: &Config,
+        clock: crate::net::transport::Clock,
+        nic: N,
+    ) -> Self::Out {
+        let (device, iface) = crate::net::interface(config, &clock, nic);
+        let net = NetStack::new(device, iface, clock);
+        let mut node = Node::new(config, net, self.image, self.guest_cmdline);
+        node.join();
+        crate::vmm::run(
+            config,
+            self.caps,
+            self.pmu,
+            self.image,
+            self.guest_cmdline,
+            None,
+            Some(&mut node),
+        )
+    }
+}
+
+fn endpoint(e: Endpoint) -> IpEndpoint {
+    let [a, b, c, d] = e.addr;
+    IpEndpoint::new(IpAddress::v4(a, b, c, d), e.port)
+}
+
+enum Side {
+    Primary(Primary),
+    Backup(Backup),
+}
+
+/// One side of the pair: the state machine, its socket and its numbers.
+pub struct Node<N: Nic> {
+    net: NetStack<N>,
+    sock: SocketHandle,
+    side: Side,
+    sc: SessionConfig,
+    /// A session was established once (the failure detector runs).
+    joined: bool,
+    join_deadline_us: u64,
+    peer: Endpoint,
+    cfg: kernel::config::FtPairConfig,
+    guest_id: [u8; 16],
+    outbox: Vec<u8>,
+    out_off: usize,
+    inbuf: Vec<u8>,
+    last_pump_us: u64,
+    last_tick_us: u64,
+    /// Recorder bytes already handed to the primary.
+    rec_off: usize,
+    gate: ConsoleGate,
+    lag: LagMeter,
+    next_line: u64,
+    start_us: u64,
+    bytes_sent: u64,
+    bytes_recv: u64,
+    heard_us: u64,
+    status_due_us: u64,
+    status_bytes: u64,
+    status_us: u64,
+    throttles: u64,
+    connected: bool,
+    refusals: u64,
+    first_guest_ns: Option<u64>,
+    last_guest_ns: u64,
+}
+
+impl<N: Nic + 'static> Node<N> {
+    fn new(config: &Config, mut net: NetStack<N>, image: &[u8], guest_cmdline: &str) -> Self {
+        let pair = config.pair;
+        let role = pair.role.expect("start() runs only with a role");
+        let guest_id = guest_identity(image, guest_cmdline);
+        let me = match role {
+            Role::Primary => NodeId(1),
+            Role::Backup => NodeId(2),
+        };
+        let mut sc = SessionConfig::new(pair.cluster, guest_id, me);
+        sc.heartbeat_interval_ns = pair.heartbeat_ms * 1_000_000;
+        sc.failure_timeout_ns = pair.timeout_ms * 1_000_000;
+        let now_us = net.clock.micros();
+        let now = now_us * 1000;
+        let side = match role {
+            Role::Primary => Side::Primary(Primary::new(sc, GENERATION, now)),
+            Role::Backup => Side::Backup(Backup::new(sc, GENERATION, now)),
+        };
+        let sock = net.add_tcp(TCP_BUFFER);
+        // The primary writes many small records: let Nagle batch them into
+        // full segments while earlier ones are unacknowledged (each frame
+        // costs the emulated NIC far more than its bytes). Acks stay
+        // immediate: the output rule waits for them.
+        net.tcp(sock).set_nagle_enabled(role == Role::Primary);
+        println!(
+            "ft: {} of cluster {} generation {GENERATION}, guest id {} (image {} bytes, cmdline \"{guest_cmdline}\"), protocol {}, heartbeat {} ms, failure timeout {} ms",
+            role_name(role),
+            pair.cluster,
+            IdHex(&guest_id),
+            image.len(),
+            ft::log::PROTOCOL_VERSION,
+            pair.heartbeat_ms,
+            pair.timeout_ms
+        );
+        Node {
+            net,
+            sock,
+            side,
+            sc,
+            joined: false,
+            join_deadline_us: now_us + config.net.timeout_secs * 1_000_000,
+            peer: pair.peer.expect("validated: a role has a peer"),
+            cfg: pair,
+            guest_id,
+            outbox: Vec::new(),
+            out_off: 0,
+            inbuf: vec![0; 64 * 1024],
+            last_pump_us: 0,
+            last_tick_us: 0,
+            rec_off: 0,
+            gate: ConsoleGate::default(),
+            lag: LagMeter::default(),
+            next_line: 0,
+            start_us: now_us,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            heard_us: now_us,
+            status_due_us: now_us + pair.status_ms * 1000,
+            status_bytes: 0,
+            status_us: now_us,
+            throttles: 0,
+            connected: false,
+            refusals: 0,
+            first_guest_ns: None,
+            last_guest_ns: 0,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.net.clock.micros()
+    }
+
+    fn timeout_us(&self) -> u64 {
+        self.cfg.timeout_ms * 1000
+    }
+
+    /// Primary: connect to the backup (retrying while it boots, at most
+    /// `net_timeout`) and say Hello. Backup: listen for the primary.
+    fn join(&mut self) {
+        let ep = endpoint(self.peer);
+        match &mut self.side {
+            Side::Primary(_) => {
+                println!("ft: primary: connecting to the backup's log port {ep}");
+                let deadline = self.join_deadline_us;
+                let mut tries = 0u32;
+                loop {
+                    tries += 1;
+                    match self.net.connect(self.sock, ep, 2_000) {
+                        Ok(()) => break,
+                        Err(e) if self.now_us() < deadline => {
+                            if tries % 20 == 1 {
+                                println!("ft: primary: backup not reachable yet ({e}); retrying");
+                            }
+                            let until = self.now_us() + 200_000;
+                            while self.now_us() < until {
+                                self.net.poll();
+                            }
+                        }
+                        Err(e) => {
+                            println!("ft: primary: error: no backup at {ep}: {e}");
+                            exit(exitcode::FAILURE);
+                        }
+                    }
+                }
+                let now = self.now_us();
+                self.connected = true;
+                self.joined = true;
+                self.heard_us = now;
+                // The failure detector starts with the session.
+                let mut p = Primary::new(self.sc, GENERATION, now * 1000);
+                let fx = p.on_connected(now * 1000);
+                self.side = Side::Primary(p);
+                println!(
+                    "ft: primary: log connection to {ep} established after {tries} attempt(s); hello sent; starting the guest"
+                );
+                self.apply(fx);
+                self.pump(true);
+            }
+            Side::Backup(_) => {
+                self.listen();
+                println!(
+                    "ft: backup: listening on log port {} for the primary at {}",
+                    self.peer.port,
+                    endpoint(Endpoint {
+                        addr: self.peer.addr,
+                        port: 0
+                    })
+                    .addr
+                );
+            }
+        }
+    }
+
+    fn listen(&mut self) {
+        let s = self.net.tcp(self.sock);
+        if s.is_open() {
+            s.abort();
+            self.net.poll();
+        }
+        if self.net.tcp(self.sock).listen(self.peer.port).is_err() {
+            println!(
+                "ft: backup: error: cannot listen on port {}",
+                self.peer.port
+            );
+            exit(exitcode::FAILURE);
+        }
+        self.connected = false;
+        self.outbox.clear();
+        self.out_off = 0;
+    }
+
+    /// Carries out the state machine's effects.
+    fn apply(&mut self, fx: Effects) {
+        for e in fx {
+            match e {
+                Effect::Send(bytes) => {
+                    if let Side::Primary(p) = &self.side {
+                        // Entries (not the hello) start the lag clock.
+                        if p.last_seq() > 0 {
+                            self.lag.sent(p.last_seq(), self.now_us());
+                        }
+                    }
+                    self.outbox.extend_from_slice(&bytes)
+                }
+                Effect::Release(id) => {
+                    let (acked, now) = match &self.side {
+                        Side::Primary(p) => (p.acked(), self.now_us()),
+                        Side::Backup(_) => (0, self.now_us()),
+                    };
+                    if let Some(r) = self.gate.release(id, acked, now) {
+                        println!("guest: {}", r.text);
+                        println!(
+                            "ft: output #{} released: marker seq {} acked {} held {} us",
+                            r.id, r.marker_seq, r.acked, r.held_us
+                        );
+                    }
+                }
+                Effect::Throttle(on) => {
+                    if on {
+                        self.throttles += 1;
+                        println!("ft: primary: backup lags more than 1 s of guest time: throttling the guest");
+                    }
+                }
+                Effect::ResetConnection(err) => {
+                    match &mut self.side {
+                        Side::Backup(b) => {
+                            self.refusals += 1;
+                            println!(
+                            "ft: backup: REFUSED the log connection: {err} (ours: cluster {} generation {} guest id {} protocol {})",
+                            self.cfg.cluster,
+                            b.generation(),
+                            IdHex(&self.guest_id),
+                            ft::log::PROTOCOL_VERSION
+                        );
+                            self.listen();
+                        }
+                        Side::Primary(p) => {
+                            println!("ft: primary: bad data from the backup: {err}; dropping the connection");
+                            p.on_disconnected();
+                            self.net.tcp(self.sock).abort();
+                            self.connected = false;
+                        }
+                    }
+                }
+                Effect::Arbitrate {
+                    expected_generation,
+                } => {
+                    // Reported by the caller (it ends the run for now).
+                    let _ = expected_generation;
+                }
+                Effect::GoLive(_) | Effect::Halt => {}
+            }
+        }
+    }
+
+    /// Moves bytes between the outbox, the socket and the state machine.
+    /// `force`: poll the NIC even if it was polled very recently.
+    fn pump(&mut self, force: bool) {
+        let now = self.now_us();
+        if !force && self.out_off == self.outbox.len() && now < self.last_pump_us + POLL_US {
+            return;
+        }
+        self.last_pump_us = now;
+        self.net.poll();
+        let s = self.net.tcp(self.sock);
+        if let Side::Backup(_) = &self.side {
+            if !self.connected && s.state() == tcp::State::Established {
+                let from = s.remote_endpoint();
+                let want = endpoint(self.peer).addr;
+                match from {
+                    Some(ep) if ep.addr == want => {
+                        println!("ft: backup: log connection from the primary at {ep}");
+                        self.connected = true;
+                        self.heard_us = now;
+                        if !self.joined {
+                            // The failure detector starts with the session.
+                            self.joined = true;
+                            self.side = Side::Backup(Backup::new(self.sc, GENERATION, now * 1000));
+                        }
+                        if let Side::Backup(b) = &mut self.side {
+                            b.on_connected(now * 1000);
+                        }
+                    }
+                    other => {
+                        println!("ft: backup: REFUSED a log connection from {other:?}: not the configured peer {want}");
+                        self.listen();
+                        return;
+                    }
+                }
+            }
+        }
+        let s = self.net.tcp(self.sock);
+        if self.out_off < self.outbox.len() && s.may_send() {
+            if let Ok(n) = s.send_slice(&self.outbox[self.out_off..]) {
+                self.out_off += n;
+                self.bytes_sent += n as u64;
+                self.status_bytes += n as u64;
+            }
+            if self.out_off == self.outbox.len() {
+                self.outbox.clear();
+                self.out_off = 0;
+            }
+            self.net.poll();
+        }
+        loop {
+            let s = self.net.tcp(self.sock);
+            if !s.can_recv() {
+                break;
+            }
+            let Ok(n) = s.recv_slice(&mut self.inbuf) else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            self.bytes_recv += n as u64;
+            self.heard_us = now;
+            let bytes = self.inbuf[..n].to_vec();
+            let fx = match &mut self.side {
+                Side::Primary(p) => {
+                    let fx = p.on_bytes(now * 1000, &bytes);
+                    self.lag.applied(p.applied(), now);
+                    fx
+                }
+                Side::Backup(b) => b.on_bytes(now * 1000, &bytes),
+            };
+            self.apply(fx);
+        }
+        if self.connected {
+            let s = self.net.tcp(self.sock);
+            if !s.may_recv() && !matches!(s.state(), tcp::State::Established) {
+                match &mut self.side {
+                    Side::Primary(p) => {
+                        if p.state() == PrimaryState::Paired {
+                            println!(
+                                "ft: primary: the backup closed the log connection (state {})",
+                                s.state()
+                            );
+                        }
+                        p.on_disconnected();
+                        self.connected = false;
+                    }
+                    Side::Backup(_) => {
+                        println!("ft: backup: the primary closed the log connection");
+                        self.listen();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Primary: hands new recorder entries to the state machine.
+    fn ship_recorded(&mut self, tape: &Tape, guest_ns: u64) -> Result<(), String> {
+        let (Tape::Record(r), Side::Primary(_)) = (tape, &self.side) else {
+            return Ok(());
+        };
+        let mut fx = Effects::new();
+        while self.rec_off < r.bytes.len() {
+            let (rec, used) = decode_record(&r.bytes[self.rec_off..])
+                .map_err(|e| alloc::format!("the recorder's own log does not decode: {e}"))?;
+            self.rec_off += used;
+            let now = self.now_us() * 1000;
+            let Side::Primary(p) = &mut self.side else {
+                unreachable!()
+            };
+            let (_, more) = p
+                .record(now, guest_ns, rec.entry)
+                .map_err(|e| alloc::format!("primary: cannot log an entry: {e}"))?;
+            fx.extend(more);
+        }
+        self.apply(fx);
+        Ok(())
+    }
+
+    fn status(&mut self, guest_ns: u64, discarded: u64) {
+        let now = self.now_us();
+        if now < self.status_due_us {
+            return;
+        }
+        self.status_due_us = now + self.cfg.status_ms * 1000;
+        let rate = mbit_per_s(self.status_bytes, now - self.status_us);
+        self.status_bytes = 0;
+        self.status_us = now;
+        println!("{}", self.status_line(guest_ns, discarded, rate));
+    }
+
+    fn status_line(
+        &self,
+        guest_ns: u64,
+        discarded: u64,
+        rate: kernel::ftnode::Centi,
+    ) -> StatusLine {
+        let now = self.now_us();
+        let heard_ms = now.saturating_sub(self.heard_us) / 1000;
+        match &self.side {
+            Side::Primary(p) => StatusLine {
+                role: "primary",
+                state: match p.state() {
+                    PrimaryState::Paired => "paired",
+                    PrimaryState::Arbitrating => "arbitrating",
+                    PrimaryState::Alone => "alone",
+                    PrimaryState::Halted => "ended",
+                },
+                generation: p.generation(),
+                seq: p.last_seq(),
+                acked: p.acked(),
+                applied: p.applied(),
+                lag_entries: p.last_seq() - p.applied(),
+                lag_us: self.lag.last_us.max(self.lag.pending_age_us(now)),
+                lag_guest_us: p.lag_ns(guest_ns) / 1000,
+                rate,
+                heard_ms,
+                held: self.gate.waiting() as u64,
+                released: self.gate.released,
+                discarded: 0,
+            },
+            Side::Backup(b) => StatusLine {
+                role: "backup",
+                state: match b.state() {
+                    ft::backup::BackupState::Following => "following",
+                    ft::backup::BackupState::Arbitrating => "arbitrating",
+                    ft::backup::BackupState::Draining => "draining",
+                    ft::backup::BackupState::Live => "live",
+                    ft::backup::BackupState::Halted => "ended",
+                },
+                generation: b.generation(),
+                seq: b.received(),
+                acked: b.applied(),
+                applied: b.applied(),
+                lag_entries: b.received() - b.applied(),
+                lag_us: 0,
+                lag_guest_us: 0,
+                rate,
+                heard_ms,
+                held: 0,
+                released: 0,
+                discarded,
+            },
+        }
+    }
+
+    /// Backup: received records to the replayer, applied position back.
+    fn feed(&mut self, replayer: &mut Replayer) -> Result<(), String> {
+        let Side::Backup(b) = &mut self.side else {
+            return Ok(());
+        };
+        for r in b.take_received() {
+            replayer.push(r);
+        }
+        b.set_applied(replayer.applied_seq());
+        if b.goodbye().is_some() && replayer.stream_open() {
+            match b.goodbye() {
+                Some(GoodbyeReason::Shutdown) => {
+                    println!(
+                        "ft: backup: the primary ended the session after seq {}; replaying to the end",
+                        b.received().saturating_sub(1)
+                    );
+                    replayer.end_stream();
+                }
+                other => {
+                    return Err(alloc::format!(
+                        "backup: the primary said goodbye ({other:?}): halting the guest for good"
+                    ))
+                }
+            }
+        }
+        if b.state() == ft::backup::BackupState::Halted && b.goodbye().is_none() {
+            return Err(
+                "backup: fenced by the primary's go-live: halting the guest for good".into(),
+            );
+        }
+        if !self.joined {
+            if self.net.clock.micros() > self.join_deadline_us {
+                return Err("backup: no primary joined within net_timeout".into());
+            }
+            return Ok(());
+        }
+        // Progress acks (applied) at most every millisecond: reception is
+        // acknowledged at once by `on_bytes` (the output rule waits on it).
+        let now_us = self.net.clock.micros();
+        if now_us < self.last_tick_us + 1000 {
+            return Ok(());
+        }
+        self.last_tick_us = now_us;
+        let fx = b.tick(now_us * 1000);
+        let silent = fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. }));
+        self.apply(fx);
+        if silent {
+            return Err(alloc::format!(
+                "backup: primary silent for {} ms (failure timeout): arbitration and go-live are not built yet; halting",
+                self.now_us().saturating_sub(self.heard_us) / 1000
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Backup => "backup",
+    }
+}
+
+impl<N: Nic + 'static> Live for Node<N> {
+    fn poll(
+        &mut self,
+        tape: &mut Tape,
+        at: ExecPoint,
+        guest_ns: u64,
+        lines: &mut Option<Vec<String>>,
+    ) -> Result<(), String> {
+        self.first_guest_ns.get_or_insert(guest_ns);
+        self.last_guest_ns = guest_ns;
+        match tape {
+            Tape::Record(_) => {
+                self.ship_recorded(tape, guest_ns)?;
+                let now = self.now_us();
+                let mut fx = Effects::new();
+                if let (Some(held), Side::Primary(p)) = (lines.as_mut(), &mut self.side) {
+                    for text in held.drain(..) {
+                        self.next_line += 1;
+                        let more = p
+                            .output(now * 1000, guest_ns, at, self.next_line)
+                            .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
+                        self.gate.hold(self.next_line, text, p.last_seq(), now);
+                        fx.extend(more);
+                    }
+                }
+                self.apply(fx);
+                let Side::Primary(p) = &mut self.side else {
+                    unreachable!()
+                };
+                let fx = p.tick(now * 1000, guest_ns, at);
+                let silent = fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. }));
+                self.apply(fx);
+                if silent {
+                    return Err(alloc::format!(
+                        "primary: backup silent for {} ms (failure timeout): arbitration and go-live are not built yet; stopping",
+                        self.now_us().saturating_sub(self.heard_us) / 1000
+                    ));
+                }
+                self.pump(false);
+                // A lagging backup slows the guest down: wait for acks.
+                while matches!(&self.side, Side::Primary(p) if p.throttled()) {
+                    self.pump(true);
+                    let now = self.now_us() * 1000;
+                    let Side::Primary(p) = &mut self.side else {
+                        unreachable!()
+                    };
+                    let fx = p.tick(now, guest_ns, at);
+                    if fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. })) {
+                        return Err("primary: backup silent while throttled".into());
+                    }
+                    self.apply(fx);
+                }
+                self.status(guest_ns, 0);
+            }
+            Tape::Replay(replayer) => {
+                self.pump(false);
+                self.feed(replayer)?;
+                self.status(guest_ns, 0);
+            }
+            Tape::Off => {}
+        }
+        Ok(())
+    }
+
+    fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64) {
+        if let Tape::Record(_) = tape {
+            // Errors surface at the next poll (the same bytes decode again).
+            let _ = self.ship_recorded(tape, guest_ns);
+            self.pump(false);
+        }
+    }
+
+    fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String> {
+        loop {
+            self.pump(true);
+            self.feed(replayer)?;
+            if !replayer.must_wait() {
+                return Ok(());
+            }
+            self.status(self.last_guest_ns, 0);
+        }
+    }
+
+    fn end_primary(
+        &mut self,
+        recorder: &Recorder,
+        lines: &mut Option<Vec<String>>,
+        guest_ns: u64,
+    ) -> bool {
+        // Ship the rest of the log, the final checkpoint last.
+        let mut fx = Effects::new();
+        while self.rec_off < recorder.bytes.len() {
+            let Ok((rec, used)) = decode_record(&recorder.bytes[self.rec_off..]) else {
+                println!("ft: primary: error: the recorder's own log does not decode");
+                return false;
+            };
+            self.rec_off += used;
+            let now = self.now_us() * 1000;
+            let Side::Primary(p) = &mut self.side else {
+                return false;
+            };
+            match p.record(now, guest_ns, rec.entry) {
+                Ok((_, more)) => fx.extend(more),
+                Err(e) => {
+                    println!("ft: primary: error: cannot log the final entries: {e}");
+                    return false;
+                }
+            }
+        }
+        self.apply(fx);
+        let Side::Primary(p) = &self.side else {
+            return false;
+        };
+        let last = p.last_seq();
+        // Lines flushed after the guest's last exit: covered by the final
+        // checkpoint's record.
+        let now = self.now_us();
+        if let Some(held) = lines.as_mut() {
+            for text in held.drain(..) {
+                self.next_line += 1;
+                self.gate.hold(self.next_line, text, last, now);
+            }
+        }
+        let deadline = now + self.timeout_us().max(10_000_000);
+        loop {
+            self.pump(true);
+            let Side::Primary(p) = &self.side else {
+                return false;
+            };
+            if p.acked() >= last {
+                break;
+            }
+            if !self.connected || self.now_us() > deadline {
+                println!(
+                    "ft: primary: error: the backup did not acknowledge the end of the log (acked {} of {last})",
+                    p.acked()
+                );
+                return false;
+            }
+        }
+        // Everything acknowledged: the lines without a marker go out too.
+        let acked = last;
+        let ids: Vec<u64> = (1..=self.next_line).collect();
+        let now = self.now_us();
+        for id in ids {
+            if let Some(r) = self.gate.release(id, acked, now) {
+                println!("guest: {}", r.text);
+                println!(
+                    "ft: output #{} released: marker seq {} acked {} held {} us",
+                    r.id, r.marker_seq, r.acked, r.held_us
+                );
+            }
+        }
+        let Side::Primary(p) = &mut self.side else {
+            return false;
+        };
+        let fx = p.shutdown();
+        self.apply(fx);
+        let deadline = self.now_us() + 5_000_000;
+        while self.now_us() < deadline {
+            self.pump(true);
+            let s = self.net.tcp(self.sock);
+            if self.outbox.is_empty() && s.send_queue() == 0 {
+                s.close();
+                break;
+            }
+        }
+        // Let the FIN out.
+        let until = self.now_us() + 200_000;
+        while self.now_us() < until {
+            self.net.poll();
+        }
+        let Side::Primary(p) = &self.side else {
+            return false;
+        };
+        let run_us = self.now_us().saturating_sub(self.start_us);
+        let guest_us = (self.last_guest_ns.max(guest_ns) - self.first_guest_ns.unwrap_or(0)) / 1000;
+        println!(
+            "ft: pair: primary done: entries={} log_bytes={} acked={} applied={} outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} lag_mean_us={} lag_max_us={} lag_samples={} throttled={} run_us={run_us} guest_us={guest_us} log_mbit_s={} log_mbit_per_guest_s={}",
+            p.last_seq(),
+            self.bytes_sent,
+            p.acked(),
+            p.applied(),
+            self.gate.held_total,
+            self.gate.released,
+            self.gate.violations,
+            self.gate.max_hold_us,
+            self.gate.sum_hold_us.checked_div(self.gate.released).unwrap_or(0),
+            self.lag.mean_us(),
+            self.lag.max_us,
+            self.lag.samples,
+            self.throttles,
+            mbit_per_s(self.bytes_sent, run_us),
+            mbit_per_s(self.bytes_sent, guest_us),
+        );
+        self.gate.violations == 0
+    }
+
+    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, identical: bool) {
+        let Side::Backup(b) = &self.side else {
+            return;
+        };
+        let run_us = self.now_us().saturating_sub(self.start_us);
+        println!(
+            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
+            b.received(),
+            replayer.applied_seq(),
+            replayer.remaining(),
+            self.refusals,
+            self.bytes_recv,
+            mbit_per_s(self.bytes_recv, run_us),
+            if identical { "IDENTICAL" } else { "DIVERGED" }
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! The FT pair's e2e tests (issue 9, first step: the logging channel live;
+//! DESIGN.md §1.1-§1.6). Names are contracts (`make e2e T=<name>`).
+//!
+//! Two Bochs 3.0 instances (VMX, the `preempt` counter), each with an
+//! e1000 on its own tap; both taps sit on a bridge inside a network
+//! namespace the runner makes and removes ([`Netns`]). The primary
+//! (10.0.4.11) connects to the backup's log port (10.0.4.12:7700); both
+//! boot the same test guest with the same command line.
+//!
+//! * `ft-pair-lockstep`: `test=replay` runs to completion on the primary;
+//!   the backup replays the live log entry by entry (it lags one entry)
+//!   and must end IDENTICAL (every entry met, same final state hash);
+//!   every guest console line of the primary appears only after the
+//!   backup acknowledged its marker; the backup's lines are discarded.
+//! * `ft-pair-refuses-mismatch`: the backup boots the guest with another
+//!   command line: it refuses the primary's hello, naming the guest id.
+use crate::emulator::{BootSpec, Emulator, Outcome, Run};
+use crate::tests::E2eTest;
+use crate::tests_net::Netns;
+use std::path::Path;
+use std::time::Duration;
+
+const GUEST: &str = "build/testguest.elf64";
+/// The workload: the record/replay guest with a progress line per 25
+/// rounds (more outputs for the output rule).
+const WORKLOAD: &str = "test=replay rounds=250 progress=25";
+
+pub fn tests() -> Vec<E2eTest> {
+    vec![
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=5000 ft_status=200",
+            modules: vec![(GUEST, WORKLOAD)],
+            timeout: Duration::from_secs(300),
+            custom: Some(run_lockstep),
+            ..E2eTest::new(
+                "ft-pair-lockstep",
+                Emulator::Bochs,
+                "FT pair in two Bochs on a bridge: the primary streams its log live over TCP, the backup replays it one entry behind to an identical final state; console lines released only after the backup's ack, the backup's discarded; lag and log Mbit/s",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 ft_timeout=3000",
+            modules: vec![(GUEST, "test=replay rounds=10")],
+            timeout: Duration::from_secs(240),
+            custom: Some(run_mismatch),
+            ..E2eTest::new(
+                "ft-pair-refuses-mismatch",
+                Emulator::Bochs,
+                "FT pair whose backup boots the guest with another command line: the backup refuses the primary's hello (guest id mismatch) and says so; the primary stops",
+            )
+        },
+    ]
+}
+
+/// The pair's rig: a namespace with a bridge and one tap per node.
+fn rig(tag: &str) -> Result<Netns, Outcome> {
+    let ns = Netns::new(tag).map_err(Outcome::Skip)?;
+    ns.bridge("brft", "10.0.4.1/24")
+        .and_then(|_| ns.tap("tapft1", None, Some("brft")))
+        .and_then(|_| ns.tap("tapft2", None, Some("brft")))
+        .map_err(Outcome::Skip)?;
+    Ok(ns)
+}
+
+/// Boot spec of one node (`node` 1 = primary, 2 = backup).
+fn node_spec(t: &E2eTest, root: &Path, ns: &Netns, node: u8, extra_cmdline: &str) -> BootSpec {
+    let mut spec = t.boot_spec(root);
+    let (role, peer) = if node == 1 {
+        ("primary", "10.0.4.12:7700")
+    } else {
+        ("backup", "10.0.4.11:7700")
+    };
+    spec.name = format!("{}-{role}", t.name);
+    spec.cmdline = format!(
+        "{} role={role} peer={peer} ip=10.0.4.1{node}/24 {extra_cmdline}",
+        t.cmdline
+    );
+    spec.extra = vec![
+        "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
+        format!(
+            "e1000: enabled=1, mac=52:54:00:12:34:2{node}, ethmod=tuntap, ethdev=/dev/net/tun:tapft{node}"
+        ),
+    ];
+    spec.netns = Some(ns.name.clone());
+    spec
+}
+
+/// Boots both nodes at once; `guests` are their guest command lines.
+fn boot_pair(
+    t: &E2eTest,
+    root: &Path,
+    ns: &Netns,
+    guests: [&str; 2],
+) -> Result<(Run, Run), String> {
+    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = [1u8, 2]
+            .into_iter()
+            .map(|node| {
+                let mut spec = node_spec(t, root, ns, node, "");
+                spec.modules = vec![(root.join(GUEST), guests[node as usize - 1].to_string())];
+                let emulator = t.emulator;
+                s.spawn(move || emulator.boot(root, spec))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut it = results.into_iter();
+    let p = it.next().expect("two nodes")?;
+    let b = it.next().expect("two nodes")?;
+    Ok((p, b))
+}
+
+fn fail(what: String, runs: &[(&str, &Run)], name: &str) -> Outcome {
+    let mut s = what;
+    for (role, run) in runs {
+        s.push_str(&format!(
+            "\n---- {role}: last serial lines (build/e2e/{name}-{role}/serial.txt) ----\n{}",
+            crate::tests::tail(&run.serial, 20)
+        ));
+    }
+    Outcome::Fail(s)
+}
+
+fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
+    serial
+        .lines()
+        .find(|l| l.contains(key))
+        .ok_or_else(|| format!("no `{key}` line"))
+}
+
+/// `key=<number>` in a line.
+fn num(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.trim_end_matches([';', ',']).parse().ok())
+}
+
+/// `key=<text>` in a line.
+fn word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// The final state hash of the primary's record and of the backup's replay.
+fn state_hashes(p: &str, b: &str) -> Result<(String, String), String> {
+    let rec = line_with(p, "ft: record: final point")?;
+    let rep = line_with(b, "ft: replay: IDENTICAL")?;
+    let h = |l: &str| {
+        l.split("state hash ")
+            .nth(1)
+            .and_then(|t| t.split([';', ' ', ',']).next())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    Ok((h(rec), h(rep)))
+}
+
+/// The output rule on the primary's console: every guest line is
+/// immediately followed by its release note, whose ack covers its marker.
+fn check_outputs(p: &str) -> Result<(u64, u64), String> {
+    let lines: Vec<&str> = p.lines().collect();
+    let (mut n, mut max_hold) = (0u64, 0u64);
+    for (i, l) in lines.iter().enumerate() {
+        if !l.starts_with("guest: ") {
+            continue;
+        }
+        n += 1;
+        let next = lines.get(i + 1).copied().unwrap_or("");
+        if !next.starts_with(&format!("ft: output #{n} released:")) {
+            return Err(format!(
+                "guest line {n} `{l}` not followed by its release note (`{next}`)"
+            ));
+        }
+        let (marker, acked) = (num(next, "seq "), num(next, "acked "));
+        let marker = word(next, "seq").and(marker).or_else(|| {
+            next.split("marker seq ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        });
+        let acked = acked.or_else(|| next.split("acked ").nth(1)?.split(' ').next()?.parse().ok());
+        let (Some(m), Some(a)) = (marker, acked) else {
+            return Err(format!("unparsable release note `{next}`"));
+        };
+        if a < m {
+            return Err(format!(
+                "guest line {n} released at ack {a} before its marker seq {m}"
+            ));
+        }
+        let held: u64 = next
+            .split("held ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        max_hold = max_hold.max(held);
+    }
+    Ok((n, max_hold))
+}
+
+fn judge_lockstep(p: &Run, b: &Run) -> Result<String, String> {
+    for (role, run) in [("primary", p), ("backup", b)] {
+        if run.timed_out {
+            return Err(format!("{role}: {}", run.ended));
+        }
+        if run.exit_code != Some(0) {
+            return Err(format!("{role}: exit code {:?}, want 0", run.exit_code));
+        }
+        for bad in ["PANIC", "EXCEPTION", "DIVERGED", "REFUSED", "refused:"] {
+            if run.serial.contains(bad) {
+                return Err(format!("{role}: `{bad}` on serial"));
+            }
+        }
+    }
+    let (hp, hb) = state_hashes(&p.serial, &b.serial)?;
+    if hp.is_empty() || hp != hb {
+        return Err(format!(
+            "final state hashes differ: primary {hp}, backup {hb}"
+        ));
+    }
+    let pd = line_with(&p.serial, "ft: pair: primary done:")?;
+    let bd = line_with(&b.serial, "ft: pair: backup done:")?;
+    let entries = num(pd, "entries=").ok_or("no entries=")?;
+    let applied = num(bd, "applied=").ok_or("no applied=")?;
+    if entries < 1000 || applied != entries || num(bd, "pending=") != Some(0) {
+        return Err(format!(
+            "the primary logged {entries} entries (want >= 1000), the backup applied {applied} (want all)"
+        ));
+    }
+    if num(pd, "acked=") != Some(entries) {
+        return Err(format!(
+            "the primary's log was not fully acknowledged: {pd}"
+        ));
+    }
+    let (lines, max_hold) = check_outputs(&p.serial)?;
+    let held = num(pd, "held=").unwrap_or(0);
+    let released = num(pd, "released=").unwrap_or(0);
+    let discarded = num(bd, "discarded=").unwrap_or(0);
+    if lines < 10 || held != lines || released != lines || num(pd, "violations=") != Some(0) {
+        return Err(format!(
+            "outputs: {lines} guest lines on the primary, held {held}, released {released}, violations {:?}",
+            num(pd, "violations=")
+        ));
+    }
+    if discarded != lines || b.serial.lines().any(|l| l.starts_with("guest: ")) {
+        return Err(format!(
+            "the backup discarded {discarded} lines (want {lines}) or printed guest output"
+        ));
+    }
+    for role in ["primary", "backup"] {
+        let serial = if role == "primary" {
+            &p.serial
+        } else {
+            &b.serial
+        };
+        if !serial.contains(&format!("ft: status: role={role}")) {
+            return Err(format!("no status line from the {role}"));
+        }
+    }
+    let f = |k: &str| word(pd, k).unwrap_or("?").to_string();
+    Ok(format!(
+        "({entries} entries streamed and replayed live, final state {hp} on both; {lines} console lines held until acked, max hold {max_hold} us, {discarded} discarded by the backup; backup lag mean {} us max {} us ({} samples); log {} Mbit/s of hypervisor time, {} Mbit/s per guest second; {} log bytes; primary run {} us, guest {} us)",
+        f("lag_mean_us="),
+        f("lag_max_us="),
+        f("lag_samples="),
+        f("log_mbit_s="),
+        f("log_mbit_per_guest_s="),
+        f("log_bytes="),
+        f("run_us="),
+        f("guest_us="),
+    ))
+}
+
+fn run_lockstep(t: &E2eTest, root: &Path) -> Outcome {
+    let ns = match rig("ftpair") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let (p, b) = match boot_pair(t, root, &ns, [WORKLOAD, WORKLOAD]) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    drop(ns);
+    match judge_lockstep(&p, &b) {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+    }
+}
+
+fn run_mismatch(t: &E2eTest, root: &Path) -> Outcome {
+    let ns = match rig("ftmis") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let (p, b) = match boot_pair(
+        t,
+        root,
+        &ns,
+        ["test=replay rounds=10", "test=replay rounds=11"],
+    ) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    drop(ns);
+    let judged = (|| {
+        let refusal = line_with(&b.serial, "ft: backup: REFUSED the log connection:")?;
+        if !refusal.contains("session hello mismatch: guest id") {
+            return Err(format!("refusal does not name the guest id: {refusal}"));
+        }
+        if p.exit_code == Some(0) || !p.serial.contains("ft: primary:") {
+            return Err(format!(
+                "the primary ran on without a backup (exit code {:?})",
+                p.exit_code
+            ));
+        }
+        if p.serial
+            .lines()
+            .any(|l| l.starts_with("guest: replay: rounds="))
+        {
+            return Err("the primary's guest output reached the console unacknowledged".into());
+        }
+        Ok(format!("({})", refusal.trim()))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+    }
+}
