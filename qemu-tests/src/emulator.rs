@@ -40,7 +40,9 @@ pub struct BootSpec {
     pub stream: bool,
     /// Extra emulator configuration lines (Bochs) or arguments (QEMU).
     pub extra: Vec<String>,
-    /// QEMU only: boot this multiboot ELF32 instead of the hypervisor.
+    /// Boot this instead of the hypervisor: QEMU takes a multiboot ELF32
+    /// (`-kernel`); Bochs a Linux bzImage through GRUB's `linux` command,
+    /// with the first module as its initrd (native reference runs).
     pub kernel: Option<PathBuf>,
     /// Runs on its own thread while the emulator runs (given the serial
     /// file); its verdict lands in [`Run::interaction`].
@@ -278,10 +280,12 @@ fn bochs_command(
 ) -> Result<Command, String> {
     let iso = dir.join("boot.iso");
     let mut mk = Command::new(root.join("boot/mkimage.sh"));
-    mk.arg("iso")
-        .arg(root.join("build/ftvisor.elf64"))
-        .arg(&iso)
-        .arg(&spec.cmdline);
+    match &spec.kernel {
+        // Native reference runs: a Linux bzImage booted by GRUB directly.
+        Some(kernel) => mk.arg("iso-linux").arg(kernel),
+        None => mk.arg("iso").arg(root.join("build/ftvisor.elf64")),
+    };
+    mk.arg(&iso).arg(&spec.cmdline);
     for (f, a) in &spec.modules {
         if a.is_empty() {
             mk.arg(f);

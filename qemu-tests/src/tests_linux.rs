@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const LINUX_CMDLINE: &str = "console=ttyS0,115200 lpj=200008 tsc=reliable no_timer_check mitigations=off nokaslr 8250.nr_uarts=1 panic=-1";
 
 pub fn tests() -> Vec<E2eTest> {
-    vec![E2eTest {
+    vec![native_reference(), E2eTest {
         cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120",
         expect: vec![
             "linux: boot protocol 2.",
@@ -39,6 +39,60 @@ pub fn tests() -> Vec<E2eTest> {
             "Debian 12's stock kernel + busybox initramfs boot under the hypervisor to /init and power off through ACPI S5 (exit 0); clock calibrated",
         )
     }]
+}
+
+/// The same kernel and initramfs booted natively in Bochs (no hypervisor),
+/// the reference for `linux-boot`'s wall time.
+fn native_reference() -> E2eTest {
+    E2eTest {
+        expect: vec!["] Linux version 6.1", "FTVISOR-LINUX-INIT", "FTVISOR-LINUX-POWEROFF"],
+        forbid: vec!["Kernel panic"],
+        timeout: Duration::from_secs(300),
+        custom: Some(linux_native),
+        ..E2eTest::new(
+            "linux-native-bochs",
+            Emulator::Bochs,
+            "reference: the same Debian kernel + initramfs booted natively in Bochs (no hypervisor), wall time to power-off",
+        )
+    }
+}
+
+fn linux_native(test: &E2eTest, root: &Path) -> Outcome {
+    let (kernel, initrd) = match images(root) {
+        Ok(p) => p,
+        Err(why) => return Outcome::Skip(why),
+    };
+    let mut spec = test.boot_spec(root);
+    spec.cmdline = LINUX_CMDLINE.to_string();
+    spec.kernel = Some(kernel);
+    spec.modules = vec![(initrd, String::new())];
+    let run = match test.emulator.boot(root, spec) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(e),
+    };
+    if run.timed_out {
+        return Outcome::Fail(run.ended);
+    }
+    let mut rest = run.serial.as_str();
+    for e in &test.expect {
+        match rest.find(e) {
+            Some(i) => rest = &rest[i + e.len()..],
+            None => return Outcome::Fail(format!("expected `{e}` on serial (in order)")),
+        }
+    }
+    if run.serial.contains("Kernel panic") {
+        return Outcome::Fail("kernel panic".into());
+    }
+    let init = run
+        .serial
+        .lines()
+        .find(|l| l.contains("FTVISOR-LINUX-INIT"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    Outcome::Pass(format!(
+        "native wall {:.1} s to power-off ({init})",
+        run.wall.as_secs_f64()
+    ))
 }
 
 /// Builds (or reuses) the kernel and initramfs; `Err` = reason to skip.
