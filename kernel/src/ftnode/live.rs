@@ -51,7 +51,7 @@ use vmx::replay::{Recorder, Replayer, Tape};
 /// TCP buffers of the log connection (each way).
 const TCP_BUFFER: usize = 256 * 1024;
 /// Poll the NIC at least this often while the guest runs (µs).
-const POLL_US: u64 = 50;
+const POLL_US: u64 = 500;
 /// The flag generation both sides start under until arbitration on the
 /// shared LUN is wired in (a fresh LUN's flag is generation 0).
 const GENERATION: u64 = 0;
@@ -676,6 +676,13 @@ impl<N: Nic + 'static> Live for Node<N> {
                     }
                 }
                 self.apply(fx);
+                // Timers (heartbeat, lag/throttle, failure) every ms: the
+                // lag check walks the unapplied window.
+                if now < self.last_tick_us + 1000 {
+                    self.pump(false);
+                    return Ok(());
+                }
+                self.last_tick_us = now;
                 let Side::Primary(p) = &mut self.side else {
                     unreachable!()
                 };
