@@ -116,6 +116,17 @@ impl Backup {
         self.queue.len()
     }
 
+    /// Bytes of an incomplete record held by the stream decoder (a
+    /// connection that closes with some is cut mid-record).
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// Whether this connection's session hello was accepted.
+    pub fn hello_seen(&self) -> bool {
+        self.hello_seen
+    }
+
     /// A new connection from the primary: expect a Hello first.
     pub fn on_connected(&mut self, _now: u64) {
         self.decoder = StreamDecoder::new();

@@ -14,6 +14,7 @@
 //! ```
 mod echo_client;
 mod emulator;
+mod hostile_log;
 mod istgt;
 mod race_coordinator;
 mod tests;
@@ -199,6 +200,17 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 println!("kv-client: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        // Used by ft-hostile-log from inside the pair's namespace.
+        Some("hostile-log") => match hostile_log::main(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("hostile-log: error: {e}");
                 ExitCode::FAILURE
             }
         },

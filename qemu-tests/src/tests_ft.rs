@@ -14,9 +14,18 @@
 //!   backup acknowledged its marker; the backup's lines are discarded.
 //! * `ft-pair-refuses-mismatch`: the backup boots the guest with another
 //!   command line: it refuses the primary's hello, naming the guest id.
+//! * `ft-hostile-log`: the lockstep run again (both under `ft_generation=3`),
+//!   the backup with `ft_probe=10.0.4.1` (the bridge's address); once the
+//!   session runs, `qemu-tests hostile-log` connects from 10.0.4.1 to the
+//!   backup's log port six times: garbage, a record cut short by a close,
+//!   a hello with a bad CRC32C, a hello of generation 2, an entry before
+//!   any hello, a valid hello (a second primary). Each must be reset with
+//!   its own logged reason, in that order; the pair must still end
+//!   IDENTICAL with every check of `ft-pair-lockstep`.
+use crate::emulator::Interaction;
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
-use crate::tests_net::Netns;
+use crate::tests_net::{wait_serial, Netns};
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,6 +56,17 @@ pub fn tests() -> Vec<E2eTest> {
                 "ft-pair-refuses-mismatch",
                 Emulator::Bochs,
                 "FT pair whose backup boots the guest with another command line: the backup refuses the primary's hello (guest id mismatch) and says so; the primary stops",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=5000 ft_status=200 ft_generation=3",
+            modules: vec![(GUEST, WORKLOAD)],
+            timeout: Duration::from_secs(300),
+            custom: Some(run_hostile),
+            ..E2eTest::new(
+                "ft-hostile-log",
+                Emulator::Bochs,
+                "FT pair in lockstep while a host in the namespace (the backup's ft_probe) connects to the backup's log port with garbage, a truncated record, a bad CRC, an old-generation hello, an entry before the hello and a second primary's hello: each reset with its reason; the pair still ends identical",
             )
         },
     ]
@@ -204,7 +224,8 @@ fn check_outputs(p: &str) -> Result<(u64, u64), String> {
     Ok((n, max_hold))
 }
 
-fn judge_lockstep(p: &Run, b: &Run) -> Result<String, String> {
+/// `probes`: the backup's refusals of `ft_probe` connections are expected.
+fn judge_lockstep(p: &Run, b: &Run, probes: bool) -> Result<String, String> {
     for (role, run) in [("primary", p), ("backup", b)] {
         if run.timed_out {
             return Err(format!("{role}: {}", run.ended));
@@ -213,7 +234,11 @@ fn judge_lockstep(p: &Run, b: &Run) -> Result<String, String> {
             return Err(format!("{role}: exit code {:?}, want 0", run.exit_code));
         }
         for bad in ["PANIC", "EXCEPTION", "DIVERGED", "REFUSED", "refused:"] {
-            if run.serial.contains(bad) {
+            if run
+                .serial
+                .lines()
+                .any(|l| l.contains(bad) && !(probes && l.starts_with(PROBE_REFUSAL)))
+            {
                 return Err(format!("{role}: `{bad}` on serial"));
             }
         }
@@ -287,7 +312,7 @@ fn run_lockstep(t: &E2eTest, root: &Path) -> Outcome {
         Err(e) => return Outcome::Fail(e),
     };
     drop(ns);
-    match judge_lockstep(&p, &b) {
+    match judge_lockstep(&p, &b, false) {
         Ok(note) => Outcome::Pass(note),
         Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
     }
@@ -326,6 +351,135 @@ fn run_mismatch(t: &E2eTest, root: &Path) -> Outcome {
             return Err("the primary's guest output reached the console unacknowledged".into());
         }
         Ok(format!("({})", refusal.trim()))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+    }
+}
+
+/// How the backup logs a refused `ft_probe` connection.
+const PROBE_REFUSAL: &str = "ft: backup: REFUSED a probe connection from ";
+
+/// `ft-hostile-log`'s cases (as `qemu-tests hostile-log` sends them) and
+/// the reason the backup must log for each.
+const HOSTILE: [(&str, &str); 6] = [
+    ("garbage", "bad record magic 0x47"),
+    (
+        "truncated",
+        "truncated record: the connection closed with 20 bytes of an incomplete record",
+    ),
+    ("bad-crc", "CRC32C mismatch"),
+    ("old-generation", "session hello mismatch: generation"),
+    ("entry-before-hello", "unexpected entry kind 0x06"),
+    (
+        "second-primary",
+        "valid session hello, but a session with the primary at 10.0.4.11 is already running",
+    ),
+];
+
+fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
+    let ns = match rig("fthost") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let ns_name = ns.name.clone();
+    let timeout = t.timeout;
+    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = [1u8, 2]
+            .into_iter()
+            .map(|node| {
+                let extra = if node == 2 { "ft_probe=10.0.4.1" } else { "" };
+                let mut spec = node_spec(t, root, &ns, node, extra);
+                spec.modules = vec![(root.join(GUEST), WORKLOAD.to_string())];
+                if node == 2 {
+                    let ns_name = ns_name.clone();
+                    let attack: Interaction = Box::new(move |serial: &Path| {
+                        let text = wait_serial(
+                            serial,
+                            "ft: backup: log connection from the primary",
+                            timeout,
+                        )?;
+                        let id = text
+                            .lines()
+                            .find(|l| l.starts_with("ft: backup of cluster"))
+                            .and_then(|l| l.split("guest id ").nth(1))
+                            .and_then(|r| r.split_whitespace().next())
+                            .ok_or("no guest id on the backup's serial")?
+                            .to_string();
+                        Netns::helper(&ns_name, &["hostile-log", "10.0.4.12:7700", "9", &id, "3"])
+                    });
+                    spec.interact = Some(attack);
+                }
+                let emulator = t.emulator;
+                s.spawn(move || emulator.boot(root, spec))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
+            })
+            .collect()
+    });
+    drop(ns);
+    let mut it = results.into_iter();
+    let (p, b) = match (it.next(), it.next()) {
+        (Some(Ok(p)), Some(Ok(b))) => (p, b),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
+        _ => return Outcome::Fail("two nodes expected".into()),
+    };
+    let judged = (|| {
+        let attack = match &b.interaction {
+            Some(Ok(note)) => note.clone(),
+            Some(Err(e)) => return Err(format!("the hostile host: {e}")),
+            None => return Err("the hostile host did not run".into()),
+        };
+        let refusals: Vec<&str> = b
+            .serial
+            .lines()
+            .filter(|l| l.starts_with(PROBE_REFUSAL))
+            .collect();
+        if refusals.len() != HOSTILE.len() {
+            return Err(format!(
+                "{} probe refusals on the backup, want {}: {refusals:?}",
+                refusals.len(),
+                HOSTILE.len()
+            ));
+        }
+        for ((case, reason), line) in HOSTILE.iter().zip(&refusals) {
+            if !line.starts_with(&format!("{PROBE_REFUSAL}10.0.4.1:")) || !line.contains(reason) {
+                return Err(format!(
+                    "case {case}: want a refusal of 10.0.4.1 naming `{reason}`, got `{line}`"
+                ));
+            }
+        }
+        // While the pair ran: before the primary ended the session.
+        let pos = |needle: &str| b.serial.find(needle);
+        let last = refusals.last().and_then(|l| pos(l));
+        let ended = pos("ft: backup: the primary ended the session");
+        if !matches!((last, ended), (Some(l), Some(e)) if l < e) {
+            return Err("the probes were not refused while the session ran".into());
+        }
+        let bd = line_with(&b.serial, "ft: pair: backup done:")?;
+        if num(bd, "probes_refused=") != Some(HOSTILE.len() as u64)
+            || num(bd, "refused_connections=") != Some(0)
+        {
+            return Err(format!("backup counters: {bd}"));
+        }
+        let pair = judge_lockstep(&p, &b, true)?;
+        let reasons: Vec<String> = refusals
+            .iter()
+            .map(|l| {
+                let after = l.strip_prefix(PROBE_REFUSAL).unwrap_or(l);
+                after.split_once(": ").map_or(after, |x| x.1).to_string()
+            })
+            .collect();
+        Ok(format!(
+            "(attacker: {attack}; backup reasons: {}; pair unaffected: {pair})",
+            reasons.join(" | ")
+        ))
     })();
     match judged {
         Ok(note) => Outcome::Pass(note),

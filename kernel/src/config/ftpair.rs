@@ -15,8 +15,11 @@
 //! | `ft_timeout` | milliseconds of log-channel silence before the peer is presumed dead (DESIGN.md §1.6; 100..600000) | `2000` |
 //! | `heartbeat` | milliseconds of idle log before the primary sends a heartbeat (1..60000, below `ft_timeout`) | `10` |
 //! | `ft_status` | milliseconds between status lines on the console (100..600000) | `1000` |
+//! | `ft_generation` | the flag generation the session starts under, the same on both sides (until arbitration reads it from the shared LUN; 0..2^63) | `0` |
+//! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
 use super::parse_decimal;
+use super::parse_ipv4;
 use crate::Error;
 use alloc::string::ToString;
 
@@ -41,6 +44,10 @@ pub struct FtPairConfig {
     pub timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub status_ms: u64,
+    /// The flag generation both sides start under.
+    pub generation: u64,
+    /// Backup: the address allowed to open probe connections.
+    pub probe: Option<[u8; 4]>,
 }
 
 impl Default for FtPairConfig {
@@ -52,6 +59,8 @@ impl Default for FtPairConfig {
             timeout_ms: 2000,
             heartbeat_ms: 10,
             status_ms: 1000,
+            generation: 0,
+            probe: None,
         }
     }
 }
@@ -69,6 +78,9 @@ impl FtPairConfig {
         if self.heartbeat_ms >= self.timeout_ms {
             return Err("`heartbeat=` must be shorter than `ft_timeout=`");
         }
+        if self.probe.is_some() && self.role != Some(Role::Backup) {
+            return Err("`ft_probe=` is a backup option");
+        }
         Ok(())
     }
 }
@@ -81,13 +93,15 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 6] = [
+    const KEYS: [&str; 8] = [
         "role",
         "peer",
         "cluster",
         "ft_timeout",
         "heartbeat",
         "ft_status",
+        "ft_generation",
+        "ft_probe",
     ];
     let bit = KEYS.iter().position(|k| *k == key)?;
     let name = KEYS[bit];
@@ -130,6 +144,11 @@ pub fn parse_option(
             "ft_status" => {
                 cfg.status_ms = number(100, 600_000, "milliseconds between 100 and 600000")?
             }
+            "ft_generation" => cfg.generation = number(0, i64::MAX as u64, "a generation 0..2^63")?,
+            "ft_probe" => {
+                cfg.probe =
+                    Some(parse_ipv4(value).ok_or_else(|| bad("the probing host's `a.b.c.d`"))?)
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
@@ -160,9 +179,17 @@ mod tests {
                 timeout_ms: 3000,
                 heartbeat_ms: 20,
                 status_ms: 500,
+                generation: 0,
+                probe: None,
             }
         );
         assert_eq!(c.pair.validate(), Ok(()));
+        let c =
+            Config::parse("role=backup peer=10.0.4.11 ft_generation=3 ft_probe=10.0.4.1").unwrap();
+        assert_eq!((c.pair.generation, c.pair.probe), (3, Some([10, 0, 4, 1])));
+        assert_eq!(c.pair.validate(), Ok(()));
+        let c = Config::parse("role=primary peer=10.0.4.12 ft_probe=10.0.4.1").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("ft_probe"));
         let c = Config::parse("role=primary peer=10.0.4.12").unwrap();
         assert_eq!(c.pair.role, Some(Role::Primary));
         assert_eq!(c.pair.peer.unwrap().port, DEFAULT_LOG_PORT);
@@ -182,6 +209,8 @@ mod tests {
             ("ft_timeout=600001", "ft_timeout"),
             ("heartbeat=0", "heartbeat"),
             ("ft_status=50", "ft_status"),
+            ("ft_generation=-1", "ft_generation"),
+            ("ft_probe=10.0.4.1:7700", "ft_probe"),
         ] {
             let text = Config::parse(line).unwrap_err().to_string();
             assert!(

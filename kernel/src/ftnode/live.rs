@@ -16,6 +16,10 @@
 //!   received record to a streaming `vmx::replay::Replayer`: the guest
 //!   only runs up to the point of the last entry received (lags one
 //!   entry); its console lines are discarded and counted.
+//! * Bad input (§1.5): the session socket accepts only `peer=`; with
+//!   `ft_probe=` the backup opens a second listener while the session runs
+//!   for that host, checks its bytes with a `Backup` of its own and resets
+//!   the connection with the reason (`Node::pump_probe`, `ft-hostile-log`).
 //! * Both print a status line every `ft_status` ms of hypervisor time
 //!   (role, generation, seq sent/acked/applied, lag, log Mbit/s, heartbeat
 //!   age; §6 "Observable").
@@ -52,9 +56,8 @@ use vmx::replay::{Recorder, Replayer, Tape};
 const TCP_BUFFER: usize = 256 * 1024;
 /// Poll the NIC at least this often while the guest runs (µs).
 const POLL_US: u64 = 500;
-/// The flag generation both sides start under until arbitration on the
-/// shared LUN is wired in (a fresh LUN's flag is generation 0).
-const GENERATION: u64 = 0;
+/// TCP buffers of a probe connection (`ft_probe=`).
+const PROBE_BUFFER: usize = 16 * 1024;
 
 /// What the run loop calls while an FT pair runs.
 pub trait Live {
@@ -184,6 +187,15 @@ pub struct Node<N: Nic> {
     refusals: u64,
     first_guest_ns: Option<u64>,
     last_guest_ns: u64,
+    /// The flag generation both sides start under (`ft_generation=`) until
+    /// arbitration on the shared LUN is wired in.
+    generation: u64,
+    /// Backup with `ft_probe=`: a second listener on the log port, open
+    /// while the session runs, and the connection it holds (validated by
+    /// its own `Backup`, never joined to the session).
+    probe_sock: Option<SocketHandle>,
+    probe: Option<(IpEndpoint, Backup)>,
+    probes_refused: u64,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -201,19 +213,24 @@ impl<N: Nic + 'static> Node<N> {
         let now_us = net.clock.micros();
         let now = now_us * 1000;
         let side = match role {
-            Role::Primary => Side::Primary(Primary::new(sc, GENERATION, now)),
-            Role::Backup => Side::Backup(Backup::new(sc, GENERATION, now)),
+            Role::Primary => Side::Primary(Primary::new(sc, pair.generation, now)),
+            Role::Backup => Side::Backup(Backup::new(sc, pair.generation, now)),
         };
         let sock = net.add_tcp(TCP_BUFFER);
+        let probe_sock = match (role, pair.probe) {
+            (Role::Backup, Some(_)) => Some(net.add_tcp(PROBE_BUFFER)),
+            _ => None,
+        };
         // The primary writes many small records: let Nagle batch them into
         // full segments while earlier ones are unacknowledged (each frame
         // costs the emulated NIC far more than its bytes). Acks stay
         // immediate: the output rule waits for them.
         net.tcp(sock).set_nagle_enabled(role == Role::Primary);
         println!(
-            "ft: {} of cluster {} generation {GENERATION}, guest id {} (image {} bytes, cmdline \"{guest_cmdline}\"), protocol {}, heartbeat {} ms, failure timeout {} ms",
+            "ft: {} of cluster {} generation {}, guest id {} (image {} bytes, cmdline \"{guest_cmdline}\"), protocol {}, heartbeat {} ms, failure timeout {} ms",
             role_name(role),
             pair.cluster,
+            pair.generation,
             IdHex(&guest_id),
             image.len(),
             ft::log::PROTOCOL_VERSION,
@@ -251,6 +268,10 @@ impl<N: Nic + 'static> Node<N> {
             refusals: 0,
             first_guest_ns: None,
             last_guest_ns: 0,
+            generation: pair.generation,
+            probe_sock,
+            probe: None,
+            probes_refused: 0,
         }
     }
 
@@ -295,7 +316,7 @@ impl<N: Nic + 'static> Node<N> {
                 self.joined = true;
                 self.heard_us = now;
                 // The failure detector starts with the session.
-                let mut p = Primary::new(self.sc, GENERATION, now * 1000);
+                let mut p = Primary::new(self.sc, self.generation, now * 1000);
                 let fx = p.on_connected(now * 1000);
                 self.side = Side::Primary(p);
                 println!(
@@ -315,6 +336,12 @@ impl<N: Nic + 'static> Node<N> {
                     })
                     .addr
                 );
+                if let Some(a) = self.cfg.probe {
+                    println!(
+                        "ft: backup: ft_probe: {} may open probe connections to the log port while the session runs (validated, refused, never joined)",
+                        IpAddress::v4(a[0], a[1], a[2], a[3])
+                    );
+                }
             }
         }
     }
@@ -423,7 +450,8 @@ impl<N: Nic + 'static> Node<N> {
                         if !self.joined {
                             // The failure detector starts with the session.
                             self.joined = true;
-                            self.side = Side::Backup(Backup::new(self.sc, GENERATION, now * 1000));
+                            self.side =
+                                Side::Backup(Backup::new(self.sc, self.generation, now * 1000));
                         }
                         if let Side::Backup(b) = &mut self.side {
                             b.on_connected(now * 1000);
@@ -494,6 +522,113 @@ impl<N: Nic + 'static> Node<N> {
                     }
                 }
             }
+        }
+        self.pump_probe(now);
+    }
+
+    /// Backup with `ft_probe=`: serves the probe listener. A connection
+    /// from the allowed host gets a `Backup` of its own that checks its
+    /// bytes exactly like the primary's (framing, CRC32C, session hello,
+    /// order); the first error, a close in the middle of a record, a
+    /// close before any hello or a valid hello (a session is already
+    /// running) refuses it with the reason and resets it. The session
+    /// with the primary never sees these bytes.
+    fn pump_probe(&mut self, now: u64) {
+        let (Some(h), Some(allowed)) = (self.probe_sock, self.cfg.probe) else {
+            return;
+        };
+        let s = self.net.tcp(h);
+        if !s.is_open() {
+            // Listen only while a session runs: before it, every
+            // connection must reach the main listener (the primary's).
+            if self.connected && s.listen(self.peer.port).is_err() {
+                println!("ft: backup: error: cannot listen for probes");
+                self.probe_sock = None;
+            }
+            return;
+        }
+        if matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {
+            return;
+        }
+        if self.probe.is_none() {
+            let [a, b, c, d] = allowed;
+            match s.remote_endpoint() {
+                Some(ep) if ep.addr == IpAddress::v4(a, b, c, d) => {
+                    println!("ft: backup: probe connection from {ep} (ft_probe): validating it; the session with the primary goes on");
+                    let mut v = Backup::new(self.sc, self.generation, now * 1000);
+                    v.on_connected(now * 1000);
+                    self.probe = Some((ep, v));
+                }
+                other => {
+                    let why = alloc::format!(
+                        "not the configured peer {} nor the ft_probe host",
+                        endpoint(self.peer).addr
+                    );
+                    self.refuse_probe(other, &why);
+                    return;
+                }
+            }
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let s = self.net.tcp(h);
+            if !s.can_recv() {
+                break;
+            }
+            let n = match s.recv_slice(&mut buf) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            let Some((ep, v)) = self.probe.as_mut() else {
+                return;
+            };
+            let ep = *ep;
+            let fx = v.on_bytes(now * 1000, &buf[..n]);
+            let refused = fx.into_iter().find_map(|e| match e {
+                Effect::ResetConnection(err) => Some(alloc::format!("{err}")),
+                _ => None,
+            });
+            if let Some(why) = refused {
+                self.refuse_probe(Some(ep), &why);
+                return;
+            }
+            if v.hello_seen() {
+                let why = alloc::format!(
+                    "valid session hello, but a session with the primary at {} is already running",
+                    endpoint(self.peer).addr
+                );
+                self.refuse_probe(Some(ep), &why);
+                return;
+            }
+        }
+        let s = self.net.tcp(h);
+        if !s.may_recv() {
+            let Some((ep, v)) = self.probe.as_ref() else {
+                return;
+            };
+            let (ep, left) = (*ep, v.buffered());
+            let why = if left > 0 {
+                alloc::format!(
+                    "truncated record: the connection closed with {left} bytes of an incomplete record"
+                )
+            } else {
+                "the connection closed before a session hello".into()
+            };
+            self.refuse_probe(Some(ep), &why);
+        }
+    }
+
+    fn refuse_probe(&mut self, from: Option<IpEndpoint>, why: &str) {
+        self.probes_refused += 1;
+        match from {
+            Some(ep) => println!("ft: backup: REFUSED a probe connection from {ep}: {why}"),
+            None => println!("ft: backup: REFUSED a probe connection: {why}"),
+        }
+        self.probe = None;
+        if let Some(h) = self.probe_sock {
+            self.net.tcp(h).abort();
+            // Let the reset out; the listener reopens at the next pump.
+            self.net.poll();
         }
     }
 
@@ -861,11 +996,12 @@ impl<N: Nic + 'static> Live for Node<N> {
         };
         let run_us = self.now_us().saturating_sub(self.start_us);
         println!(
-            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
+            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} probes_refused={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
             b.received(),
             replayer.applied_seq(),
             replayer.remaining(),
             self.refusals,
+            self.probes_refused,
             self.bytes_recv,
             mbit_per_s(self.bytes_recv, run_us),
             if identical { "IDENTICAL" } else { "DIVERGED" }
