@@ -12,9 +12,7 @@ use kernel::devices::pit::{self, Pit};
 use kernel::devices::rtc::{self, Rtc};
 use kernel::devices::{Bus, DeviceSet, MmioDevice, PioDevice};
 use kernel::loader::GuestStart;
-use kernel::mmio_decode::CpuMode;
 use vmx::exit::MmioRequest;
-use vmx::guest_walk::{self, GuestPhysRead};
 
 /// The platform the ACPI tables describe.
 pub const PLATFORM: AcpiPlatform = AcpiPlatform::ftvisor();
@@ -168,7 +166,7 @@ impl LinuxDevices {
         now: u64,
     ) -> Option<Result<(), &'static str>> {
         let target = self.bus.resolve_mmio(gpa, 1).ok()?;
-        let (insn, got, mode) = match fetch(ram, req) {
+        let (insn, got, mode) = match super::machine::fetch_instruction(ram, req) {
             Ok(x) => x,
             Err(e) => return Some(Err(e)),
         };
@@ -190,58 +188,6 @@ impl LinuxDevices {
         }
         Some(result.map(|len| req.instruction_len = len as u64))
     }
-}
-
-struct RamReader<'a>(&'a [u8]);
-
-impl GuestPhysRead for RamReader<'_> {
-    fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let a = usize::try_from(gpa).ok()?;
-        Some(u64::from_le_bytes(
-            self.0.get(a..a.checked_add(8)?)?.try_into().ok()?,
-        ))
-    }
-    fn read_u32(&self, gpa: u64) -> Option<u32> {
-        let a = usize::try_from(gpa).ok()?;
-        Some(u32::from_le_bytes(
-            self.0.get(a..a.checked_add(4)?)?.try_into().ok()?,
-        ))
-    }
-}
-
-/// The faulting instruction's bytes (page by page) and the CPU mode.
-fn fetch(ram: &[u8], req: &MmioRequest<'_>) -> Result<([u8; 15], usize, CpuMode), &'static str> {
-    let mode = match req.code_bits {
-        64 => CpuMode::Bits64,
-        32 => CpuMode::Bits32,
-        _ => CpuMode::Bits16,
-    };
-    let linear = if req.code_bits == 64 {
-        req.rip
-    } else {
-        req.cs_base.wrapping_add(req.rip)
-    };
-    let mut insn = [0u8; 15];
-    let mut got = 0;
-    while got < insn.len() {
-        let lin = linear.wrapping_add(got as u64);
-        let Ok(gpa) = guest_walk::translate(&req.paging, &RamReader(ram), lin) else {
-            break;
-        };
-        let in_page = (4096 - (lin & 0xfff) as usize).min(insn.len() - got);
-        let Some(src) = usize::try_from(gpa)
-            .ok()
-            .and_then(|a| ram.get(a..a.checked_add(in_page)?))
-        else {
-            break;
-        };
-        insn[got..got + in_page].copy_from_slice(src);
-        got += in_page;
-    }
-    if got == 0 {
-        return Err("cannot fetch the instruction that accessed MMIO");
-    }
-    Ok((insn, got, mode))
 }
 
 /// The host's CMOS clock as Unix seconds (binary or BCD, 24-hour assumed

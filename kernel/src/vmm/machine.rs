@@ -119,6 +119,45 @@ impl GuestPhysRead for RamReader<'_> {
     }
 }
 
+/// The bytes of the instruction behind an MMIO exit (fetched page by page
+/// through the guest's page tables: it may cross a page) and its CPU mode.
+pub fn fetch_instruction(
+    ram: &[u8],
+    req: &MmioRequest<'_>,
+) -> Result<([u8; 15], usize, CpuMode), &'static str> {
+    let mode = match req.code_bits {
+        64 => CpuMode::Bits64,
+        32 => CpuMode::Bits32,
+        _ => CpuMode::Bits16,
+    };
+    let linear = if req.code_bits == 64 {
+        req.rip
+    } else {
+        req.cs_base.wrapping_add(req.rip)
+    };
+    let mut insn = [0u8; 15];
+    let mut got = 0;
+    while got < insn.len() {
+        let lin = linear.wrapping_add(got as u64);
+        let Ok(gpa) = guest_walk::translate(&req.paging, &RamReader(ram), lin) else {
+            break;
+        };
+        let in_page = (4096 - (lin & 0xfff) as usize).min(insn.len() - got);
+        let Some(src) = usize::try_from(gpa)
+            .ok()
+            .and_then(|a| ram.get(a..a.checked_add(in_page)?))
+        else {
+            break;
+        };
+        insn[got..got + in_page].copy_from_slice(src);
+        got += in_page;
+    }
+    if got == 0 {
+        return Err("cannot fetch the instruction that accessed MMIO");
+    }
+    Ok((insn, got, mode))
+}
+
 impl Machine {
     pub fn new(ram: &'static mut [u8], io: GuestIo) -> Machine {
         let mut bus = Bus::new();
@@ -327,36 +366,10 @@ impl Platform for Machine {
         }
         // Only fetch and decode when a device claims the address.
         let target = self.bus.resolve_mmio(gpa, 1).ok()?;
-        let mode = match req.code_bits {
-            64 => CpuMode::Bits64,
-            32 => CpuMode::Bits32,
-            _ => CpuMode::Bits16,
+        let (insn, got, mode) = match fetch_instruction(self.ram, req) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
         };
-        let linear = if req.code_bits == 64 {
-            req.rip
-        } else {
-            req.cs_base.wrapping_add(req.rip)
-        };
-        let mut insn = [0u8; 15];
-        let mut got = 0;
-        // Fetch page by page: the instruction may cross a page boundary.
-        while got < insn.len() {
-            let lin = linear.wrapping_add(got as u64);
-            let Ok(gpa_insn) = guest_walk::translate(&req.paging, &RamReader(self.ram), lin) else {
-                break;
-            };
-            let in_page = (4096 - (lin & 0xfff) as usize).min(insn.len() - got);
-            if self
-                .read_guest(gpa_insn, &mut insn[got..got + in_page])
-                .is_err()
-            {
-                break;
-            }
-            got += in_page;
-        }
-        if got == 0 {
-            return Some(Err("cannot fetch the instruction that accessed MMIO"));
-        }
         let now = self.now();
         let result = kernel::mmio::emulate(
             &mut self.bus,
