@@ -22,6 +22,14 @@
 //!   any hello, a valid hello (a second primary). Each must be reset with
 //!   its own logged reason, in that order; the pair must still end
 //!   IDENTICAL with every check of `ft-pair-lockstep`.
+//! * `ft-kill-primary-console`: the pair with istgt serving a shared LUN
+//!   in the namespace (flag generation 0 at LBA 0); once the primary
+//!   released its 4th console line, its Bochs is SIGKILLed. The backup
+//!   must notice the silence, win the test-and-set (generation 0 -> 1 on
+//!   the LUN, exactly one step), replay what it received, go live, and
+//!   run the guest to its end: its console shows the remaining lines, so
+//!   that the primary's released lines and the backup's live lines
+//!   together are the guest's whole output, in order.
 use crate::emulator::Interaction;
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
@@ -67,6 +75,17 @@ pub fn tests() -> Vec<E2eTest> {
                 "ft-hostile-log",
                 Emulator::Bochs,
                 "FT pair in lockstep while a host in the namespace (the backup's ft_probe) connects to the backup's log port with garbage, a truncated record, a bad CRC, an old-generation hello, an entry before the hello and a second primary's hello: each reset with its reason; the pair still ends identical",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=2000 ft_status=500 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            modules: vec![(GUEST, WORKLOAD)],
+            timeout: Duration::from_secs(300),
+            custom: Some(run_kill_primary),
+            ..E2eTest::new(
+                "ft-kill-primary-console",
+                Emulator::Bochs,
+                "FT pair with a shared iSCSI LUN; the primary's Bochs is SIGKILLed after its 4th console line: the backup wins the test-and-set (LUN generation +1), replays what it has, goes live and runs the guest to the end, printing the remaining console lines",
             )
         },
     ]
@@ -479,6 +498,217 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
         Ok(format!(
             "(attacker: {attack}; backup reasons: {}; pair unaffected: {pair})",
             reasons.join(" | ")
+        ))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+    }
+}
+
+/// SIGKILLs the Bochs this test started for `name` (found by its own
+/// configuration file, `build/e2e/<name>/bochsrc`).
+fn kill_bochs_of(name: &str) -> Result<u32, String> {
+    let needle = format!("build/e2e/{name}/bochsrc");
+    for e in std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("bochs") && cmd.contains(&needle) && !cmd.starts_with("ip ") {
+            let st = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            return if st.success() {
+                Ok(pid)
+            } else {
+                Err(format!("kill -KILL {pid} failed"))
+            };
+        }
+    }
+    Err(format!("no Bochs running with {needle}"))
+}
+
+/// Guest console lines of a serial log (`guest: ` stripped).
+fn guest_lines(serial: &str) -> Vec<String> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("guest: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
+    use drivers::arbitration::FlagRecord as Flag;
+    if let Err(why) = crate::istgt::available() {
+        return Outcome::Skip(why);
+    }
+    let mut ns = match rig("ftkill") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let mut target = match crate::istgt::Istgt::configure(
+        &crate::tests_net::target_dir(root, t.name),
+        "10.0.4.1",
+        3260,
+        "10.0.4.0/24",
+        4 << 20,
+    ) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let initial = Flag {
+        generation: 0,
+        owner: 0,
+    };
+    if let Err(e) = target
+        .write_block(0, &initial.encode())
+        .and_then(|_| target.start(&mut ns))
+    {
+        return Outcome::Fail(e);
+    }
+    let primary_name = format!("{}-primary", t.name);
+    let timeout = t.timeout;
+    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = [1u8, 2]
+            .into_iter()
+            .map(|node| {
+                let mut spec = node_spec(t, root, &ns, node, "");
+                spec.modules = vec![(root.join(GUEST), WORKLOAD.to_string())];
+                if node == 1 {
+                    let name = primary_name.clone();
+                    let kill: Interaction = Box::new(move |serial: &Path| {
+                        wait_serial(serial, "ft: output #4 released", timeout)?;
+                        let pid = kill_bochs_of(&name)?;
+                        Ok(format!(
+                            "SIGKILLed the primary's Bochs (pid {pid}) after its 4th console line"
+                        ))
+                    });
+                    spec.interact = Some(kill);
+                }
+                let emulator = t.emulator;
+                s.spawn(move || emulator.boot(root, spec))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
+            })
+            .collect()
+    });
+    let flag = target.read_block(0);
+    drop(target);
+    drop(ns);
+    let mut it = results.into_iter();
+    let (p, b) = match (it.next(), it.next()) {
+        (Some(Ok(p)), Some(Ok(b))) => (p, b),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
+        _ => return Outcome::Fail("two nodes expected".into()),
+    };
+    let judged = (|| {
+        let kill = match &p.interaction {
+            Some(Ok(note)) => note.clone(),
+            Some(Err(e)) => return Err(format!("killing the primary: {e}")),
+            None => return Err("the kill did not run".into()),
+        };
+        if p.exit_code.is_some() || p.serial.contains("ft: pair: primary done:") {
+            return Err("the primary finished before it was killed".into());
+        }
+        if b.timed_out || b.exit_code != Some(0) {
+            return Err(format!(
+                "backup: exit code {:?} ({}), want 0",
+                b.exit_code, b.ended
+            ));
+        }
+        for bad in ["PANIC", "EXCEPTION", "DIVERGED", "LOST the test-and-set"] {
+            if b.serial.contains(bad) {
+                return Err(format!("backup: `{bad}` on serial"));
+            }
+        }
+        let won = line_with(&b.serial, "ft: backup: WON the test-and-set")?;
+        if !won.contains("flag generation 0 -> 1 owner 2") {
+            return Err(format!("unexpected win: {won}"));
+        }
+        let live = line_with(&b.serial, "ft: backup: LIVE under generation 1")?;
+        let flag = flag.and_then(|b| Flag::decode(&b).map_err(|e| format!("{e:?}")))?;
+        if flag
+            != (Flag {
+                generation: 1,
+                owner: 2,
+            })
+        {
+            return Err(format!(
+                "flag on the LUN is {flag:?}, want generation 1 (exactly one step) owner 2"
+            ));
+        }
+        // The console: the primary's released lines, then the backup's
+        // live lines, make the guest's whole output.
+        let before = guest_lines(&p.serial);
+        let live_at = b.serial.find("ft: backup: LIVE").unwrap_or(0);
+        let after = guest_lines(&b.serial[live_at..]);
+        if !guest_lines(&b.serial[..live_at]).is_empty() {
+            return Err("the backup printed guest lines before going live".into());
+        }
+        let last = after.last().cloned().unwrap_or_default();
+        if before.len() < 4 || after.is_empty() || !last.starts_with("replay: hash=") {
+            return Err(format!(
+                "console: {} lines released by the primary, {} printed live by the backup (last `{last}`)",
+                before.len(),
+                after.len()
+            ));
+        }
+        let all: Vec<&String> = before.iter().chain(after.iter()).collect();
+        // Every progress line exactly once, in order, across the two.
+        let rounds: Vec<u64> = all
+            .iter()
+            .filter_map(|l| l.strip_prefix("replay: round "))
+            .filter_map(|r| r.split(' ').next()?.parse().ok())
+            .collect();
+        let want: Vec<u64> = (1..=10).map(|i| i * 25).collect();
+        // Known gap (README): the one line the primary held unreleased
+        // when it died is not re-printed by the backup. Nothing else may
+        // be missing, nothing repeated, order kept.
+        let primary_last = before
+            .iter()
+            .filter_map(|l| l.strip_prefix("replay: round "))
+            .filter_map(|r| r.split(' ').next()?.parse::<u64>().ok())
+            .next_back()
+            .unwrap_or(0);
+        let missing: Vec<u64> = want
+            .iter()
+            .copied()
+            .filter(|r| !rounds.contains(r))
+            .collect();
+        let ordered = rounds.windows(2).all(|w| w[0] < w[1]);
+        let gap_ok = missing.is_empty() || missing == [primary_last + 25];
+        if !ordered || !gap_ok || rounds.iter().any(|r| !want.contains(r)) {
+            return Err(format!(
+                "progress lines across primary and backup: {rounds:?}, want {want:?} (at most the line the primary held at its death missing)"
+            ));
+        }
+        let lost = if missing.is_empty() {
+            "none lost".to_string()
+        } else {
+            format!(
+                "lost round {} (held by the primary when it died: known gap)",
+                missing[0]
+            )
+        };
+        Ok(format!(
+            "({kill}; backup: {}; {}; flag on the LUN generation 0 -> 1 owner 2; console: {} lines from the primary + {} from the backup live = {}, {lost}: {:?})",
+            won.trim_start_matches("ft: backup: "),
+            live.trim_start_matches("ft: backup: "),
+            before.len(),
+            after.len(),
+            all.len(),
+            all
         ))
     })();
     match judged {

@@ -24,24 +24,33 @@
 //!   (role, generation, seq sent/acked/applied, lag, log Mbit/s, heartbeat
 //!   age; §6 "Observable").
 //!
-//! Not yet (issue 9): failure detection ends the run with a message
-//! instead of arbitrating and going live (§1.7); outputs are console lines
-//! only (frames and disk writes come with guest networking).
+//! * Failure (§1.7): after `ft_timeout` of silence a side arbitrates on
+//!   the shared LUN (`Node::settle`: iSCSI login over the same stack,
+//!   read the flag, one COMPARE AND WRITE). A loser halts for good; a
+//!   backup that wins replays what it received and goes live
+//!   (`Live::go_live`: the run loop drops the tape and prints the guest's
+//!   console from then on).
+//!
+//! Not yet (issue 9): a primary that wins stops instead of running on
+//! alone; outputs are console lines only (frames and disk writes come with
+//! guest networking); a line the primary held at its death is lost.
 //!
 //! Time: the TSC calibrated on the PIT (`crate::net` clock). In Bochs with
 //! `clock: sync=none` that is emulated time, so `ft_timeout` and
 //! `heartbeat` count each emulator's own instructions, not wall time.
 use crate::arch::exit::exit;
-use crate::net::transport::NetStack;
+use crate::net::transport::{NetStack, SmolTransport};
 use crate::net::WithNic;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use drivers::arbitration::{Acquire, Arbiter};
+use drivers::iscsi::{Initiator, Transport};
 use drivers::nic::Nic;
 use drivers::smoltcp::iface::SocketHandle;
 use drivers::smoltcp::socket::tcp;
 use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
-use ft::arbitration::NodeId;
+use ft::arbitration::{FlagRecord, NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
 use ft::primary::{Primary, PrimaryState};
@@ -56,6 +65,10 @@ use vmx::replay::{Recorder, Replayer, Tape};
 const TCP_BUFFER: usize = 256 * 1024;
 /// Poll the NIC at least this often while the guest runs (µs).
 const POLL_US: u64 = 500;
+/// TCP buffers of the iSCSI connection (arbitration only).
+const ISCSI_BUFFER: usize = 16 * 1024;
+/// The flag block on the shared LUN (as `mode=iscsi` uses it).
+const FLAG_LBA: u64 = 0;
 /// TCP buffers of a probe connection (`ft_probe=`).
 const PROBE_BUFFER: usize = 16 * 1024;
 
@@ -73,6 +86,10 @@ pub trait Live {
     ) -> Result<(), String>;
     /// Just before VM entry: ship what this iteration recorded.
     fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64);
+    /// Backup, when the replayer holds nothing more to run to: after a
+    /// won arbitration, `Some(guest time)` once: the guest goes live and
+    /// its clock must not run backwards past what the log showed it.
+    fn go_live(&mut self, replayer: &Replayer) -> Option<u64>;
     /// Backup: the replayer holds nothing to run to; poll until it does.
     fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String>;
     /// Primary, after the guest exited and the final checkpoint was
@@ -155,7 +172,13 @@ enum Side {
 
 /// One side of the pair: the state machine, its socket and its numbers.
 pub struct Node<N: Nic> {
-    net: NetStack<N>,
+    /// The NIC's stack, inside the iSCSI transport to the shared LUN
+    /// (`iscsi=`; lent to an initiator only while arbitrating).
+    link: SmolTransport<N>,
+    /// The shared LUN: portal, target, LUN (`iscsi=`, `iscsi_target=`,
+    /// `iscsi_lun=`); `None`: no storage, so no one may go live.
+    lun: Option<(Endpoint, String, u64)>,
+    me: NodeId,
     sock: SocketHandle,
     side: Side,
     sc: SessionConfig,
@@ -196,6 +219,14 @@ pub struct Node<N: Nic> {
     probe_sock: Option<SocketHandle>,
     probe: Option<(IpEndpoint, Backup)>,
     probes_refused: u64,
+    /// Backup: won the test-and-set; goes live once everything received
+    /// is replayed.
+    won: bool,
+    /// Backup, live: the guest runs alone.
+    live: bool,
+    /// Backup: the largest guest time the received log showed (RDTSC
+    /// values, heartbeats).
+    max_guest_tsc: u64,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -237,8 +268,13 @@ impl<N: Nic + 'static> Node<N> {
             pair.heartbeat_ms,
             pair.timeout_ms
         );
+        let ic = &config.iscsi;
+        let lun = ic.portal.map(|p| (p, ic.target.clone(), ic.lun));
+        let portal = endpoint(ic.portal.unwrap_or(pair.peer.expect("validated")));
         Node {
-            net,
+            link: SmolTransport::new(net, portal, ISCSI_BUFFER),
+            lun,
+            me,
             sock,
             side,
             sc,
@@ -272,11 +308,14 @@ impl<N: Nic + 'static> Node<N> {
             probe_sock,
             probe: None,
             probes_refused: 0,
+            won: false,
+            live: false,
+            max_guest_tsc: 0,
         }
     }
 
     fn now_us(&self) -> u64 {
-        self.net.clock.micros()
+        self.link.net.clock.micros()
     }
 
     fn timeout_us(&self) -> u64 {
@@ -294,7 +333,7 @@ impl<N: Nic + 'static> Node<N> {
                 let mut tries = 0u32;
                 loop {
                     tries += 1;
-                    match self.net.connect(self.sock, ep, 2_000) {
+                    match self.link.net.connect(self.sock, ep, 2_000) {
                         Ok(()) => break,
                         Err(e) if self.now_us() < deadline => {
                             if tries % 20 == 1 {
@@ -302,7 +341,7 @@ impl<N: Nic + 'static> Node<N> {
                             }
                             let until = self.now_us() + 200_000;
                             while self.now_us() < until {
-                                self.net.poll();
+                                self.link.net.poll();
                             }
                         }
                         Err(e) => {
@@ -346,13 +385,20 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
+    /// Backup gone live: the log socket is closed for good.
+    fn net_abort_log(&mut self) {
+        self.link.net.tcp(self.sock).abort();
+        self.link.net.poll();
+        self.connected = false;
+    }
+
     fn listen(&mut self) {
-        let s = self.net.tcp(self.sock);
+        let s = self.link.net.tcp(self.sock);
         if s.is_open() {
             s.abort();
-            self.net.poll();
+            self.link.net.poll();
         }
-        if self.net.tcp(self.sock).listen(self.peer.port).is_err() {
+        if self.link.net.tcp(self.sock).listen(self.peer.port).is_err() {
             println!(
                 "ft: backup: error: cannot listen on port {}",
                 self.peer.port
@@ -412,7 +458,7 @@ impl<N: Nic + 'static> Node<N> {
                         Side::Primary(p) => {
                             println!("ft: primary: bad data from the backup: {err}; dropping the connection");
                             p.on_disconnected();
-                            self.net.tcp(self.sock).abort();
+                            self.link.net.tcp(self.sock).abort();
                             self.connected = false;
                         }
                     }
@@ -436,8 +482,8 @@ impl<N: Nic + 'static> Node<N> {
             return;
         }
         self.last_pump_us = now;
-        self.net.poll();
-        let s = self.net.tcp(self.sock);
+        self.link.net.poll();
+        let s = self.link.net.tcp(self.sock);
         if let Side::Backup(_) = &self.side {
             if !self.connected && s.state() == tcp::State::Established {
                 let from = s.remote_endpoint();
@@ -465,7 +511,7 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-        let s = self.net.tcp(self.sock);
+        let s = self.link.net.tcp(self.sock);
         if self.out_off < self.outbox.len() && s.may_send() {
             if let Ok(n) = s.send_slice(&self.outbox[self.out_off..]) {
                 self.out_off += n;
@@ -476,10 +522,10 @@ impl<N: Nic + 'static> Node<N> {
                 self.outbox.clear();
                 self.out_off = 0;
             }
-            self.net.poll();
+            self.link.net.poll();
         }
         loop {
-            let s = self.net.tcp(self.sock);
+            let s = self.link.net.tcp(self.sock);
             if !s.can_recv() {
                 break;
             }
@@ -503,7 +549,7 @@ impl<N: Nic + 'static> Node<N> {
             self.apply(fx);
         }
         if self.connected {
-            let s = self.net.tcp(self.sock);
+            let s = self.link.net.tcp(self.sock);
             if !s.may_recv() && !matches!(s.state(), tcp::State::Established) {
                 match &mut self.side {
                     Side::Primary(p) => {
@@ -537,7 +583,7 @@ impl<N: Nic + 'static> Node<N> {
         let (Some(h), Some(allowed)) = (self.probe_sock, self.cfg.probe) else {
             return;
         };
-        let s = self.net.tcp(h);
+        let s = self.link.net.tcp(h);
         if !s.is_open() {
             // Listen only while a session runs: before it, every
             // connection must reach the main listener (the primary's).
@@ -571,7 +617,7 @@ impl<N: Nic + 'static> Node<N> {
         }
         let mut buf = [0u8; 2048];
         loop {
-            let s = self.net.tcp(h);
+            let s = self.link.net.tcp(h);
             if !s.can_recv() {
                 break;
             }
@@ -601,7 +647,7 @@ impl<N: Nic + 'static> Node<N> {
                 return;
             }
         }
-        let s = self.net.tcp(h);
+        let s = self.link.net.tcp(h);
         if !s.may_recv() {
             let Some((ep, v)) = self.probe.as_ref() else {
                 return;
@@ -626,9 +672,9 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.probe = None;
         if let Some(h) = self.probe_sock {
-            self.net.tcp(h).abort();
+            self.link.net.tcp(h).abort();
             // Let the reset out; the listener reopens at the next pump.
-            self.net.poll();
+            self.link.net.poll();
         }
     }
 
@@ -728,6 +774,19 @@ impl<N: Nic + 'static> Node<N> {
             return Ok(());
         };
         for r in b.take_received() {
+            let t = match &r.entry {
+                ft::log::LogEntry::NonDet {
+                    source:
+                        ft::log::NonDetSource::Rdtsc
+                        | ft::log::NonDetSource::Rdtscp { .. }
+                        | ft::log::NonDetSource::Msr { index: 0x10 },
+                    value,
+                    ..
+                } => *value,
+                ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
+                _ => 0,
+            };
+            self.max_guest_tsc = self.max_guest_tsc.max(t);
             replayer.push(r);
         }
         b.set_applied(replayer.applied_seq());
@@ -753,28 +812,157 @@ impl<N: Nic + 'static> Node<N> {
             );
         }
         if !self.joined {
-            if self.net.clock.micros() > self.join_deadline_us {
+            if self.link.net.clock.micros() > self.join_deadline_us {
                 return Err("backup: no primary joined within net_timeout".into());
             }
             return Ok(());
         }
         // Progress acks (applied) at most every millisecond: reception is
         // acknowledged at once by `on_bytes` (the output rule waits on it).
-        let now_us = self.net.clock.micros();
+        let now_us = self.link.net.clock.micros();
         if now_us < self.last_tick_us + 1000 {
             return Ok(());
         }
         self.last_tick_us = now_us;
         let fx = b.tick(now_us * 1000);
-        let silent = fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. }));
+        let arbitrate = fx.iter().find_map(|e| match e {
+            Effect::Arbitrate {
+                expected_generation,
+            } => Some(*expected_generation),
+            _ => None,
+        });
         self.apply(fx);
-        if silent {
-            return Err(alloc::format!(
-                "backup: primary silent for {} ms (failure timeout): arbitration and go-live are not built yet; halting",
-                self.now_us().saturating_sub(self.heard_us) / 1000
-            ));
+        if let Some(expected) = arbitrate {
+            self.settle(expected)?;
+            self.won = true;
+            // Nothing more will arrive: stop listening for the primary.
+            self.net_abort_log();
+            let Side::Backup(b) = &self.side else {
+                unreachable!()
+            };
+            println!(
+                "ft: backup: replaying the {} entries received ({} applied so far) before going live",
+                b.received(),
+                replayer.applied_seq()
+            );
         }
         Ok(())
+    }
+}
+
+/// The node's transport lent to an initiator for one arbitration.
+struct Lent<'a, N: Nic>(&'a mut SmolTransport<N>);
+
+impl<N: Nic> Transport for Lent<'_, N> {
+    fn send(&mut self, bytes: &[u8]) -> drivers::Result<usize> {
+        self.0.send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> drivers::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn reconnect(&mut self) -> drivers::Result<()> {
+        self.0.reconnect()
+    }
+}
+
+impl<N: Nic + 'static> Node<N> {
+    fn role(&self) -> &'static str {
+        match self.side {
+            Side::Primary(_) => "primary",
+            Side::Backup(_) => "backup",
+        }
+    }
+
+    /// The test-and-set on the shared LUN (DESIGN.md §1.7): log in, read
+    /// the flag; if it still holds `expected` generation, one COMPARE AND
+    /// WRITE to `expected + 1` owned by this node. Unreachable storage (or
+    /// none configured) is `Verdict::Unreachable`: no one may go live.
+    fn arbitrate(&mut self, expected: u64) -> Verdict {
+        let role = self.role();
+        let Some((portal, target, lun)) = self.lun.clone() else {
+            println!("ft: {role}: no shared LUN configured (iscsi=): storage unreachable");
+            return Verdict::Unreachable;
+        };
+        let me = self.me.0;
+        let name = alloc::format!("iqn.2024-01.org.ftvisor:ft{me}");
+        let cfg = drivers::iscsi::session::SessionConfig::new(
+            &name,
+            &target,
+            [0x80, 0x46, 0x54, 0x56, 0xF7, me as u8],
+        );
+        let clock = self.link.net.clock;
+        println!(
+            "ft: {role}: arbitrating on the shared LUN at {} lun {lun} (flag at lba {FLAG_LBA}): expecting generation {expected}",
+            endpoint(portal)
+        );
+        let mut ini = match Initiator::login(Lent(&mut self.link), clock, cfg, lun) {
+            Ok(i) => i,
+            Err(e) => {
+                println!("ft: {role}: iSCSI login failed: {e}: storage unreachable");
+                return Verdict::Unreachable;
+            }
+        };
+        let arb = Arbiter::new(FLAG_LBA);
+        let flag =
+            |r: drivers::arbitration::FlagRecord| FlagRecord::new(r.generation, NodeId(r.owner));
+        let verdict = match arb.read(&mut ini) {
+            Ok(cur) if cur.generation != expected => Verdict::Lost(flag(cur)),
+            Ok(cur) => match arb.try_acquire_from(&mut ini, cur, me) {
+                Ok(Acquire::Won(r)) => Verdict::Won(flag(r)),
+                Ok(Acquire::Lost(r)) => Verdict::Lost(flag(r)),
+                Err(e) => {
+                    println!("ft: {role}: COMPARE AND WRITE failed: {e}");
+                    Verdict::Unreachable
+                }
+            },
+            Err(e) => {
+                println!("ft: {role}: reading the flag failed: {e}");
+                Verdict::Unreachable
+            }
+        };
+        if let Err(e) = ini.logout() {
+            println!("ft: {role}: iSCSI logout: {e}");
+        }
+        verdict
+    }
+
+    /// The peer fell silent past `ft_timeout`: arbitrate and hand the
+    /// verdict to the state machine. `Ok(true)`: this node won (the
+    /// caller goes live); `Err`: it lost (halt for good) or storage is
+    /// unreachable (no one may go live: halt).
+    fn settle(&mut self, expected: u64) -> Result<bool, String> {
+        let role = self.role();
+        let silent_ms = self.now_us().saturating_sub(self.heard_us) / 1000;
+        println!(
+            "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
+            self.cfg.timeout_ms
+        );
+        let verdict = self.arbitrate(expected);
+        let now = self.now_us() * 1000;
+        let fx = match &mut self.side {
+            Side::Primary(p) => p.on_verdict(now, verdict),
+            Side::Backup(b) => b.on_verdict(now, verdict),
+        };
+        match verdict {
+            Verdict::Won(f) => {
+                println!(
+                    "ft: {role}: WON the test-and-set: flag generation {expected} -> {} owner {}",
+                    f.generation, f.owner.0
+                );
+                self.apply(fx);
+                Ok(true)
+            }
+            Verdict::Lost(f) => {
+                self.apply(fx);
+                Err(alloc::format!(
+                    "{role}: LOST the test-and-set (flag generation {} owner {}): halting the guest for good",
+                    f.generation, f.owner.0
+                ))
+            }
+            Verdict::Unreachable => Err(alloc::format!(
+                "{role}: shared storage unreachable: no one may go live; halting"
+            )),
+        }
     }
 }
 
@@ -822,13 +1010,19 @@ impl<N: Nic + 'static> Live for Node<N> {
                     unreachable!()
                 };
                 let fx = p.tick(now * 1000, guest_ns, at);
-                let silent = fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. }));
+                let arbitrate = fx.iter().find_map(|e| match e {
+                    Effect::Arbitrate {
+                        expected_generation,
+                    } => Some(*expected_generation),
+                    _ => None,
+                });
                 self.apply(fx);
-                if silent {
-                    return Err(alloc::format!(
-                        "primary: backup silent for {} ms (failure timeout): arbitration and go-live are not built yet; stopping",
-                        self.now_us().saturating_sub(self.heard_us) / 1000
-                    ));
+                if let Some(expected) = arbitrate {
+                    self.settle(expected)?;
+                    return Err(
+                        "primary: won the flag, but running on alone after a backup failure is not built yet: stopping"
+                            .into(),
+                    );
                 }
                 self.pump(false);
                 // A lagging backup slows the guest down: wait for acks.
@@ -864,11 +1058,30 @@ impl<N: Nic + 'static> Live for Node<N> {
         }
     }
 
+    fn go_live(&mut self, replayer: &Replayer) -> Option<u64> {
+        if !self.won || self.live {
+            return None;
+        }
+        self.live = true;
+        let Side::Backup(b) = &self.side else {
+            return None;
+        };
+        println!(
+            "ft: backup: LIVE under generation {}: replayed {} of {} entries received ({} held back: a trailing checkpoint); guest time not before {}; the guest runs alone, its outputs are real",
+            b.generation(),
+            replayer.applied_seq(),
+            b.received(),
+            replayer.remaining(),
+            self.max_guest_tsc
+        );
+        Some(self.max_guest_tsc)
+    }
+
     fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String> {
         loop {
             self.pump(true);
             self.feed(replayer)?;
-            if !replayer.must_wait() {
+            if self.won || !replayer.must_wait() {
                 return Ok(());
             }
             self.status(self.last_guest_ns, 0);
@@ -953,7 +1166,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         let deadline = self.now_us() + 5_000_000;
         while self.now_us() < deadline {
             self.pump(true);
-            let s = self.net.tcp(self.sock);
+            let s = self.link.net.tcp(self.sock);
             if self.outbox.is_empty() && s.send_queue() == 0 {
                 s.close();
                 break;
@@ -962,7 +1175,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         // Let the FIN out.
         let until = self.now_us() + 200_000;
         while self.now_us() < until {
-            self.net.poll();
+            self.link.net.poll();
         }
         let Side::Primary(p) = &self.side else {
             return false;

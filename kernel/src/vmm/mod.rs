@@ -712,6 +712,15 @@ fn run_loop(
             // received (DESIGN.md §1.3); wait for more first.
             if replayer.must_wait() {
                 if let Some(l) = live.as_deref_mut() {
+                    // FT backup that won the test-and-set (DESIGN.md §1.7):
+                    // everything received is replayed; the guest runs on
+                    // alone from here, its outputs real.
+                    if let Some(not_before) = l.go_live(replayer) {
+                        *tape = Tape::Off;
+                        m.console_quiet = false;
+                        m.skip_to(not_before);
+                        continue;
+                    }
                     if let Err(why) = l.wait(replayer) {
                         return Ended {
                             end: End::Live(why),
