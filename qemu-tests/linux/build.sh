@@ -4,9 +4,10 @@
 #   - the kernel: the `linux-image-6.1.0-*-amd64` that apt resolves for
 #     `linux-image-amd64`, fetched with `apt-get download`, unpacked with
 #     `dpkg-deb -x`; its bzImage is copied to $OUT/bzImage;
-#   - the initramfs: `busybox-static` plus a tiny /init (mount proc/sys,
-#     print a marker, `poweroff -f`), packed with `cpio -o -H newc | gzip`
-#     into $OUT/initrd.gz.
+#   - the initramfs: `busybox-static`, the kernel's virtio modules and a
+#     tiny /init (mount proc/sys, load the virtio-mmio drivers, print
+#     markers, `poweroff -f`), packed with `cpio -o -H newc | gzip` into
+#     $OUT/initrd.gz (rebuilt when /init or the module list changes).
 # Everything lives in a cache outside the repository
 # (default ~/.cache/ftvisor/linux); a second run reuses it.
 # Prints the two paths on its last two lines.
@@ -14,7 +15,7 @@ set -euo pipefail
 CACHE=${FTVISOR_LINUX_CACHE:-$HOME/.cache/ftvisor/linux}
 OUT=$CACHE/out
 mkdir -p "$CACHE/debs" "$OUT"
-if [ ! -s "$OUT/bzImage" ] || [ ! -s "$OUT/initrd.gz" ] || [ "${1:-}" = "--force" ]; then
+if [ ! -s "$OUT/bzImage" ] || [ ! -d "$CACHE/busybox" ] || [ "${1:-}" = "--force" ]; then
     cd "$CACHE/debs"
     # The versioned image package that linux-image-amd64 depends on.
     KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
@@ -29,23 +30,45 @@ if [ ! -s "$OUT/bzImage" ] || [ ! -s "$OUT/initrd.gz" ] || [ "${1:-}" = "--force
     dpkg-deb -x "$(ls busybox-static_*.deb | head -1)" "$CACHE/busybox"
     cp "$(ls "$CACHE"/kernel/boot/vmlinuz-* | head -1)" "$OUT/bzImage"
     echo "$KPKG" >"$OUT/kernel-package"
-    R=$CACHE/root
-    mkdir -p "$R"/{bin,dev,proc,sys,tmp}
-    cp "$CACHE/busybox/bin/busybox" "$R/bin/busybox"
-    for a in sh mount echo cat poweroff uname dmesg sleep ls; do ln -sf busybox "$R/bin/$a"; done
-    cat >"$R/init" <<'INIT'
+fi
+# The initramfs, rebuilt whenever this script's /init or module list changes.
+R=$CACHE/root
+KVER=$(ls "$CACHE/kernel/lib/modules" | head -1)
+MODS="kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_mmio.ko kernel/drivers/block/virtio_blk.ko
+kernel/net/core/failover.ko kernel/drivers/net/net_failover.ko kernel/drivers/net/virtio_net.ko"
+INIT=$(cat <<'INIT'
 #!/bin/sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "FTVISOR-LINUX-INIT: $(/bin/busybox uname -r) up $(/bin/busybox cat /proc/uptime)"
 echo "FTVISOR-LINUX-CLOCK: $(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)"
-/bin/busybox ls /sys/bus/virtio/devices 2>/dev/null | while read d; do echo "FTVISOR-LINUX-VIRTIO: $d"; done
+# The virtio-mmio devices the DSDT announces (LNRO0005), drivers from Debian.
+for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net; do
+    /bin/busybox insmod /lib/modules/$m.ko 2>&1 | while read l; do echo "FTVISOR-LINUX-INSMOD: $m: $l"; done
+done
+/bin/busybox ls /sys/bus/virtio/devices 2>/dev/null | while read d; do
+    echo "FTVISOR-LINUX-VIRTIO: $d device $(/bin/busybox cat /sys/bus/virtio/devices/$d/device) driver $(/bin/busybox basename $(/bin/busybox readlink /sys/bus/virtio/devices/$d/driver) 2>/dev/null)"
+done
+/bin/busybox grep virtio /proc/interrupts | while read l; do echo "FTVISOR-LINUX-IRQ: $l"; done
+[ -e /sys/block/vda/size ] && echo "FTVISOR-LINUX-VDA: $(/bin/busybox cat /sys/block/vda/size) sectors"
 echo "FTVISOR-LINUX-POWEROFF"
 /bin/busybox poweroff -f
 INIT
+)
+STAMP=$(printf '%s\n%s\n%s\n' "$KVER" "$MODS" "$INIT" | md5sum | cut -d' ' -f1)
+if [ ! -s "$OUT/initrd.gz" ] || [ "$(cat "$OUT/initrd.stamp" 2>/dev/null)" != "$STAMP" ]; then
+    rm -rf "$R"
+    mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
+    cp "$CACHE/busybox/bin/busybox" "$R/bin/busybox"
+    for a in sh mount echo cat poweroff uname dmesg sleep ls; do ln -sf busybox "$R/bin/$a"; done
+    for m in $MODS; do cp "$CACHE/kernel/lib/modules/$KVER/$m" "$R/lib/modules/"; done
+    printf '%s\n' "$INIT" >"$R/init"
     chmod +x "$R/init"
-    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initrd.gz"
+    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initrd.gz.$$"
+    mv "$OUT/initrd.gz.$$" "$OUT/initrd.gz"
+    echo "$STAMP" >"$OUT/initrd.stamp"
 fi
 echo "$OUT/bzImage"
 echo "$OUT/initrd.gz"

@@ -21,6 +21,15 @@ pub fn tests() -> Vec<E2eTest> {
             "] Linux version 6.1",
             "] tsc: Detected 1000.000 MHz processor",
             "guest: FTVISOR-LINUX-INIT",
+            "] virtio_blk virtio0: [vda] 16384 512-byte logical blocks",
+            // The virtio-mmio slots, found through the DSDT (LNRO0005) with
+            // their interrupts on I/O APIC pins 16/17.
+            "guest: FTVISOR-LINUX-VIRTIO: virtio0 device 0x0002 driver virtio_blk",
+            "guest: FTVISOR-LINUX-VIRTIO: virtio1 device 0x0001 driver virtio_net",
+            // Level-triggered (fasteoi) on the I/O APIC, and used.
+            "IO-APIC  16-fasteoi   virtio0",
+            "IO-APIC  17-fasteoi   virtio1",
+            "guest: FTVISOR-LINUX-VDA: 16384 sectors",
             "guest: FTVISOR-LINUX-POWEROFF",
             "hypervisor: guest powered off",
             "hypervisor: guest exited with code 0",
@@ -30,13 +39,14 @@ pub fn tests() -> Vec<E2eTest> {
             "EXCEPTION",
             "Kernel panic",
             "unchecked MSR access",
+            "FTVISOR-LINUX-INSMOD",
         ],
         timeout: Duration::from_secs(420),
         custom: Some(linux_boot),
         ..E2eTest::new(
             "linux-boot",
             Emulator::Bochs,
-            "Debian 12's stock kernel + busybox initramfs boot under the hypervisor to /init and power off through ACPI S5 (exit 0); clock calibrated",
+            "Debian 12's stock kernel + busybox initramfs boot under the hypervisor to /init, bind the virtio-mmio blk/net (DSDT, I/O APIC level IRQs) and power off through ACPI S5 (exit 0); clock calibrated",
         )
     }]
 }

@@ -2,10 +2,11 @@
 //! 5 "ACPI Software Programming Model"): RSDP (§5.2.5, Table 5.3), RSDT
 //! and XSDT (§5.2.7/5.2.8), FADT (§5.2.9, Table 5.9, [`fadt`]), FACS
 //! (§5.2.10, Table 5.14), MADT (§5.2.12, Table 5.19, [`madt`]) and a
-//! minimal DSDT (§5.2.11.1) whose AML defines only the `\_S5_` sleep
-//! package ([`dsdt`], §7.4.2 "\_Sx (System States)"), enough for Linux to
-//! find its interrupt controllers and to power the machine off through
-//! the PM1a control register (§4.8.3.2.1, [`crate::devices::acpi_pm`]).
+//! minimal DSDT (§5.2.11.1) whose AML defines the `\_S5_` sleep package
+//! ([`dsdt`], §7.4.2 "\_Sx (System States)") and the virtio-mmio devices
+//! (`LNRO0005`), enough for Linux to find its interrupt controllers and
+//! devices and to power the machine off through the PM1a control register
+//! (§4.8.3.2.1, [`crate::devices::acpi_pm`]).
 //!
 //! Every table carries the standard 36-byte header (§5.2.6, Table 5.4)
 //! with a checksum making the bytes sum to zero. The RSDP sits at the start

@@ -85,7 +85,61 @@ fn fadt_describes_pm_blocks_dsdt_and_facs() {
     assert_eq!(&ram[facs..facs + 4], b"FACS");
     assert_eq!(u32_at(&ram, facs + 4), 64);
     let d = table(&ram, u32_at(f, fadt::off::DSDT).into(), b"DSDT");
-    assert_eq!(&d[36..], &dsdt::aml(&p));
+    assert_eq!(&d[36..51], &dsdt::aml(&p));
+    assert_eq!(&d[51..], &dsdt::sb_scope()[..]);
+}
+
+/// Decodes a `PkgLength` at `b[0..]`: (value, bytes it takes).
+fn pkg_len(b: &[u8]) -> (usize, usize) {
+    let extra = usize::from(b[0] >> 6);
+    if extra == 0 {
+        return (usize::from(b[0] & 0x3F), 1);
+    }
+    let mut v = usize::from(b[0] & 0xF);
+    for i in 0..extra {
+        v |= usize::from(b[1 + i]) << (4 + 8 * i);
+    }
+    (v, 1 + extra)
+}
+
+#[test]
+fn dsdt_virtio_devices_parse() {
+    use crate::guestio::Slot;
+    let sb = dsdt::sb_scope();
+    assert_eq!(sb[0], 0x10, "ScopeOp");
+    let (len, n) = pkg_len(&sb[1..]);
+    assert_eq!(1 + len, sb.len(), "Scope PkgLength covers the rest");
+    assert_eq!(&sb[1 + n..1 + n + 5], b"\\_SB_");
+    let mut at = 1 + n + 5;
+    for slot in Slot::ALL {
+        assert_eq!(&sb[at..at + 2], &[0x5B, 0x82], "DeviceOp");
+        let (dlen, dn) = pkg_len(&sb[at + 2..]);
+        let dev = &sb[at + 2 + dn..at + 2 + dlen];
+        assert_eq!(&dev[..4], format!("VR0{}", slot as u8).as_bytes());
+        assert_eq!(&dev[4..19], b"\x08_HID\x0DLNRO0005\0");
+        assert_eq!(&dev[19..26], &[8, b'_', b'U', b'I', b'D', 0x0A, slot as u8]);
+        assert_eq!(&dev[26..31], b"\x08_CRS");
+        assert_eq!(dev[31], 0x11, "BufferOp");
+        let (blen, bn) = pkg_len(&dev[32..]);
+        assert_eq!(32 + blen, dev.len(), "the buffer ends the device");
+        let buf = &dev[32 + bn..];
+        assert_eq!(&buf[..2], &[0x0A, 23], "BufferSize");
+        let r = &buf[2..];
+        assert_eq!(r.len(), 23);
+        assert_eq!(&r[..4], &[0x86, 9, 0, 1], "Memory32Fixed, read/write");
+        assert_eq!(u32_at(r, 4), slot.base() as u32);
+        assert_eq!(u32_at(r, 8), 0x200);
+        assert_eq!(
+            &r[12..17],
+            &[0x89, 6, 0, 0b1001, 1],
+            "ExtIRQ level/high/shared"
+        );
+        assert_eq!(u32_at(r, 17), slot.gsi());
+        assert_eq!(&r[21..], &[0x79, 0], "End Tag");
+        at += 2 + dlen;
+    }
+    assert_eq!(at, sb.len());
+    assert_eq!(Slot::ALL.map(|s| s.gsi()), [16, 17]);
 }
 
 #[test]

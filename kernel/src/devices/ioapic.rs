@@ -76,6 +76,22 @@ impl Ioapic {
         }
     }
 
+    /// A device interrupt source on `pin` whose line is `asserted` (e.g. a
+    /// virtio `InterruptStatus` != 0) and that has just signalled a new
+    /// `event` or not: a level pin follows the line (delivered while
+    /// asserted and not in service, again after EOI); an edge pin fires on
+    /// the rising edge, and a new event while the line is still high gets a
+    /// fresh edge so it is not lost.
+    pub fn drive(&mut self, pin: usize, asserted: bool, event: bool, lapic: &mut impl IrqLine) {
+        if pin >= PINS {
+            return;
+        }
+        if event && asserted && self.redir[pin] & LEVEL == 0 {
+            self.set_irq(pin, false, lapic);
+        }
+        self.set_irq(pin, asserted, lapic);
+    }
+
     /// A rising and falling edge on `pin` (a pulse).
     pub fn pulse(&mut self, pin: usize, lapic: &mut impl IrqLine) {
         self.set_irq(pin, true, lapic);
@@ -261,6 +277,46 @@ mod tests {
         io.eoi(0x41, &mut l);
         assert_eq!(l.0.len(), 2);
         assert_eq!(read(&mut io, 0x22) & (1 << 14), 0);
+    }
+
+    #[test]
+    fn drive_level_pin_follows_the_line_through_eoi_register() {
+        // A virtio device on level pin 16: InterruptStatus set, read,
+        // acknowledged, EOI through the EOI register (version 0x20).
+        let mut io = Ioapic::new(1);
+        let mut l = Rec::default();
+        program(&mut io, 16, 0x60 | (1 << 15), 0);
+        io.drive(16, true, true, &mut l);
+        assert_eq!(l.0, [0x60]);
+        io.drive(16, true, true, &mut l);
+        assert_eq!(l.0, [0x60], "in service: no second delivery");
+        io.drive(16, false, false, &mut l); // InterruptACK
+        io.mmio_write(0x40, 4, 0x60, 0);
+        io.after_write(&mut l);
+        assert_eq!(l.0, [0x60], "deasserted before EOI: nothing more");
+        io.drive(16, true, true, &mut l);
+        io.mmio_write(0x40, 4, 0x60, 0);
+        io.after_write(&mut l);
+        assert_eq!(l.0, [0x60, 0x60, 0x60], "still asserted at EOI: again");
+    }
+
+    #[test]
+    fn drive_edge_pin_gets_an_edge_per_event() {
+        let mut io = Ioapic::new(1);
+        let mut l = Rec::default();
+        program(&mut io, 17, 0x61, 0);
+        io.drive(17, true, true, &mut l);
+        io.drive(17, true, false, &mut l);
+        assert_eq!(l.0, [0x61], "no event, line unchanged: no edge");
+        io.drive(17, true, true, &mut l);
+        assert_eq!(l.0, [0x61, 0x61], "new event while high: a fresh edge");
+        io.drive(17, false, false, &mut l);
+        io.drive(17, true, true, &mut l);
+        assert_eq!(l.0, [0x61, 0x61, 0x61]);
+        program(&mut io, 17, 0x61 | (1 << 16), 0);
+        io.drive(17, true, true, &mut l);
+        io.drive(99, true, true, &mut l);
+        assert_eq!(l.0.len(), 3, "masked and bad pins deliver nothing");
     }
 
     #[test]

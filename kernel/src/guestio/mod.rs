@@ -18,6 +18,10 @@
 //! claimed (an access stops the guest like any unmapped access). Interrupts
 //! are fixed-delivery, edge-triggered LAPIC vectors (no IOAPIC): the guest
 //! acknowledges the device with `InterruptACK` and the LAPIC with EOI.
+//! A `guest=linux` guest instead finds the slots in the DSDT (`LNRO0005`,
+//! [`crate::acpi::dsdt`]) with their interrupts on I/O APIC pins
+//! [`Slot::gsi`] (level, active high, shared): the pin is asserted while
+//! `InterruptStatus` is non-zero.
 //!
 //! The layout is also announced in CPUID leaf `0x4000_0001`
 //! (`vmx::exit::cpuid`, within the range of leaf `0x4000_0000`):
@@ -72,6 +76,9 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
 pub const SLOT_STRIDE: u64 = 0x1000;
 /// Interrupt vector of slot 0; slot *i* uses `VECTOR_BASE + i`.
 pub const VECTOR_BASE: u8 = 0x50;
+/// I/O APIC pin (GSI) of slot 0 for a Linux guest; slot *i* uses
+/// `LINUX_GSI_BASE + i` (above the 16 ISA IRQs, unused by anything else).
+pub const LINUX_GSI_BASE: u32 = 16;
 /// The guest NIC's MAC address (locally administered).
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xF7, 0x00, 0x01];
 /// What the disk answers to `VIRTIO_BLK_T_GET_ID`.
@@ -115,6 +122,11 @@ impl Slot {
     /// The slot's interrupt vector.
     pub const fn vector(self) -> u8 {
         VECTOR_BASE + self as u8
+    }
+
+    /// The slot's I/O APIC pin for a Linux guest.
+    pub const fn gsi(self) -> u32 {
+        LINUX_GSI_BASE + self as u32
     }
 
     /// Name for the log.
@@ -198,6 +210,15 @@ impl GuestIo {
         match slot {
             Slot::Blk => &mut self.blk,
             Slot::Net => &mut self.net,
+        }
+    }
+
+    /// The slot's `InterruptStatus` (non-zero: its interrupt line is
+    /// asserted).
+    pub fn interrupt_status(&self, slot: Slot) -> u32 {
+        match slot {
+            Slot::Blk => self.blk.transport().interrupt_status(),
+            Slot::Net => self.net.transport().interrupt_status(),
         }
     }
 

@@ -10,7 +10,8 @@ use kernel::devices::ioapic::{self, Ioapic};
 use kernel::devices::lapic::Lapic;
 use kernel::devices::pit::{self, Pit};
 use kernel::devices::rtc::{self, Rtc};
-use kernel::devices::{Bus, DeviceSet, MmioDevice, PioDevice};
+use kernel::devices::{Bus, DeviceSet, IrqLine, MmioDevice, PioDevice};
+use kernel::guestio::{GuestIo, Slot, VECTOR_BASE};
 use kernel::loader::GuestStart;
 use vmx::exit::MmioRequest;
 
@@ -156,6 +157,20 @@ impl LinuxDevices {
         self.models.ioapic.set_irq(gsi, level, lapic);
     }
 
+    /// The virtio-mmio slots' interrupt lines onto their I/O APIC pins
+    /// (DSDT `LNRO0005`): each pin is asserted while the slot's
+    /// `InterruptStatus` is non-zero; `raised` holds the slots that
+    /// signalled a new event since the last call ([`VirtioEvents`]).
+    pub fn sync_virtio(&mut self, io: &GuestIo, raised: VirtioEvents, lapic: &mut Lapic) {
+        for slot in Slot::ALL {
+            let asserted = io.interrupt_status(slot) != 0;
+            let event = raised.0 & (1 << slot as u8) != 0;
+            self.models
+                .ioapic
+                .drive(slot.gsi() as usize, asserted, event, lapic);
+        }
+    }
+
     /// An MMIO exit at `gpa`: `None` when no device here claims it.
     pub fn mmio(
         &mut self,
@@ -187,6 +202,20 @@ impl LinuxDevices {
             set.m.ioapic.after_write(set.lapic);
         }
         Some(result.map(|len| req.instruction_len = len as u64))
+    }
+}
+
+/// For a Linux guest the virtio devices' fixed vectors are not delivered:
+/// this line records which slots raised one, for
+/// [`LinuxDevices::sync_virtio`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VirtioEvents(pub u8);
+
+impl IrqLine for VirtioEvents {
+    fn raise(&mut self, vector: u8) {
+        if let Some(slot) = vector.checked_sub(VECTOR_BASE).filter(|s| *s < 8) {
+            self.0 |= 1 << slot;
+        }
     }
 }
 

@@ -241,7 +241,16 @@ impl Machine {
     /// device backends finished since the last call, through the single
     /// input entry point [`GuestIo::input`], raising interrupts on the LAPIC.
     pub fn poll_io(&mut self) {
-        if self.devices.io.poll(self.ram, &mut self.lapic) > 0 {
+        let delivered = match self.linux.as_mut() {
+            Some(l) => {
+                let mut events = super::linux::VirtioEvents::default();
+                let n = self.devices.io.poll(self.ram, &mut events);
+                l.sync_virtio(&self.devices.io, events, &mut self.lapic);
+                n
+            }
+            None => self.devices.io.poll(self.ram, &mut self.lapic),
+        };
+        if delivered > 0 {
             self.print_io_notices();
         }
     }
@@ -382,7 +391,15 @@ impl Platform for Machine {
         )?;
         if matches!(target.id, Dev::Virtio(_)) {
             // The guest may have notified a queue or reset the device.
-            self.devices.io.after_access(self.ram, &mut self.lapic);
+            match self.linux.as_mut() {
+                Some(l) => {
+                    // InterruptACK may have lowered the line.
+                    let mut events = super::linux::VirtioEvents::default();
+                    self.devices.io.after_access(self.ram, &mut events);
+                    l.sync_virtio(&self.devices.io, events, &mut self.lapic);
+                }
+                None => self.devices.io.after_access(self.ram, &mut self.lapic),
+            }
             self.print_io_notices();
         }
         Some(result.map(|len| req.instruction_len = len as u64))

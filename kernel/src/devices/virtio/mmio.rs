@@ -207,6 +207,12 @@ impl Transport {
         }
     }
 
+    /// The `InterruptStatus` register (non-zero: the interrupt line is
+    /// asserted until the driver acknowledges).
+    pub fn interrupt_status(&self) -> u32 {
+        self.interrupt_status
+    }
+
     /// Set `InterruptStatus` bits and schedule an interrupt.
     pub fn signal(&mut self, bits: u32) {
         self.interrupt_status |= bits;
