@@ -61,8 +61,19 @@ pub fn cases(
 
 fn one(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<String, String> {
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
-        .map_err(|e| format!("connect: {e}"))?;
+    // The backup reopens its probe listener at its next poll after a
+    // reset: a connection refused just before that is retried.
+    let mut tries = 0;
+    let mut s = loop {
+        tries += 1;
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(30)) {
+            Ok(s) => break s,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && tries < 50 => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => return Err(format!("connect (try {tries}): {e}")),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     s.write_all(bytes).map_err(|e| format!("send: {e}"))?;

@@ -33,7 +33,8 @@
 //!
 //! Not yet (issue 9): a primary that wins stops instead of running on
 //! alone; outputs are console lines only (frames and disk writes come with
-//! guest networking); a line the primary held at its death is lost.
+//! guest networking). Console lines the primary may not have released
+//! are re-emitted by a backup going live (at least once).
 //!
 //! Time: the TSC calibrated on the PIT (`crate::net` clock). In Bochs with
 //! `clock: sync=none` that is emulated time, so `ft_timeout` and
@@ -65,6 +66,8 @@ use vmx::replay::{Recorder, Replayer, Tape};
 const TCP_BUFFER: usize = 256 * 1024;
 /// Poll the NIC at least this often while the guest runs (µs).
 const POLL_US: u64 = 500;
+/// Discarded console lines a backup keeps for its go-live.
+const KEEP_LINES: usize = 64;
 /// TCP buffers of the iSCSI connection (arbitration only).
 const ISCSI_BUFFER: usize = 16 * 1024;
 /// The flag block on the shared LUN (as `mode=iscsi` uses it).
@@ -89,7 +92,8 @@ pub trait Live {
     /// Backup, when the replayer holds nothing more to run to: after a
     /// won arbitration, `Some(guest time)` once: the guest goes live and
     /// its clock must not run backwards past what the log showed it.
-    fn go_live(&mut self, replayer: &Replayer) -> Option<u64>;
+    /// `lines`: the guest's console lines discarded since the last poll.
+    fn go_live(&mut self, replayer: &Replayer, lines: &mut Option<Vec<String>>) -> Option<u64>;
     /// Backup: the replayer holds nothing to run to; poll until it does.
     fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String>;
     /// Primary, after the guest exited and the final checkpoint was
@@ -227,6 +231,11 @@ pub struct Node<N: Nic> {
     /// Backup: the largest guest time the received log showed (RDTSC
     /// values, heartbeats).
     max_guest_tsc: u64,
+    /// Backup: the guest's discarded console lines (output id = line
+    /// number, as the primary counts them), the last `KEEP_LINES`.
+    discarded: alloc::collections::VecDeque<(u64, String)>,
+    /// Backup: when each output marker arrived (output id, µs).
+    marker_rx: alloc::collections::BTreeMap<u64, u64>,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -311,6 +320,8 @@ impl<N: Nic + 'static> Node<N> {
             won: false,
             live: false,
             max_guest_tsc: 0,
+            discarded: Default::default(),
+            marker_rx: Default::default(),
         }
     }
 
@@ -380,6 +391,19 @@ impl<N: Nic + 'static> Node<N> {
                         "ft: backup: ft_probe: {} may open probe connections to the log port while the session runs (validated, refused, never joined)",
                         IpAddress::v4(a[0], a[1], a[2], a[3])
                     );
+                }
+            }
+        }
+    }
+
+    /// Backup: keeps the guest's discarded console lines (the last few).
+    fn keep_discarded(&mut self, lines: &mut Option<Vec<String>>) {
+        if let Some(held) = lines.as_mut() {
+            for text in held.drain(..) {
+                self.next_line += 1;
+                self.discarded.push_back((self.next_line, text));
+                if self.discarded.len() > KEEP_LINES {
+                    self.discarded.pop_front();
                 }
             }
         }
@@ -784,6 +808,13 @@ impl<N: Nic + 'static> Node<N> {
                     ..
                 } => *value,
                 ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
+                ft::log::LogEntry::OutputMarker { output_id, .. } => {
+                    self.marker_rx.insert(*output_id, self.heard_us);
+                    if self.marker_rx.len() > KEEP_LINES {
+                        self.marker_rx.pop_first();
+                    }
+                    0
+                }
                 _ => 0,
             };
             self.max_guest_tsc = self.max_guest_tsc.max(t);
@@ -1041,6 +1072,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                 self.status(guest_ns, 0);
             }
             Tape::Replay(replayer) => {
+                self.keep_discarded(lines);
                 self.pump(false);
                 self.feed(replayer)?;
                 self.status(guest_ns, 0);
@@ -1058,7 +1090,8 @@ impl<N: Nic + 'static> Live for Node<N> {
         }
     }
 
-    fn go_live(&mut self, replayer: &Replayer) -> Option<u64> {
+    fn go_live(&mut self, replayer: &Replayer, lines: &mut Option<Vec<String>>) -> Option<u64> {
+        self.keep_discarded(lines);
         if !self.won || self.live {
             return None;
         }
@@ -1074,6 +1107,27 @@ impl<N: Nic + 'static> Live for Node<N> {
             replayer.remaining(),
             self.max_guest_tsc
         );
+        // Outputs (DESIGN.md §1.4): a line whose marker never arrived was
+        // never released by the primary; one whose marker arrived just
+        // before the primary fell silent may not have been (its ack may
+        // not have reached it). Re-emit both: at least once, a duplicate
+        // at the seam rather than a loss.
+        let window_us = (20 * self.cfg.heartbeat_ms).max(200) * 1000;
+        let since = self.heard_us.saturating_sub(window_us);
+        for (id, text) in core::mem::take(&mut self.discarded) {
+            let why = match self.marker_rx.get(&id) {
+                None => "its marker never reached the backup",
+                Some(&t) if t >= since => {
+                    "its marker arrived in the last window before the silence"
+                }
+                Some(_) => continue,
+            };
+            println!(
+                "ft: backup: output #{id} re-emitted ({why}; window {} ms): the primary may not have released it",
+                window_us / 1000
+            );
+            println!("guest: {text}");
+        }
         Some(self.max_guest_tsc)
     }
 

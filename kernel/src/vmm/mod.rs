@@ -139,7 +139,12 @@ pub fn run(
     // backup's are discarded (DESIGN.md §1.4, §1.5).
     match role {
         Some(kernel::config::Role::Primary) => machine.console_capture = Some(Default::default()),
-        Some(kernel::config::Role::Backup) => machine.console_quiet = true,
+        Some(kernel::config::Role::Backup) => {
+            // Discarded, but kept by the node: a backup that goes live
+            // re-emits the lines the primary may not have released.
+            machine.console_quiet = true;
+            machine.console_capture = Some(Default::default());
+        }
         None => {}
     }
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
@@ -715,9 +720,10 @@ fn run_loop(
                     // FT backup that won the test-and-set (DESIGN.md §1.7):
                     // everything received is replayed; the guest runs on
                     // alone from here, its outputs real.
-                    if let Some(not_before) = l.go_live(replayer) {
+                    if let Some(not_before) = l.go_live(replayer, &mut m.console_capture) {
                         *tape = Tape::Off;
                         m.console_quiet = false;
+                        m.console_capture = None;
                         m.skip_to(not_before);
                         continue;
                     }
