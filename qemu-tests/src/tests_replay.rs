@@ -18,6 +18,11 @@ const GUEST: &str = "build/testguest.elf64";
 /// The replay workload (`qemu-tests/guests/hello/src/replay.rs`).
 const WORKLOAD: &str = "test=replay";
 /// A short workload: few enough instructions to single-step all of them.
+/// The replay workload with guest I/O (issue 8: network input and disk
+/// reads): a virtio-blk sector write or read and a loopback frame every
+/// round, on these hypervisor options.
+const IO_WORKLOAD: &str = "test=replay io=1";
+const IO_DEVICES: &str = "guest_net=loopback disk=ram:1M";
 const SMALL_WORKLOAD: &str = "test=replay rounds=40 min=2000 span=6000 mem=64";
 /// Bochs's `ips` in the e2e bochsrc (emulated seconds = ticks / IPS).
 const BOCHS_IPS: f64 = 50e6;
@@ -63,8 +68,8 @@ pub fn tests() -> Vec<E2eTest> {
             timeout: Duration::from_secs(300),
             ..vmx(
                 "replay-identical",
-                "test=replay (irregular LAPIC timer, RDTSC, RDRAND, memory, rep) recorded with preempt (>= 1000 entries, >= 100 checkpoints), log exported; a second Bochs replays it: every entry met, guest output and final state identical; closing numbers",
-                WORKLOAD,
+                "test=replay io=1 (irregular LAPIC timer, RDTSC, RDRAND, memory, rep, virtio-blk sector writes/reads and virtio-net loopback frames on guest_net=loopback disk=ram:1M) recorded with preempt (>= 1000 entries, >= 100 checkpoints, NetFrame and DiskCompletion entries with read data), log exported; a second Bochs replays it without backends: every entry met, guest output and final state identical; closing numbers",
+                IO_WORKLOAD,
             )
         },
         E2eTest {
@@ -297,8 +302,21 @@ fn record(
     counter: &str,
     guest: &str,
 ) -> Result<(Run, PathBuf, Vec<Record>), Outcome> {
-    let cmdline = format!("mode=hypervisor counter={counter} ft=export");
-    let run = boot(t, root, "", &cmdline, guest, None).map_err(Outcome::Fail)?;
+    record_with(t, root, counter, "", guest)
+}
+
+/// [`record`] with more hypervisor options (`devices`: the guest's disk
+/// and network backends).
+fn record_with(
+    t: &E2eTest,
+    root: &Path,
+    counter: &str,
+    devices: &str,
+    guest: &str,
+) -> Result<(Run, PathBuf, Vec<Record>), Outcome> {
+    let cmdline = format!("mode=hypervisor counter={counter} ft=export {devices}");
+    let cmdline = cmdline.trim_end();
+    let run = boot(t, root, "", cmdline, guest, None).map_err(Outcome::Fail)?;
     let dir = t.name;
     let checked = code_is(&run, 0, "record boot").and_then(|_| exported_log(&run.serial));
     let bytes = match checked {
@@ -357,6 +375,14 @@ fn check_identical(rec: &Run, rep: &Run, records: &[Record]) -> Result<String, S
             kinds(|e| matches!(e, LogEntry::Interrupt { .. })),
         ),
         ("nondet=", kinds(|e| matches!(e, LogEntry::NonDet { .. }))),
+        (
+            "netframe=",
+            kinds(|e| matches!(e, LogEntry::NetFrame { .. })),
+        ),
+        (
+            "disk=",
+            kinds(|e| matches!(e, LogEntry::DiskCompletion { .. })),
+        ),
     ];
     for (key, n) in want {
         if count_of(applied, key) != n {
@@ -414,35 +440,40 @@ fn mbit_per_guest_s(n: &Numbers) -> f64 {
 }
 
 fn replay_identical(t: &E2eTest, root: &Path) -> Outcome {
-    let (rec, log, records) = match record(t, root, "preempt", WORKLOAD) {
+    let (rec, log, records) = match record_with(t, root, "preempt", IO_DEVICES, IO_WORKLOAD) {
         Ok(x) => x,
         Err(o) => return o,
     };
-    let checkpoints = records
-        .iter()
-        .filter(|r| matches!(r.entry, LogEntry::Checkpoint { .. }))
-        .count();
-    if records.len() < 1000 || checkpoints < 100 {
+    let count = |k: fn(&LogEntry) -> bool| records.iter().filter(|r| k(&r.entry)).count();
+    let checkpoints = count(|e| matches!(e, LogEntry::Checkpoint { .. }));
+    let frames = count(|e| matches!(e, LogEntry::NetFrame { .. }));
+    let disk = count(|e| matches!(e, LogEntry::DiskCompletion { .. }));
+    let disk_reads =
+        count(|e| matches!(e, LogEntry::DiskCompletion { data, .. } if !data.is_empty()));
+    if records.len() < 1000 || checkpoints < 100 || frames == 0 || disk_reads == 0 {
         return fail_with(
             format!(
-                "{} log entries, {checkpoints} checkpoints (want >= 1000, >= 100)",
+                "{} log entries, {checkpoints} checkpoints, {frames} frames, {disk} disk completions ({disk_reads} with read data) (want >= 1000, >= 100, > 0, > 0)",
                 records.len()
             ),
             &rec,
             t.name,
         );
     }
-    let cmd = "mode=hypervisor counter=preempt ft=replay";
-    let rep = match boot(t, root, "-replay", cmd, WORKLOAD, Some(&log)) {
+    let cmd = format!("mode=hypervisor counter=preempt ft=replay {IO_DEVICES}");
+    let rep = match boot(t, root, "-replay", &cmd, IO_WORKLOAD, Some(&log)) {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };
     let note = match check_identical(&rec, &rep, &records) {
-        Ok(n) => n,
+        Ok(n) => {
+            format!("{n}; {frames} NetFrame, {disk} DiskCompletion ({disk_reads} with read data)")
+        }
         Err(e) => return fail_with(e, &rep, &format!("{}-replay", t.name)),
     };
     // Closing numbers: the same workload without FT, and an idle guest.
-    let plain = match boot(t, root, "-plain", "mode=hypervisor", WORKLOAD, None) {
+    let plain_cmd = format!("mode=hypervisor {IO_DEVICES}");
+    let plain = match boot(t, root, "-plain", &plain_cmd, IO_WORKLOAD, None) {
         Ok(r) => r,
         Err(e) => return Outcome::Fail(e),
     };

@@ -10,6 +10,12 @@
 //!   replaying guest exits there by itself).
 //! * `Interrupt` — an interrupt injected at a point ("asynchronous": the
 //!   replay lands on the point with the execution counter and injects).
+//! * `NetFrame`, `DiskCompletion` — a guest I/O input (a received frame,
+//!   disk read data and completion) applied through the kernel's single
+//!   input point at a point of the run loop (asynchronous, like
+//!   interrupts: the replay lands there and [`Due::Input`] hands the entry
+//!   back to be applied; the device's interrupt follows as its own
+//!   `Interrupt` entry).
 //! * `Checkpoint` — a hash of the guest registers at a point (asynchronous);
 //!   the last one of a run also covers guest RAM and the console output.
 //! * `Heartbeat`, `OutputMarker` — written by the live FT primary
@@ -158,6 +164,9 @@ impl core::fmt::Display for Divergence {
 pub enum Due {
     Nothing,
     Inject(u8),
+    /// A guest I/O input (`NetFrame` or `DiskCompletion`) to apply now;
+    /// call [`Replayer::due`] again afterwards for the rest of the point.
+    Input(LogEntry),
 }
 
 /// The log being replayed.
@@ -345,6 +354,10 @@ impl Replayer {
                     self.advance();
                     return Ok(Due::Inject(vector));
                 }
+                LogEntry::NetFrame { .. } | LogEntry::DiskCompletion { .. } => {
+                    self.advance();
+                    return Ok(Due::Input(entry));
+                }
                 // The primary's idle heartbeat and output markers: points
                 // the backup may run to; nothing to inject.
                 LogEntry::Heartbeat { .. } | LogEntry::OutputMarker { .. } => self.advance(),
@@ -432,6 +445,8 @@ impl Tape {
 pub fn kind_name(kind: usize) -> &'static str {
     match kind {
         0x02 => "interrupt",
+        0x03 => "netframe",
+        0x04 => "disk",
         0x05 => "nondet",
         0x06 => "heartbeat",
         0x07 => "output",
@@ -599,6 +614,46 @@ mod tests {
         p2.end_stream();
         assert!(!p2.must_wait());
         assert_eq!(p2.finish(pt(30, 0x300, 0), 99), Ok(()));
+    }
+
+    #[test]
+    fn inputs_land_like_interrupts() {
+        let mut r = Recorder::default();
+        let frame = LogEntry::NetFrame {
+            at: pt(7, 0x70, 1),
+            vector: 0x51,
+            frame: alloc::vec![1, 2, 3],
+        };
+        let disk = LogEntry::DiskCompletion {
+            at: pt(7, 0x70, 1),
+            vector: 0x50,
+            request_id: 4,
+            status: ft::log::DiskStatus::Ok,
+            data: alloc::vec![9; 512],
+        };
+        r.push(&frame);
+        r.push(&disk);
+        r.push(&LogEntry::Interrupt {
+            at: pt(7, 0x70, 1),
+            vector: 0x50,
+        });
+        r.push(&LogEntry::Checkpoint {
+            at: pt(9, 0x90, 0),
+            state_hash: 1,
+        });
+        assert_eq!((r.by_kind[3], r.by_kind[4]), (1, 1));
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        // asynchronous: the replay lands on it
+        assert_eq!(p.target(), Some((pt(7, 0x70, 1), true)));
+        assert_eq!(p.due(pt(6, 0x6e, 1), &[0; 24], true), Ok(Due::Nothing));
+        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 24], true), Ok(Due::Input(frame)));
+        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 24], true), Ok(Due::Input(disk)));
+        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 24], true), Ok(Due::Inject(0x50)));
+        assert_eq!((p.applied_by_kind[3], p.applied_by_kind[4]), (1, 1));
+        // another RIP at its counter is a divergence
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        assert!(p.due(pt(7, 0x71, 1), &[0; 24], true).is_err());
+        assert_eq!(kind_name(3), "netframe");
     }
 
     #[test]

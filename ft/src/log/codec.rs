@@ -86,6 +86,7 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             out.push(match status {
                 DiskStatus::Ok => 0,
                 DiskStatus::IoError => 1,
+                DiskStatus::Unsupported => 2,
             });
             out.extend_from_slice(data);
         }
@@ -272,6 +273,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
             status: match r.u8()? {
                 0 => DiskStatus::Ok,
                 1 => DiskStatus::IoError,
+                2 => DiskStatus::Unsupported,
                 _ => return Err(r.bad("unknown disk status")),
             },
             data: r.rest_vec(),

@@ -46,6 +46,8 @@ pub enum DiskStatus {
     Ok,
     /// The request failed with an I/O error.
     IoError,
+    /// The backend does not support the request.
+    Unsupported,
 }
 
 /// Why a peer ended the session.

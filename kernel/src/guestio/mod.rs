@@ -147,6 +147,8 @@ pub struct IoStats {
     pub inputs: u64,
     /// Inputs a device refused ([`InputError`]).
     pub refused: u64,
+    /// Outputs discarded instead of routed (replay, FT backup).
+    pub discarded: u64,
 }
 
 /// The guest's virtio devices and their backends.
@@ -162,6 +164,9 @@ pub struct GuestIo {
     stats: IoStats,
     fatal_seen: [u64; 2],
     notices: Vec<String>,
+    /// Replay (issue 8) or FT backup: the backends are not used; outputs
+    /// are discarded (counted) and inputs come from the log.
+    detached: bool,
 }
 
 impl GuestIo {
@@ -180,6 +185,7 @@ impl GuestIo {
             stats: IoStats::default(),
             fatal_seen: [0; 2],
             notices: Vec::new(),
+            detached: false,
         }
     }
 
@@ -263,6 +269,10 @@ impl GuestIo {
     /// Every output of every device passes here, in guest order, and goes to
     /// the slot's backend.
     pub fn output(&mut self, slot: Slot, out: GuestOutput) {
+        if self.detached {
+            self.stats.discarded += 1;
+            return;
+        }
         self.stats.outputs += 1;
         match (slot, out) {
             (Slot::Net, GuestOutput::Frame(frame)) => self.wire.send(frame),
@@ -299,26 +309,50 @@ impl GuestIo {
         r
     }
 
+    /// Replay or FT backup (`true`): the backends are detached — every
+    /// output is discarded and counted, [`Self::poll`] delivers nothing,
+    /// and inputs come only through [`Self::input`] from the log.
+    pub fn set_detached(&mut self, detached: bool) {
+        self.detached = detached;
+    }
+
     /// Once per run-loop iteration: deliver what the backends finished
     /// since the last call. Returns how many inputs were delivered.
     pub fn poll(&mut self, ram: &mut [u8], irq: &mut dyn IrqLine) -> usize {
+        self.poll_with(ram, irq, |_, _| {})
+    }
+
+    /// [`Self::poll`], showing each input to `seen` just before it is
+    /// applied (record mode logs it there with its execution point).
+    pub fn poll_with(
+        &mut self,
+        ram: &mut [u8],
+        irq: &mut dyn IrqLine,
+        mut seen: impl FnMut(Slot, &GuestInput),
+    ) -> usize {
+        if self.detached {
+            return 0;
+        }
         let mut done = Vec::new();
         self.disk.poll(&mut done);
         let mut frames = Vec::new();
         self.wire.poll(&mut frames);
         let n = done.len() + frames.len();
         for d in done {
+            seen(Slot::Blk, &d);
             let _ = self.input(Slot::Blk, d, ram, irq);
         }
         for f in frames {
-            let _ = self.input(Slot::Net, GuestInput::Frame(f), ram, irq);
+            let f = GuestInput::Frame(f);
+            seen(Slot::Net, &f);
+            let _ = self.input(Slot::Net, f, ram, irq);
         }
         n
     }
 
     /// Whether a backend still owes the guest an input.
     pub fn busy(&self) -> bool {
-        self.disk.in_flight() + self.wire.in_flight() > 0
+        !self.detached && self.disk.in_flight() + self.wire.in_flight() > 0
     }
 
     /// Counters of the chokepoints.
@@ -341,7 +375,7 @@ impl GuestIo {
         let nt = self.net.transport().stats();
         let w = self.wire.stats();
         alloc::format!(
-            "blk requests={} ok={} errors={} needs_reset={} bad_accesses={} | disk reads={} writes={} flushes={} read={}KiB written={}KiB | net tx={} tx_dropped={} rx={} rx_no_buffer={} needs_reset={} bad_accesses={} | wire sent={} delivered={} dropped={} | device-dirtied pages={}",
+            "blk requests={} ok={} errors={} needs_reset={} bad_accesses={} | disk reads={} writes={} flushes={} read={}KiB written={}KiB | net tx={} tx_dropped={} rx={} rx_no_buffer={} needs_reset={} bad_accesses={} | wire sent={} delivered={} dropped={} | outputs discarded={} | device-dirtied pages={}",
             b.submitted,
             b.ok,
             b.errors,
@@ -361,6 +395,7 @@ impl GuestIo {
             w.sent,
             w.delivered,
             w.dropped,
+            self.stats.discarded,
             self.dirty.count(),
         )
     }

@@ -334,6 +334,34 @@ fn loopback_reflects_frames_and_no_wire_drops_them() {
 }
 
 #[test]
+fn detached_backends_discard_outputs_and_take_inputs_only_through_input() {
+    // Replay / FT backup (issue 8): a frame the guest sends is discarded
+    // and counted, nothing comes back from the loopback; the logged frame
+    // enters through `input` and lands like a received one.
+    let mut g = Guest::new(GuestNetChoice::Loopback);
+    g.io.set_detached(true);
+    g.init(Slot::Net, 2);
+    g.post(Slot::Net, 0, &[(0x4_0000, 2048, true)]);
+    let mut frame = vec![0u8; 12 + 60];
+    frame[12..18].copy_from_slice(&GUEST_MAC);
+    frame[26..].fill(0x5A);
+    g.put(0x5_0000, &frame);
+    g.post(Slot::Net, 1, &[(0x5_0000, frame.len() as u32, false)]);
+    assert_eq!(g.used(1), vec![(0, 0)]); // the device still returns tx
+    assert_eq!(g.poll(), 0);
+    assert!(!g.io.busy());
+    assert!(g.used(0).is_empty());
+    assert_eq!(g.io.stats().discarded, 1);
+    assert_eq!(g.io.stats().outputs, 0);
+    assert!(g.io.summary().contains("wire sent=0"));
+    let logged = GuestInput::Frame(frame[12..].to_vec());
+    g.io.input(Slot::Net, logged, &mut g.ram, &mut g.irqs)
+        .unwrap();
+    assert_eq!(g.used(0), vec![(0, frame.len() as u32)]);
+    assert_eq!(g.get(0x4_0000 + 12, 60), &frame[12..]);
+}
+
+#[test]
 fn hostile_queue_is_reported_and_the_device_recovers_after_reset() {
     let mut g = Guest::new(GuestNetChoice::None);
     g.init(Slot::Blk, 1);

@@ -255,6 +255,28 @@ impl Machine {
         }
     }
 
+    /// [`Self::poll_io`] in record mode: `seen` logs each input just
+    /// before it is applied.
+    pub fn poll_io_with(&mut self, seen: impl FnMut(Slot, &kernel::devices::virtio::GuestInput)) {
+        if self.devices.io.poll_with(self.ram, &mut self.lapic, seen) > 0 {
+            self.print_io_notices();
+        }
+    }
+
+    /// Replay: applies an input taken from the log through the same single
+    /// input point [`GuestIo::input`] (a refusal is refused as it was when
+    /// recorded, and noted).
+    pub fn apply_input(&mut self, slot: Slot, input: kernel::devices::virtio::GuestInput) {
+        if self
+            .devices
+            .io
+            .input(slot, input, self.ram, &mut self.lapic)
+            .is_err()
+        {
+            self.print_io_notices();
+        }
+    }
+
     /// Whether a device backend still owes the guest an input (a halted
     /// guest is then waiting for it, not dead).
     pub fn io_busy(&self) -> bool {

@@ -657,6 +657,10 @@ fn run_loop(
     // `launched`: an earlier run (record before replay) launched the VMCS.
     let mut launched = launched;
     loop {
+        // Replay and FT backup: the device backends are not used (outputs
+        // discarded and counted, inputs only from the log); an FT backup
+        // that goes live (tape off) gets them back.
+        m.devices.io.set_detached(tape.is_replay());
         let now = m.now();
         // FT pair (issue 9): ship/receive the log, output rule, heartbeats.
         if let Some(l) = live.as_deref_mut() {
@@ -680,7 +684,27 @@ fn run_loop(
             let at = point_now(vmcs, regs, counter.as_deref());
             let exact = counter.as_deref().is_none_or(|c| c.exact());
             let state = vmx::replay::state_vector(vmcs, regs);
-            match replayer.due(at, &state, exact) {
+            // Guest I/O inputs due here are applied first, through the
+            // single input point, in log order (their interrupts follow as
+            // their own entries).
+            let mut due = replayer.due(at, &state, exact);
+            while let Ok(Due::Input(entry)) = due {
+                let Some((slot, input)) = rr::entry_input(entry) else {
+                    let d = Divergence {
+                        seq: replayer.applied_seq(),
+                        expected: Some(at),
+                        found: at,
+                        what: "an input entry for no device slot".into(),
+                    };
+                    return Ended {
+                        end: End::Diverged(d),
+                        exits,
+                    };
+                };
+                m.apply_input(slot, input);
+                due = replayer.due(at, &state, exact);
+            }
+            match due {
                 Err(d) => {
                     return Ended {
                         end: End::Diverged(d),
@@ -712,6 +736,7 @@ fn run_loop(
                     injecting = true;
                 }
                 Ok(Due::Nothing) => {}
+                Ok(Due::Input(_)) => unreachable!("applied above"),
             }
             // A live stream (FT backup): run only up to the last entry
             // received (DESIGN.md §1.3); wait for more first.
@@ -758,8 +783,15 @@ fn run_loop(
                 None => Plan::Run { slice: SLICE },
             });
         } else {
-            // Guest I/O (issue 6): backend completions and frames enter here.
-            m.poll_io();
+            // Guest I/O (issue 6): backend completions and frames enter
+            // here, after an exit (or a halted wait): a recorded input is
+            // logged at this point, before it is applied, like an interrupt.
+            if let Tape::Record(r) = tape {
+                let at = point_now(vmcs, regs, counter.as_deref());
+                m.poll_io_with(|slot, input| r.push(&rr::input_entry(at, slot, input)));
+            } else {
+                m.poll_io();
+            }
             m.lapic.tick(now);
             let pending = m.lapic.pending_vector();
             if let Some(vector) = pending {

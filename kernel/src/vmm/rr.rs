@@ -5,8 +5,10 @@
 //! `vmx::counter` and `vmx::replay` (host-tested); this is the hardware half.
 use super::machine::Machine;
 use alloc::boxed::Box;
-use ft::log::{ExecPoint, NonDetSource};
+use ft::log::{DiskStatus, ExecPoint, LogEntry, NonDetSource};
 use kernel::config::{Config, CounterChoice, FtMode};
+use kernel::devices::virtio::{BlockStatus, GuestInput};
+use kernel::guestio::Slot;
 use vmx::caps::{PmuInfo, VmxCaps};
 use vmx::counter::mtf::Mtf;
 use vmx::counter::pmu::{Pmu, PmuHw};
@@ -178,6 +180,56 @@ impl Platform for RrPlatform<'_> {
     }
     fn console(&mut self, text: &str) {
         self.m.console(text)
+    }
+}
+
+/// The log entry of a guest I/O input applied at `at` (record mode).
+pub fn input_entry(at: ExecPoint, slot: Slot, input: &GuestInput) -> LogEntry {
+    match input {
+        GuestInput::Frame(frame) => LogEntry::NetFrame {
+            at,
+            vector: slot.vector(),
+            frame: frame.clone(),
+        },
+        GuestInput::BlockDone { id, status, data } => LogEntry::DiskCompletion {
+            at,
+            vector: slot.vector(),
+            request_id: *id,
+            status: match status {
+                BlockStatus::Ok => DiskStatus::Ok,
+                BlockStatus::IoErr => DiskStatus::IoError,
+                BlockStatus::Unsupported => DiskStatus::Unsupported,
+            },
+            data: data.clone(),
+        },
+    }
+}
+
+/// The input a `NetFrame` / `DiskCompletion` entry carries and the slot it
+/// goes to (replay); `None` for another entry or a vector no slot has.
+pub fn entry_input(entry: LogEntry) -> Option<(Slot, GuestInput)> {
+    let slot = |v: u8| Slot::ALL.into_iter().find(|s| s.vector() == v);
+    match entry {
+        LogEntry::NetFrame { vector, frame, .. } => Some((slot(vector)?, GuestInput::Frame(frame))),
+        LogEntry::DiskCompletion {
+            vector,
+            request_id,
+            status,
+            data,
+            ..
+        } => Some((
+            slot(vector)?,
+            GuestInput::BlockDone {
+                id: request_id,
+                status: match status {
+                    DiskStatus::Ok => BlockStatus::Ok,
+                    DiskStatus::IoError => BlockStatus::IoErr,
+                    DiskStatus::Unsupported => BlockStatus::Unsupported,
+                },
+                data,
+            },
+        )),
+        _ => None,
     }
 }
 

@@ -8,7 +8,10 @@
 //! Options: `rounds=` (default 250), `min=`/`span=` (timer count range in
 //! TSC ticks, default 20000 + 0..100000), `mem=` (KiB of the working set,
 //! default 1024), `progress=` (a `replay: round N` line every N rounds,
-//! default 0 = none: console output for the FT pair's output rule). The
+//! default 0 = none: console output for the FT pair's output rule), `io=1`
+//! (virtio-blk sector writes/reads and virtio-net loopback frames each
+//! round, completed from inside the work loop: the hypervisor must run
+//! `guest_net=loopback` and a disk; default 0 = no device I/O). The
 //! final line carries a hash of everything the guest
 //! read and computed, so record and replay consoles must match exactly.
 use crate::{hw, idt, println, BootInfo};
@@ -79,6 +82,17 @@ pub fn run(bi: &BootInfo) -> u8 {
     let span = opt(bi, "span", 100_000).max(1);
     let kib = opt(bi, "mem", 1024).clamp(16, 16 << 10) as usize;
     let progress = opt(bi, "progress", 0);
+    let mut io = if opt(bi, "io", 0) != 0 {
+        match crate::virtio_tests::ReplayIo::new() {
+            Ok(io) => Some(io),
+            Err(why) => {
+                println!("replay: io=1 but no devices: {why}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
     if let Some(upper) = bi.mem_upper {
         if upper + (1 << 20) < (BASE + kib * 1024) as u64 {
             println!("replay: not enough memory for mem={kib}");
@@ -116,6 +130,9 @@ pub fn run(bi: &BootInfo) -> u8 {
         let count = min + (rnd ^ t) % span;
         // SAFETY: arms the one-shot timer configured above.
         unsafe { hw::wrmsr(X2APIC_INIT_COUNT, count) };
+        if let Some(io) = io.as_mut() {
+            io.begin(h);
+        }
         let want = round as u32 + 1;
         if round % 8 == 7 {
             halts += 1;
@@ -134,10 +151,23 @@ pub fn run(bi: &BootInfo) -> u8 {
             while idt::TICKS.load(Ordering::Relaxed) < want {
                 steps += 1;
                 h = mix(h, step(buf, &mut state, steps));
+                if let Some(io) = io.as_mut() {
+                    io.poll();
+                }
             }
-            // SAFETY: back to interrupts off between rounds.
-            unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
         }
+        if let Some(io) = io.as_mut() {
+            // SAFETY: interrupts on: the device completions land anywhere
+            // in this work (the one-shot timer has fired).
+            unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+            while !io.poll() {
+                steps += 1;
+                h = mix(h, step(buf, &mut state, steps));
+            }
+            h = mix(h, io.hash);
+        }
+        // SAFETY: back to interrupts off between rounds.
+        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
         if progress > 0 && (round + 1).is_multiple_of(progress) {
             println!("replay: round {} steps={steps} hash={h:#018x}", round + 1);
         }
@@ -161,6 +191,19 @@ pub fn run(bi: &BootInfo) -> u8 {
         "replay: rounds={rounds} ticks={ticks} halts={halts} steps={steps} tsc={tsc} rate={} steps/Mtick",
         steps * 1_000_000 / tsc
     );
+    let mut io_ok = true;
+    if let Some(io) = io.as_ref() {
+        println!(
+            "replay: io: sector reads={} frames looped back={} errors={} hash={:#018x} blk irqs={} net irqs={}",
+            io.reads,
+            io.frames,
+            io.errors,
+            io.hash,
+            crate::virtio::IRQS[crate::virtio::BLK].load(Ordering::Relaxed),
+            crate::virtio::IRQS[crate::virtio::NET].load(Ordering::Relaxed),
+        );
+        io_ok = io.errors == 0 && io.reads > 0 && io.frames > 0;
+    }
     println!("replay: hash={h:#018x} memory={sum:#018x}");
-    u8::from(u64::from(ticks) != rounds)
+    u8::from(u64::from(ticks) != rounds || !io_ok)
 }

@@ -62,9 +62,11 @@ static BUFFERS: Shared = Shared(UnsafeCell::new(Buffers {
     raw: [0; 0x2000],
 }));
 
-/// The buffers; called once per test run (by `run`).
+/// The buffers; called once per boot (by `run` for this file's modes, or
+/// by [`ReplayIo::new`] for `test=replay io=1`: one test mode per boot).
 fn buffers() -> &'static mut Buffers {
-    // SAFETY: called once, from `run`, so this is the only reference.
+    // SAFETY: called once per boot, from `run` or `ReplayIo::new` (the
+    // guest runs one test mode), so this is the only reference.
     unsafe { &mut *BUFFERS.0.get() }
 }
 
@@ -566,4 +568,219 @@ fn bad_descriptors(layout: &Layout, b: &mut Buffers) -> Result<(), &'static str>
         ),
     }
     Ok(())
+}
+
+/// `test=replay io=1` (ftvisor issue 8): virtio-blk and virtio-net
+/// loopback traffic interleaved with the record/replay workload. Each
+/// round [`ReplayIo::begin`]s one block request (writes and reads of one
+/// sector alternate; a read returns what the previous write stored, with a
+/// pattern seeded by the guest's running hash) and one frame to the
+/// loopback wire; [`ReplayIo::poll`] completes them without blocking from
+/// inside the workload's loop, so completions and received frames land
+/// anywhere in the memory work.
+pub struct ReplayIo {
+    blk: Blk,
+    net: Net,
+    rx: Rx,
+    b: &'static mut Buffers,
+    mac: [u8; 6],
+    sectors: u64,
+    ops: u64,
+    req: BlkReq,
+    resp: BlkResp,
+    /// In flight: token, whether a write, sector, pattern seed.
+    blk_op: Option<(u16, bool, u64, u64)>,
+    /// The last write: sector and seed (the next read checks it).
+    written: (u64, u64),
+    tx: Option<(u16, usize)>,
+    tx_len: usize,
+    rx_wanted: bool,
+    /// Sector reads and frames received, hashed.
+    pub hash: u64,
+    pub reads: u64,
+    pub frames: u64,
+    pub errors: u64,
+}
+
+impl ReplayIo {
+    /// Finds and initialises both devices (`Err`: why not).
+    pub fn new() -> Result<Self, &'static str> {
+        let layout = virtio::discover()?;
+        let b = buffers();
+        let blk =
+            Blk::new(virtio::transport(&layout, BLK)?).map_err(|_| "virtio-blk init failed")?;
+        let sectors = blk.capacity().min(1024);
+        if sectors == 0 {
+            return Err("the disk is empty (disk=none?)");
+        }
+        let mut net =
+            Net::new(virtio::transport(&layout, NET)?).map_err(|_| "virtio-net init failed")?;
+        let mac = net.mac_address();
+        let rx = Rx::post_all(&mut net, b)?;
+        Ok(Self {
+            blk,
+            net,
+            rx,
+            b,
+            mac,
+            sectors,
+            ops: 0,
+            req: BlkReq::default(),
+            resp: BlkResp::default(),
+            blk_op: None,
+            written: (0, 0),
+            tx: None,
+            tx_len: 0,
+            rx_wanted: false,
+            hash: 0xCBF2_9CE4_8422_2325,
+            reads: 0,
+            frames: 0,
+            errors: 0,
+        })
+    }
+
+    fn mix(&mut self, v: u64) {
+        self.hash = (self.hash ^ v).wrapping_mul(0x100_0000_01B3);
+    }
+
+    /// Starts one block request and one frame (after the last ones are
+    /// done: call [`Self::poll`] until it says so).
+    pub fn begin(&mut self, seed: u64) {
+        let write = self.ops.is_multiple_of(2);
+        let (sector, pattern) = if write {
+            ((seed >> 7) % self.sectors, seed)
+        } else {
+            self.written
+        };
+        self.ops += 1;
+        let buf = if write {
+            fill(&mut self.b.write[..SECTOR_SIZE], pattern);
+            &mut self.b.write[..SECTOR_SIZE]
+        } else {
+            self.b.read[..SECTOR_SIZE].fill(0);
+            &mut self.b.read[..SECTOR_SIZE]
+        };
+        // SAFETY: `req`, `resp` and the sector buffer stay untouched until
+        // `poll` completes the request with the same buffers.
+        let token = unsafe {
+            if write {
+                self.blk
+                    .write_blocks_nb(sector as usize, &mut self.req, buf, &mut self.resp)
+            } else {
+                self.blk
+                    .read_blocks_nb(sector as usize, &mut self.req, buf, &mut self.resp)
+            }
+        };
+        match token {
+            Ok(t) => {
+                self.blk_op = Some((t, write, sector, pattern));
+                if write {
+                    self.written = (sector, pattern);
+                }
+            }
+            Err(_) => self.errors += 1,
+        }
+        let len = 60 + (seed % 240) as usize;
+        let Ok(hdr) = self.net.fill_buffer_header(&mut self.b.tx) else {
+            self.errors += 1;
+            return;
+        };
+        frame(&mut self.b.tx[hdr..], self.mac, self.ops as u32, len);
+        // SAFETY: the tx buffer stays untouched until `transmit_complete`.
+        match unsafe { self.net.transmit_begin(&self.b.tx[..hdr + len]) } {
+            Ok(t) => {
+                self.tx = Some((t, hdr));
+                self.tx_len = len;
+                self.rx_wanted = true;
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// Completes what finished; `true` when nothing is outstanding.
+    pub fn poll(&mut self) -> bool {
+        if let Some((t, write, sector, pattern)) = self.blk_op {
+            if self.blk.peek_used() == Some(t) {
+                self.blk_op = None;
+                // SAFETY: the buffers submitted with this token.
+                let r = unsafe {
+                    if write {
+                        self.blk.complete_write_blocks(
+                            t,
+                            &self.req,
+                            &self.b.write[..SECTOR_SIZE],
+                            &mut self.resp,
+                        )
+                    } else {
+                        self.blk.complete_read_blocks(
+                            t,
+                            &self.req,
+                            &mut self.b.read[..SECTOR_SIZE],
+                            &mut self.resp,
+                        )
+                    }
+                };
+                if r.is_err() {
+                    self.errors += 1;
+                } else if !write {
+                    self.reads += 1;
+                    if check(&self.b.read[..SECTOR_SIZE], pattern).is_some() {
+                        self.errors += 1;
+                    }
+                    let w = u64::from_le_bytes(self.b.read[8..16].try_into().unwrap_or([0; 8]));
+                    self.mix(w ^ sector);
+                }
+            }
+        }
+        if let Some((t, hdr)) = self.tx {
+            if self.net.poll_transmit() == Some(t) {
+                self.tx = None;
+                // SAFETY: the buffer submitted with this token.
+                let r = unsafe {
+                    self.net
+                        .transmit_complete(t, &self.b.tx[..hdr + self.tx_len])
+                };
+                if r.is_err() {
+                    self.errors += 1;
+                }
+            }
+        }
+        if self.rx_wanted {
+            if let Some(token) = self.net.poll_receive() {
+                self.rx_wanted = false;
+                match self.receive(token) {
+                    Ok(()) => self.frames += 1,
+                    Err(_) => self.errors += 1,
+                }
+            }
+        }
+        self.blk_op.is_none() && self.tx.is_none() && !self.rx_wanted
+    }
+
+    fn receive(&mut self, token: u16) -> Result<(), &'static str> {
+        let i = self
+            .rx
+            .tokens
+            .iter()
+            .position(|&t| t == token)
+            .ok_or("unknown rx token")?;
+        // SAFETY: the buffer posted with this token.
+        let (hdr, len) = unsafe { self.net.receive_complete(token, &mut self.b.rx[i]) }
+            .map_err(|_| "receive completion failed")?;
+        let got = &self.b.rx[i][hdr..hdr + len];
+        let sent = &self.b.tx[hdr..hdr + self.tx_len];
+        let same = got == sent;
+        let seq = u32::from_be_bytes(
+            got.get(14..18)
+                .and_then(|s| s.try_into().ok())
+                .unwrap_or([0; 4]),
+        );
+        self.mix((u64::from(seq) << 16) | len as u64);
+        self.rx.repost(&mut self.net, self.b, i)?;
+        if same {
+            Ok(())
+        } else {
+            Err("a looped-back frame differs")
+        }
+    }
 }
