@@ -223,38 +223,34 @@ impl Config {
                 r?;
                 continue;
             }
-            let (bit, name): (u32, &'static str) = match key {
-                "mode" => (0, "mode"),
-                "guest" => (20, "guest"),
-                "selftest" => (1, "selftest"),
-                "guest_mem" => (2, "guest_mem"),
-                "log" => (3, "log"),
-                "watchdog" => (4, "watchdog"),
-                "counter" => (5, "counter"),
-                "ft" => (6, "ft"),
-                "replay_mutate" => (7, "replay_mutate"),
-                "ip" => (10, "ip"),
-                "gw" => (11, "gw"),
-                "nic" => (12, "nic"),
-                "echo_port" => (13, "echo_port"),
-                "net_timeout" => (14, "net_timeout"),
-                "disk" => (15, "disk"),
-                "guest_net" => (16, "guest_net"),
-                _ => {
+            const KEYS: [&str; 16] = [
+                "mode",
+                "guest",
+                "selftest",
+                "guest_mem",
+                "log",
+                "watchdog",
+                "counter",
+                "ft",
+                "replay_mutate",
+                "ip",
+                "gw",
+                "nic",
+                "echo_port",
+                "net_timeout",
+                "disk",
+                "guest_net",
+            ];
+            let opt = match claim(&KEYS, &mut seen, key, value) {
+                Some(r) => r?,
+                None => {
                     return Err(Error::UnknownOption {
                         option: key.to_string(),
                     })
                 }
             };
-            if seen & (1 << bit) != 0 {
-                return Err(Error::DuplicateOption { option: name });
-            }
-            seen |= 1 << bit;
-            let bad = |expected: &'static str| Error::BadValue {
-                option: name,
-                value: value.to_string(),
-                expected,
-            };
+            let name = opt.name;
+            let bad = |expected: &'static str| opt.bad(expected);
             match name {
                 "mode" => {
                     cfg.mode = match value {
@@ -411,6 +407,50 @@ pub fn strip_image_path(cmdline: &str) -> &str {
         None if trimmed.starts_with('/') && !trimmed.contains('=') => "",
         _ => trimmed,
     }
+}
+
+/// An option a parser group has claimed: its canonical name and its value.
+pub(crate) struct Claimed<'a> {
+    pub name: &'static str,
+    pub value: &'a str,
+}
+
+impl Claimed<'_> {
+    /// The error for a value that does not parse, naming the option.
+    pub(crate) fn bad(&self, expected: &'static str) -> Error {
+        Error::BadValue {
+            option: self.name,
+            value: self.value.to_string(),
+            expected,
+        }
+    }
+
+    /// A decimal value in `lo..=hi`, else [`Claimed::bad`].
+    pub(crate) fn number(&self, lo: u64, hi: u64, expected: &'static str) -> Result<u64, Error> {
+        parse_decimal(self.value)
+            .filter(|v| (lo..=hi).contains(v))
+            .ok_or_else(|| self.bad(expected))
+    }
+}
+
+/// Claims `key` for a group of options (`keys`, at most 32, one bit of
+/// `seen` each): `None` when the key is not in the group, an error when it
+/// was given before. Every option parser goes through here, so repeats are
+/// detected the same way everywhere.
+pub(crate) fn claim<'a>(
+    keys: &[&'static str],
+    seen: &mut u32,
+    key: &str,
+    value: &'a str,
+) -> Option<Result<Claimed<'a>, Error>> {
+    debug_assert!(keys.len() <= 32);
+    let bit = keys.iter().position(|k| *k == key)?;
+    let name = keys[bit];
+    if *seen & (1 << bit) != 0 {
+        return Some(Err(Error::DuplicateOption { option: name }));
+    }
+    *seen |= 1 << bit;
+    Some(Ok(Claimed { name, value }))
 }
 
 /// Parses plain decimal digits (no sign, no spaces) into a `u64`.

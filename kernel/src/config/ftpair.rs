@@ -18,10 +18,8 @@
 //! | `ft_generation` | the flag generation the session starts under, the same on both sides (until arbitration reads it from the shared LUN; 0..2^63) | `0` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
-use super::parse_decimal;
 use super::parse_ipv4;
 use crate::Error;
-use alloc::string::ToString;
 
 /// The log port when `peer=` names none.
 pub const DEFAULT_LOG_PORT: u16 = 7700;
@@ -103,22 +101,13 @@ pub fn parse_option(
         "ft_generation",
         "ft_probe",
     ];
-    let bit = KEYS.iter().position(|k| *k == key)?;
-    let name = KEYS[bit];
-    if *seen & (1 << bit) != 0 {
-        return Some(Err(Error::DuplicateOption { option: name }));
-    }
-    *seen |= 1 << bit;
-    let bad = |expected: &'static str| Error::BadValue {
-        option: name,
-        value: value.to_string(),
-        expected,
+    let opt = match super::claim(&KEYS, seen, key, value)? {
+        Ok(opt) => opt,
+        Err(e) => return Some(Err(e)),
     };
-    let number = |lo: u64, hi: u64, expected: &'static str| {
-        parse_decimal(value)
-            .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| bad(expected))
-    };
+    let name = opt.name;
+    let bad = |expected: &'static str| opt.bad(expected);
+    let number = |lo: u64, hi: u64, expected: &'static str| opt.number(lo, hi, expected);
     let r = (|| {
         match name {
             "role" => {

@@ -111,22 +111,13 @@ pub fn parse_option(
         "iscsi_rounds",
         "iscsi_sync",
     ];
-    let bit = KEYS.iter().position(|k| *k == key)?;
-    let name = KEYS[bit];
-    if *seen & (1 << bit) != 0 {
-        return Some(Err(Error::DuplicateOption { option: name }));
-    }
-    *seen |= 1 << bit;
-    let bad = |expected: &'static str| Error::BadValue {
-        option: name,
-        value: value.to_string(),
-        expected,
+    let opt = match super::claim(&KEYS, seen, key, value)? {
+        Ok(opt) => opt,
+        Err(e) => return Some(Err(e)),
     };
-    let number = |lo: u64, hi: u64, expected: &'static str| {
-        parse_decimal(value)
-            .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| bad(expected))
-    };
+    let name = opt.name;
+    let bad = |expected: &'static str| opt.bad(expected);
+    let number = |lo: u64, hi: u64, expected: &'static str| opt.number(lo, hi, expected);
     let r = (|| {
         match name {
             "iscsi" => {
