@@ -75,6 +75,24 @@ pub enum Outcome {
     Skip(String),
 }
 
+/// Boots several machines at once, one thread each (an FT pair, racing
+/// initiators), and returns their runs in the order given.
+pub fn boot_all(root: &Path, machines: Vec<(Emulator, BootSpec)>) -> Vec<Result<Run, String>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = machines
+            .into_iter()
+            .map(|(emulator, spec)| s.spawn(move || emulator.boot(root, spec)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
+            })
+            .collect()
+    })
+}
+
 fn which(cmd: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))

@@ -134,24 +134,17 @@ fn boot_pair(
     ns: &Netns,
     guests: [&str; 2],
 ) -> Result<(Run, Run), String> {
-    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [1u8, 2]
+    let results = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
             .into_iter()
             .map(|node| {
                 let mut spec = node_spec(t, root, ns, node, "");
                 spec.modules = vec![(root.join(GUEST), guests[node as usize - 1].to_string())];
-                let emulator = t.emulator;
-                s.spawn(move || emulator.boot(root, spec))
+                (t.emulator, spec)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
-            })
-            .collect()
-    });
+            .collect(),
+    );
     let mut it = results.into_iter();
     let p = it.next().expect("two nodes")?;
     let b = it.next().expect("two nodes")?;
@@ -407,8 +400,9 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
     };
     let ns_name = ns.name.clone();
     let timeout = t.timeout;
-    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [1u8, 2]
+    let results = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
             .into_iter()
             .map(|node| {
                 let extra = if node == 2 { "ft_probe=10.0.4.1" } else { "" };
@@ -433,18 +427,10 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
                     });
                     spec.interact = Some(attack);
                 }
-                let emulator = t.emulator;
-                s.spawn(move || emulator.boot(root, spec))
+                (t.emulator, spec)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
-            })
-            .collect()
-    });
+            .collect(),
+    );
     drop(ns);
     let mut it = results.into_iter();
     let (p, b) = match (it.next(), it.next()) {
@@ -577,8 +563,9 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
     }
     let primary_name = format!("{}-primary", t.name);
     let timeout = t.timeout;
-    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [1u8, 2]
+    let results = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
             .into_iter()
             .map(|node| {
                 let mut spec = node_spec(t, root, &ns, node, "");
@@ -594,18 +581,10 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
                     });
                     spec.interact = Some(kill);
                 }
-                let emulator = t.emulator;
-                s.spawn(move || emulator.boot(root, spec))
+                (t.emulator, spec)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
-            })
-            .collect()
-    });
+            .collect(),
+    );
     let flag = target.read_block(0);
     drop(target);
     drop(ns);

@@ -567,8 +567,9 @@ fn run_race(t: &E2eTest, root: &Path) -> Outcome {
         Ok(pid) => pid,
         Err(e) => return Outcome::Fail(e),
     };
-    let runs: Vec<Result<Run, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [1u8, 2]
+    let runs = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
             .into_iter()
             .map(|node| {
                 let mut spec = t.boot_spec(root);
@@ -581,18 +582,10 @@ fn run_race(t: &E2eTest, root: &Path) -> Outcome {
                     &format!("52:54:00:12:34:1{node}"),
                 );
                 spec.netns = Some(ns.name.clone());
-                let emulator = t.emulator;
-                s.spawn(move || emulator.boot(root, spec))
+                (t.emulator, spec)
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
-            })
-            .collect()
-    });
+            .collect(),
+    );
     let coord_status = ns.wait(coord, Duration::from_secs(10));
     let coord_text = std::fs::read_to_string(&coord_log).unwrap_or_default();
     let summary = coord_text
