@@ -196,6 +196,13 @@ impl Emulator {
         });
         let mut shown = 0usize;
         let mut timed_out = false;
+        let mut stalled = false;
+        // Bochs (`clock: sync=none`) burns a whole core even while its
+        // guest idles, so a Bochs that uses no CPU and writes nothing is
+        // stuck (seen: Bochs itself deadlocked in a futex wait). QEMU
+        // sleeps while its guest halts, so it is not watched.
+        let mut watch = (*self == Emulator::Bochs).then(|| StallWatch::new(STALL_WINDOW));
+        let mut next_sample = Instant::now();
         let status = loop {
             if spec.stream {
                 shown = stream_new(&serial, shown);
@@ -211,6 +218,20 @@ impl Emulator {
                 let _ = child.wait();
                 break None;
             }
+            if let Some(w) = watch.as_mut().filter(|_| Instant::now() >= next_sample) {
+                next_sample = Instant::now() + Duration::from_secs(1);
+                let cpu = cpu_ticks(child.id());
+                let len = fs::metadata(&serial).map_or(0, |m| m.len());
+                if let Some(cpu) = cpu {
+                    if w.sample(start.elapsed(), cpu, len) {
+                        stalled = true;
+                        timed_out = true;
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         if spec.stream {
@@ -224,7 +245,13 @@ impl Emulator {
             l.find(EXIT_MARKER)
                 .and_then(|i| l[i + EXIT_MARKER.len()..].trim().parse::<u8>().ok())
         });
-        let ended = if timed_out {
+        let ended = if stalled {
+            format!(
+                "emulator stalled: no CPU time and no serial output for {} s (Bochs deadlock?); killed after {:.0} s",
+                STALL_WINDOW.as_secs(),
+                start.elapsed().as_secs_f64()
+            )
+        } else if timed_out {
             format!("timed out after {}s", spec.timeout.as_secs())
         } else {
             format!("emulator exited with status {status:?}")
@@ -344,6 +371,67 @@ fn bochs_command(
     Ok(c)
 }
 
+/// How long an emulator may sit with (almost) no CPU time and no new
+/// serial output before the runner declares it stalled.
+const STALL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Linux's `USER_HZ`: the unit of `utime`/`stime` in `/proc/<pid>/stat`
+/// (100 on every Linux ABI this runs on).
+const CLOCK_TICKS_PER_S: u64 = 100;
+
+/// `utime + stime` of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    parse_cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime + stime` from the text of `/proc/<pid>/stat` (fields 14 and 15;
+/// the command name, field 2, is parenthesised and may hold spaces).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The stall detector: fed `(elapsed, cpu ticks, serial length)` samples,
+/// it reports a stall once neither the serial file grew nor the process
+/// used more than 2% of a CPU over a whole `window`.
+#[derive(Debug)]
+struct StallWatch {
+    window: Duration,
+    /// The last sample that showed activity (or the first sample).
+    since: Option<(Duration, u64, u64)>,
+}
+
+impl StallWatch {
+    fn new(window: Duration) -> Self {
+        StallWatch {
+            window,
+            since: None,
+        }
+    }
+
+    /// CPU ticks that count as activity within one window (2% of it).
+    fn budget(&self) -> u64 {
+        (self.window.as_millis() as u64 * CLOCK_TICKS_PER_S / 1000 / 50).max(1)
+    }
+
+    /// `true` when the emulator is stalled.
+    fn sample(&mut self, now: Duration, cpu: u64, serial_len: u64) -> bool {
+        let budget = self.budget();
+        match self.since {
+            Some((t, c, l)) if serial_len == l && cpu.saturating_sub(c) < budget && cpu >= c => {
+                now.saturating_sub(t) >= self.window
+            }
+            _ => {
+                self.since = Some((now, cpu, serial_len));
+                false
+            }
+        }
+    }
+}
+
 fn stream_new(serial: &Path, shown: usize) -> usize {
     let Ok(bytes) = fs::read(serial) else {
         return shown;
@@ -355,5 +443,81 @@ fn stream_new(serial: &Path, shown: usize) -> usize {
         bytes.len()
     } else {
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn stat_fields() {
+        let stat = "4242 (bochs (x) 1) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    7000 300 0 0 20 0 2 0 12345 1000000 500 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(7300));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn busy_emulator_is_never_stalled() {
+        // A Bochs burning a core (100 ticks/s) with a silent guest.
+        let mut w = StallWatch::new(secs(60));
+        for s in 0..600 {
+            assert!(!w.sample(secs(s), 100 * s, 4096), "at {s} s");
+        }
+    }
+
+    #[test]
+    fn half_a_core_is_busy() {
+        // Two Bochs sharing one core with the rest of the runner.
+        let mut w = StallWatch::new(secs(60));
+        for s in 0..600 {
+            assert!(!w.sample(secs(s), 50 * s, 0));
+        }
+    }
+
+    #[test]
+    fn growing_serial_is_never_stalled() {
+        let mut w = StallWatch::new(secs(60));
+        for s in 0..600 {
+            assert!(!w.sample(secs(s), 5, s / 10));
+        }
+    }
+
+    #[test]
+    fn deadlock_is_stalled_after_the_window() {
+        // Busy and printing for 100 s, then a futex wait: no CPU, no output.
+        let mut w = StallWatch::new(secs(60));
+        for s in 0..=100 {
+            assert!(!w.sample(secs(s), 100 * s, 10 * s));
+        }
+        for s in 101..160 {
+            assert!(!w.sample(secs(s), 10_000, 1000), "too early at {s} s");
+        }
+        assert!(w.sample(secs(160), 10_001, 1000));
+    }
+
+    #[test]
+    fn a_trickle_of_cpu_is_still_a_stall() {
+        // 1% of a core (the deadlocked Bochs's other threads, if any).
+        let mut w = StallWatch::new(secs(60));
+        let stalled = (0..200).find(|&s| w.sample(secs(s), s, 77));
+        assert_eq!(stalled, Some(60));
+    }
+
+    #[test]
+    fn activity_restarts_the_window() {
+        let mut w = StallWatch::new(secs(60));
+        assert!(!w.sample(secs(0), 0, 0));
+        assert!(!w.sample(secs(59), 0, 0));
+        // One serial line just in time.
+        assert!(!w.sample(secs(59), 0, 80));
+        assert!(!w.sample(secs(118), 1, 80));
+        assert!(w.sample(secs(119), 1, 80));
     }
 }

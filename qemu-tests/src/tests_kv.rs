@@ -43,7 +43,7 @@ pub fn tests() -> Vec<E2eTest> {
             "hypervisor: guest exited with code 0",
         ],
         forbid: vec!["PANIC", "EXCEPTION", "guest stopped", "FAILED"],
-        timeout: Duration::from_secs(1500),
+        timeout: Duration::from_secs(600),
         custom: Some(run_kv),
         ..E2eTest::new(
             "guest-kv",
