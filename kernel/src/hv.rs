@@ -127,7 +127,16 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             if config.pair.role.is_some() {
                 crate::ftlive::start(&config, &caps, report.pmu, image, guest_cmdline);
             }
-            crate::vmm::run(&config, &caps, report.pmu, image, guest_cmdline, log, None);
+            crate::vmm::run(
+                &config,
+                &caps,
+                report.pmu,
+                image,
+                guest_cmdline,
+                log,
+                None,
+                None,
+            );
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | `heartbeat` | milliseconds of idle log before the primary sends a heartbeat (1..60000, below `ft_timeout`) | `10` |
 //! | `ft_status` | milliseconds between status lines on the console (100..600000) | `1000` |
 //! | `ft_generation` | the flag generation the session starts under, the same on both sides (until arbitration reads it from the shared LUN; 0..2^63) | `0` |
+//! | `ft_status_port` | TCP port on `ip=` that answers every connection with one JSON status line and closes (for host tools; `0`: none) | `7701` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
 use super::parse_ipv4;
@@ -42,6 +43,8 @@ pub struct FtPairConfig {
     pub timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub status_ms: u64,
+    /// The status port (0: none).
+    pub status_port: u16,
     /// The flag generation both sides start under.
     pub generation: u64,
     /// Backup: the address allowed to open probe connections.
@@ -57,6 +60,7 @@ impl Default for FtPairConfig {
             timeout_ms: 2000,
             heartbeat_ms: 10,
             status_ms: 1000,
+            status_port: 7701,
             generation: 0,
             probe: None,
         }
@@ -76,6 +80,9 @@ impl FtPairConfig {
         if self.heartbeat_ms >= self.timeout_ms {
             return Err("`heartbeat=` must be shorter than `ft_timeout=`");
         }
+        if self.peer.is_some_and(|p| p.port == self.status_port) {
+            return Err("`ft_status_port=` must differ from the log port");
+        }
         if self.probe.is_some() && self.role != Some(Role::Backup) {
             return Err("`ft_probe=` is a backup option");
         }
@@ -91,7 +98,8 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 9] = [
+        "ft_status_port",
         "role",
         "peer",
         "cluster",
@@ -133,6 +141,9 @@ pub fn parse_option(
             "ft_status" => {
                 cfg.status_ms = number(100, 600_000, "milliseconds between 100 and 600000")?
             }
+            "ft_status_port" => {
+                cfg.status_port = number(0, 65535, "a TCP port 0..65535 (0: none)")? as u16
+            }
             "ft_generation" => cfg.generation = number(0, i64::MAX as u64, "a generation 0..2^63")?,
             "ft_probe" => {
                 cfg.probe =
@@ -153,7 +164,7 @@ mod tests {
     #[test]
     fn pair_options() {
         let c = Config::parse(
-            "mode=hypervisor role=backup peer=10.0.4.11:7701 cluster=42 ft_timeout=3000 heartbeat=20 ft_status=500",
+            "mode=hypervisor role=backup peer=10.0.4.11:7702 cluster=42 ft_timeout=3000 heartbeat=20 ft_status=500",
         )
         .unwrap();
         assert_eq!(
@@ -162,12 +173,13 @@ mod tests {
                 role: Some(Role::Backup),
                 peer: Some(Endpoint {
                     addr: [10, 0, 4, 11],
-                    port: 7701
+                    port: 7702
                 }),
                 cluster: 42,
                 timeout_ms: 3000,
                 heartbeat_ms: 20,
                 status_ms: 500,
+                status_port: 7701,
                 generation: 0,
                 probe: None,
             }

@@ -40,7 +40,7 @@
 //! `clock: sync=none` that is emulated time, so `ft_timeout` and
 //! `heartbeat` count each emulator's own instructions, not wall time.
 use crate::arch::exit::exit;
-use crate::net::transport::{NetStack, SmolTransport};
+use crate::net::transport::{Clock, SharedStack, SharedTransport};
 use crate::net::WithNic;
 use alloc::string::String;
 use alloc::vec;
@@ -57,8 +57,10 @@ use ft::log::{decode_record, ExecPoint, GoodbyeReason};
 use ft::primary::{Primary, PrimaryState};
 use ft::{Effect, Effects, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
+use kernel::devices::virtio::GuestOutput;
 use kernel::exitcode;
-use kernel::ftnode::{guest_identity, mbit_per_s, ConsoleGate, IdHex, LagMeter, StatusLine};
+use kernel::ftnode::{guest_identity, mbit_per_s, IdHex, LagMeter, OutputGate, StatusLine};
+use kernel::guestio::{GuestIo, Slot};
 use vmx::caps::{PmuInfo, VmxCaps};
 use vmx::replay::{Recorder, Replayer, Tape};
 
@@ -74,26 +76,50 @@ const ISCSI_BUFFER: usize = 16 * 1024;
 const FLAG_LBA: u64 = 0;
 /// TCP buffers of a probe connection (`ft_probe=`).
 const PROBE_BUFFER: usize = 16 * 1024;
+/// TCP buffers of the status port.
+const STATUS_BUFFER: usize = 2048;
+
+/// Output ids (DESIGN.md §1.4): console line *n* (1, 2, ...) is output
+/// `2n - 1`, guest I/O output *n* (a frame, a disk request) is `2n`, so the
+/// two kinds share the log's one id space and a backup can tell a line's
+/// marker without counting the others.
+fn line_output_id(n: u64) -> u64 {
+    2 * n - 1
+}
+
+fn io_output_id(n: u64) -> u64 {
+    2 * n
+}
 
 /// What the run loop calls while an FT pair runs.
 pub trait Live {
     /// Top of every run-loop iteration, the guest at `at` with guest time
     /// `guest_ns`; `lines` are guest console lines captured since the last
-    /// call (primary). `Err`: the session failed, stop the guest.
+    /// call (primary); `io`: the guest's devices, whose outputs the
+    /// primary holds until the backup acknowledged them. `Err`: the
+    /// session failed, stop the guest.
     fn poll(
         &mut self,
         tape: &mut Tape,
         at: ExecPoint,
         guest_ns: u64,
         lines: &mut Option<Vec<String>>,
+        io: &mut GuestIo,
     ) -> Result<(), String>;
     /// Just before VM entry: ship what this iteration recorded.
     fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64);
     /// Backup, when the replayer holds nothing more to run to: after a
     /// won arbitration, `Some(guest time)` once: the guest goes live and
     /// its clock must not run backwards past what the log showed it.
-    /// `lines`: the guest's console lines discarded since the last poll.
-    fn go_live(&mut self, replayer: &Replayer, lines: &mut Option<Vec<String>>) -> Option<u64>;
+    /// `lines`: the guest's console lines discarded since the last poll;
+    /// `io`: attached again at go-live (pending disk requests re-issued,
+    /// the guest's MAC announced).
+    fn go_live(
+        &mut self,
+        replayer: &Replayer,
+        lines: &mut Option<Vec<String>>,
+        io: &mut GuestIo,
+    ) -> Option<u64>;
     /// Backup: the replayer holds nothing to run to; poll until it does.
     fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String>;
     /// Primary, after the guest exited and the final checkpoint was
@@ -104,6 +130,7 @@ pub trait Live {
         recorder: &Recorder,
         lines: &mut Option<Vec<String>>,
         guest_ns: u64,
+        io: &mut GuestIo,
     ) -> bool;
     /// Backup, after its replay ended (`identical`: every entry met and
     /// the final state equal).
@@ -148,8 +175,11 @@ impl WithNic for Starter<'_> {
         clock: crate::net::transport::Clock,
         nic: N,
     ) -> Self::Out {
-        let (device, iface) = crate::net::interface(config, &clock, nic);
-        let net = NetStack::new(device, iface, clock);
+        // One NIC for everything (DESIGN.md §2): the guest's frames on one
+        // side of the demultiplexer, the hypervisor's stack on the other
+        // (log channel, arbitration, the guest disk's iSCSI session).
+        let (demux, net) = crate::net::guest::share_nic(config, clock, nic);
+        let io = crate::net::guest::guest_io_on(config.guest_mem, config, &demux, &net);
         let mut node = Node::new(config, net, self.image, self.guest_cmdline);
         node.join();
         crate::vmm::run(
@@ -159,6 +189,7 @@ impl WithNic for Starter<'_> {
             self.image,
             self.guest_cmdline,
             None,
+            Some(io),
             Some(&mut node),
         )
     }
@@ -176,9 +207,21 @@ enum Side {
 
 /// One side of the pair: the state machine, its socket and its numbers.
 pub struct Node<N: Nic> {
-    /// The NIC's stack, inside the iSCSI transport to the shared LUN
-    /// (`iscsi=`; lent to an initiator only while arbitrating).
-    link: SmolTransport<N>,
+    /// The hypervisor's smoltcp stack on the NIC, shared with the guest
+    /// disk's iSCSI session (`disk=iscsi`).
+    net: SharedStack<N>,
+    clock: Clock,
+    /// The iSCSI transport to the shared LUN (`iscsi=`; lent to an
+    /// initiator only while arbitrating).
+    arb: SharedTransport<N>,
+    /// The status port's listening socket (`ft_status_port=`).
+    status_sock: Option<SocketHandle>,
+    /// Guest I/O outputs the backup acknowledged, to go out at the next
+    /// poll (DESIGN.md §1.4).
+    ready: Vec<(Slot, GuestOutput)>,
+    /// Primary that won the test-and-set after its backup fell silent:
+    /// the guest runs on alone, outputs leave at once (§1.7).
+    alone: bool,
     /// The shared LUN: portal, target, LUN (`iscsi=`, `iscsi_target=`,
     /// `iscsi_lun=`); `None`: no storage, so no one may go live.
     lun: Option<(Endpoint, String, u64)>,
@@ -199,7 +242,12 @@ pub struct Node<N: Nic> {
     last_tick_us: u64,
     /// Recorder bytes already handed to the primary.
     rec_off: usize,
-    gate: ConsoleGate,
+    /// Console lines under the output rule (line number, text).
+    gate: OutputGate<(u64, String)>,
+    /// Frames and disk requests under the output rule.
+    io_gate: OutputGate<(Slot, GuestOutput)>,
+    /// Guest I/O outputs so far.
+    next_io: u64,
     lag: LagMeter,
     next_line: u64,
     start_us: u64,
@@ -239,7 +287,8 @@ pub struct Node<N: Nic> {
 }
 
 impl<N: Nic + 'static> Node<N> {
-    fn new(config: &Config, mut net: NetStack<N>, image: &[u8], guest_cmdline: &str) -> Self {
+    fn new(config: &Config, shared: SharedStack<N>, image: &[u8], guest_cmdline: &str) -> Self {
+        let mut net = shared.borrow_mut();
         let pair = config.pair;
         let role = pair.role.expect("start() runs only with a role");
         let guest_id = guest_identity(image, guest_cmdline);
@@ -280,8 +329,16 @@ impl<N: Nic + 'static> Node<N> {
         let ic = &config.iscsi;
         let lun = ic.portal.map(|p| (p, ic.target.clone(), ic.lun));
         let portal = endpoint(ic.portal.unwrap_or(pair.peer.expect("validated")));
+        let clock = net.clock;
+        let status_sock = (pair.status_port != 0).then(|| net.add_tcp(STATUS_BUFFER));
+        drop(net);
         Node {
-            link: SmolTransport::new(net, portal, ISCSI_BUFFER),
+            arb: SharedTransport::new(shared.clone(), portal, ISCSI_BUFFER),
+            net: shared,
+            clock,
+            status_sock,
+            ready: Vec::new(),
+            alone: false,
             lun,
             me,
             sock,
@@ -298,7 +355,9 @@ impl<N: Nic + 'static> Node<N> {
             last_pump_us: 0,
             last_tick_us: 0,
             rec_off: 0,
-            gate: ConsoleGate::default(),
+            gate: OutputGate::default(),
+            io_gate: OutputGate::default(),
+            next_io: 0,
             lag: LagMeter::default(),
             next_line: 0,
             start_us: now_us,
@@ -326,7 +385,7 @@ impl<N: Nic + 'static> Node<N> {
     }
 
     fn now_us(&self) -> u64 {
-        self.link.net.clock.micros()
+        self.clock.micros()
     }
 
     fn timeout_us(&self) -> u64 {
@@ -344,7 +403,8 @@ impl<N: Nic + 'static> Node<N> {
                 let mut tries = 0u32;
                 loop {
                     tries += 1;
-                    match self.link.net.connect(self.sock, ep, 2_000) {
+                    let connected = self.net.borrow_mut().connect(self.sock, ep, 2_000);
+                    match connected {
                         Ok(()) => break,
                         Err(e) if self.now_us() < deadline => {
                             if tries % 20 == 1 {
@@ -352,7 +412,7 @@ impl<N: Nic + 'static> Node<N> {
                             }
                             let until = self.now_us() + 200_000;
                             while self.now_us() < until {
-                                self.link.net.poll();
+                                self.net.borrow_mut().poll();
                             }
                         }
                         Err(e) => {
@@ -411,18 +471,24 @@ impl<N: Nic + 'static> Node<N> {
 
     /// Backup gone live: the log socket is closed for good.
     fn net_abort_log(&mut self) {
-        self.link.net.tcp(self.sock).abort();
-        self.link.net.poll();
+        self.net.borrow_mut().tcp(self.sock).abort();
+        self.net.borrow_mut().poll();
         self.connected = false;
     }
 
     fn listen(&mut self) {
-        let s = self.link.net.tcp(self.sock);
-        if s.is_open() {
-            s.abort();
-            self.link.net.poll();
+        let open = self.net.borrow_mut().tcp(self.sock).is_open();
+        if open {
+            self.net.borrow_mut().tcp(self.sock).abort();
+            self.net.borrow_mut().poll();
         }
-        if self.link.net.tcp(self.sock).listen(self.peer.port).is_err() {
+        if self
+            .net
+            .borrow_mut()
+            .tcp(self.sock)
+            .listen(self.peer.port)
+            .is_err()
+        {
             println!(
                 "ft: backup: error: cannot listen on port {}",
                 self.peer.port
@@ -452,11 +518,16 @@ impl<N: Nic + 'static> Node<N> {
                         Side::Primary(p) => (p.acked(), self.now_us()),
                         Side::Backup(_) => (0, self.now_us()),
                     };
-                    if let Some(r) = self.gate.release(id, acked, now) {
-                        println!("guest: {}", r.text);
+                    if id % 2 == 0 {
+                        if let Some(r) = self.io_gate.release(id, acked, now) {
+                            self.ready.push(r.item);
+                        }
+                    } else if let Some(r) = self.gate.release(id, acked, now) {
+                        let (n, text) = r.item;
+                        println!("guest: {text}");
                         println!(
-                            "ft: output #{} released: marker seq {} acked {} held {} us",
-                            r.id, r.marker_seq, r.acked, r.held_us
+                            "ft: output #{n} released: marker seq {} acked {} held {} us",
+                            r.marker_seq, r.acked, r.held_us
                         );
                     }
                 }
@@ -482,7 +553,7 @@ impl<N: Nic + 'static> Node<N> {
                         Side::Primary(p) => {
                             println!("ft: primary: bad data from the backup: {err}; dropping the connection");
                             p.on_disconnected();
-                            self.link.net.tcp(self.sock).abort();
+                            self.net.borrow_mut().tcp(self.sock).abort();
                             self.connected = false;
                         }
                     }
@@ -506,11 +577,15 @@ impl<N: Nic + 'static> Node<N> {
             return;
         }
         self.last_pump_us = now;
-        self.link.net.poll();
-        let s = self.link.net.tcp(self.sock);
+        self.net.borrow_mut().poll();
+        let rc = self.net.clone();
+        let (state, from) = {
+            let mut net = rc.borrow_mut();
+            let s = net.tcp(self.sock);
+            (s.state(), s.remote_endpoint())
+        };
         if let Side::Backup(_) = &self.side {
-            if !self.connected && s.state() == tcp::State::Established {
-                let from = s.remote_endpoint();
+            if !self.connected && state == tcp::State::Established {
                 let want = endpoint(self.peer).addr;
                 match from {
                     Some(ep) if ep.addr == want => {
@@ -535,9 +610,12 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-        let s = self.link.net.tcp(self.sock);
-        if self.out_off < self.outbox.len() && s.may_send() {
-            if let Ok(n) = s.send_slice(&self.outbox[self.out_off..]) {
+        if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
+            let sent = rc
+                .borrow_mut()
+                .tcp(self.sock)
+                .send_slice(&self.outbox[self.out_off..]);
+            if let Ok(n) = sent {
                 self.out_off += n;
                 self.bytes_sent += n as u64;
                 self.status_bytes += n as u64;
@@ -546,16 +624,18 @@ impl<N: Nic + 'static> Node<N> {
                 self.outbox.clear();
                 self.out_off = 0;
             }
-            self.link.net.poll();
+            self.net.borrow_mut().poll();
         }
         loop {
-            let s = self.link.net.tcp(self.sock);
+            let mut net = rc.borrow_mut();
+            let s = net.tcp(self.sock);
             if !s.can_recv() {
                 break;
             }
             let Ok(n) = s.recv_slice(&mut self.inbuf) else {
                 break;
             };
+            drop(net);
             if n == 0 {
                 break;
             }
@@ -572,24 +652,25 @@ impl<N: Nic + 'static> Node<N> {
             };
             self.apply(fx);
         }
-        if self.connected {
-            let s = self.link.net.tcp(self.sock);
-            if !s.may_recv() && !matches!(s.state(), tcp::State::Established) {
-                match &mut self.side {
-                    Side::Primary(p) => {
-                        if p.state() == PrimaryState::Paired {
-                            println!(
-                                "ft: primary: the backup closed the log connection (state {})",
-                                s.state()
-                            );
-                        }
-                        p.on_disconnected();
-                        self.connected = false;
+        let (may_recv, state) = {
+            let mut net = rc.borrow_mut();
+            let s = net.tcp(self.sock);
+            (s.may_recv(), s.state())
+        };
+        if self.connected && !may_recv && !matches!(state, tcp::State::Established) {
+            match &mut self.side {
+                Side::Primary(p) => {
+                    if p.state() == PrimaryState::Paired {
+                        println!(
+                            "ft: primary: the backup closed the log connection (state {state})"
+                        );
                     }
-                    Side::Backup(_) => {
-                        println!("ft: backup: the primary closed the log connection");
-                        self.listen();
-                    }
+                    p.on_disconnected();
+                    self.connected = false;
+                }
+                Side::Backup(_) => {
+                    println!("ft: backup: the primary closed the log connection");
+                    self.listen();
                 }
             }
         }
@@ -607,22 +688,27 @@ impl<N: Nic + 'static> Node<N> {
         let (Some(h), Some(allowed)) = (self.probe_sock, self.cfg.probe) else {
             return;
         };
-        let s = self.link.net.tcp(h);
-        if !s.is_open() {
+        let rc = self.net.clone();
+        let (open, state, remote) = {
+            let mut net = rc.borrow_mut();
+            let s = net.tcp(h);
+            (s.is_open(), s.state(), s.remote_endpoint())
+        };
+        if !open {
             // Listen only while a session runs: before it, every
             // connection must reach the main listener (the primary's).
-            if self.connected && s.listen(self.peer.port).is_err() {
+            if self.connected && rc.borrow_mut().tcp(h).listen(self.peer.port).is_err() {
                 println!("ft: backup: error: cannot listen for probes");
                 self.probe_sock = None;
             }
             return;
         }
-        if matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {
+        if matches!(state, tcp::State::Listen | tcp::State::SynReceived) {
             return;
         }
         if self.probe.is_none() {
             let [a, b, c, d] = allowed;
-            match s.remote_endpoint() {
+            match remote {
                 Some(ep) if ep.addr == IpAddress::v4(a, b, c, d) => {
                     println!("ft: backup: probe connection from {ep} (ft_probe): validating it; the session with the primary goes on");
                     let mut v = Backup::new(self.sc, self.generation, now * 1000);
@@ -641,13 +727,16 @@ impl<N: Nic + 'static> Node<N> {
         }
         let mut buf = [0u8; 2048];
         loop {
-            let s = self.link.net.tcp(h);
-            if !s.can_recv() {
-                break;
-            }
-            let n = match s.recv_slice(&mut buf) {
-                Ok(n) if n > 0 => n,
-                _ => break,
+            let n = {
+                let mut net = rc.borrow_mut();
+                let s = net.tcp(h);
+                if !s.can_recv() {
+                    break;
+                }
+                match s.recv_slice(&mut buf) {
+                    Ok(n) if n > 0 => n,
+                    _ => break,
+                }
             };
             let Some((ep, v)) = self.probe.as_mut() else {
                 return;
@@ -671,8 +760,8 @@ impl<N: Nic + 'static> Node<N> {
                 return;
             }
         }
-        let s = self.link.net.tcp(h);
-        if !s.may_recv() {
+        let may_recv = rc.borrow_mut().tcp(h).may_recv();
+        if !may_recv {
             let Some((ep, v)) = self.probe.as_ref() else {
                 return;
             };
@@ -696,9 +785,9 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.probe = None;
         if let Some(h) = self.probe_sock {
-            self.link.net.tcp(h).abort();
+            self.net.borrow_mut().tcp(h).abort();
             // Let the reset out; the listener reopens at the next pump.
-            self.link.net.poll();
+            self.net.borrow_mut().poll();
         }
     }
 
@@ -808,8 +897,9 @@ impl<N: Nic + 'static> Node<N> {
                     ..
                 } => *value,
                 ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
-                ft::log::LogEntry::OutputMarker { output_id, .. } => {
-                    self.marker_rx.insert(*output_id, self.heard_us);
+                ft::log::LogEntry::OutputMarker { output_id, .. } if output_id % 2 == 1 => {
+                    // A console line's marker, by line number.
+                    self.marker_rx.insert(output_id.div_ceil(2), self.heard_us);
                     if self.marker_rx.len() > KEEP_LINES {
                         self.marker_rx.pop_first();
                     }
@@ -843,14 +933,14 @@ impl<N: Nic + 'static> Node<N> {
             );
         }
         if !self.joined {
-            if self.link.net.clock.micros() > self.join_deadline_us {
+            if self.clock.micros() > self.join_deadline_us {
                 return Err("backup: no primary joined within net_timeout".into());
             }
             return Ok(());
         }
         // Progress acks (applied) at most every millisecond: reception is
         // acknowledged at once by `on_bytes` (the output rule waits on it).
-        let now_us = self.link.net.clock.micros();
+        let now_us = self.clock.micros();
         if now_us < self.last_tick_us + 1000 {
             return Ok(());
         }
@@ -882,7 +972,7 @@ impl<N: Nic + 'static> Node<N> {
 }
 
 /// The node's transport lent to an initiator for one arbitration.
-struct Lent<'a, N: Nic>(&'a mut SmolTransport<N>);
+struct Lent<'a, N: Nic>(&'a mut SharedTransport<N>);
 
 impl<N: Nic> Transport for Lent<'_, N> {
     fn send(&mut self, bytes: &[u8]) -> drivers::Result<usize> {
@@ -897,6 +987,89 @@ impl<N: Nic> Transport for Lent<'_, N> {
 }
 
 impl<N: Nic + 'static> Node<N> {
+    /// Primary: the backup fell silent past the failure timeout.
+    /// Arbitrate; a win means the guest runs on alone (DESIGN.md §1.7):
+    /// the held outputs are released (the state machine says so) and new
+    /// ones leave at once. `Err`: lost or no storage (halt).
+    fn backup_lost(&mut self, expected: u64) -> Result<(), String> {
+        self.settle(expected)?;
+        self.alone = true;
+        self.net_abort_log();
+        let Side::Primary(p) = &self.side else {
+            unreachable!("only the primary loses its backup")
+        };
+        println!(
+            "ft: primary: ALONE under generation {}: the backup is gone; {} held output(s) released, new outputs leave at once (no backup until one is added by state transfer)",
+            p.generation(),
+            self.ready.len() + self.gate.released as usize
+        );
+        Ok(())
+    }
+
+    /// Primary at the end: every output still held leaves (the backup
+    /// acknowledged the whole log up to `acked`, or there is no backup).
+    fn release_all(&mut self, acked: u64, io: &mut GuestIo) {
+        let now = self.now_us();
+        for n in 1..=self.next_line {
+            if let Some(r) = self.gate.release(line_output_id(n), acked, now) {
+                let (n, text) = r.item;
+                println!("guest: {text}");
+                println!(
+                    "ft: output #{n} released: marker seq {} acked {} held {} us",
+                    r.marker_seq, r.acked, r.held_us
+                );
+            }
+        }
+        for n in 1..=self.next_io {
+            if let Some(r) = self.io_gate.release(io_output_id(n), acked, now) {
+                self.ready.push(r.item);
+            }
+        }
+        self.emit_ready(io);
+    }
+
+    /// Primary: lets the outputs the backup acknowledged leave, in order.
+    fn emit_ready(&mut self, io: &mut GuestIo) {
+        for (slot, out) in self.ready.drain(..) {
+            io.emit(slot, out);
+        }
+    }
+
+    /// The status port (`ft_status_port=`, DESIGN.md §6): every connection
+    /// gets one JSON line and is closed.
+    fn serve_status(&mut self, guest_ns: u64) {
+        let Some(h) = self.status_sock else {
+            return;
+        };
+        let rc = self.net.clone();
+        let state = rc.borrow_mut().tcp(h).state();
+        match state {
+            tcp::State::Closed if rc.borrow_mut().tcp(h).listen(self.cfg.status_port).is_err() => {
+                println!(
+                    "ft: error: cannot listen on the status port {}",
+                    self.cfg.status_port
+                );
+                self.status_sock = None;
+            }
+            tcp::State::Established => {
+                let now = self.now_us();
+                let rate = mbit_per_s(self.status_bytes, now.saturating_sub(self.status_us).max(1));
+                let mut line = self.status_line(guest_ns, 0, rate).json();
+                line.push('\n');
+                let mut net = rc.borrow_mut();
+                let s = net.tcp(h);
+                if s.send_slice(line.as_bytes()).is_ok() {
+                    s.close();
+                } else {
+                    s.abort();
+                }
+            }
+            tcp::State::CloseWait => rc.borrow_mut().tcp(h).close(),
+            tcp::State::TimeWait => rc.borrow_mut().tcp(h).abort(),
+            _ => {}
+        }
+    }
+
     fn role(&self) -> &'static str {
         match self.side {
             Side::Primary(_) => "primary",
@@ -921,12 +1094,12 @@ impl<N: Nic + 'static> Node<N> {
             &target,
             [0x80, 0x46, 0x54, 0x56, 0xF7, me as u8],
         );
-        let clock = self.link.net.clock;
+        let clock = self.clock;
         println!(
             "ft: {role}: arbitrating on the shared LUN at {} lun {lun} (flag at lba {FLAG_LBA}): expecting generation {expected}",
             endpoint(portal)
         );
-        let mut ini = match Initiator::login(Lent(&mut self.link), clock, cfg, lun) {
+        let mut ini = match Initiator::login(Lent(&mut self.arb), clock, cfg, lun) {
             Ok(i) => i,
             Err(e) => {
                 println!("ft: {role}: iSCSI login failed: {e}: storage unreachable");
@@ -1011,6 +1184,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         at: ExecPoint,
         guest_ns: u64,
         lines: &mut Option<Vec<String>>,
+        io: &mut GuestIo,
     ) -> Result<(), String> {
         self.first_guest_ns.get_or_insert(guest_ns);
         self.last_guest_ns = guest_ns;
@@ -1022,14 +1196,29 @@ impl<N: Nic + 'static> Live for Node<N> {
                 if let (Some(held), Side::Primary(p)) = (lines.as_mut(), &mut self.side) {
                     for text in held.drain(..) {
                         self.next_line += 1;
+                        let id = line_output_id(self.next_line);
                         let more = p
-                            .output(now * 1000, guest_ns, at, self.next_line)
+                            .output(now * 1000, guest_ns, at, id)
                             .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
-                        self.gate.hold(self.next_line, text, p.last_seq(), now);
+                        self.gate
+                            .hold(id, (self.next_line, text), p.last_seq(), now);
+                        fx.extend(more);
+                    }
+                }
+                if let Side::Primary(p) = &mut self.side {
+                    io.set_gated(true);
+                    for item in io.take_gated() {
+                        self.next_io += 1;
+                        let id = io_output_id(self.next_io);
+                        let more = p
+                            .output(now * 1000, guest_ns, at, id)
+                            .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
+                        self.io_gate.hold(id, item, p.last_seq(), now);
                         fx.extend(more);
                     }
                 }
                 self.apply(fx);
+                self.emit_ready(io);
                 // Timers (heartbeat, lag/throttle, failure) every ms: the
                 // lag check walks the unapplied window.
                 if now < self.last_tick_us + 1000 {
@@ -1049,11 +1238,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                 });
                 self.apply(fx);
                 if let Some(expected) = arbitrate {
-                    self.settle(expected)?;
-                    return Err(
-                        "primary: won the flag, but running on alone after a backup failure is not built yet: stopping"
-                            .into(),
-                    );
+                    self.backup_lost(expected)?;
                 }
                 self.pump(false);
                 // A lagging backup slows the guest down: wait for acks.
@@ -1064,11 +1249,18 @@ impl<N: Nic + 'static> Live for Node<N> {
                         unreachable!()
                     };
                     let fx = p.tick(now, guest_ns, at);
-                    if fx.iter().any(|e| matches!(e, Effect::Arbitrate { .. })) {
-                        return Err("primary: backup silent while throttled".into());
-                    }
+                    let arbitrate = fx.iter().find_map(|e| match e {
+                        Effect::Arbitrate {
+                            expected_generation,
+                        } => Some(*expected_generation),
+                        _ => None,
+                    });
                     self.apply(fx);
+                    if let Some(expected) = arbitrate {
+                        self.backup_lost(expected)?;
+                    }
                 }
+                self.emit_ready(io);
                 self.status(guest_ns, 0);
             }
             Tape::Replay(replayer) => {
@@ -1077,8 +1269,17 @@ impl<N: Nic + 'static> Live for Node<N> {
                 self.feed(replayer)?;
                 self.status(guest_ns, 0);
             }
-            Tape::Off => {}
+            Tape::Off => {
+                // A backup gone live: the stack still carries the status
+                // port and ARP; the guest's disk has its own socket.
+                let now = self.now_us();
+                if now >= self.last_pump_us + POLL_US {
+                    self.last_pump_us = now;
+                    self.net.borrow_mut().poll();
+                }
+            }
         }
+        self.serve_status(guest_ns);
         Ok(())
     }
 
@@ -1090,12 +1291,18 @@ impl<N: Nic + 'static> Live for Node<N> {
         }
     }
 
-    fn go_live(&mut self, replayer: &Replayer, lines: &mut Option<Vec<String>>) -> Option<u64> {
+    fn go_live(
+        &mut self,
+        replayer: &Replayer,
+        lines: &mut Option<Vec<String>>,
+        io: &mut GuestIo,
+    ) -> Option<u64> {
         self.keep_discarded(lines);
         if !self.won || self.live {
             return None;
         }
         self.live = true;
+        let back = io.go_live();
         let Side::Backup(b) = &self.side else {
             return None;
         };
@@ -1128,6 +1335,16 @@ impl<N: Nic + 'static> Live for Node<N> {
             );
             println!("guest: {text}");
         }
+        if back.announced {
+            println!(
+                "ft: backup: announced the guest MAC {} (RARP) so the network finds it here",
+                drivers::nic::MacDisplay(kernel::guestio::GUEST_MAC)
+            );
+        }
+        println!(
+            "ft: backup: re-issued {} pending disk request(s) the guest was waiting for",
+            back.reissued
+        );
         Some(self.max_guest_tsc)
     }
 
@@ -1147,7 +1364,28 @@ impl<N: Nic + 'static> Live for Node<N> {
         recorder: &Recorder,
         lines: &mut Option<Vec<String>>,
         guest_ns: u64,
+        io: &mut GuestIo,
     ) -> bool {
+        if self.alone {
+            // No backup: everything held went out when the flag was won,
+            // and everything since at once; the last lines go out now.
+            let now = self.now_us();
+            if let Some(held) = lines.as_mut() {
+                for text in held.drain(..) {
+                    self.next_line += 1;
+                    let id = line_output_id(self.next_line);
+                    self.gate.hold(id, (self.next_line, text), 0, now);
+                }
+            }
+            self.release_all(0, io);
+            self.emit_ready(io);
+            self.net.borrow_mut().poll();
+            println!(
+                "ft: pair: primary done: alone (the backup was lost); outputs released={} io_released={}",
+                self.gate.released, self.io_gate.released
+            );
+            return true;
+        }
         // Ship the rest of the log, the final checkpoint last.
         let mut fx = Effects::new();
         while self.rec_off < recorder.bytes.len() {
@@ -1179,7 +1417,8 @@ impl<N: Nic + 'static> Live for Node<N> {
         if let Some(held) = lines.as_mut() {
             for text in held.drain(..) {
                 self.next_line += 1;
-                self.gate.hold(self.next_line, text, last, now);
+                let id = line_output_id(self.next_line);
+                self.gate.hold(id, (self.next_line, text), last, now);
             }
         }
         let deadline = now + self.timeout_us().max(10_000_000);
@@ -1200,27 +1439,18 @@ impl<N: Nic + 'static> Live for Node<N> {
             }
         }
         // Everything acknowledged: the lines without a marker go out too.
-        let acked = last;
-        let ids: Vec<u64> = (1..=self.next_line).collect();
-        let now = self.now_us();
-        for id in ids {
-            if let Some(r) = self.gate.release(id, acked, now) {
-                println!("guest: {}", r.text);
-                println!(
-                    "ft: output #{} released: marker seq {} acked {} held {} us",
-                    r.id, r.marker_seq, r.acked, r.held_us
-                );
-            }
-        }
+        self.release_all(last, io);
         let Side::Primary(p) = &mut self.side else {
             return false;
         };
         let fx = p.shutdown();
         self.apply(fx);
+        io.set_gated(false);
         let deadline = self.now_us() + 5_000_000;
         while self.now_us() < deadline {
             self.pump(true);
-            let s = self.link.net.tcp(self.sock);
+            let mut net = self.net.borrow_mut();
+            let s = net.tcp(self.sock);
             if self.outbox.is_empty() && s.send_queue() == 0 {
                 s.close();
                 break;
@@ -1229,7 +1459,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         // Let the FIN out.
         let until = self.now_us() + 200_000;
         while self.now_us() < until {
-            self.link.net.poll();
+            self.net.borrow_mut().poll();
         }
         let Side::Primary(p) = &self.side else {
             return false;
@@ -1237,7 +1467,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         let run_us = self.now_us().saturating_sub(self.start_us);
         let guest_us = (self.last_guest_ns.max(guest_ns) - self.first_guest_ns.unwrap_or(0)) / 1000;
         println!(
-            "ft: pair: primary done: entries={} log_bytes={} acked={} applied={} outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} lag_mean_us={} lag_max_us={} lag_samples={} throttled={} run_us={run_us} guest_us={guest_us} log_mbit_s={} log_mbit_per_guest_s={}",
+            "ft: pair: primary done: entries={} log_bytes={} acked={} applied={} outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} io_outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} lag_mean_us={} lag_max_us={} lag_samples={} throttled={} run_us={run_us} guest_us={guest_us} log_mbit_s={} log_mbit_per_guest_s={}",
             p.last_seq(),
             self.bytes_sent,
             p.acked(),
@@ -1247,6 +1477,11 @@ impl<N: Nic + 'static> Live for Node<N> {
             self.gate.violations,
             self.gate.max_hold_us,
             self.gate.sum_hold_us.checked_div(self.gate.released).unwrap_or(0),
+            self.io_gate.held_total,
+            self.io_gate.released,
+            self.io_gate.violations,
+            self.io_gate.max_hold_us,
+            self.io_gate.sum_hold_us.checked_div(self.io_gate.released).unwrap_or(0),
             self.lag.mean_us(),
             self.lag.max_us,
             self.lag.samples,
@@ -1254,7 +1489,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             mbit_per_s(self.bytes_sent, run_us),
             mbit_per_s(self.bytes_sent, guest_us),
         );
-        self.gate.violations == 0
+        self.gate.violations == 0 && self.io_gate.violations == 0
     }
 
     fn end_backup(&mut self, replayer: &Replayer, discarded: u64, identical: bool) {

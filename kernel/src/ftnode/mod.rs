@@ -7,9 +7,9 @@
 //! * [`guest_identity`]: the 16-byte guest id of the session hello, a hash
 //!   of the guest image and its command line (§1.1: both sides start the
 //!   same guest from the same state; a mismatch is refused).
-//! * [`ConsoleGate`]: the output rule (§1.4) applied to guest console
-//!   lines: a line is printed only once the backup acknowledged the log
-//!   record that marks it; it checks and counts that.
+//! * [`OutputGate`]: the output rule (§1.4): a guest output (console
+//!   line, transmitted frame, disk request) leaves only once the backup
+//!   acknowledged the log record that marks it; it checks and counts that.
 //! * [`LagMeter`]: wall-time backup lag, from an entry's send to the ack
 //!   saying the backup applied it (§5 "backup lag").
 //! * [`mbit_per_s`], [`StatusLine`]: the periodic status line (§6
@@ -59,11 +59,11 @@ impl fmt::Display for IdHex<'_> {
     }
 }
 
-/// A console line the gate let out.
+/// An output the gate let out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Released {
+pub struct Released<T> {
     pub id: u64,
-    pub text: String,
+    pub item: T,
     /// The log record that marks the line.
     pub marker_seq: u64,
     /// The backup's acknowledged position when it was let out.
@@ -72,16 +72,16 @@ pub struct Released {
     pub held_us: u64,
 }
 
-/// Guest console lines held until the backup acknowledges their marker
-/// (DESIGN.md §1.4 with console lines as the outputs).
-#[derive(Debug, Default)]
-pub struct ConsoleGate {
-    held: BTreeMap<u64, (String, u64, u64)>,
-    /// Lines let out so far.
+/// Guest outputs held until the backup acknowledges their marker
+/// (DESIGN.md §1.4).
+#[derive(Debug)]
+pub struct OutputGate<T> {
+    held: BTreeMap<u64, (T, u64, u64)>,
+    /// Outputs let out so far.
     pub released: u64,
-    /// Lines held so far (every line is held first while paired).
+    /// Outputs held so far (every output is held first while paired).
     pub held_total: u64,
-    /// Lines let out before their marker was acknowledged (must stay 0).
+    /// Outputs let out before their marker was acknowledged (must stay 0).
     pub violations: u64,
     /// Longest hold, microseconds.
     pub max_hold_us: u64,
@@ -89,22 +89,35 @@ pub struct ConsoleGate {
     pub sum_hold_us: u64,
 }
 
-impl ConsoleGate {
-    /// Holds line `id` (marked by record `marker_seq`) from `now_us`.
-    pub fn hold(&mut self, id: u64, text: String, marker_seq: u64, now_us: u64) {
+impl<T> Default for OutputGate<T> {
+    fn default() -> Self {
+        OutputGate {
+            held: BTreeMap::new(),
+            released: 0,
+            held_total: 0,
+            violations: 0,
+            max_hold_us: 0,
+            sum_hold_us: 0,
+        }
+    }
+}
+
+impl<T> OutputGate<T> {
+    /// Holds output `id` (marked by record `marker_seq`) from `now_us`.
+    pub fn hold(&mut self, id: u64, item: T, marker_seq: u64, now_us: u64) {
         self.held_total += 1;
-        self.held.insert(id, (text, marker_seq, now_us));
+        self.held.insert(id, (item, marker_seq, now_us));
     }
 
-    /// Lines waiting.
+    /// Outputs waiting.
     pub fn waiting(&self) -> usize {
         self.held.len()
     }
 
     /// The state machine released output `id` with the backup's ack at
     /// `acked`: the line, checked against its marker.
-    pub fn release(&mut self, id: u64, acked: u64, now_us: u64) -> Option<Released> {
-        let (text, marker_seq, since) = self.held.remove(&id)?;
+    pub fn release(&mut self, id: u64, acked: u64, now_us: u64) -> Option<Released<T>> {
+        let (item, marker_seq, since) = self.held.remove(&id)?;
         let held_us = now_us.saturating_sub(since);
         self.released += 1;
         if acked < marker_seq {
@@ -114,7 +127,7 @@ impl ConsoleGate {
         self.sum_hold_us += held_us;
         Some(Released {
             id,
-            text,
+            item,
             marker_seq,
             acked,
             held_us,
@@ -235,6 +248,29 @@ impl fmt::Display for StatusLine {
     }
 }
 
+impl StatusLine {
+    /// The same numbers as one JSON object (the status port, DESIGN.md §6).
+    pub fn json(&self) -> String {
+        alloc::format!(
+            "{{\"role\":\"{}\",\"state\":\"{}\",\"generation\":{},\"seq\":{},\"acked\":{},\"applied\":{},\"lag_entries\":{},\"lag_us\":{},\"lag_guest_us\":{},\"log_mbit_s\":\"{}\",\"heartbeat_age_ms\":{},\"outputs_held\":{},\"outputs_released\":{},\"outputs_discarded\":{}}}",
+            self.role,
+            self.state,
+            self.generation,
+            self.seq,
+            self.acked,
+            self.applied,
+            self.lag_entries,
+            self.lag_us,
+            self.lag_guest_us,
+            self.rate,
+            self.heard_ms,
+            self.held,
+            self.released,
+            self.discarded
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,12 +289,12 @@ mod tests {
 
     #[test]
     fn gate_releases_and_checks_against_the_marker() {
-        let mut g = ConsoleGate::default();
+        let mut g = OutputGate::<String>::default();
         g.hold(1, "one".into(), 5, 100);
         g.hold(2, "two".into(), 9, 150);
         assert_eq!(g.waiting(), 2);
         let r = g.release(1, 7, 400).unwrap();
-        assert_eq!((r.text.as_str(), r.held_us, r.acked), ("one", 300, 7));
+        assert_eq!((r.item.as_str(), r.held_us, r.acked), ("one", 300, 7));
         assert_eq!(g.violations, 0);
         assert!(g.release(1, 7, 400).is_none(), "released once");
         let r = g.release(2, 8, 1150).unwrap();
@@ -305,5 +341,19 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("log=12.34 Mbit/s"), "{s}");
+        let j = StatusLine {
+            role: "backup",
+            state: "live",
+            generation: 1,
+            rate: Centi(5),
+            ..StatusLine::default()
+        }
+        .json();
+        assert!(
+            j.starts_with("{\"role\":\"backup\",\"state\":\"live\",\"generation\":1,"),
+            "{j}"
+        );
+        assert!(j.contains("\"log_mbit_s\":\"0.05\""), "{j}");
+        assert!(j.ends_with('}') && !j.contains('\n'), "{j}");
     }
 }

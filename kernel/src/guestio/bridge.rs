@@ -242,6 +242,9 @@ impl<N: Nic> NetBackend for Bridge<N> {
     fn describe(&self) -> &'static str {
         "bridge to the hypervisor's NIC (frames demultiplexed by destination MAC)"
     }
+    fn is_physical(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

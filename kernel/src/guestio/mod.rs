@@ -167,6 +167,44 @@ pub struct GuestIo {
     /// Replay (issue 8) or FT backup: the backends are not used; outputs
     /// are discarded (counted) and inputs come from the log.
     detached: bool,
+    /// FT primary (DESIGN.md §1.4): outputs are held here until the FT
+    /// layer takes them ([`GuestIo::take_gated`]) and lets each out with
+    /// [`GuestIo::emit`] once the backup acknowledged the log up to it.
+    gated: bool,
+    gate_queue: Vec<(Slot, GuestOutput)>,
+    /// Outputs taken by the FT layer and not emitted yet.
+    held_outside: usize,
+    /// While detached (replay, FT backup): block requests the guest
+    /// submitted whose completion has not come from the log yet, by id, in
+    /// submission order; re-issued when the backends are attached again
+    /// (an FT backup going live, §1.7).
+    pending_blk: alloc::collections::BTreeMap<u64, GuestOutput>,
+}
+
+/// What [`GuestIo::go_live`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reattached {
+    /// Block requests re-issued to the real disk.
+    pub reissued: usize,
+    /// Whether a RARP announcing the guest's MAC went out on the wire.
+    pub announced: bool,
+}
+
+/// A RARP request (RFC 903) from `mac`, to broadcast: what VMware FT sends
+/// when a backup goes live, so that switches learn the guest's MAC on its
+/// new port (the guest's IP address is not needed).
+pub fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xFF; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // EtherType RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet/IPv4, request reverse
+    f.extend_from_slice(&mac); // sender hardware address
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac); // target hardware address
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0); // minimum frame without FCS
+    f
 }
 
 impl GuestIo {
@@ -186,6 +224,10 @@ impl GuestIo {
             fatal_seen: [0; 2],
             notices: Vec::new(),
             detached: false,
+            gated: false,
+            gate_queue: Vec::new(),
+            held_outside: 0,
+            pending_blk: Default::default(),
         }
     }
 
@@ -271,8 +313,61 @@ impl GuestIo {
     pub fn output(&mut self, slot: Slot, out: GuestOutput) {
         if self.detached {
             self.stats.discarded += 1;
+            if slot == Slot::Blk {
+                if let Ok(req) = BlockRequest::from_output(out.clone()) {
+                    self.pending_blk.insert(req.id(), out);
+                }
+            }
             return;
         }
+        if self.gated {
+            self.gate_queue.push((slot, out));
+            return;
+        }
+        self.emit_now(slot, out);
+    }
+
+    /// FT primary: hold every output until the FT layer lets it out.
+    pub fn set_gated(&mut self, gated: bool) {
+        self.gated = gated;
+    }
+
+    /// FT primary: the outputs held since the last call, in guest order;
+    /// each must come back through [`GuestIo::emit`] (or the guest waits
+    /// for it forever).
+    pub fn take_gated(&mut self) -> Vec<(Slot, GuestOutput)> {
+        self.held_outside += self.gate_queue.len();
+        core::mem::take(&mut self.gate_queue)
+    }
+
+    /// FT primary: an output taken with [`GuestIo::take_gated`] may leave.
+    pub fn emit(&mut self, slot: Slot, out: GuestOutput) {
+        self.held_outside = self.held_outside.saturating_sub(1);
+        self.emit_now(slot, out);
+    }
+
+    /// An FT backup goes live (DESIGN.md §1.7): the backends are attached
+    /// again, every block request the guest is still waiting for (its
+    /// completion never came from the log) is re-issued, and the guest's
+    /// MAC is announced on the wire.
+    pub fn go_live(&mut self) -> Reattached {
+        self.detached = false;
+        let pending = core::mem::take(&mut self.pending_blk);
+        let reissued = pending.len();
+        for (_, out) in pending {
+            self.emit_now(Slot::Blk, out);
+        }
+        let announced = self.wire.is_physical();
+        if announced {
+            self.wire.send(rarp_announcement(GUEST_MAC));
+        }
+        Reattached {
+            reissued,
+            announced,
+        }
+    }
+
+    fn emit_now(&mut self, slot: Slot, out: GuestOutput) {
         self.stats.outputs += 1;
         match (slot, out) {
             (Slot::Net, GuestOutput::Frame(frame)) => self.wire.send(frame),
@@ -294,6 +389,9 @@ impl GuestIo {
         irq: &mut dyn IrqLine,
     ) -> Result<(), InputError> {
         let mut mem = GuestRam::new(ram, &mut self.dirty);
+        if let (Slot::Blk, GuestInput::BlockDone { id, .. }) = (slot, &input) {
+            self.pending_blk.remove(id);
+        }
         let r = match slot {
             Slot::Blk => self.blk.apply(input, &mut mem, irq),
             Slot::Net => self.net.apply(input, &mut mem, irq),
@@ -352,7 +450,12 @@ impl GuestIo {
 
     /// Whether a backend still owes the guest an input.
     pub fn busy(&self) -> bool {
-        !self.detached && self.disk.in_flight() + self.wire.in_flight() > 0
+        !self.detached
+            && self.disk.in_flight()
+                + self.wire.in_flight()
+                + self.gate_queue.len()
+                + self.held_outside
+                > 0
     }
 
     /// Counters of the chokepoints.

@@ -38,6 +38,11 @@ pub trait NetBackend {
     fn stats(&self) -> WireStats;
     /// A short name for the hypervisor's log.
     fn describe(&self) -> &'static str;
+    /// Whether frames reach a real network (a go-live announces the
+    /// guest's MAC there).
+    fn is_physical(&self) -> bool {
+        false
+    }
 }
 
 /// No wire: transmitted frames are counted and dropped.

@@ -4,10 +4,12 @@
 //! behind a [`Demux`], and its hypervisor side carries the smoltcp stack
 //! the iSCSI initiator uses (address `ip=`, gateway `gw=`).
 use super::clock::Clock;
-use super::transport::{NetStack, SmolTransport};
+use super::transport::{NetStack, SharedStack, SharedTransport};
 use super::{interface, open_nic, WithNic};
 use crate::arch::exit::exit;
 use alloc::boxed::Box;
+use alloc::rc::Rc;
+use core::cell::RefCell;
 use drivers::iscsi::{Initiator, SessionConfig};
 use drivers::nic::{MacDisplay, Nic};
 use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
@@ -47,40 +49,58 @@ fn bad(what: &str) -> ! {
 impl WithNic for Build {
     type Out = GuestIo;
     fn go<N: Nic + 'static>(self, config: &Config, clock: Clock, nic: N) -> GuestIo {
-        let demux = Demux::new(nic, GUEST_MAC);
-        println!(
-            "guestio: hypervisor NIC {} shared: guest {} ({}), hypervisor {}",
-            demux.borrow().nic.name(),
-            MacDisplay(GUEST_MAC),
-            if demux.borrow().guest_filter {
-                "receive filter set"
-            } else {
-                "NO receive filter: guest unicast will not arrive"
-            },
-            MacDisplay(demux.borrow().nic.mac()),
-        );
-        let wire: Box<dyn NetBackend> = match config.guest_net {
-            GuestNetChoice::Bridge => Box::new(Bridge::new(demux.clone())),
-            GuestNetChoice::Loopback => Box::new(Loopback::default()),
-            GuestNetChoice::None => Box::new(NoWire::default()),
-        };
-        let disk: Box<dyn BlockBackend> = match config.disk {
-            DiskChoice::Iscsi => iscsi_disk(config, clock, HostPort(demux)),
-            _ => {
-                let g = GuestIo::from_config(self.ram_bytes, config);
-                return GuestIo::new(self.ram_bytes, g.into_disk(), wire);
-            }
-        };
-        GuestIo::new(self.ram_bytes, disk, wire)
+        let (demux, net) = share_nic(config, clock, nic);
+        guest_io_on(self.ram_bytes, config, &demux, &net)
     }
 }
 
-/// Logs in to the LUN and hands back the guest's disk on it.
-fn iscsi_disk<N: Nic + 'static>(
+/// Puts `nic` behind a [`Demux`] (the guest's MAC on one side) and brings
+/// up the hypervisor's smoltcp stack (`ip=`, `gw=`) on the other, shared
+/// by every hypervisor user of the NIC.
+pub fn share_nic<N: Nic + 'static>(
     config: &Config,
     clock: Clock,
-    port: HostPort<N>,
-) -> Box<dyn BlockBackend> {
+    nic: N,
+) -> (Rc<RefCell<Demux<N>>>, SharedStack<HostPort<N>>) {
+    let demux = Demux::new(nic, GUEST_MAC);
+    println!(
+        "guestio: hypervisor NIC {} shared: guest {} ({}), hypervisor {}",
+        demux.borrow().nic.name(),
+        MacDisplay(GUEST_MAC),
+        if demux.borrow().guest_filter {
+            "receive filter set"
+        } else {
+            "NO receive filter: guest unicast will not arrive"
+        },
+        MacDisplay(demux.borrow().nic.mac()),
+    );
+    let (device, iface) = interface(config, &clock, HostPort(demux.clone()));
+    let net = Rc::new(RefCell::new(NetStack::new(device, iface, clock)));
+    (demux, net)
+}
+
+/// The guest's devices with the backends `config` asks for, on a NIC
+/// already shared by [`share_nic`].
+pub fn guest_io_on<N: Nic + 'static>(
+    ram_bytes: u64,
+    config: &Config,
+    demux: &Rc<RefCell<Demux<N>>>,
+    net: &SharedStack<HostPort<N>>,
+) -> GuestIo {
+    let wire: Box<dyn NetBackend> = match config.guest_net {
+        GuestNetChoice::Bridge => Box::new(Bridge::new(demux.clone())),
+        GuestNetChoice::Loopback => Box::new(Loopback::default()),
+        GuestNetChoice::None => Box::new(NoWire::default()),
+    };
+    let disk: Box<dyn BlockBackend> = match config.disk {
+        DiskChoice::Iscsi => iscsi_disk(config, net.clone()),
+        _ => GuestIo::from_config(ram_bytes, config).into_disk(),
+    };
+    GuestIo::new(ram_bytes, disk, wire)
+}
+
+/// Logs in to the LUN and hands back the guest's disk on it.
+fn iscsi_disk<N: Nic + 'static>(config: &Config, net: SharedStack<N>) -> Box<dyn BlockBackend> {
     let ic = &config.iscsi;
     let Some(portal) = ic.portal else {
         bad("disk=iscsi needs `iscsi=<portal ip[:port]>`")
@@ -88,8 +108,7 @@ fn iscsi_disk<N: Nic + 'static>(
     if ic.target.is_empty() {
         bad("disk=iscsi needs `iscsi_target=<iqn...>`");
     }
-    let (device, iface) = interface(config, &clock, port);
-    let net = NetStack::new(device, iface, clock);
+    let clock = net.borrow().clock;
     let [a, b, c, d] = portal.addr;
     let remote = IpEndpoint::new(IpAddress::v4(a, b, c, d), portal.port);
     let name = alloc::format!("iqn.2024-01.org.ftvisor:node{}", ic.node);
@@ -99,7 +118,7 @@ fn iscsi_disk<N: Nic + 'static>(
         "guestio: disk: logging in to {} at {a}.{b}.{c}.{d}:{} lun {}",
         ic.target, portal.port, ic.lun
     );
-    let transport = SmolTransport::new(net, remote, TCP_BUFFER);
+    let transport = SharedTransport::new(net, remote, TCP_BUFFER);
     let mut ini = match Initiator::login(transport, clock, cfg, ic.lun) {
         Ok(i) => i,
         Err(e) => {
@@ -130,7 +149,6 @@ fn iscsi_disk<N: Nic + 'static>(
         ic.lun,
         portal.port
     );
-    let sectors =
-        IscsiDisk::<Initiator<SmolTransport<HostPort<N>>, Clock>>::capacity_for(cap.blocks);
+    let sectors = IscsiDisk::<Initiator<SharedTransport<N>, Clock>>::capacity_for(cap.blocks);
     Box::new(IscsiDisk::new(ini, sectors, what))
 }

@@ -10,7 +10,9 @@
 use super::clock::rdtsc;
 /// The TSC clock (also named by `net::WithNic` users outside `net`).
 pub use super::clock::Clock;
+use alloc::rc::Rc;
 use alloc::vec;
+use core::cell::RefCell;
 use drivers::iscsi::{self, Transport};
 use drivers::nic::{Nic, SmolDevice};
 use drivers::smoltcp;
@@ -196,6 +198,61 @@ impl<N: Nic> Transport for SmolTransport<N> {
     fn reconnect(&mut self) -> Result<()> {
         self.connects += 1;
         self.net
+            .connect(self.handle, self.portal, CONNECT_TIMEOUT_MS)
+    }
+}
+
+/// A [`NetStack`] shared by several users of one NIC (the FT pair: the log
+/// channel, arbitration and the guest disk's iSCSI session run on one
+/// smoltcp interface, one address). Single-threaded: every user borrows it
+/// only for the length of a call.
+pub type SharedStack<N> = Rc<RefCell<NetStack<N>>>;
+
+/// Like [`SmolTransport`], on one socket of a [`SharedStack`].
+pub struct SharedTransport<N: Nic> {
+    pub net: SharedStack<N>,
+    handle: SocketHandle,
+    portal: IpEndpoint,
+    /// Connections opened so far.
+    pub connects: u32,
+}
+
+impl<N: Nic> SharedTransport<N> {
+    /// Not connected yet; the session's first `reconnect` connects.
+    pub fn new(net: SharedStack<N>, portal: IpEndpoint, buffer: usize) -> Self {
+        let handle = net.borrow_mut().add_tcp(buffer);
+        SharedTransport {
+            net,
+            handle,
+            portal,
+            connects: 0,
+        }
+    }
+}
+
+impl<N: Nic> Transport for SharedTransport<N> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
+        let mut net = self.net.borrow_mut();
+        net.poll();
+        let s = net.tcp(self.handle);
+        if !s.may_send() {
+            return Err(Error::ConnectionClosed);
+        }
+        let n = s.send_slice(bytes).map_err(|_| Error::ConnectionClosed)?;
+        net.poll();
+        Ok(n)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.net
+            .borrow_mut()
+            .recv_some(self.handle, buf, RECV_POLL_US)
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        self.connects += 1;
+        self.net
+            .borrow_mut()
             .connect(self.handle, self.portal, CONNECT_TIMEOUT_MS)
     }
 }

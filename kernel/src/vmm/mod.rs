@@ -48,7 +48,10 @@ fn fail(what: &str, e: vmx::Error) -> ! {
 /// Loads the guest and runs it until it stops; never returns. `log`: a
 /// recorded log (second boot module) that `ft=replay` replays. `live`:
 /// one side of an FT pair (`role=`, issue 9): the primary records and
-/// streams, the backup replays the stream (`crate::ftlive`).
+/// streams, the backup replays the stream (`crate::ftlive`). `io`: the
+/// guest's devices when the caller already brought them up (the FT pair
+/// shares the NIC with them); `None` builds them from `config`.
+#[allow(clippy::too_many_arguments)] // `io` (issue 9) made it eight
 pub fn run(
     config: &Config,
     caps: &VmxCaps,
@@ -56,6 +59,7 @@ pub fn run(
     image: &[u8],
     guest_cmdline: &str,
     log: Option<&[u8]>,
+    io: Option<kernel::guestio::GuestIo>,
     mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> ! {
     let controls = setup::controls(caps, rr::wants_save_timer(config, caps))
@@ -129,7 +133,8 @@ pub fn run(
     };
     // Guest I/O (issue 6): virtio devices and their backends (the NIC is
     // brought up here for `guest_net=bridge` / `disk=iscsi`).
-    let mut machine = Machine::new(ram, crate::net::guest::guest_io(size as u64, config));
+    let io = io.unwrap_or_else(|| crate::net::guest::guest_io(size as u64, config));
+    let mut machine = Machine::new(ram, io);
     machine.announce_io();
     if linux_guest {
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
@@ -226,7 +231,12 @@ pub fn run(
     }
     if let Some(l) = live {
         let guest_now = machine.now();
-        let ok = l.end_primary(&recorder, &mut machine.console_capture, guest_now);
+        let ok = l.end_primary(
+            &recorder,
+            &mut machine.console_capture,
+            guest_now,
+            &mut machine.devices.io,
+        );
         finish(&ended, Some(ok))
     }
     let Some(copy) = snapshot else {
@@ -665,7 +675,7 @@ fn run_loop(
         // FT pair (issue 9): ship/receive the log, output rule, heartbeats.
         if let Some(l) = live.as_deref_mut() {
             let at = point_now(vmcs, regs, counter.as_deref());
-            if let Err(why) = l.poll(tape, at, now, &mut m.console_capture) {
+            if let Err(why) = l.poll(tape, at, now, &mut m.console_capture, &mut m.devices.io) {
                 return Ended {
                     end: End::Live(why),
                     exits,
@@ -745,7 +755,9 @@ fn run_loop(
                     // FT backup that won the test-and-set (DESIGN.md §1.7):
                     // everything received is replayed; the guest runs on
                     // alone from here, its outputs real.
-                    if let Some(not_before) = l.go_live(replayer, &mut m.console_capture) {
+                    if let Some(not_before) =
+                        l.go_live(replayer, &mut m.console_capture, &mut m.devices.io)
+                    {
                         *tape = Tape::Off;
                         m.console_quiet = false;
                         m.console_capture = None;
@@ -813,12 +825,14 @@ fn run_loop(
             }
             if halted {
                 match m.lapic.next_deadline() {
+                    // Guest I/O: a backend (or the output rule) still owes
+                    // the guest an input: wait for it in real time rather
+                    // than skip the guest's clock past its own timeouts.
+                    _ if rflags & (1 << 9) != 0 && m.io_busy() => continue,
                     Some(deadline) if rflags & (1 << 9) != 0 => {
                         m.skip_to(deadline);
                         continue;
                     }
-                    // Guest I/O (issue 6): a backend still owes an input.
-                    _ if rflags & (1 << 9) != 0 && m.io_busy() => continue,
                     _ => {
                         return stop(
                             Stop::DeadHalt {
