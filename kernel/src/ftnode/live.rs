@@ -416,8 +416,11 @@ impl<N: Nic + 'static> Node<N> {
                             }
                         }
                         Err(e) => {
-                            println!("ft: primary: error: no backup at {ep}: {e}");
-                            exit(exitcode::FAILURE);
+                            println!(
+                                "ft: primary: no backup joined at {ep} within net_timeout ({e}): arbitrating to run alone"
+                            );
+                            self.start_alone();
+                            return;
                         }
                     }
                 }
@@ -1026,6 +1029,39 @@ impl<N: Nic + 'static> Node<N> {
             }
         }
         self.emit_ready(io);
+    }
+
+    /// Primary whose backup never joined (DESIGN.md §1.1): the guest may
+    /// start alone only after winning the test-and-set; otherwise (lost,
+    /// or no storage) it never starts.
+    fn start_alone(&mut self) {
+        let expected = self.generation;
+        match self.arbitrate(expected) {
+            Verdict::Won(f) => {
+                let now = self.now_us() * 1000;
+                self.side = Side::Primary(Primary::new_alone(self.sc, f.generation, now));
+                self.alone = true;
+                println!(
+                    "ft: primary: WON the test-and-set: flag generation {expected} -> {} owner {}",
+                    f.generation, f.owner.0
+                );
+                println!(
+                    "ft: primary: ALONE under generation {}: starting the guest without a backup",
+                    f.generation
+                );
+            }
+            Verdict::Lost(f) => {
+                println!(
+                    "ft: primary: LOST the test-and-set (flag generation {} owner {}): another node runs this guest; not starting it",
+                    f.generation, f.owner.0
+                );
+                exit(exitcode::FAILURE);
+            }
+            Verdict::Unreachable => {
+                println!("ft: primary: shared storage unreachable: no one may go live; not starting the guest");
+                exit(exitcode::FAILURE);
+            }
+        }
     }
 
     /// Primary: lets the outputs the backup acknowledged leave, in order.
