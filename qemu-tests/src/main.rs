@@ -19,6 +19,7 @@ mod istgt;
 mod race_coordinator;
 mod tests;
 mod tests_ft;
+mod tests_ftkv;
 mod tests_guestio;
 mod tests_kv;
 mod tests_linux;
@@ -203,6 +204,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // Used by the ft-* client tests from inside the pair's namespace.
+        Some(c) if c.starts_with("ftkv-") => tests_ftkv::helper_main(&args),
         // Used by ft-hostile-log from inside the pair's namespace.
         Some("hostile-log") => match hostile_log::main(&args) {
             Ok(line) => {

@@ -53,7 +53,7 @@ pub fn tests() -> Vec<E2eTest> {
     }]
 }
 
-fn value(i: usize, salt: u64) -> String {
+pub(crate) fn value(i: usize, salt: u64) -> String {
     format!(
         "v{i}-{:016x}",
         (i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15)

@@ -1,0 +1,1845 @@
+//! The FT pair as a client sees it (issue 9, "Done when"; DESIGN.md §1.4
+//! output rule, §1.5 only the primary talks to the world, §1.7 go live
+//! without split brain, §1.8 duplicates allowed and pending disk I/O
+//! re-issued). Names are contracts (`make e2e T=<name>`).
+//!
+//! Rig (one per run, removed afterwards): a network namespace with a
+//! bridge `brfk` holding 10.0.4.1/24 and two taps, `tapfk1` (the primary's
+//! Bochs e1000, hypervisor 10.0.4.11) and `tapfk2` (the backup's, 10.0.4.12).
+//! istgt listens on 10.0.4.1:3260 in the namespace and serves a 16 MiB
+//! file-backed LUN whose flag block (LBA 0) starts at generation 0 owner 0;
+//! the guest's disk is that LUN from block 8 on (`disk=iscsi`), its NIC is
+//! bridged to the hypervisor's e1000 (`guest_net=bridge`). Both nodes boot
+//! the test guest's KV service (`test=kv ip=10.0.4.20/24`, TCP port 7000,
+//! MAC 52:54:00:f7:00:01 on both sides) with the same command line; the
+//! primary's log goes to the backup's port 7700; `ft_timeout=3000`.
+//!
+//! The client is `qemu-tests ftkv-client`, run inside the namespace (so
+//! from 10.0.4.1): `n` SETs `k0000..` with values from
+//! [`crate::tests_kv::value`], then a GET of each (the value must match),
+//! then `SHUTDOWN`. Through an outage it keeps its TCP connection (the
+//! guest's TCP state survives a failover: that is the point of FT), and
+//! after 30 s without a reply it reconnects and re-sends the unanswered
+//! request; a SET counts as acknowledged only once its `OK` arrived. It
+//! prints `ack <n>` per reply, which the runner timestamps and uses to
+//! place faults and to measure failover: kill -> the first reply after a
+//! gap of at least 500 ms (replies the old primary released just before
+//! it died arrive within milliseconds of the kill and are counted as "in
+//! flight"). Afterwards the runner also reads the KV table straight from
+//! the LUN file: every acknowledged SET must be there, and the flag must
+//! hold the expected generation.
+//!
+//! * `ft-pair-steady`: 500 SETs + 500 GETs + SHUTDOWN with both sides up;
+//!   every reply correct, no retry; the bridge's forwarding database,
+//!   sampled every second during and after the load, learns the guest MAC
+//!   only on the primary's tap (the backup's frames never reach the wire)
+//!   and the backup counts `outputs discarded` > 0; both status ports
+//!   (TCP 7701) answer one JSON line with the right role, `paired`,
+//!   generation 0; the backup ends `verdict=IDENTICAL` (every checkpoint
+//!   matched); the flag is unchanged.
+//! * `ft-kill-primary`: 5 runs with seeds 1..5 (`FTKV_SEEDS=a,b,..`
+//!   overrides): 150 SETs; the primary's Bochs is SIGKILLed a seeded 0-49
+//!   ms after a seeded reply (10%..90% of the SETs); the backup must win
+//!   (generation 0 -> 1 owner 2, exactly one step), go LIVE, announce the
+//!   guest MAC (RARP; the bridge then learns it on `tapfk2`), re-issue
+//!   pending disk requests; the client completes and every acknowledged
+//!   SET reads back, through the service and on the LUN.
+//! * `ft-kill-backup`: the backup's Bochs is SIGKILLed during 200 SETs:
+//!   the primary wins (0 -> 1 owner 1), goes ALONE and keeps serving;
+//!   nothing acknowledged is lost.
+//! * `ft-partition`: during 200 SETs both taps are isolated on the bridge
+//!   (`bridge link set dev tapfkN isolated on`: no frame between the two
+//!   nodes, both still reach istgt and the client): exactly one side wins
+//!   and serves (ALONE or LIVE), the other prints `LOST the test-and-set`
+//!   and serves nothing afterwards; the flag went up by exactly one.
+//! * `ft-storage-down`: 100 SETs, then GETs; istgt is killed (the primary
+//!   keeps answering GETs from memory), 2 s later the primary's Bochs is
+//!   SIGKILLed: the backup finds the storage unreachable and must not go
+//!   live (no LIVE, no RARP, no reply to the client, the guest MAC never
+//!   on `tapfk2`); the flag is unchanged. The client gives up after 45 s
+//!   without a reply.
+use crate::emulator::{BootSpec, Outcome, Run};
+use crate::istgt::{self, Istgt};
+use crate::tests::E2eTest;
+use crate::tests_kv::value;
+use crate::tests_net::{target_dir, Netns};
+use drivers::arbitration::FlagRecord as Flag;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const GUEST: &str = "build/testguest.elf64";
+const GUEST_CMDLINE: &str = "test=kv ip=10.0.4.20/24";
+const GUEST_ADDR: &str = "10.0.4.20:7000";
+const GUEST_MAC: &str = "52:54:00:f7:00:01";
+const BRIDGE: &str = "brfk";
+/// The nodes' taps: primary, backup.
+const TAPS: [&str; 2] = ["tapfk1", "tapfk2"];
+const ROLES: [&str; 2] = ["primary", "backup"];
+const STATUS_PORT: u16 = 7701;
+const LUN_BYTES: u64 = 16 << 20;
+/// The guest's disk starts at this LUN block (0..8: arbitration).
+const DISK_LBA: u64 = 8;
+/// The KV guest's table: slots of one sector each from guest sector 0.
+const SLOTS: usize = 4096;
+const DEFAULT_SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+/// A reply gap at least this long after a fault is the outage.
+const OUTAGE_GAP: Duration = Duration::from_millis(500);
+/// Serial lines after which a node serves no more (it may stay up).
+const HALTED: [&str; 3] = [
+    "LOST the test-and-set",
+    "shared storage unreachable",
+    "FTVISOR-EXIT",
+];
+
+/// The pair's hypervisor command line (`role=`, `peer=`, `ip=`,
+/// `iscsi_node=` are added per node).
+macro_rules! pair {
+    ($cluster:literal) => {
+        concat!(
+            "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=",
+            $cluster,
+            " guest_net=bridge disk=iscsi iscsi=10.0.4.1:3260 \
+             iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0 \
+             ft_timeout=3000 heartbeat=10 ft_status=1000"
+        )
+    };
+}
+
+pub fn tests() -> Vec<E2eTest> {
+    let t = |name, cmdline, secs, custom, about| E2eTest {
+        cmdline,
+        modules: vec![(GUEST, GUEST_CMDLINE)],
+        timeout: Duration::from_secs(secs),
+        custom: Some(custom),
+        ..E2eTest::new(name, crate::emulator::Emulator::Bochs, about)
+    };
+    vec![
+        t(
+            "ft-pair-steady",
+            pair!("31"),
+            600,
+            run_steady,
+            "FT pair serving the guest KV service over the bridge: 1,000 client requests with both sides up, every reply correct; the guest MAC learned only on the primary's tap (the backup's outputs discarded); status ports answer JSON; the backup ends IDENTICAL",
+        ),
+        t(
+            "ft-kill-primary",
+            pair!("32"),
+            300,
+            run_kill_primary,
+            "FT pair under client load; the primary's Bochs SIGKILLed at a seeded random point (5 seeds): the backup wins the test-and-set (generation +1), goes live, announces the MAC, re-issues pending disk I/O; the client completes and every acknowledged SET reads back; failover time",
+        ),
+        t(
+            "ft-kill-backup",
+            pair!("33"),
+            300,
+            run_kill_backup,
+            "FT pair under client load; the backup's Bochs SIGKILLed: the primary wins the test-and-set (generation +1) and continues alone; nothing acknowledged is lost",
+        ),
+        t(
+            "ft-partition",
+            pair!("34"),
+            300,
+            run_partition,
+            "FT pair under client load; the link between the two nodes cut on the bridge while both reach storage and the client: exactly one side wins and serves, the other loses and halts; generation +1",
+        ),
+        t(
+            "ft-storage-down",
+            pair!("35"),
+            300,
+            run_storage_down,
+            "FT pair under client load; istgt stopped, then the primary's Bochs SIGKILLed: the backup finds the storage unreachable and does not go live; the flag is unchanged",
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------- plans
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    KillPrimary,
+    KillBackup,
+    Partition,
+    /// Kill istgt, then (2 s later) the primary.
+    StorageDown,
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+struct Plan {
+    fault: Fault,
+    /// `ftkv-client` mode: `steady`, `failover` or `outage`.
+    mode: &'static str,
+    sets: usize,
+    /// The fault fires `delay` after the `at_ack`-th reply.
+    at_ack: usize,
+    delay: Duration,
+    salt: u64,
+    /// Appended to the test's name for this run's boots (`-s3`).
+    tag: String,
+}
+
+impl Plan {
+    fn new(fault: Fault, mode: &'static str, sets: usize, seed: u64) -> Plan {
+        let (at_ack, delay) = fault_point(seed, sets);
+        Plan {
+            fault,
+            mode,
+            sets,
+            at_ack,
+            delay,
+            salt: u64::from(std::process::id()) << 8 ^ seed,
+            tag: String::new(),
+        }
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A seeded point in the SET phase: after reply `10%..90%` of `sets`,
+/// plus 0..49 ms (so that the fault usually lands inside a request).
+fn fault_point(seed: u64, sets: usize) -> (usize, Duration) {
+    let a = splitmix(seed);
+    let (lo, hi) = (sets / 10, sets * 9 / 10);
+    let at = lo + (a % (hi - lo + 1) as u64) as usize;
+    (at.max(1), Duration::from_millis(splitmix(a) % 50))
+}
+
+/// `FTKV_SEEDS=1,7,9` or the default five.
+fn seeds() -> Vec<u64> {
+    std::env::var("FTKV_SEEDS")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_SEEDS.to_vec())
+}
+
+fn run_steady(t: &E2eTest, root: &Path) -> Outcome {
+    let plan = Plan::new(Fault::None, "steady", 500, 0);
+    scenario(t, root, &plan)
+}
+
+fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
+    let mut notes = Vec::new();
+    let seeds = seeds();
+    for (k, seed) in seeds.iter().enumerate() {
+        let mut plan = Plan::new(Fault::KillPrimary, "failover", 150, *seed);
+        plan.tag = format!("-s{seed}");
+        let t0 = Instant::now();
+        match scenario(t, root, &plan) {
+            Outcome::Pass(note) => notes.push(format!(
+                "seed {seed} ({:.0} s): {note}",
+                t0.elapsed().as_secs_f64()
+            )),
+            Outcome::Fail(why) => {
+                return Outcome::Fail(format!(
+                    "seed {seed} (run {} of {}; rerun alone with FTKV_SEEDS={seed}): {why}{}",
+                    k + 1,
+                    seeds.len(),
+                    if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n(passed before it: {})", notes.join("; "))
+                    }
+                ))
+            }
+            Outcome::Skip(why) => return Outcome::Skip(why),
+        }
+    }
+    Outcome::Pass(format!("{} seeds: {}", seeds.len(), notes.join("; ")))
+}
+
+fn run_kill_backup(t: &E2eTest, root: &Path) -> Outcome {
+    scenario(t, root, &Plan::new(Fault::KillBackup, "failover", 200, 11))
+}
+
+fn run_partition(t: &E2eTest, root: &Path) -> Outcome {
+    scenario(t, root, &Plan::new(Fault::Partition, "failover", 200, 12))
+}
+
+fn run_storage_down(t: &E2eTest, root: &Path) -> Outcome {
+    let mut plan = Plan::new(Fault::StorageDown, "outage", 100, 13);
+    // In the GET phase: the primary has nothing to write while istgt is
+    // down (a failed write would end the guest with `kv: FAILED`).
+    plan.at_ack = plan.sets + 30;
+    plan.delay = Duration::ZERO;
+    scenario(t, root, &plan)
+}
+
+// ------------------------------------------------------------ the run
+
+/// What happened on the host side while the pair ran.
+#[derive(Default)]
+struct Story {
+    ready: Option<Instant>,
+    /// Arrival of each client reply.
+    acks: Vec<Instant>,
+    retries: Vec<String>,
+    client: Option<Result<String, String>>,
+    client_end: Option<Instant>,
+    fault_at: Option<Instant>,
+    /// `ft-storage-down`: when the primary was killed (after istgt).
+    second_at: Option<Instant>,
+    notes: Vec<String>,
+    fdb: Vec<FdbSample>,
+    /// Status port answers: node index, reply line or error.
+    status: Vec<(usize, Result<String, String>)>,
+    /// Nodes the runner had to stop at the end (and why).
+    stopped: Vec<String>,
+}
+
+struct FdbSample {
+    at: Instant,
+    /// The bridge ports the guest MAC was learned on.
+    ports: Vec<String>,
+}
+
+/// The runner's handle on the rig while the emulators run.
+struct Ctx<'a> {
+    ns: &'a mut Netns,
+    target: &'a mut Istgt,
+    serials: &'a [PathBuf; 2],
+    bochsrc: [String; 2],
+}
+
+impl Ctx<'_> {
+    fn serial(&self, node: usize) -> String {
+        std::fs::read(&self.serials[node])
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    }
+
+    fn fdb(&self) -> FdbSample {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns.name,
+                "bridge",
+                "fdb",
+                "show",
+                "br",
+                BRIDGE,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        FdbSample {
+            at: Instant::now(),
+            ports: fdb_ports(&out, GUEST_MAC),
+        }
+    }
+
+    fn kill_node(&self, node: usize) -> Result<u32, String> {
+        let pid = bochs_pid(&self.bochsrc[node])
+            .ok_or_else(|| format!("the {}'s Bochs is not running", ROLES[node]))?;
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(pid)
+        } else {
+            Err(format!("kill -KILL {pid} failed"))
+        }
+    }
+}
+
+/// The pid of the Bochs started with `bochsrc` (its absolute path).
+fn bochs_pid(bochsrc: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_bochs = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"/bochs") || *a == b"bochs");
+        (is_bochs && args.contains(&bochsrc.as_bytes())).then_some(pid)
+    })
+}
+
+/// Ports of the bridge's forwarding database that learned `mac`
+/// (`bridge fdb show` lines `<mac> dev <port> master <br>`).
+fn fdb_ports(fdb: &str, mac: &str) -> Vec<String> {
+    let mut ports: Vec<String> = fdb
+        .lines()
+        .filter(|l| !l.contains("permanent"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            if !w.next()?.eq_ignore_ascii_case(mac) {
+                return None;
+            }
+            w.next().filter(|d| *d == "dev")?;
+            w.next().map(str::to_string)
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
+    if let Err(why) = istgt::available() {
+        return Outcome::Skip(why);
+    }
+    let name = format!("{}{}", t.name, plan.tag);
+    let mut ns = match Netns::new("ftkv") {
+        Ok(ns) => ns,
+        Err(why) => return Outcome::Skip(why),
+    };
+    if let Err(e) = ns
+        .bridge(BRIDGE, "10.0.4.1/24")
+        .and_then(|_| ns.tap(TAPS[0], None, Some(BRIDGE)))
+        .and_then(|_| ns.tap(TAPS[1], None, Some(BRIDGE)))
+    {
+        return Outcome::Skip(e);
+    }
+    let mut target = match Istgt::configure(
+        &target_dir(root, &name),
+        "10.0.4.1",
+        3260,
+        "10.0.4.0/24",
+        LUN_BYTES,
+    ) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let initial = Flag {
+        generation: 0,
+        owner: 0,
+    };
+    if let Err(e) = target
+        .write_block(0, &initial.encode())
+        .and_then(|_| target.start(&mut ns))
+    {
+        return Outcome::Fail(e);
+    }
+    let names = [format!("{name}-primary"), format!("{name}-backup")];
+    let dirs = names.clone().map(|n| root.join("build/e2e").join(n));
+    let serials = dirs.clone().map(|d| d.join("serial.txt"));
+    for d in &dirs {
+        // A serial file of an earlier run must not look like this one's.
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let specs = (0..2)
+        .map(|node| (t.emulator, node_spec(t, root, &ns, node, &names[node])))
+        .collect();
+    let done = AtomicBool::new(false);
+    let mut story = Story::default();
+    let bochsrc = dirs
+        .clone()
+        .map(|d| d.join("bochsrc").display().to_string());
+    let (runs, conducted) = std::thread::scope(|s| {
+        let boots = s.spawn(|| {
+            let r = crate::emulator::boot_all(root, specs);
+            done.store(true, Ordering::SeqCst);
+            r
+        });
+        let mut ctx = Ctx {
+            ns: &mut ns,
+            target: &mut target,
+            serials: &serials,
+            bochsrc,
+        };
+        let deadline = Instant::now() + t.timeout;
+        let conducted = conduct(&mut ctx, plan, &mut story, &done, deadline);
+        wind_down(&ctx, &mut story, &done, conducted.is_err());
+        let runs = boots
+            .join()
+            .unwrap_or_else(|_| (0..2).map(|_| Err("boot thread panicked".into())).collect());
+        (runs, conducted)
+    });
+    let flag = target
+        .read_block(0)
+        .and_then(|b| Flag::decode(&b).map_err(|e| format!("flag block: {e:?}")));
+    let table = lun_table(&target.lun_file());
+    drop(target);
+    drop(ns);
+    let mut it = runs.into_iter();
+    let (p, b) = match (it.next(), it.next()) {
+        (Some(Ok(p)), Some(Ok(b))) => (p, b),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
+        _ => return Outcome::Fail("two nodes expected".into()),
+    };
+    let judged = conducted.and_then(|_| judge(plan, &story, &p, &b, flag, table));
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => {
+            let mut s = why;
+            if !story.notes.is_empty() {
+                s.push_str(&format!("\nhost side: {}", story.notes.join("; ")));
+            }
+            if let Some(Err(e)) = &story.client {
+                s.push_str(&format!("\nclient: {e}"));
+            }
+            for (node, run) in [&p, &b].into_iter().enumerate() {
+                s.push_str(&format!(
+                    "\n---- {}: {}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
+                    ROLES[node],
+                    run.ended,
+                    names[node],
+                    crate::tests::tail(&run.serial, 20)
+                ));
+            }
+            Outcome::Fail(s)
+        }
+    }
+}
+
+/// Boot spec of `node` (0 = primary, 1 = backup).
+fn node_spec(t: &E2eTest, root: &Path, ns: &Netns, node: usize, name: &str) -> BootSpec {
+    let mut spec = t.boot_spec(root);
+    let n = node + 1;
+    let peer = if node == 0 {
+        "10.0.4.12:7700"
+    } else {
+        "10.0.4.11:7700"
+    };
+    spec.name = name.to_string();
+    spec.cmdline = format!(
+        "{} role={} peer={peer} ip=10.0.4.1{n}/24 iscsi_node={n}",
+        t.cmdline, ROLES[node]
+    );
+    spec.extra = vec![
+        "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
+        format!(
+            "e1000: enabled=1, mac=52:54:00:12:34:2{n}, ethmod=tuntap, ethdev=/dev/net/tun:{}",
+            TAPS[node]
+        ),
+    ];
+    spec.netns = Some(ns.name.clone());
+    spec
+}
+
+/// Waits for the guest service, runs the client and the fault.
+fn conduct(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    st: &mut Story,
+    done: &AtomicBool,
+    deadline: Instant,
+) -> Result<(), String> {
+    // The primary prints the guest's console lines once the backup
+    // acknowledged them: its `kv: listening` means the pair is up.
+    loop {
+        if ctx.serial(0).contains("guest: kv: listening") {
+            break;
+        }
+        for (node, role) in ROLES.iter().enumerate() {
+            if ctx.serial(node).contains("FTVISOR-EXIT") {
+                return Err(format!(
+                    "the {role} exited before the guest's KV service listened"
+                ));
+            }
+        }
+        if done.load(Ordering::SeqCst) {
+            return Err("the emulators ended before the guest's KV service listened".into());
+        }
+        if Instant::now() > deadline {
+            return Err("no `guest: kv: listening` on the primary in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    st.ready = Some(Instant::now());
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ctx.ns.name])
+        .arg(exe)
+        .args([
+            "ftkv-client",
+            GUEST_ADDR,
+            plan.mode,
+            &plan.sets.to_string(),
+            &plan.salt.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the client: {e}"))?;
+    let out = child.stdout.take().ok_or("no client stdout")?;
+    let mut err = child.stderr.take().ok_or("no client stderr")?;
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), l)).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut trigger: Option<Instant> = None;
+    let mut next_fdb = Instant::now();
+    let mut next_status = Instant::now() + Duration::from_secs(1);
+    let mut last = String::new();
+    let result = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((at, l)) => {
+                if l.starts_with("ack ") {
+                    st.acks.push(at);
+                } else if l.starts_with("retry ") {
+                    st.retries.push(l);
+                } else {
+                    last = l;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+        let now = Instant::now();
+        if plan.fault != Fault::None && trigger.is_none() && st.acks.len() >= plan.at_ack {
+            trigger = Some(now + plan.delay);
+        }
+        if st.fault_at.is_none() && trigger.is_some_and(|at| now >= at) {
+            if let Err(e) = fault(ctx, plan, st) {
+                break Err(e);
+            }
+        }
+        if plan.fault == Fault::StorageDown && st.second_at.is_none() {
+            if let Some(f) = st.fault_at.filter(|f| now >= *f + Duration::from_secs(2)) {
+                match ctx.kill_node(0) {
+                    Ok(pid) => {
+                        st.second_at = Some(Instant::now());
+                        st.notes.push(format!(
+                            "SIGKILLed the primary's Bochs (pid {pid}) {:.1} s after istgt, after reply #{}",
+                            f.elapsed().as_secs_f64(),
+                            st.acks.len()
+                        ));
+                    }
+                    Err(e) => break Err(format!("killing the primary: {e}")),
+                }
+            }
+        }
+        if now >= next_fdb {
+            st.fdb.push(ctx.fdb());
+            next_fdb = now + Duration::from_secs(1);
+        }
+        if plan.fault == Fault::None && now >= next_status {
+            for node in 0..2 {
+                let ep = format!("10.0.4.1{}:{STATUS_PORT}", node + 1);
+                let r = Netns::helper(&ctx.ns.name, &["ftkv-status", &ep]);
+                st.status.push((node, r));
+            }
+            next_status = Instant::now() + Duration::from_secs(3);
+        }
+        if now > deadline {
+            break Err(format!(
+                "the client did not finish within the test's {} s ({} replies)",
+                deadline.duration_since(st.ready.unwrap_or(now)).as_secs(),
+                st.acks.len()
+            ));
+        }
+    };
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    st.client_end = Some(Instant::now());
+    st.client = Some(if status.success() {
+        Ok(last)
+    } else {
+        Err(format!("{last} {}", stderr.trim()))
+    });
+    st.fdb.push(ctx.fdb());
+    result
+}
+
+/// Fires the plan's fault.
+fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
+    let n = st.acks.len();
+    let note = match plan.fault {
+        Fault::None => return Ok(()),
+        Fault::KillPrimary | Fault::KillBackup => {
+            let node = usize::from(plan.fault == Fault::KillBackup);
+            let pid = ctx
+                .kill_node(node)
+                .map_err(|e| format!("killing the {}: {e}", ROLES[node]))?;
+            format!(
+                "SIGKILLed the {}'s Bochs (pid {pid}) {} ms after reply #{n}",
+                ROLES[node],
+                plan.delay.as_millis()
+            )
+        }
+        Fault::Partition => {
+            for tap in TAPS {
+                isolate(&ctx.ns.name, tap).map_err(|e| format!("cutting the link: {e}"))?;
+            }
+            format!(
+                "isolated {} and {} on the bridge after reply #{n}",
+                TAPS[0], TAPS[1]
+            )
+        }
+        Fault::StorageDown => {
+            ctx.target.kill(ctx.ns);
+            format!("SIGKILLed istgt after reply #{n}")
+        }
+    };
+    st.fault_at = Some(Instant::now());
+    st.notes.push(note);
+    Ok(())
+}
+
+/// `bridge link set dev <port> isolated on`: an isolated port forwards
+/// only to non-isolated ones (here: the bridge itself, where istgt and the
+/// client live), never to another isolated port.
+fn isolate(ns: &str, port: &str) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "bridge", "link", "set", "dev", port])
+        .args(["isolated", "on"])
+        .output()
+        .map_err(|e| format!("bridge: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`bridge link set dev {port} isolated on`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// After the client: lets both emulators end by themselves (the serving
+/// side ends with the guest's SHUTDOWN, a backup once it replayed to the
+/// end); a node that halted for good (LOST, storage unreachable) but stays
+/// up is stopped after 5 s, anything left after 150 s too.
+fn wind_down(ctx: &Ctx, st: &mut Story, done: &AtomicBool, failed: bool) {
+    let until = Instant::now()
+        + if failed {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(150)
+        };
+    let mut halted: [Option<Instant>; 2] = [None, None];
+    while !done.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        for node in 0..2 {
+            if bochs_pid(&ctx.bochsrc[node]).is_none() {
+                continue;
+            }
+            let text = ctx.serial(node);
+            let why = if now >= until {
+                Some(if failed {
+                    "the run failed".to_string()
+                } else {
+                    "still running 150 s after the client ended".to_string()
+                })
+            } else if let Some(m) = HALTED.iter().find(|m| text.contains(**m)) {
+                let seen = *halted[node].get_or_insert(now);
+                (now >= seen + Duration::from_secs(5))
+                    .then(|| format!("halted (`{m}`) but still running"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if ctx.kill_node(node).is_ok() {
+                    st.stopped
+                        .push(format!("{} ({why}): stopped by the runner", ROLES[node]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+// ------------------------------------------------------------ judging
+
+fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
+    serial
+        .lines()
+        .find(|l| l.contains(key))
+        .ok_or_else(|| format!("no `{key}` line"))
+}
+
+/// `key<number>` in a text (`key` ends with `=` or a space).
+fn num(text: &str, key: &str) -> Option<u64> {
+    let i = text.find(key)?;
+    let digits: String = text[i + key.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// `key=<word>` in a text.
+fn word<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// Kill -> the first reply after a gap of at least [`OUTAGE_GAP`] (the
+/// new server's first), and how many replies arrived before it (released
+/// by the old primary just before it died). Without such a gap, the
+/// first reply after the fault.
+fn failover(acks: &[Instant], fault: Instant) -> Option<(Duration, usize)> {
+    let after: Vec<Instant> = acks.iter().copied().filter(|t| *t >= fault).collect();
+    let mut prev = fault;
+    for (k, t) in after.iter().enumerate() {
+        if *t - prev >= OUTAGE_GAP {
+            return Some((*t - fault, k));
+        }
+        prev = *t;
+    }
+    after.first().map(|t| (*t - fault, 0))
+}
+
+/// The KV table as the guest left it on the LUN: key -> value.
+fn lun_table(lun: &Path) -> Result<BTreeMap<String, String>, String> {
+    let bytes = std::fs::read(lun).map_err(|e| format!("{}: {e}", lun.display()))?;
+    let start = (DISK_LBA * 512) as usize;
+    let end = start + SLOTS * 512;
+    let table = bytes
+        .get(start..end)
+        .ok_or_else(|| format!("the LUN file is shorter than {end} bytes"))?;
+    Ok(parse_table(table))
+}
+
+/// Slots `KV01`, key length (u8), value length (u16 LE at byte 5), the
+/// key at byte 8, the value at byte 72 (`guests/hello/src/kv.rs`).
+fn parse_table(table: &[u8]) -> BTreeMap<String, String> {
+    table
+        .chunks(512)
+        .filter(|s| s.len() == 512 && &s[..4] == b"KV01")
+        .map(|s| {
+            let kl = usize::from(s[4]).min(64);
+            let vl = usize::from(u16::from_le_bytes([s[5], s[6]])).min(512 - 72);
+            (
+                String::from_utf8_lossy(&s[8..8 + kl]).to_string(),
+                String::from_utf8_lossy(&s[72..72 + vl]).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every SET the client saw acknowledged (`k0000..k<acked>`) is on the LUN
+/// with its value.
+fn check_lun(table: &BTreeMap<String, String>, acked: usize, salt: u64) -> Result<(), String> {
+    let missing: Vec<String> = (0..acked)
+        .filter(|i| table.get(&format!("k{i:04}")) != Some(&value(*i, salt)))
+        .map(|i| format!("k{i:04}"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} acknowledged SET(s) not on the LUN with their value: {:?}{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            if missing.len() > 10 { " ..." } else { "" }
+        ))
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn judge(
+    plan: &Plan,
+    st: &Story,
+    p: &Run,
+    b: &Run,
+    flag: Result<Flag, String>,
+    table: Result<BTreeMap<String, String>, String>,
+) -> Result<String, String> {
+    let runs = [p, b];
+    for (node, run) in runs.iter().enumerate() {
+        for bad in ["PANIC", "EXCEPTION", "DIVERGED"] {
+            if let Some(l) = run.serial.lines().find(|l| l.contains(bad)) {
+                return Err(format!("{}: `{l}`", ROLES[node]));
+            }
+        }
+        if run.ended.contains("stalled") {
+            return Err(format!("{}: {}", ROLES[node], run.ended));
+        }
+    }
+    let client = match &st.client {
+        Some(Ok(s)) => s.as_str(),
+        Some(Err(e)) => return Err(format!("the client failed: {e}")),
+        None => return Err("the client did not run".into()),
+    };
+    let flag = flag?;
+    let table = table?;
+    let acked = num(client, "acked_sets=").ok_or(format!("client summary: `{client}`"))? as usize;
+    check_lun(&table, acked, plan.salt)?;
+    let on_lun = format!("{acked} acknowledged SETs all on the LUN");
+    let ready = st.ready.ok_or("never ready")?;
+    let end = st.client_end.ok_or("the client never ended")?;
+    let load = format!(
+        "{} requests in {} ({} SET/s, {} GET/s), {} retries, {} reconnects",
+        num(client, "requests=").unwrap_or(0),
+        secs(end - ready),
+        word(client, "set_rate=").unwrap_or("?"),
+        word(client, "get_rate=").unwrap_or("?"),
+        num(client, "retries=").unwrap_or(0),
+        num(client, "reconnects=").unwrap_or(0),
+    );
+    let gen = |f: &Flag| format!("generation 0 -> {} (owner {})", f.generation, f.owner);
+    let stopped = if st.stopped.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", st.stopped.join("; "))
+    };
+    let fdb_on = |tap: &str, from: Instant| {
+        st.fdb
+            .iter()
+            .any(|s| s.at >= from && s.ports.iter().any(|p| p == tap))
+    };
+    match plan.fault {
+        Fault::None => {
+            if !client.starts_with("done ")
+                || num(client, "requests=") != Some(2 * plan.sets as u64 + 1)
+                || num(client, "retries=") != Some(0)
+            {
+                return Err(format!(
+                    "client: `{client}` (want {} requests, no retry)",
+                    2 * plan.sets + 1
+                ));
+            }
+            for (node, run) in runs.iter().enumerate() {
+                if run.exit_code != Some(0) {
+                    return Err(format!(
+                        "{}: exit code {:?} ({}), want 0",
+                        ROLES[node], run.exit_code, run.ended
+                    ));
+                }
+            }
+            let pd = line_with(&p.serial, "ft: pair: primary done:")?;
+            let bd = line_with(&b.serial, "ft: pair: backup done:")?;
+            if !bd.contains("verdict=IDENTICAL") {
+                return Err(format!("the backup did not end IDENTICAL: {bd}"));
+            }
+            let discarded = b
+                .serial
+                .lines()
+                .filter_map(|l| num(l, "outputs discarded="))
+                .max()
+                .unwrap_or(0);
+            if discarded == 0 {
+                return Err("the backup discarded no outputs (`outputs discarded=`)".into());
+            }
+            if let Some(l) = b.serial.lines().find(|l| l.starts_with("guest: ")) {
+                return Err(format!("the backup printed guest output: `{l}`"));
+            }
+            let (during, after) = fdb_phases(st, ready, end)?;
+            let status = judge_status(st)?;
+            if flag
+                != (Flag {
+                    generation: 0,
+                    owner: 0,
+                })
+            {
+                return Err(format!("the flag changed without a failure: {flag:?}"));
+            }
+            Ok(format!(
+                "({load}, every reply correct; bridge: guest MAC {GUEST_MAC} learned only on {} (primary) in {during} samples during and {after} after the load; backup: {discarded} outputs discarded, {}, applied={} of entries={}; {status}; {on_lun}; flag {})",
+                TAPS[0],
+                word(bd, "verdict=").map_or("?".into(), |v| format!("verdict={v}")),
+                num(bd, "applied=").unwrap_or(0),
+                num(pd, "entries=").unwrap_or(0),
+                gen(&flag),
+            ))
+        }
+        Fault::KillPrimary | Fault::KillBackup | Fault::Partition => {
+            if !client.starts_with("done ") || acked != plan.sets {
+                return Err(format!(
+                    "client: `{client}` (want all {} SETs acknowledged)",
+                    plan.sets
+                ));
+            }
+            let fault_at = st.fault_at.ok_or("the fault never fired")?;
+            // The winner: who went live or alone.
+            let won = |node: usize| runs[node].serial.contains("WON the test-and-set");
+            let winner = match (plan.fault, won(0), won(1)) {
+                (Fault::KillPrimary, _, true) => 1,
+                (Fault::KillBackup, true, _) => 0,
+                (Fault::Partition, true, false) => 0,
+                (Fault::Partition, false, true) => 1,
+                (_, w0, w1) => {
+                    return Err(format!(
+                        "winners of the test-and-set: primary {w0}, backup {w1}"
+                    ))
+                }
+            };
+            let loser = 1 - winner;
+            let w = runs[winner];
+            let won_line = line_with(&w.serial, "WON the test-and-set")?;
+            let want_won = format!("flag generation 0 -> 1 owner {}", winner + 1);
+            if !won_line.contains(&want_won) {
+                return Err(format!(
+                    "{}: `{won_line}`, want `{want_won}`",
+                    ROLES[winner]
+                ));
+            }
+            let live = if winner == 1 {
+                let live = line_with(&w.serial, "ft: backup: LIVE under generation 1")?;
+                line_with(
+                    &w.serial,
+                    &format!("ft: backup: announced the guest MAC {GUEST_MAC} (RARP)"),
+                )?;
+                let re = line_with(&w.serial, "ft: backup: re-issued ")?;
+                format!(
+                    "backup LIVE under generation 1, RARP sent, re-issued {} pending disk request(s); {}",
+                    num(re, "re-issued ").unwrap_or(0),
+                    live.split(": ").nth(2).unwrap_or("")
+                )
+            } else {
+                line_with(&w.serial, "ft: primary: ALONE under generation 1")?;
+                "primary ALONE under generation 1".to_string()
+            };
+            if w.exit_code != Some(0) {
+                return Err(format!(
+                    "the winner ({}): exit code {:?} ({}), want 0",
+                    ROLES[winner], w.exit_code, w.ended
+                ));
+            }
+            if flag
+                != (Flag {
+                    generation: 1,
+                    owner: winner as u64 + 1,
+                })
+            {
+                return Err(format!(
+                    "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner {}",
+                    winner + 1
+                ));
+            }
+            let l = runs[loser];
+            let loser_note = match plan.fault {
+                Fault::Partition => {
+                    let lost = l.serial.find("LOST the test-and-set").ok_or(format!(
+                        "the {} did not print `LOST the test-and-set`",
+                        ROLES[loser]
+                    ))?;
+                    let after = &l.serial[lost..];
+                    if let Some(x) = after.lines().find(|x| {
+                        x.starts_with("guest: ")
+                            || x.contains("LIVE under")
+                            || x.contains("ALONE under")
+                    }) {
+                        return Err(format!(
+                            "the loser ({}) served after losing: `{x}`",
+                            ROLES[loser]
+                        ));
+                    }
+                    if l.exit_code == Some(0) {
+                        return Err(format!(
+                            "the loser ({}) ran its guest to the end",
+                            ROLES[loser]
+                        ));
+                    }
+                    format!(
+                        "the {} LOST and halted (`{}`)",
+                        ROLES[loser],
+                        line_with(&l.serial, "LOST the test-and-set")?.trim()
+                    )
+                }
+                _ => {
+                    if l.exit_code.is_some() || l.serial.contains("ft: pair: ") {
+                        return Err(format!("the {} ended before it was killed", ROLES[loser]));
+                    }
+                    format!("the {} killed", ROLES[loser])
+                }
+            };
+            if winner == 1 && !fdb_on(TAPS[1], fault_at) {
+                return Err(format!(
+                    "after the failover the bridge never learned the guest MAC on {} (the backup's tap): RARP / frames from the new primary missing",
+                    TAPS[1]
+                ));
+            }
+            let (fo, in_flight) = failover(&st.acks, fault_at).ok_or("no reply after the fault")?;
+            Ok(format!(
+                "({}; {loser_note}; {live}; failover {} (fault -> first reply from the survivor; {in_flight} replies in flight), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
+                st.notes.join("; "),
+                secs(fo),
+                gen(&flag),
+            ))
+        }
+        Fault::StorageDown => {
+            let second = st.second_at.ok_or("the primary was never killed")?;
+            if !client.starts_with("gave-up ") {
+                return Err(format!(
+                    "the client completed (`{client}`): someone served after the primary died"
+                ));
+            }
+            if acked != plan.sets {
+                return Err(format!(
+                    "client: `{client}` (want all {} SETs acknowledged before the fault)",
+                    plan.sets
+                ));
+            }
+            let late: Vec<&Instant> = st
+                .acks
+                .iter()
+                .filter(|t| **t > second + Duration::from_secs(1))
+                .collect();
+            if !late.is_empty() {
+                return Err(format!(
+                    "{} replies reached the client more than 1 s after the primary was killed",
+                    late.len()
+                ));
+            }
+            let unreachable = line_with(&b.serial, "shared storage unreachable")?;
+            for bad in [
+                "LIVE under",
+                "WON the test-and-set",
+                "announced the guest MAC",
+            ] {
+                if let Some(l) = b.serial.lines().find(|l| l.contains(bad)) {
+                    return Err(format!("the backup went live without storage: `{l}`"));
+                }
+            }
+            if let Some(l) = b.serial.lines().find(|l| l.starts_with("guest: ")) {
+                return Err(format!("the backup printed guest output: `{l}`"));
+            }
+            if fdb_on(TAPS[1], ready) {
+                return Err(format!(
+                    "the guest MAC was learned on {} (the backup's tap)",
+                    TAPS[1]
+                ));
+            }
+            if flag
+                != (Flag {
+                    generation: 0,
+                    owner: 0,
+                })
+            {
+                return Err(format!("the flag changed with storage down: {flag:?}"));
+            }
+            let fault_at = st.fault_at.ok_or("istgt was never killed")?;
+            let served = st
+                .acks
+                .iter()
+                .filter(|t| **t >= fault_at && **t <= second)
+                .count();
+            Ok(format!(
+                "({}; the primary answered {served} GETs with istgt down before it was killed; backup: `{}`, no LIVE, no RARP, no reply after the kill; client gave up: {}; {on_lun}; flag {}{stopped})",
+                st.notes.join("; "),
+                unreachable.trim(),
+                client.trim_start_matches("gave-up "),
+                gen(&flag),
+            ))
+        }
+    }
+}
+
+/// `ft-pair-steady`: the guest MAC only on the primary's tap; returns
+/// the number of samples showing it during and after the load.
+fn fdb_phases(st: &Story, ready: Instant, end: Instant) -> Result<(usize, usize), String> {
+    for s in &st.fdb {
+        if s.ports.iter().any(|p| p != TAPS[0]) {
+            return Err(format!(
+                "bridge forwarding database at +{:.1} s: guest MAC {GUEST_MAC} on {:?}, want only {} (the primary's tap)",
+                s.at.saturating_duration_since(ready).as_secs_f64(),
+                s.ports,
+                TAPS[0]
+            ));
+        }
+    }
+    let seen = |f: &dyn Fn(Instant) -> bool| {
+        st.fdb
+            .iter()
+            .filter(|s| f(s.at) && !s.ports.is_empty())
+            .count()
+    };
+    let during = seen(&|t| t >= ready && t < end);
+    let after = seen(&|t| t >= end);
+    if during == 0 || after == 0 {
+        return Err(format!(
+            "the guest MAC was not in the bridge's forwarding database ({during} samples during the load, {after} after)"
+        ));
+    }
+    Ok((during, after))
+}
+
+/// Both status ports answered at least once with valid JSON of the
+/// right role, paired, generation 0.
+fn judge_status(st: &Story) -> Result<String, String> {
+    let mut notes = Vec::new();
+    for (node, role) in ROLES.iter().enumerate() {
+        let mut good = None;
+        let mut errors = Vec::new();
+        for (_, r) in st.status.iter().filter(|(n, _)| *n == node) {
+            match r
+                .as_ref()
+                .map_err(|e| e.clone())
+                .and_then(|l| check_status(l, role))
+            {
+                Ok(s) => good = Some(s),
+                Err(e) => errors.push(e),
+            }
+        }
+        let polls = st.status.iter().filter(|(n, _)| *n == node).count();
+        match good {
+            Some(s) => notes.push(format!(
+                "{role} status port: {} of {polls} answers valid, last {s}",
+                polls - errors.len()
+            )),
+            None => {
+                return Err(format!(
+                    "no valid answer from the {role}'s status port 10.0.4.1{}:{STATUS_PORT} in {polls} polls: {:?}",
+                    node + 1,
+                    errors.first()
+                ))
+            }
+        }
+    }
+    Ok(notes.join("; "))
+}
+
+/// One status line: JSON object with the fields of the contract.
+fn check_status(line: &str, role: &str) -> Result<String, String> {
+    let j = parse_json(line.trim()).map_err(|e| format!("`{line}`: {e}"))?;
+    let Json::Obj(fields) = &j else {
+        return Err(format!("`{line}`: not a JSON object"));
+    };
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    for k in [
+        "role",
+        "state",
+        "generation",
+        "seq",
+        "acked",
+        "applied",
+        "lag_entries",
+        "lag_us",
+        "log_mbit_s",
+        "heartbeat_age_ms",
+    ] {
+        if get(k).is_none() {
+            return Err(format!("`{line}`: no `{k}`"));
+        }
+    }
+    if get("role") != Some(&Json::Str(role.into())) {
+        return Err(format!("`{line}`: role is not {role}"));
+    }
+    if get("state") != Some(&Json::Str("paired".into())) {
+        return Err(format!("`{line}`: state is not paired"));
+    }
+    if get("generation") != Some(&Json::Num(0.0)) {
+        return Err(format!("`{line}`: generation is not 0"));
+    }
+    let show = |k: &str| match get(k) {
+        Some(Json::Num(n)) => format!("{k}={n}"),
+        Some(Json::Str(s)) => format!("{k}={s}"),
+        _ => String::new(),
+    };
+    Ok([
+        "seq",
+        "acked",
+        "applied",
+        "lag_entries",
+        "lag_us",
+        "log_mbit_s",
+        "heartbeat_age_ms",
+    ]
+    .iter()
+    .map(|k| show(k))
+    .collect::<Vec<_>>()
+    .join(" "))
+}
+
+// ------------------------------------------------------------ JSON
+
+/// A JSON value (RFC 8259), enough to check the status port's line.
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+fn parse_json(s: &str) -> Result<Json, String> {
+    let mut p = JsonParser { s, i: 0 };
+    let v = p.value(0)?;
+    p.ws();
+    if p.i != s.len() {
+        return Err(format!("trailing bytes at {}", p.i));
+    }
+    Ok(v)
+}
+
+struct JsonParser<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn err<T>(&self, what: &str) -> Result<T, String> {
+        Err(format!("{what} at byte {}", self.i))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > 32 {
+            return self.err("nested too deep");
+        }
+        self.ws();
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                let mut fields = Vec::new();
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(fields));
+                }
+                loop {
+                    self.ws();
+                    let k = self.string()?;
+                    self.ws();
+                    if self.peek() != Some(b':') {
+                        return self.err("expected `:`");
+                    }
+                    self.i += 1;
+                    fields.push((k, self.value(depth + 1)?));
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Json::Obj(fields));
+                        }
+                        _ => return self.err("expected `,` or `}`"),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Json::Arr(items));
+                        }
+                        _ => return self.err("expected `,` or `]`"),
+                    }
+                }
+            }
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(c) if c == b'-' || c.is_ascii_digit() => self.number(),
+            _ => self.err("expected a value"),
+        }
+    }
+
+    fn literal(&mut self, word: &str, v: Json) -> Result<Json, String> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(v)
+        } else {
+            self.err("bad literal")
+        }
+    }
+
+    fn number(&mut self) -> Result<Json, String> {
+        let start = self.i;
+        let b = self.s.as_bytes();
+        let digits = |i: &mut usize| {
+            let s = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > s
+        };
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        if b.get(i) == Some(&b'0') {
+            i += 1;
+        } else if !digits(&mut i) {
+            return self.err("bad number");
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return self.err("bad fraction");
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return self.err("bad exponent");
+            }
+        }
+        self.i = i;
+        self.s[start..i]
+            .parse()
+            .map(Json::Num)
+            .map_err(|e| format!("number at byte {start}: {e}"))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        if self.peek() != Some(b'"') {
+            return self.err("expected a string");
+        }
+        self.i += 1;
+        let mut out = String::new();
+        loop {
+            let Some(c) = self.s[self.i..].chars().next() else {
+                return self.err("unterminated string");
+            };
+            self.i += c.len_utf8();
+            match c {
+                '"' => return Ok(out),
+                '\\' => {
+                    let Some(e) = self.peek() else {
+                        return self.err("unterminated escape");
+                    };
+                    self.i += 1;
+                    out.push(match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hex = self.s.get(self.i..self.i + 4).unwrap_or("");
+                            let code = u32::from_str_radix(hex, 16)
+                                .map_err(|_| format!("bad \\u escape at byte {}", self.i))?;
+                            self.i += 4;
+                            char::from_u32(code).unwrap_or('\u{fffd}')
+                        }
+                        _ => return self.err("bad escape"),
+                    });
+                }
+                c if (c as u32) < 0x20 => return self.err("control character in a string"),
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ helpers run in the namespace
+
+/// `qemu-tests ftkv-client ...` and `qemu-tests ftkv-status <ip:port>`.
+pub fn helper_main(args: &[String]) -> ExitCode {
+    let cmd = args.first().map(String::as_str).unwrap_or("");
+    let r = match cmd {
+        "ftkv-client" => client_main(args),
+        "ftkv-status" => status_main(args),
+        _ => Err(format!("unknown helper `{cmd}`")),
+    };
+    match r {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{cmd}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line from a status port.
+fn status_main(args: &[String]) -> Result<String, String> {
+    let addr: SocketAddr = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .ok_or("usage: ftkv-status <ip:port>")?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read {addr}: {e}"))?;
+    if line.trim().is_empty() {
+        return Err(format!("{addr} closed without a line"));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+enum AskError {
+    /// No reply for the client's give-up time.
+    GaveUp(String),
+    Failed(String),
+}
+
+impl AskError {
+    fn text(self) -> String {
+        match self {
+            AskError::GaveUp(s) => format!("gave up: {s}"),
+            AskError::Failed(s) => s,
+        }
+    }
+}
+
+/// A KV client that rides out failovers: it keeps its connection while
+/// replies are merely late (TCP retransmits; the new primary has the same
+/// connection), and after `read_timeout` without a reply reconnects and
+/// re-sends the request (SET and GET are idempotent).
+struct Client {
+    addr: SocketAddr,
+    /// Whether a failed request may be retried (else: an error).
+    retry: bool,
+    read_timeout: Duration,
+    give_up: Duration,
+    conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    last_reply: Instant,
+    last_error: String,
+    replies: u64,
+    retries: u64,
+    connects: u64,
+    max_gap: Duration,
+}
+
+impl Client {
+    fn ask(&mut self, line: &str) -> Result<String, AskError> {
+        loop {
+            let silent = self.last_reply.elapsed();
+            if silent > self.give_up {
+                return Err(AskError::GaveUp(format!(
+                    "no reply for {} s; last error: {}",
+                    silent.as_secs(),
+                    self.last_error
+                )));
+            }
+            if self.conn.is_none() {
+                match TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)) {
+                    Ok(s) => {
+                        s.set_nodelay(true).ok();
+                        s.set_read_timeout(Some(self.read_timeout)).ok();
+                        s.set_write_timeout(Some(self.read_timeout)).ok();
+                        let r = s.try_clone().map_err(|e| AskError::Failed(e.to_string()))?;
+                        self.conn = Some((s, BufReader::new(r)));
+                        self.connects += 1;
+                    }
+                    Err(e) => {
+                        // Before the first reply the service may still be
+                        // starting; afterwards only a retrying client waits.
+                        if !self.retry && self.replies > 0 {
+                            return Err(AskError::Failed(format!("connect: {e}")));
+                        }
+                        self.last_error = format!("connect: {e}");
+                        std::thread::sleep(Duration::from_millis(300));
+                        continue;
+                    }
+                }
+            }
+            let Some((w, r)) = self.conn.as_mut() else {
+                continue;
+            };
+            let res = w.write_all(format!("{line}\n").as_bytes()).and_then(|_| {
+                let mut got = String::new();
+                r.read_line(&mut got)?;
+                if got.ends_with('\n') {
+                    Ok(got)
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed",
+                    ))
+                }
+            });
+            match res {
+                Ok(got) => {
+                    let now = Instant::now();
+                    self.max_gap = self.max_gap.max(now - self.last_reply);
+                    self.last_reply = now;
+                    self.replies += 1;
+                    println!("ack {}", self.replies);
+                    return Ok(got.trim_end().to_string());
+                }
+                Err(e) => {
+                    self.conn = None;
+                    self.last_error = format!("`{line}`: {e}");
+                    if !self.retry {
+                        return Err(AskError::Failed(self.last_error.clone()));
+                    }
+                    self.retries += 1;
+                    println!("retry {} {}", self.retries, self.last_error);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+/// `ftkv-client <ip:port> steady|failover|outage <sets> <salt>`: `sets`
+/// SETs, then (steady, failover) a GET of each and SHUTDOWN, or (outage)
+/// GETs round and round until no reply came for 45 s. Prints `ack <n>`
+/// per reply, `retry ...` per re-sent request, then a summary.
+fn client_main(args: &[String]) -> Result<String, String> {
+    let usage = "usage: ftkv-client <ip:port> steady|failover|outage <sets> <salt>";
+    let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).ok_or(usage)?;
+    let mode = args.get(2).map(String::as_str).ok_or(usage)?;
+    let sets: usize = args.get(3).and_then(|a| a.parse().ok()).ok_or(usage)?;
+    let salt: u64 = args.get(4).and_then(|a| a.parse().ok()).ok_or(usage)?;
+    let (retry, read_timeout, give_up) = match mode {
+        "steady" => (false, 60, 120),
+        "failover" => (true, 30, 150),
+        "outage" => (true, 10, 45),
+        _ => return Err(usage.into()),
+    };
+    let mut c = Client {
+        addr,
+        retry,
+        read_timeout: Duration::from_secs(read_timeout),
+        give_up: Duration::from_secs(give_up),
+        conn: None,
+        last_reply: Instant::now(),
+        last_error: String::new(),
+        replies: 0,
+        retries: 0,
+        connects: 0,
+        max_gap: Duration::ZERO,
+    };
+    let t = Instant::now();
+    for i in 0..sets {
+        let got = c
+            .ask(&format!("SET k{i:04} {}", value(i, salt)))
+            .map_err(|e| format!("SET k{i:04} ({i} acknowledged): {}", e.text()))?;
+        if got != "OK" {
+            return Err(format!("SET k{i:04}: `{got}`"));
+        }
+    }
+    let set_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut gets = 0usize;
+    let summary = |c: &Client, gets: usize, get_s: f64| {
+        format!(
+            "requests={} sets={sets} acked_sets={sets} gets={gets} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={}",
+            c.replies,
+            c.retries,
+            c.connects.saturating_sub(1),
+            sets as f64 / set_s.max(1e-9),
+            gets as f64 / get_s.max(1e-9),
+            c.max_gap.as_millis()
+        )
+    };
+    if mode == "outage" {
+        let limit = Duration::from_secs(300);
+        while t.elapsed() < limit {
+            let i = gets % sets.max(1);
+            match c.ask(&format!("GET k{i:04}")) {
+                Ok(got) if got == value(i, salt) => gets += 1,
+                Ok(got) => return Err(format!("GET k{i:04}: `{got}`, want `{}`", value(i, salt))),
+                Err(AskError::GaveUp(why)) => {
+                    let s = summary(&c, gets, t.elapsed().as_secs_f64());
+                    return Ok(format!("gave-up {s} ({why})"));
+                }
+                Err(e) => return Err(e.text()),
+            }
+        }
+        return Ok(format!(
+            "done {} (still served after {} s)",
+            summary(&c, gets, t.elapsed().as_secs_f64()),
+            limit.as_secs()
+        ));
+    }
+    for i in 0..sets {
+        let got = c
+            .ask(&format!("GET k{i:04}"))
+            .map_err(|e| format!("GET k{i:04}: {}", e.text()))?;
+        if got != value(i, salt) {
+            return Err(format!(
+                "GET k{i:04}: `{got}`, want `{}` (its SET was acknowledged)",
+                value(i, salt)
+            ));
+        }
+        gets += 1;
+    }
+    let get_s = t.elapsed().as_secs_f64();
+    let got = c
+        .ask("SHUTDOWN")
+        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
+    if got != "BYE" {
+        return Err(format!("SHUTDOWN: `{got}`"));
+    }
+    Ok(format!("done {}", summary(&c, gets, get_s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_of_the_contract_parses() {
+        let l = r#"{"role":"primary","state":"paired","generation":0,"seq":1234,"acked":1230,"applied":1229,"lag_entries":5,"lag_us":812,"log_mbit_s":"1.23","heartbeat_age_ms":3}"#;
+        let s = check_status(l, "primary").unwrap();
+        assert!(
+            s.contains("seq=1234") && s.contains("log_mbit_s=1.23"),
+            "{s}"
+        );
+        assert!(check_status(l, "backup").unwrap_err().contains("role"));
+        let alone = l.replace("paired", "alone");
+        assert!(check_status(&alone, "primary").is_err());
+        let gen1 = l.replace("\"generation\":0", "\"generation\":1");
+        assert!(check_status(&gen1, "primary").is_err());
+        let short = r#"{"role":"primary","state":"paired","generation":0}"#;
+        assert!(check_status(short, "primary").unwrap_err().contains("seq"));
+    }
+
+    #[test]
+    fn json_values_and_errors() {
+        assert_eq!(
+            parse_json(r#" {"a":[1,-2.5e3,true,null],"b":{"c":"x\"\u0041é"}} "#),
+            Ok(Json::Obj(vec![
+                (
+                    "a".into(),
+                    Json::Arr(vec![
+                        Json::Num(1.0),
+                        Json::Num(-2500.0),
+                        Json::Bool(true),
+                        Json::Null
+                    ])
+                ),
+                (
+                    "b".into(),
+                    Json::Obj(vec![("c".into(), Json::Str("x\"Aé".into()))])
+                ),
+            ]))
+        );
+        for bad in [
+            "",
+            "{",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{a:1}",
+            "[1 2]",
+            "01",
+            "1.",
+            "\"abc",
+            "{\"a\":1} x",
+            "tru",
+            "\"\u{1}\"",
+        ] {
+            assert!(parse_json(bad).is_err(), "{bad:?} parsed");
+        }
+        let deep = "[".repeat(40) + &"]".repeat(40);
+        assert!(parse_json(&deep).is_err());
+    }
+
+    #[test]
+    fn fdb_lines() {
+        let fdb = "33:33:00:00:00:01 dev brfk self permanent\n\
+                   52:54:00:f7:00:01 dev tapfk1 master brfk\n\
+                   52:54:00:12:34:21 dev tapfk1 master brfk\n\
+                   52:54:00:12:34:22 dev tapfk2 master brfk\n\
+                   52:54:00:F7:00:01 dev tapfk2 vlan 1 master brfk\n\
+                   52:54:00:f7:00:01 dev tapfk2 master brfk permanent\n";
+        assert_eq!(fdb_ports(fdb, GUEST_MAC), vec!["tapfk1", "tapfk2"]);
+        assert!(fdb_ports("", GUEST_MAC).is_empty());
+    }
+
+    #[test]
+    fn failover_skips_replies_in_flight() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let acks = [ms(0), ms(40), ms(80), ms(103), ms(6000), ms(6040)];
+        // Killed at 100 ms: the reply at 103 ms was on its way.
+        assert_eq!(
+            failover(&acks, ms(100)),
+            Some((Duration::from_millis(5900), 1))
+        );
+        assert_eq!(
+            failover(&acks, ms(5000)),
+            Some((Duration::from_millis(1000), 0))
+        );
+        // No gap at all: the first reply after the fault.
+        assert_eq!(
+            failover(&acks[..4], ms(50)),
+            Some((Duration::from_millis(30), 0))
+        );
+        assert_eq!(failover(&acks, ms(7000)), None);
+    }
+
+    #[test]
+    fn fault_points_are_seeded_and_in_the_set_phase() {
+        let pts: Vec<_> = (1..=5).map(|s| fault_point(s, 150)).collect();
+        assert_eq!(
+            pts,
+            (1..=5).map(|s| fault_point(s, 150)).collect::<Vec<_>>()
+        );
+        for (at, d) in &pts {
+            assert!((15..=135).contains(at), "{at}");
+            assert!(*d < Duration::from_millis(50));
+        }
+        let distinct: std::collections::BTreeSet<_> = pts.iter().map(|p| p.0).collect();
+        assert!(distinct.len() >= 4, "{pts:?}");
+    }
+
+    #[test]
+    fn lun_table_round_trip() {
+        let salt = 77;
+        let mut table = vec![0u8; SLOTS * 512];
+        for i in [0usize, 1, 5] {
+            let (k, v) = (format!("k{i:04}"), value(i, salt));
+            let s = &mut table[(i * 7 % SLOTS) * 512..][..512];
+            s[..4].copy_from_slice(b"KV01");
+            s[4] = k.len() as u8;
+            s[5..7].copy_from_slice(&(v.len() as u16).to_le_bytes());
+            s[8..8 + k.len()].copy_from_slice(k.as_bytes());
+            s[72..72 + v.len()].copy_from_slice(v.as_bytes());
+        }
+        let m = parse_table(&table);
+        assert_eq!(m.len(), 3);
+        assert!(check_lun(&m, 2, salt).is_ok());
+        let e = check_lun(&m, 3, salt).unwrap_err();
+        assert!(e.contains("k0002"), "{e}");
+        assert!(check_lun(&m, 1, salt + 1).is_err());
+    }
+
+    #[test]
+    fn numbers_and_words_in_lines() {
+        let l =
+            "ft: pair: backup done: received=10 applied=9 outputs discarded=1234 verdict=IDENTICAL";
+        assert_eq!(num(l, "applied="), Some(9));
+        assert_eq!(num(l, "outputs discarded="), Some(1234));
+        assert_eq!(num("re-issued 3 pending", "re-issued "), Some(3));
+        assert_eq!(word(l, "verdict="), Some("IDENTICAL"));
+        assert_eq!(num(l, "nothing="), None);
+    }
+}
