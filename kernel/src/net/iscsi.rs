@@ -18,7 +18,7 @@
 //!   unacknowledged chunk, and finally reads everything back: no
 //!   acknowledged write may be missing.
 use super::clock::Clock;
-use super::transport::{NetStack, SmolTransport, CONNECT_TIMEOUT_MS};
+use super::transport::{NetStack, SharedTransport, CONNECT_TIMEOUT_MS};
 use crate::arch::exit::exit;
 use alloc::collections::VecDeque;
 use alloc::vec;
@@ -35,7 +35,7 @@ use kernel::iscsi_checks::{
     Lines,
 };
 
-type Ini<N> = Initiator<SmolTransport<N>, Clock>;
+type Ini<N> = Initiator<SharedTransport<N>, Clock>;
 
 /// TCP buffers of the iSCSI connection (each way).
 const TCP_BUFFER: usize = 256 * 1024;
@@ -64,9 +64,9 @@ fn mb_per_s(bytes: usize, us: u64) -> f64 {
 fn finish<N: Nic>(ini: Option<Ini<N>>, pass: bool) -> ! {
     if let Some(ini) = ini {
         match ini.logout() {
-            Ok(mut t) => {
+            Ok(t) => {
                 println!("iscsi: logged out");
-                super::print_counters(&mut t.net.device.nic);
+                super::print_counters(&mut t.net.borrow_mut().device.nic);
             }
             Err(e) => println!("iscsi: logout: {e}"),
         }
@@ -110,7 +110,11 @@ pub fn run<N: Nic>(config: &Config, net: NetStack<N>) -> ! {
         "iscsi: node {} ({name}) logging in to {} at {a}.{b}.{c}.{d}:{} lun {}",
         ic.node, ic.target, portal.port, ic.lun
     );
-    let transport = SmolTransport::new(net, endpoint(portal), TCP_BUFFER);
+    let transport = SharedTransport::new(
+        alloc::rc::Rc::new(core::cell::RefCell::new(net)),
+        endpoint(portal),
+        TCP_BUFFER,
+    );
     let t0 = clock.micros();
     let mut ini = match Initiator::login(transport, clock, cfg.clone(), ic.lun) {
         Ok(i) => i,
@@ -252,7 +256,7 @@ fn read_write<N: Nic>(ini: &mut Ini<N>, bytes: usize) -> bool {
 }
 
 fn ini_clock<N: Nic>(ini: &mut Ini<N>) -> Clock {
-    ini.transport_mut().net.clock
+    ini.transport_mut().net.borrow().clock
 }
 
 /// `caw`: initialise, win, then a stale attempt must miscompare.
@@ -333,7 +337,7 @@ fn caw_race<N: Nic>(
 ) -> bool {
     let me = u64::from(node);
     let arb = Arbiter::new(FLAG_LBA);
-    let handle = ini.transport_mut().net.add_tcp(4096);
+    let handle = ini.transport_mut().net.borrow_mut().add_tcp(4096);
     let mut link = SyncLink {
         handle,
         lines: Lines::default(),
@@ -341,7 +345,8 @@ fn caw_race<N: Nic>(
     };
     let mut tries = 0;
     loop {
-        let net = &mut ini.transport_mut().net;
+        let rc = ini.transport_mut().net.clone();
+        let net = &mut *rc.borrow_mut();
         match net.connect(handle, coordinator, CONNECT_TIMEOUT_MS) {
             Ok(()) => break,
             Err(e) if tries >= 10 => {
@@ -357,7 +362,7 @@ fn caw_race<N: Nic>(
             }
         }
     }
-    if let Err(e) = link.send(&mut ini.transport_mut().net, &hello_line(node)) {
+    if let Err(e) = link.send(&mut ini.transport_mut().net.borrow_mut(), &hello_line(node)) {
         println!("race: error: coordinator link: {e}");
         return false;
     }
@@ -371,16 +376,20 @@ fn caw_race<N: Nic>(
                 return false;
             }
         };
-        let net = &mut ini.transport_mut().net;
+        let rc = ini.transport_mut().net.clone();
+        let mut net = rc.borrow_mut();
         if net.clock.micros() > deadline {
             println!("race: error: net_timeout reached at round {round}");
             return false;
         }
-        if let Err(e) = link.send(net, &ready_line(round, expected.generation)) {
+        if let Err(e) = link.send(&mut net, &ready_line(round, expected.generation)) {
             println!("race: round {round} error: coordinator link: {e}");
             return false;
         }
-        match link.next(net, 60_000) {
+        let directive = link.next(&mut net, 60_000);
+        // The initiator below borrows the stack again.
+        drop(net);
+        match directive {
             Ok(Directive::Go { round: r }) if r == round => {}
             Ok(Directive::Go { round: r }) => {
                 println!("race: round {round} error: coordinator said go for round {r}");
@@ -417,7 +426,8 @@ fn caw_race<N: Nic>(
                 return false;
             }
         };
-        let net = &mut ini.transport_mut().net;
+        let rc = ini.transport_mut().net.clone();
+        let net = &mut *rc.borrow_mut();
         if let Err(e) = link.send(net, &result_line(round, won, after.generation, after.owner)) {
             println!("race: round {round} error: coordinator link: {e}");
             return false;

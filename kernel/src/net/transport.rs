@@ -21,7 +21,7 @@ use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpEndpoint;
 
-/// How long [`SmolTransport::recv`] waits for bytes before returning 0.
+/// How long [`SharedTransport::recv`] waits for bytes before returning 0.
 const RECV_POLL_US: u64 = 2_000;
 /// How long a TCP connect may take (SYN retransmits included).
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -156,59 +156,14 @@ impl<N: Nic> NetStack<N> {
     }
 }
 
-/// The initiator's [`Transport`]: one TCP socket of a [`NetStack`] to the
-/// portal; `reconnect` opens a fresh connection from a new port.
-pub struct SmolTransport<N: Nic> {
-    pub net: NetStack<N>,
-    handle: SocketHandle,
-    portal: IpEndpoint,
-    /// Connections opened so far.
-    pub connects: u32,
-}
-
-impl<N: Nic> SmolTransport<N> {
-    /// Not connected yet; the session's first `reconnect` connects.
-    pub fn new(mut net: NetStack<N>, portal: IpEndpoint, buffer: usize) -> Self {
-        let handle = net.add_tcp(buffer);
-        SmolTransport {
-            net,
-            handle,
-            portal,
-            connects: 0,
-        }
-    }
-}
-
-impl<N: Nic> Transport for SmolTransport<N> {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
-        self.net.poll();
-        let s = self.net.tcp(self.handle);
-        if !s.may_send() {
-            return Err(Error::ConnectionClosed);
-        }
-        let n = s.send_slice(bytes).map_err(|_| Error::ConnectionClosed)?;
-        self.net.poll();
-        Ok(n)
-    }
-
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        self.net.recv_some(self.handle, buf, RECV_POLL_US)
-    }
-
-    fn reconnect(&mut self) -> Result<()> {
-        self.connects += 1;
-        self.net
-            .connect(self.handle, self.portal, CONNECT_TIMEOUT_MS)
-    }
-}
-
 /// A [`NetStack`] shared by several users of one NIC (the FT pair: the log
 /// channel, arbitration and the guest disk's iSCSI session run on one
 /// smoltcp interface, one address). Single-threaded: every user borrows it
 /// only for the length of a call.
 pub type SharedStack<N> = Rc<RefCell<NetStack<N>>>;
 
-/// Like [`SmolTransport`], on one socket of a [`SharedStack`].
+/// The initiator's [`Transport`]: one TCP socket of a [`SharedStack`] to
+/// the portal; `reconnect` opens a fresh connection from a new port.
 pub struct SharedTransport<N: Nic> {
     pub net: SharedStack<N>,
     handle: SocketHandle,
