@@ -125,7 +125,9 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             });
             // Issue 9: one side of an FT pair (NIC first, then the guest).
             if config.pair.role.is_some() {
-                crate::ftlive::start(&config, &caps, report.pmu, image, guest_cmdline);
+                // `guest=linux`: the second module is the initrd, part of
+                // the guest both sides must start identically.
+                crate::ftlive::start(&config, &caps, report.pmu, image, log, guest_cmdline);
             }
             crate::vmm::run(
                 &config,

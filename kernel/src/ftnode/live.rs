@@ -143,6 +143,7 @@ pub fn start(
     caps: &VmxCaps,
     pmu: PmuInfo,
     image: &[u8],
+    initrd: Option<&[u8]>,
     guest_cmdline: &str,
 ) -> ! {
     if let Err(e) = config.pair.validate() {
@@ -155,6 +156,7 @@ pub fn start(
             caps,
             pmu,
             image,
+            initrd,
             guest_cmdline,
         },
     ) {}
@@ -164,6 +166,7 @@ struct Starter<'a> {
     caps: &'a VmxCaps,
     pmu: PmuInfo,
     image: &'a [u8],
+    initrd: Option<&'a [u8]>,
     guest_cmdline: &'a str,
 }
 
@@ -180,7 +183,7 @@ impl WithNic for Starter<'_> {
         // (log channel, arbitration, the guest disk's iSCSI session).
         let (demux, net) = crate::net::guest::share_nic(config, clock, nic);
         let io = crate::net::guest::guest_io_on(config.guest_mem, config, &demux, &net);
-        let mut node = Node::new(config, net, self.image, self.guest_cmdline);
+        let mut node = Node::new(config, net, self.image, self.initrd, self.guest_cmdline);
         node.join();
         crate::vmm::run(
             config,
@@ -188,7 +191,8 @@ impl WithNic for Starter<'_> {
             self.pmu,
             self.image,
             self.guest_cmdline,
-            None,
+            self.initrd
+                .filter(|_| config.guest == kernel::config::GuestKind::Linux),
             Some(io),
             Some(&mut node),
         )
@@ -287,11 +291,17 @@ pub struct Node<N: Nic> {
 }
 
 impl<N: Nic + 'static> Node<N> {
-    fn new(config: &Config, shared: SharedStack<N>, image: &[u8], guest_cmdline: &str) -> Self {
+    fn new(
+        config: &Config,
+        shared: SharedStack<N>,
+        image: &[u8],
+        initrd: Option<&[u8]>,
+        guest_cmdline: &str,
+    ) -> Self {
         let mut net = shared.borrow_mut();
         let pair = config.pair;
         let role = pair.role.expect("start() runs only with a role");
-        let guest_id = guest_identity(image, guest_cmdline);
+        let guest_id = guest_identity(image, initrd, guest_cmdline);
         let me = match role {
             Role::Primary => NodeId(1),
             Role::Backup => NodeId(2),

@@ -30,9 +30,9 @@ fn fnv(seed: u64, bytes: &[u8]) -> u64 {
 }
 
 /// The guest's identity in the session hello: two FNV-1a hashes (different
-/// seeds) over the image bytes, a separator, and the guest command line.
-/// Any difference in either makes a different id.
-pub fn guest_identity(image: &[u8], cmdline: &str) -> [u8; 16] {
+/// seeds) over the image bytes, the initrd (a Linux guest's second module)
+/// if any, and the guest command line. Any difference makes a different id.
+pub fn guest_identity(image: &[u8], initrd: Option<&[u8]>, cmdline: &str) -> [u8; 16] {
     let mut id = [0u8; 16];
     for (i, seed) in [0xCBF2_9CE4_8422_2325u64, 0x6A09_E667_F3BC_C908]
         .into_iter()
@@ -40,6 +40,11 @@ pub fn guest_identity(image: &[u8], cmdline: &str) -> [u8; 16] {
     {
         let mut h = fnv(seed, &(image.len() as u64).to_le_bytes());
         h = fnv(h, image);
+        if let Some(rd) = initrd {
+            h = fnv(h, b"\0initrd\0");
+            h = fnv(h, &(rd.len() as u64).to_le_bytes());
+            h = fnv(h, rd);
+        }
         h = fnv(h, b"\0cmdline\0");
         h = fnv(h, cmdline.as_bytes());
         id[i * 8..i * 8 + 8].copy_from_slice(&h.to_le_bytes());
@@ -278,11 +283,14 @@ mod tests {
 
     #[test]
     fn identity_covers_image_and_cmdline() {
-        let a = guest_identity(b"image", "test=replay");
-        assert_eq!(a, guest_identity(b"image", "test=replay"));
-        assert_ne!(a, guest_identity(b"imagf", "test=replay"));
-        assert_ne!(a, guest_identity(b"image", "test=timer"));
-        assert_ne!(a, guest_identity(b"image\0", "test=replay"));
+        let a = guest_identity(b"image", None, "test=replay");
+        assert_eq!(a, guest_identity(b"image", None, "test=replay"));
+        assert_ne!(a, guest_identity(b"imagf", None, "test=replay"));
+        assert_ne!(a, guest_identity(b"image", None, "test=timer"));
+        assert_ne!(a, guest_identity(b"image\0", None, "test=replay"));
+        let rd = guest_identity(b"image", Some(b"rd"), "test=replay");
+        assert_ne!(a, rd, "an initrd is part of the guest");
+        assert_ne!(rd, guest_identity(b"image", Some(b"re"), "test=replay"));
         assert_ne!(a[..8], a[8..], "two independent halves");
         assert_eq!(IdHex(&[0xab; 16]).to_string(), "ab".repeat(16));
     }
