@@ -224,6 +224,7 @@ impl Emulator {
                 let len = fs::metadata(&serial).map_or(0, |m| m.len());
                 if let Some(cpu) = cpu {
                     if w.sample(start.elapsed(), cpu, len) {
+                        stall_evidence(child.id(), &dir.join("stall.txt"));
                         stalled = true;
                         timed_out = true;
                         let _ = child.kill();
@@ -247,9 +248,10 @@ impl Emulator {
         });
         let ended = if stalled {
             format!(
-                "emulator stalled: no CPU time and no serial output for {} s (Bochs deadlock?); killed after {:.0} s",
+                "emulator stalled: no CPU time and no serial output for {} s (Bochs deadlock?); killed after {:.0} s; its stacks: build/e2e/{}/stall.txt",
                 STALL_WINDOW.as_secs(),
-                start.elapsed().as_secs_f64()
+                start.elapsed().as_secs_f64(),
+                spec.name
             )
         } else if timed_out {
             format!("timed out after {}s", spec.timeout.as_secs())
@@ -382,6 +384,38 @@ const CLOCK_TICKS_PER_S: u64 = 100;
 /// `utime + stime` of a process (all its threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
     parse_cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Before a stalled emulator is killed: its threads' kernel wait
+/// channels and user stacks (gdb, if installed) into `out`, so a Bochs
+/// deadlock can be diagnosed afterwards.
+fn stall_evidence(pid: u32, out: &Path) {
+    let mut text = format!("pid {pid}\n");
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+            text += &format!(
+                "task {}: wchan {}; stat {}\n{}\n",
+                t.file_name().to_string_lossy(),
+                read("wchan").trim(),
+                read("stat").trim(),
+                read("stack").trim()
+            );
+        }
+    }
+    if which("gdb") {
+        let bt = Command::new("timeout")
+            .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "thread apply all bt"])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(o) = bt {
+            text += &String::from_utf8_lossy(&o.stdout);
+            text += &String::from_utf8_lossy(&o.stderr);
+        }
+    }
+    let _ = fs::write(out, text);
 }
 
 /// `utime + stime` from the text of `/proc/<pid>/stat` (fields 14 and 15;
