@@ -359,6 +359,7 @@ fn bochs_command(
          log: {}\n\
          panic: action=fatal\n\
          error: action=report\n\
+         info: action=report, nogui=ignore\n\
          mouse: enabled=0\n\
          speaker: enabled=0\n\
          {}\n",
@@ -367,6 +368,14 @@ fn bochs_command(
         dir.join("bochs.log").display(),
         spec.extra.join("\n")
     );
+    // `nogui=ignore`: Bochs's SIGALRM handler (the once-a-second "ips ="
+    // line of the nogui display) logs through `iofunctions::out`, whose
+    // mutex is not recursive; when the alarm lands while the main loop is
+    // itself logging (the e1000's frequent "packet too short" lines), Bochs
+    // waits on that mutex forever (gdb: `bx_signal_handler` ->
+    // `logfunctions::info` -> `pthread_mutex_lock(logio_mutex)` above
+    // `iofunctions::out` of `bx_tuntap_pktmover_c::rx_timer`). With the
+    // nogui module's info lines ignored the handler never takes the lock.
     f.write_all(cfg.as_bytes()).map_err(|e| e.to_string())?;
     let mut c = Command::new(bochs_binary());
     c.arg("-q").arg("-f").arg(&rc);
