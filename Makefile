@@ -68,7 +68,8 @@ fmt-check:
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p kernel -p vmx -p ft -p drivers -p boot --target $(KTARGET) --release -- -D warnings
+	cargo clippy -p kernel -p vmx -p drivers -p boot --target $(KTARGET) --release -- -D warnings
+	cargo clippy -p ft --lib --target $(KTARGET) --release -- -D warnings
 	cd qemu-tests/guests/hello && CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/guest cargo clippy --release --target $(KTARGET) -- -D warnings
 
 clean:

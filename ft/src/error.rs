@@ -49,12 +49,17 @@ pub enum FtError {
     Disconnected,
     /// The operation is not valid in the state machine's current role.
     WrongState(&'static str),
+    /// A log exported as text (`FTLOG` lines) is damaged; `line` 1.. (0:
+    /// the whole text).
+    BadExport { line: usize, reason: &'static str },
 }
 
 impl fmt::Display for FtError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadMagic(b) => write!(f, "bad record magic {b:#04x}"),
+            Self::BadExport { line: 0, reason } => write!(f, "exported log: {reason}"),
+            Self::BadExport { line, reason } => write!(f, "exported log, line {line}: {reason}"),
             Self::UnsupportedVersion(v) => write!(f, "unsupported log format version {v}"),
             Self::UnknownKind(k) => write!(f, "unknown log entry kind {k:#04x}"),
             Self::ReservedBitsSet(b) => write!(f, "reserved header bits set: {b:#04x}"),

@@ -10,7 +10,7 @@
 //! `replay-detects-divergence`, `counter-backends-agree`.
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
-use ft::log::{decode_record, LogEntry, Record};
+use ft::log::{LogEntry, Record};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -187,74 +187,6 @@ fn check_measure(run: &Run) -> Result<String, String> {
 
 // ---- two-boot record/replay ----
 
-/// FNV-1a over 64-bit little-endian words, tail zero-padded and followed by
-/// its length (`vmx::replay::hash_bytes`).
-fn fnv_words(bytes: &[u8]) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    let mut word = |w: u64| {
-        h ^= w;
-        h = h.wrapping_mul(0x100_0000_01B3);
-    };
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-    }
-    if !tail.is_empty() {
-        let mut last = [0u8; 8];
-        last[..tail.len()].copy_from_slice(tail);
-        word(u64::from_le_bytes(last));
-        word(tail.len() as u64);
-    }
-    h
-}
-
-/// Reassembles the `FTLOG` lines of an `ft=export` run and checks them
-/// against the `FTLOG-END` trailer.
-fn exported_log(serial: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    let mut end = None;
-    for line in serial.lines() {
-        if let Some(hex) = line.strip_prefix("FTLOG ") {
-            let hex = hex.trim();
-            if hex.len() % 2 != 0 {
-                return Err(format!("odd FTLOG line: {hex}"));
-            }
-            for i in (0..hex.len()).step_by(2) {
-                let b = u8::from_str_radix(&hex[i..i + 2], 16)
-                    .map_err(|e| format!("bad FTLOG hex `{}`: {e}", &hex[i..i + 2]))?;
-                bytes.push(b);
-            }
-        } else if let Some(rest) = line.strip_prefix("FTLOG-END ") {
-            end = Some(rest.trim().to_string());
-        }
-    }
-    let end = end.ok_or("no FTLOG-END trailer (log not exported)")?;
-    let want_len = count_of(&end, "bytes=");
-    let want_fnv = end
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("fnv=0x"))
-        .and_then(|h| u64::from_str_radix(h, 16).ok());
-    if bytes.len() as u64 != want_len || want_fnv != Some(fnv_words(&bytes)) {
-        return Err(format!(
-            "exported log damaged: {} bytes (want {want_len}), fnv {:#018x} (want {want_fnv:?})",
-            bytes.len(),
-            fnv_words(&bytes)
-        ));
-    }
-    Ok(bytes)
-}
-
-fn decode_log(mut bytes: &[u8]) -> Result<Vec<Record>, String> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (r, used) = decode_record(bytes).map_err(|e| format!("log record: {e:?}"))?;
-        out.push(r);
-        bytes = &bytes[used..];
-    }
-    Ok(out)
-}
-
 /// One boot of this test: `suffix` names its directory.
 fn boot(
     t: &E2eTest,
@@ -318,12 +250,15 @@ fn record_with(
     let cmdline = cmdline.trim_end();
     let run = boot(t, root, "", cmdline, guest, None).map_err(Outcome::Fail)?;
     let dir = t.name;
-    let checked = code_is(&run, 0, "record boot").and_then(|_| exported_log(&run.serial));
+    let checked = code_is(&run, 0, "record boot")
+        .and_then(|_| ft::log::export::parse_export(&run.serial).map_err(|e| e.to_string()));
     let bytes = match checked {
         Ok(b) => b,
         Err(e) => return Err(fail_with(e, &run, dir)),
     };
-    let records = match decode_log(&bytes) {
+    let records = match ft::log::export::decode_all(&bytes)
+        .map_err(|(off, e)| format!("log record at byte {off}: {e}"))
+    {
         Ok(r) => r,
         Err(e) => return Err(fail_with(e, &run, dir)),
     };

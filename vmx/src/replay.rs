@@ -68,32 +68,11 @@ pub fn state_vector(vmcs: &impl VmcsAccess, regs: &GuestRegs) -> StateVector {
     s
 }
 
-/// FNV-1a over 64-bit words (fast enough for 64 MiB of guest RAM in Bochs).
-pub fn hash_words(mut h: u64, words: impl IntoIterator<Item = u64>) -> u64 {
-    for w in words {
-        h ^= w;
-        h = h.wrapping_mul(0x100_0000_01B3);
-    }
-    h
-}
-
-pub const HASH_SEED: u64 = 0xCBF2_9CE4_8422_2325;
-
-/// Hash of guest memory, 8 bytes at a time (tail zero-padded).
-pub fn hash_bytes(h: u64, bytes: &[u8]) -> u64 {
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let mut h = hash_words(
-        h,
-        chunks.map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-    );
-    if !tail.is_empty() {
-        let mut last = [0u8; 8];
-        last[..tail.len()].copy_from_slice(tail);
-        h = hash_words(h, [u64::from_le_bytes(last), tail.len() as u64]);
-    }
-    h
-}
+/// FNV-1a over 64-bit words (fast enough for 64 MiB of guest RAM in Bochs);
+/// the same function checksums an exported log (`ft::log::export`).
+pub use ft::log::export::{
+    fnv_bytes as hash_bytes, fnv_words as hash_words, FNV_SEED as HASH_SEED,
+};
 
 /// The log being written, kept in memory as encoded records.
 #[derive(Default)]

@@ -25,6 +25,7 @@
 
 mod codec;
 mod entry;
+pub mod export;
 mod stream;
 
 pub use codec::{decode_record, encode_record, encoded_len};

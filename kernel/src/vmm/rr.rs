@@ -244,7 +244,7 @@ pub fn export_log(bytes: &[u8]) {
     let mut line = alloc::string::String::with_capacity(6 + 2 * EXPORT_CHUNK);
     for chunk in bytes.chunks(EXPORT_CHUNK) {
         line.clear();
-        line.push_str("FTLOG ");
+        line.push_str(ft::log::export::LINE_PREFIX);
         for b in chunk {
             line.push(HEX[usize::from(b >> 4)] as char);
             line.push(HEX[usize::from(b & 15)] as char);
@@ -252,8 +252,9 @@ pub fn export_log(bytes: &[u8]) {
         println!("{line}");
     }
     println!(
-        "FTLOG-END bytes={} fnv={:#018x}",
+        "{}bytes={} fnv={:#018x}",
+        ft::log::export::END_PREFIX,
         bytes.len(),
-        vmx::replay::hash_bytes(vmx::replay::HASH_SEED, bytes)
+        ft::log::export::checksum(bytes)
     );
 }
