@@ -38,7 +38,7 @@
 //!   generation 0; the backup ends `verdict=IDENTICAL` (every checkpoint
 //!   matched); the flag is unchanged.
 //! * `ft-kill-primary`: 5 runs with seeds 1..5 (`FTKV_SEEDS=a,b,..`
-//!   overrides): 150 SETs; the primary's Bochs is SIGKILLed a seeded 0-49
+//!   overrides): 80 SETs each; the primary's Bochs is SIGKILLed a seeded 0-49
 //!   ms after a seeded reply (10%..90% of the SETs); the backup must win
 //!   (generation 0 -> 1 owner 2, exactly one step), go LIVE, announce the
 //!   guest MAC (RARP; the bridge then learns it on `tapfk2`), re-issue
@@ -238,7 +238,7 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
     let mut notes = Vec::new();
     let seeds = seeds();
     for (k, seed) in seeds.iter().enumerate() {
-        let mut plan = Plan::new(Fault::KillPrimary, "failover", 150, *seed);
+        let mut plan = Plan::new(Fault::KillPrimary, "failover", 80, *seed);
         plan.tag = format!("-s{seed}");
         let t0 = Instant::now();
         match scenario(t, root, &plan) {
@@ -1172,17 +1172,19 @@ fn fdb_phases(st: &Story, ready: Instant, end: Instant) -> Result<(usize, usize)
 }
 
 /// Both status ports answered at least once with valid JSON of the
-/// right role, paired, generation 0.
+/// right role and state (the primary `paired`, the backup `following`),
+/// generation 0.
 fn judge_status(st: &Story) -> Result<String, String> {
     let mut notes = Vec::new();
     for (node, role) in ROLES.iter().enumerate() {
         let mut good = None;
         let mut errors = Vec::new();
         for (_, r) in st.status.iter().filter(|(n, _)| *n == node) {
+            let state = if node == 0 { "paired" } else { "following" };
             match r
                 .as_ref()
                 .map_err(|e| e.clone())
-                .and_then(|l| check_status(l, role))
+                .and_then(|l| check_status(l, role, state))
             {
                 Ok(s) => good = Some(s),
                 Err(e) => errors.push(e),
@@ -1207,7 +1209,7 @@ fn judge_status(st: &Story) -> Result<String, String> {
 }
 
 /// One status line: JSON object with the fields of the contract.
-fn check_status(line: &str, role: &str) -> Result<String, String> {
+fn check_status(line: &str, role: &str, state: &str) -> Result<String, String> {
     let j = parse_json(line.trim()).map_err(|e| format!("`{line}`: {e}"))?;
     let Json::Obj(fields) = &j else {
         return Err(format!("`{line}`: not a JSON object"));
@@ -1232,8 +1234,8 @@ fn check_status(line: &str, role: &str) -> Result<String, String> {
     if get("role") != Some(&Json::Str(role.into())) {
         return Err(format!("`{line}`: role is not {role}"));
     }
-    if get("state") != Some(&Json::Str("paired".into())) {
-        return Err(format!("`{line}`: state is not paired"));
+    if get("state") != Some(&Json::Str(state.into())) {
+        return Err(format!("`{line}`: state is not {state}"));
     }
     if get("generation") != Some(&Json::Num(0.0)) {
         return Err(format!("`{line}`: generation is not 0"));
@@ -1707,18 +1709,22 @@ mod tests {
     #[test]
     fn status_line_of_the_contract_parses() {
         let l = r#"{"role":"primary","state":"paired","generation":0,"seq":1234,"acked":1230,"applied":1229,"lag_entries":5,"lag_us":812,"log_mbit_s":"1.23","heartbeat_age_ms":3}"#;
-        let s = check_status(l, "primary").unwrap();
+        let s = check_status(l, "primary", "paired").unwrap();
         assert!(
             s.contains("seq=1234") && s.contains("log_mbit_s=1.23"),
             "{s}"
         );
-        assert!(check_status(l, "backup").unwrap_err().contains("role"));
+        assert!(check_status(l, "backup", "paired")
+            .unwrap_err()
+            .contains("role"));
         let alone = l.replace("paired", "alone");
-        assert!(check_status(&alone, "primary").is_err());
+        assert!(check_status(&alone, "primary", "paired").is_err());
         let gen1 = l.replace("\"generation\":0", "\"generation\":1");
-        assert!(check_status(&gen1, "primary").is_err());
+        assert!(check_status(&gen1, "primary", "paired").is_err());
         let short = r#"{"role":"primary","state":"paired","generation":0}"#;
-        assert!(check_status(short, "primary").unwrap_err().contains("seq"));
+        assert!(check_status(short, "primary", "paired")
+            .unwrap_err()
+            .contains("seq"));
     }
 
     #[test]
