@@ -19,8 +19,13 @@
 //! * `Checkpoint` — a hash of the guest registers at a point (asynchronous);
 //!   the last one of a run also covers guest RAM and the console output.
 //! * `Heartbeat`, `OutputMarker` — written by the live FT primary
-//!   (`ft::primary::Primary`, DESIGN.md §1.4, §1.6): asynchronous points
-//!   the replay lands on and passes (markers are counted).
+//!   (`ft::primary::Primary`, DESIGN.md §1.4, §1.6): *soft* points. They
+//!   change nothing in the guest and are not checks: the backup may run up
+//!   to them, so the last record held, if soft, is landed on; with a later
+//!   record held the replay looks past them and passes them on its way
+//!   (counted when passed). Landing costs single steps: a heartbeat every
+//!   few milliseconds would otherwise cost more than the workload's own
+//!   interrupts.
 //!
 //! A [`Replayer`] is either a whole log ([`Replayer::decode`]) or a live
 //! stream ([`Replayer::streaming`], the FT backup, DESIGN.md §1.3): records
@@ -275,12 +280,26 @@ impl Replayer {
     /// The point the guest must run to next and whether the entry there is
     /// asynchronous (landed on) or synchronous (an exiting instruction).
     /// The final checkpoint (last record) is checked by [`Self::finish`]
-    /// when the guest exits, so it counts as synchronous.
+    /// when the guest exits, so it counts as synchronous. Soft entries
+    /// followed by another record are looked past.
     pub fn target(&self) -> Option<(ExecPoint, bool)> {
-        let r = self.head()?;
+        let mut i = self.pos;
+        while i + 1 < self.records.len() && is_soft(&self.records[i].entry) {
+            i += 1;
+        }
+        let r = self.records.get(i)?;
         let at = r.entry.exec_point()?;
-        let last = self.remaining() == 1 && matches!(r.entry, LogEntry::Checkpoint { .. });
+        let last = i + 1 == self.records.len() && matches!(r.entry, LogEntry::Checkpoint { .. });
         Some((at, !matches!(r.entry, LogEntry::NonDet { .. }) && !last))
+    }
+
+    /// Passes the soft entries at the head that the guest has reached.
+    fn pass_soft(&mut self, counter: u64) {
+        while self.head().is_some_and(|r| {
+            is_soft(&r.entry) && r.entry.exec_point().is_some_and(|p| p.counter <= counter)
+        }) {
+            self.advance();
+        }
     }
 
     /// Applies the asynchronous entries due at `at` (checkpoints compared
@@ -294,6 +313,7 @@ impl Replayer {
         exact: bool,
     ) -> Result<Due, Divergence> {
         loop {
+            self.pass_soft(at.counter);
             let Some((point, asynchronous)) = self.target() else {
                 return Ok(Due::Nothing);
             };
@@ -350,6 +370,7 @@ impl Replayer {
 
     /// The value a non-deterministic instruction at `at` returns.
     pub fn nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, Divergence> {
+        self.pass_soft(at.counter);
         match self.head().map(|r| &r.entry) {
             Some(LogEntry::NonDet {
                 at: p,
@@ -368,6 +389,7 @@ impl Replayer {
     /// The end of the run: the last entry must be the final checkpoint at
     /// `at` with `hash`.
     pub fn finish(&mut self, at: ExecPoint, hash: u64) -> Result<(), Divergence> {
+        self.pass_soft(at.counter);
         match self.head().map(|r| &r.entry) {
             Some(LogEntry::Checkpoint { at: p, state_hash })
                 if *p == at && self.remaining() == 1 =>
@@ -384,6 +406,15 @@ impl Replayer {
             _ => Err(self.diverge(at, "the guest stopped before the end of the log".into())),
         }
     }
+}
+
+/// Heartbeats and output markers: points the backup may run to, not
+/// points it must stop at.
+fn is_soft(e: &LogEntry) -> bool {
+    matches!(
+        e,
+        LogEntry::Heartbeat { .. } | LogEntry::OutputMarker { .. }
+    )
 }
 
 /// Record, replay, or neither.
@@ -565,8 +596,14 @@ mod tests {
                 output_id: 1,
             },
         });
-        // (the heartbeat at the interrupt's point comes after it here)
-        assert!(p.due(pt(21, 0x204, 5), &[1; 24], true).is_err());
+        // Soft entries are passed, never checked: the guest past the
+        // heartbeat (it came after the interrupt at its point) is fine, and
+        // the marker ahead, the last record held, is the next target.
+        assert_eq!(p.due(pt(21, 0x204, 5), &[1; 24], true), Ok(Due::Nothing));
+        assert_eq!(p.target(), Some((pt(25, 0x250, 0), true)));
+        // With a later record held, soft entries are looked past.
+        p.push(records[3].clone());
+        assert_eq!(p.target().map(|t| t.0.counter), Some(30));
         let mut p2 = Replayer::streaming();
         p2.push(Record {
             seq: 1,
