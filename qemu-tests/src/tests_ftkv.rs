@@ -863,8 +863,13 @@ fn judge(
 ) -> Result<String, String> {
     let runs = [p, b];
     for (node, run) in runs.iter().enumerate() {
+        let cut_short = replay_cut_short(&run.serial);
         for bad in ["PANIC", "EXCEPTION", "DIVERGED"] {
-            if let Some(l) = run.serial.lines().find(|l| l.contains(bad)) {
+            if let Some(l) = run
+                .serial
+                .lines()
+                .find(|l| l.contains(bad) && !(bad == "DIVERGED" && cut_short))
+            {
                 return Err(format!("{}: `{l}`", ROLES[node]));
             }
         }
@@ -1000,7 +1005,11 @@ fn judge(
                 format!(
                     "backup LIVE under generation 1, RARP sent, re-issued {} pending disk request(s); {}",
                     num(re, "re-issued ").unwrap_or(0),
-                    live.split(": ").nth(2).unwrap_or("")
+                    live.split_once("generation 1: ")
+                        .map_or("", |x| x.1)
+                        .split(" (")
+                        .next()
+                        .unwrap_or("")
                 )
             } else {
                 line_with(&w.serial, "ft: primary: ALONE under generation 1")?;
@@ -1057,7 +1066,7 @@ fn judge(
                     if l.exit_code.is_some() || l.serial.contains("ft: pair: ") {
                         return Err(format!("the {} ended before it was killed", ROLES[loser]));
                     }
-                    format!("the {} killed", ROLES[loser])
+                    String::new()
                 }
             };
             if winner == 1 && !fdb_on(TAPS[1], fault_at) {
@@ -1068,8 +1077,13 @@ fn judge(
             }
             let (fo, in_flight) = failover(&st.acks, fault_at).ok_or("no reply after the fault")?;
             Ok(format!(
-                "({}; {loser_note}; {live}; failover {} (fault -> first reply from the survivor; {in_flight} replies in flight), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
-                st.notes.join("; "),
+                "({}; {live}; failover {} (fault -> first reply from the survivor; {in_flight} replies in flight), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
+                st.notes
+                    .iter()
+                    .chain(Some(&loser_note).filter(|n| !n.is_empty()))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 secs(fo),
                 gen(&flag),
             ))
@@ -1139,6 +1153,28 @@ fn judge(
                 gen(&flag),
             ))
         }
+    }
+}
+
+/// A backup that halted for good (LOST, storage unreachable) before its
+/// replay reached the guest's end closes with `verdict=DIVERGED` and
+/// `ft: replay: DIVERGED at entry #N: the replay did not end with a guest
+/// exit`: its replay was cut short, no checkpoint differed. Only that
+/// case, after the halt, is not a divergence.
+fn replay_cut_short(serial: &str) -> bool {
+    let halt = ["LOST the test-and-set", "shared storage unreachable"]
+        .iter()
+        .filter_map(|m| serial.find(m))
+        .min();
+    let replay = serial.find("ft: replay: DIVERGED");
+    match (halt, replay) {
+        (Some(h), Some(r)) if h < r => {
+            let line = serial[r..].lines().next().unwrap_or("");
+            line.contains("the replay did not end with a guest exit")
+                && serial.matches("ft: replay: DIVERGED").count() == 1
+                && serial[..h].matches("DIVERGED").count() == 0
+        }
+        _ => false,
     }
 }
 
@@ -1836,6 +1872,27 @@ mod tests {
         let e = check_lun(&m, 3, salt).unwrap_err();
         assert!(e.contains("k0002"), "{e}");
         assert!(check_lun(&m, 1, salt + 1).is_err());
+    }
+
+    #[test]
+    fn a_halted_replay_is_not_a_divergence() {
+        let halted = "ft: backup: arbitrating\n\
+            hypervisor: guest stopped: ft: backup: LOST the test-and-set (flag generation 1 owner 1): halting the guest for good\n\
+            ft: pair: backup done: received=4075 applied=3224 pending=851 verdict=DIVERGED\n\
+            ft: replay: DIVERGED at entry #3225: the replay did not end with a guest exit; guest at (counter 0, rip 0x0, rcx 0x0)\n";
+        assert!(replay_cut_short(halted));
+        // A real divergence before the halt stays one.
+        let real = format!("ft: replay: DIVERGED at entry #7: checkpoint mismatch\n{halted}");
+        assert!(!replay_cut_short(&real));
+        // No halt: any DIVERGED counts.
+        let no_halt =
+            "ft: replay: DIVERGED at entry #3225: the replay did not end with a guest exit\n";
+        assert!(!replay_cut_short(no_halt));
+        let other = halted.replace(
+            "the replay did not end with a guest exit",
+            "register hash differs",
+        );
+        assert!(!replay_cut_short(&other));
     }
 
     #[test]
