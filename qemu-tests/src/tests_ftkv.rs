@@ -123,7 +123,7 @@ pub fn tests() -> Vec<E2eTest> {
         t(
             "ft-pair-steady",
             pair!("31"),
-            600,
+            900,
             run_steady,
             "FT pair serving the guest KV service over the bridge: 1,000 client requests with both sides up, every reply correct; the guest MAC learned only on the primary's tap (the backup's outputs discarded); status ports answer JSON; the backup ends IDENTICAL",
         ),
