@@ -10,7 +10,7 @@ GUEST ?= build/testguest.elf64=test=hello
 EMU ?= bochs
 IMAGE_LIMIT := 2097152
 
-.PHONY: all deps build image iso run test unit e2e e2e-list sim fmt fmt-check clippy clean
+.PHONY: all deps build image iso run run-guest bench test unit e2e e2e-list sim fmt fmt-check clippy clean
 
 all: image
 
@@ -38,10 +38,21 @@ iso: image
 	boot/mkimage.sh iso build/ftvisor.elf64 build/ftvisor.iso "$(CMDLINE)" $(GUEST)
 	@echo "iso: build/ftvisor.iso (cmdline: $(CMDLINE))"
 
-# The demo: boots the hypervisor in Bochs 3.0 and runs the test guest under
-# VMX (EMU=qemu-tcg CMDLINE=mode=report for QEMU, which has no VMX).
-run: deps
+# The demo: an FT pair (two Bochs 3.0), istgt and a client in a network
+# namespace; the primary is killed under load, the backup takes over, every
+# acknowledged write is verified (qemu-tests/src/demo.rs).
+run: deps image
+	$(RUNNER) demo --no-build
+
+# One boot of the hypervisor with the test guest under VMX, serial streamed
+# (EMU=qemu-tcg CMDLINE=mode=report for QEMU, which has no VMX).
+run-guest: deps
 	$(RUNNER) boot $(EMU) "$(CMDLINE)" $(GUEST)
+
+# FT off vs on for the same workloads in one run; table and JSON under
+# target/bench/ (qemu-tests/src/bench.rs). Not part of CI.
+bench: deps image
+	$(RUNNER) bench --no-build
 
 test: deps unit e2e
 

@@ -10,8 +10,13 @@
 //! qemu-tests list                 # every test and the emulator it needs
 //! qemu-tests run [FILTER]         # run tests whose name contains FILTER
 //! qemu-tests boot <emu> [cmdline] [module[=args]]...
-//!                                 # boot once, stream serial (make run)
+//!                                 # boot once, stream serial (make run-guest)
+//! qemu-tests demo                 # the FT pair demo (make run, demo.rs)
+//! qemu-tests bench [--quick] [--only NAME]
+//!                                 # FT off vs on (make bench, bench.rs)
 //! ```
+mod bench;
+mod demo;
 mod echo_client;
 mod emulator;
 mod hostile_log;
@@ -54,7 +59,7 @@ fn build_images(root: &PathBuf) -> Result<(), String> {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: qemu-tests list | run [--no-build] [FILTER] | boot <qemu-tcg|qemu-kvm|bochs> [cmdline] [module[=args]]..."
+        "usage: qemu-tests list | run [--no-build] [FILTER] | boot <qemu-tcg|qemu-kvm|bochs> [cmdline] [module[=args]]... | demo [--no-build] | bench [--no-build] [--quick] [--only NAME]"
     );
     ExitCode::from(2)
 }
@@ -173,6 +178,65 @@ fn main() -> ExitCode {
                 },
                 Err(e) => {
                     eprintln!("qemu-tests: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("demo") => {
+            if !args.iter().any(|a| a == "--no-build") {
+                if let Err(e) = build_images(&root) {
+                    eprintln!("qemu-tests: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            match demo::main(&root) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("demo: FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("bench") => {
+            if !args.iter().any(|a| a == "--no-build") {
+                if let Err(e) = build_images(&root) {
+                    eprintln!("qemu-tests: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let quick = args.iter().any(|a| a == "--quick");
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned();
+            match bench::main(&root, quick, only.as_deref()) {
+                Ok(note) => {
+                    println!("bench: done in {note}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("bench: FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        // Helpers of `bench` and `demo`, run inside their namespace.
+        Some(h @ ("bench-client" | "kv-load" | "ft-watch")) => {
+            let r = match h {
+                "bench-client" => bench::client_main(&args),
+                "kv-load" => bench::load_main(&args),
+                _ => bench::watch_main(&args),
+            };
+            match r {
+                Ok(line) => {
+                    if !line.is_empty() {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{h}: error: {e}");
                     ExitCode::FAILURE
                 }
             }
