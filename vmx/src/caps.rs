@@ -78,6 +78,7 @@ pub mod bits {
     pub const PROC_HLT_EXITING: u32 = 7;
     pub const PROC_RDTSC_EXITING: u32 = 12;
     pub const PROC_MTF: u32 = 27;
+    pub const PROC_PAUSE_EXITING: u32 = 30;
     pub const PROC_SECONDARY: u32 = 31;
     pub const PROC2_EPT: u32 = 1;
     pub const PROC2_RDTSCP: u32 = 3;

@@ -70,6 +70,9 @@ pub struct Machine {
     syscall_msrs: [u64; 5],
     rng: u64,
     pub exits: [u64; 66],
+    /// Guest RIPs at preemption-timer exits (a sample every slice of guest
+    /// instructions): where guest time goes, printed at the end.
+    pub hot: alloc::collections::BTreeMap<u64, u32>,
     pub console_lines: u64,
     /// Hash of every guest console line (record/replay compare it).
     pub console_hash: u64,
@@ -181,6 +184,7 @@ impl Machine {
             syscall_msrs: [0; 5],
             rng: start | 1,
             exits: [0; 66],
+            hot: alloc::collections::BTreeMap::new(),
             console_lines: 0,
             console_hash: vmx::replay::HASH_SEED,
             console_quiet: false,

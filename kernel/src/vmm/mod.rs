@@ -23,6 +23,9 @@ use vmx::vmcs::{Field, VmcsAccess};
 /// Upper bound on one stretch of guest execution between exits, in
 /// preemption-timer units (guest instructions in Bochs).
 const SLICE: u64 = 2_000_000;
+/// Longest a spinning guest is parked at a PAUSE while its I/O is owed
+/// (guest TSC ticks, 1 GHz: 20 ms).
+const SPIN_PARK_MAX: u64 = 20_000_000;
 
 /// Why the run loop ended.
 struct Ended {
@@ -62,7 +65,10 @@ pub fn run(
     io: Option<kernel::guestio::GuestIo>,
     mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> ! {
-    let controls = setup::controls(caps, rr::wants_save_timer(config, caps))
+    // FT pair: a guest spinning (PAUSE) while the output rule holds its
+    // device request back is parked until the request completes.
+    let pause_exiting = config.pair.role.is_some();
+    let controls = setup::controls(caps, rr::wants_save_timer(config, caps), pause_exiting)
         .unwrap_or_else(|e| fail("VMX controls", e));
     hw::enable(caps).unwrap_or_else(|e| fail("VMXON", e));
     let mut vmcs = hw::HwVmcs::new(caps).unwrap_or_else(|e| fail("VMCS", e));
@@ -609,6 +615,18 @@ fn report(ended: &Ended, m: &Machine, host_ticks: u64) {
         "hypervisor: {} exits in {} host TSC ticks; by reason:{}",
         ended.exits, host_ticks, line
     );
+    let samples: u64 = m.hot.values().map(|n| u64::from(*n)).sum();
+    if samples > 0 {
+        let mut top: alloc::vec::Vec<(u64, u32)> = m.hot.iter().map(|(r, n)| (*r, *n)).collect();
+        top.sort_by_key(|t| core::cmp::Reverse(t.1));
+        let mut line = alloc::string::String::new();
+        for (rip, n) in top.iter().take(8) {
+            line.push_str(&alloc::format!(" {rip:#x}:{n}"));
+        }
+        println!(
+            "hypervisor: guest hot spots ({samples} preemption-timer samples, rip:count):{line}"
+        );
+    }
 }
 
 fn report_stop(stop: &Stop) {
@@ -657,6 +675,10 @@ fn run_loop(
     mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> Ended {
     let mut halted = false;
+    // A PAUSE exit while guest I/O is owed: the guest spins on a device
+    // (e.g. a synchronous virtio request); park it, up to this guest time,
+    // until the I/O completes instead of replaying millions of spins.
+    let mut spin_until: Option<u64> = None;
     let mut exits = 0u64;
     let mut irq_off_since: Option<u64> = None;
     let stop = |stop: Stop, exits: u64| Ended {
@@ -823,6 +845,12 @@ fn run_loop(
                     proc |= INTERRUPT_WINDOW_EXITING;
                 }
             }
+            if let Some(until) = spin_until {
+                if !injecting && m.io_busy() && now < until {
+                    continue;
+                }
+                spin_until = None;
+            }
             if halted {
                 match m.lapic.next_deadline() {
                     // Guest I/O: a backend (or the output rule) still owes
@@ -950,6 +978,11 @@ fn run_loop(
                 exits,
             };
         }
+        if reason == exit::reason::PREEMPTION_TIMER
+            && (m.hot.len() < 4096 || m.hot.contains_key(&at.rip))
+        {
+            *m.hot.entry(at.rip).or_insert(0) += 1;
+        }
         if reason == exit::reason::PREEMPTION_TIMER && !replaying {
             if let Tape::Record(r) = tape {
                 let at = point_now(vmcs, regs, counter.as_deref());
@@ -959,6 +992,9 @@ fn run_loop(
         if m.linux.as_ref().is_some_and(|l| l.powered_off) {
             println!("hypervisor: guest powered off (ACPI S5 through PM1a_CNT)");
             return stop(Stop::GuestExit { code: 0 }, exits);
+        }
+        if reason == exit::reason::PAUSE && !replaying && m.io_busy() {
+            spin_until = Some(m.now() + SPIN_PARK_MAX);
         }
         match action {
             Ok(Action::Resume) => {}

@@ -22,7 +22,9 @@ pub struct Controls {
 
 /// `save_timer`: also set exit control bit 22 "save VMX-preemption timer
 /// value" (the execution counters read the timer back on every exit).
-pub fn controls(caps: &VmxCaps, save_timer: bool) -> Result<Controls, Error> {
+/// `pause_exiting`: PAUSE exits (when the CPU offers it), so that a guest
+/// spinning on a device the output rule holds back can be parked (FT pair).
+pub fn controls(caps: &VmxCaps, save_timer: bool, pause_exiting: bool) -> Result<Controls, Error> {
     let pin = caps.pin.compute(
         "pinbased",
         &[
@@ -34,18 +36,19 @@ pub fn controls(caps: &VmxCaps, save_timer: bool) -> Result<Controls, Error> {
             (bits::PIN_PREEMPTION_TIMER, "VMX-preemption timer"),
         ],
     )?;
-    let proc = caps.proc.compute(
-        "procbased",
-        &[
-            (bits::PROC_HLT_EXITING, "HLT exiting"),
-            (10, "MWAIT exiting"),
-            (11, "RDPMC exiting"),
-            (bits::PROC_RDTSC_EXITING, "RDTSC exiting"),
-            (24, "unconditional I/O exiting"),
-            (29, "MONITOR exiting"),
-            (bits::PROC_SECONDARY, "activate secondary controls"),
-        ],
-    )?;
+    let mut want = alloc::vec![
+        (bits::PROC_HLT_EXITING, "HLT exiting"),
+        (10, "MWAIT exiting"),
+        (11, "RDPMC exiting"),
+        (bits::PROC_RDTSC_EXITING, "RDTSC exiting"),
+        (24, "unconditional I/O exiting"),
+        (29, "MONITOR exiting"),
+        (bits::PROC_SECONDARY, "activate secondary controls"),
+    ];
+    if pause_exiting && caps.proc.supports(bits::PROC_PAUSE_EXITING) {
+        want.push((bits::PROC_PAUSE_EXITING, "PAUSE exiting"));
+    }
+    let proc = caps.proc.compute("procbased", &want)?;
     let mut want2 = alloc::vec![
         (bits::PROC2_EPT, "enable EPT"),
         (bits::PROC2_RDTSCP, "enable RDTSCP"),
