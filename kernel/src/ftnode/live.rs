@@ -132,9 +132,10 @@ pub trait Live {
         guest_ns: u64,
         io: &mut GuestIo,
     ) -> bool;
-    /// Backup, after its replay ended (`identical`: every entry met and
-    /// the final state equal).
-    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, identical: bool);
+    /// Backup, after its replay ended: `verdict` is `IDENTICAL` (every
+    /// entry met and the final state equal), `DIVERGED` or `HALTED` (cut
+    /// short by a halt for good; every entry up to there met).
+    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, verdict: &str);
 }
 
 /// Boots the pair's network side, joins the session, then runs the guest.
@@ -1538,7 +1539,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         self.gate.violations == 0 && self.io_gate.violations == 0
     }
 
-    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, identical: bool) {
+    fn end_backup(&mut self, replayer: &Replayer, discarded: u64, verdict: &str) {
         let Side::Backup(b) = &self.side else {
             return;
         };
@@ -1552,7 +1553,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             self.probes_refused,
             self.bytes_recv,
             mbit_per_s(self.bytes_recv, run_us),
-            if identical { "IDENTICAL" } else { "DIVERGED" }
+            verdict
         );
     }
 }

@@ -189,8 +189,24 @@ pub fn run(
             &mut replayer,
         );
         print_applied(&replayer, &machine, "");
+        // An FT backup halted for good (lost the test-and-set, storage
+        // unreachable, fenced): its replay was cut short, and every entry
+        // up to there was met (a mismatch ends the run as a divergence).
+        let halted = matches!(ended.end, End::Live(_)) && verdict.is_err();
         if let Some(l) = live.as_deref_mut() {
-            l.end_backup(&replayer, machine.console_lines, verdict.is_ok());
+            let word = match (&verdict, halted) {
+                (Ok(_), _) => "IDENTICAL",
+                (Err(_), true) => "HALTED",
+                (Err(_), false) => "DIVERGED",
+            };
+            l.end_backup(&replayer, machine.console_lines, word);
+        }
+        if halted {
+            println!(
+                "ft: replay: HALTED before the end of the log: {} entries applied, each met at its point",
+                replayer.applied_seq()
+            );
+            finish(&ended, Some(false))
         }
         match verdict {
             Ok((at, hash)) => {
