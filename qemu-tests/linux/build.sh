@@ -53,6 +53,8 @@ done
 done
 /bin/busybox grep virtio /proc/interrupts | while read l; do echo "FTVISOR-LINUX-IRQ: $l"; done
 [ -e /sys/block/vda/size ] && echo "FTVISOR-LINUX-VDA: $(/bin/busybox cat /sys/block/vda/size) sectors"
+# Absent hardware: nothing decodes 0xFED00000 (no HPET here): all ones.
+echo "FTVISOR-LINUX-ABSENT: $(/bin/busybox devmem 0xfed00000 32 2>&1)"
 echo "FTVISOR-LINUX-POWEROFF"
 /bin/busybox poweroff -f
 INIT

@@ -30,9 +30,13 @@ pub fn tests() -> Vec<E2eTest> {
             "IO-APIC  16-fasteoi   virtio0",
             "IO-APIC  17-fasteoi   virtio1",
             "guest: FTVISOR-LINUX-VDA: 16384 sectors",
+            // Nothing decodes 0xFED00000: absent hardware, reported once.
+            "hypervisor: absent hardware: MMIO page 0xfed00000 read (first time; all ones; counted)",
+            "guest: FTVISOR-LINUX-ABSENT: 0xFFFFFFFF",
             "guest: FTVISOR-LINUX-POWEROFF",
             "hypervisor: guest powered off",
             "hypervisor: guest exited with code 0",
+            "hypervisor: absent hardware: ",
         ],
         forbid: vec![
             "PANIC",

@@ -19,6 +19,7 @@
 
 use alloc::vec::Vec;
 
+pub mod absent;
 pub mod acpi_pm;
 pub mod ioapic;
 pub mod lapic;

@@ -6,8 +6,10 @@
 //!
 //! Registration: the bus range is ports 0x40..=0x61 (length 0x22): offsets
 //! 0-2 are the counters, 3 the control word, 0x21 port B; the ports in
-//! between (0x44..=0x60, nothing else lives there in this machine) read as
-//! 0xFF and ignore writes.
+//! between (0x44..=0x60) read as 0xFF and ignore writes here, but the
+//! Linux platform (`kernel/src/vmm/linux.rs`) does not route them to the
+//! PIT: they are absent hardware there, counted and reported
+//! ([`super::absent`]).
 //!
 //! Counting is computed from `now` (guest TSC) at each access, never from a
 //! clock. Modes 0 (interrupt on terminal count), 2 (rate generator) and 3

@@ -118,6 +118,9 @@ impl LinuxDevices {
     }
 
     pub fn port_in(&mut self, lapic: &mut Lapic, port: u16, size: u8, now: u64) -> Option<u32> {
+        if !claims_port(port) {
+            return None;
+        }
         self.bus.resolve_pio(port, size).ok()?;
         let mut set = WithLapic {
             m: &mut self.models,
@@ -135,7 +138,7 @@ impl LinuxDevices {
         value: u32,
         now: u64,
     ) -> bool {
-        if self.bus.resolve_pio(port, size).is_err() {
+        if !claims_port(port) || self.bus.resolve_pio(port, size).is_err() {
             return false;
         }
         let mut set = WithLapic {
@@ -203,6 +206,26 @@ impl LinuxDevices {
         }
         Some(result.map(|len| req.instruction_len = len as u64))
     }
+}
+
+/// The PIT's bus range runs from its counters (0x40-0x43) to port B
+/// (0x61): the ports in between belong to no device here (absent hardware,
+/// counted by the machine), the keyboard controller's 0x60 among them.
+fn claims_port(port: u16) -> bool {
+    !(pit::BASE + 4..pit::BASE + 0x21).contains(&port)
+}
+
+/// An MMIO access outside guest RAM and every device window: absent
+/// hardware, as on a PC with nothing decoding the address — a load reads
+/// all ones, a store is dropped; the instruction completes.
+pub fn absent_mmio(ram: &[u8], req: &mut MmioRequest<'_>) -> Result<(), &'static str> {
+    let (insn, got, mode) = super::machine::fetch_instruction(ram, req)?;
+    let Ok(decoded) = kernel::mmio_decode::decode(&insn[..got], mode) else {
+        return Err("MMIO access to absent hardware by an instruction ftvisor does not emulate");
+    };
+    decoded.op.complete_read(&mut req.regs.gpr, u64::MAX);
+    req.instruction_len = u64::from(decoded.len);
+    Ok(())
 }
 
 /// For a Linux guest the virtio devices' fixed vectors are not delivered:

@@ -13,6 +13,7 @@
 //! (HLT with a timer armed skips ahead to the deadline), announced to the
 //! guest as [`vmx::exit::cpuid::GUEST_TSC_KHZ`].
 use alloc::string::String;
+use kernel::devices::absent::{Absent, Access};
 use kernel::devices::lapic::{ApicMode, Lapic};
 use kernel::devices::uart::{Uart, COM1_BASE, PORT_COUNT};
 use kernel::devices::{all_ones, Bus, DeviceSet, MmioDevice, PioDevice};
@@ -83,6 +84,8 @@ pub struct Machine {
     /// FT primary: lines are collected here instead of printed; the
     /// output rule lets them out (`crate::ftlive`, DESIGN.md §1.4).
     pub console_capture: Option<alloc::vec::Vec<String>>,
+    /// Unknown ports, MSRs and MMIO pages the guest touched (issue 10).
+    pub absent: Absent,
 }
 
 /// The physical IA32_STAR..KERNEL_GS_BASE (they carry guest values; a
@@ -190,6 +193,7 @@ impl Machine {
             console_quiet: false,
             linux: None,
             console_capture: None,
+            absent: Absent::default(),
         }
     }
 
@@ -290,6 +294,14 @@ impl Machine {
     /// End-of-run counters of the guest's devices.
     pub fn report_io(&self) {
         println!("guestio: {}", self.devices.io.summary());
+        println!("hypervisor: {}", self.absent.summary());
+    }
+
+    /// Counts an access to absent hardware; reports the first of its kind.
+    fn note_absent(&mut self, access: Access, addr: u64) {
+        if let Some(s) = self.absent.note(access, addr) {
+            println!("hypervisor: {}", Absent::first_time(&s));
+        }
     }
 
     fn print_io_notices(&mut self) {
@@ -321,10 +333,13 @@ impl Platform for Machine {
                 return v;
             }
         }
-        let v = self
-            .bus
-            .pio_read(&mut self.devices, port, size, now)
-            .unwrap_or_else(|_| all_ones(size));
+        let v = match self.bus.pio_read(&mut self.devices, port, size, now) {
+            Ok(v) => v,
+            Err(_) => {
+                self.note_absent(Access::PortRead, port.into());
+                all_ones(size)
+            }
+        };
         self.sync_linux_irqs();
         v
     }
@@ -336,9 +351,13 @@ impl Platform for Machine {
                 return;
             }
         }
-        let _ = self
+        if self
             .bus
-            .pio_write(&mut self.devices, port, size, value, now);
+            .pio_write(&mut self.devices, port, size, value, now)
+            .is_err()
+        {
+            self.note_absent(Access::PortWrite, port.into());
+        }
         self.sync_linux_irqs();
     }
 
@@ -355,7 +374,10 @@ impl Platform for Machine {
             0x8B => Some(0),        // IA32_BIOS_SIGN_ID
             0x1A0 => Some(1),       // IA32_MISC_ENABLE: fast strings
             0xC000_0103 => Some(0), // IA32_TSC_AUX
-            _ => None,
+            _ => {
+                self.note_absent(Access::MsrRead, msr.into());
+                None
+            }
         }
     }
 
@@ -375,7 +397,10 @@ impl Platform for Machine {
             0x8B => true,              // microcode update trigger: ignored
             0x1A0 => value == 1,       // MISC_ENABLE: only the value we report
             0xC000_0103 => value == 0, // IA32_TSC_AUX (RDTSCP): one CPU, number 0
-            _ => false,
+            _ => {
+                self.note_absent(Access::MsrWrite, msr.into());
+                false
+            }
         }
     }
 
@@ -400,7 +425,19 @@ impl Platform for Machine {
             }
         }
         // Only fetch and decode when a device claims the address.
-        let target = self.bus.resolve_mmio(gpa, 1).ok()?;
+        let Ok(target) = self.bus.resolve_mmio(gpa, 1) else {
+            // `guest=linux`: outside RAM and the device windows is absent
+            // hardware (reads all ones, writes ignored); the test guest
+            // is stopped there (`None`, vmx-hostile-unmapped).
+            self.linux.as_ref()?;
+            let access = if req.is_write {
+                Access::MmioWrite
+            } else {
+                Access::MmioRead
+            };
+            self.note_absent(access, gpa);
+            return Some(super::linux::absent_mmio(self.ram, req));
+        };
         let (insn, got, mode) = match fetch_instruction(self.ram, req) {
             Ok(f) => f,
             Err(e) => return Some(Err(e)),

@@ -9,7 +9,7 @@
 //! | IA32_PAT (0x277) | VMCS guest PAT |
 //! | IA32_EFER (0xC000_0080) | VMCS guest EFER; SCE/LME/NXE writable, LMA kept, other bits #GP |
 //! | IA32_FS_BASE / GS_BASE (0xC000_0100/101) | VMCS segment bases |
-//! | everything else | the platform's list (LAPIC, syscall MSRs, feature MSRs); unknown = #GP |
+//! | everything else | the platform's list (LAPIC, syscall MSRs, feature MSRs); unknown = #GP, as for an MSR the CPU lacks (the kernel's platform counts it and reports it once) |
 use super::{
     inject_exception, skip_instruction, vector, Action, GuestRegs, Platform, RAX, RCX, RDX,
 };
