@@ -98,6 +98,8 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
                 NonDetSource::Rdrand => (2, 0),
                 NonDetSource::Rdseed => (3, 0),
                 NonDetSource::Msr { index } => (4, *index),
+                NonDetSource::Port { port } => (5, u32::from(*port)),
+                NonDetSource::Mmio { gpa } => (6, *gpa),
             };
             out.push(tag);
             out.extend_from_slice(&aux.to_le_bytes());
@@ -288,6 +290,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
                 (2, 0) => NonDetSource::Rdrand,
                 (3, 0) => NonDetSource::Rdseed,
                 (4, index) => NonDetSource::Msr { index },
+                (5, port) => NonDetSource::Port {
+                    port: u16::try_from(port).map_err(|_| r.bad("port above 0xffff"))?,
+                },
+                (6, gpa) => NonDetSource::Mmio { gpa },
                 (0..=3, _) => return Err(r.bad("aux must be 0 for this source")),
                 _ => return Err(r.bad("unknown non-deterministic source")),
             };

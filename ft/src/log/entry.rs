@@ -37,6 +37,12 @@ pub enum NonDetSource {
     Rdseed,
     /// `RDMSR` of a time-like or otherwise non-deterministic MSR.
     Msr { index: u32 },
+    /// `IN` from a port of a device whose answer depends on time or on
+    /// asynchronous events (PIT, CMOS RTC, ACPI PM block).
+    Port { port: u16 },
+    /// An MMIO load from such a device's register (LAPIC, I/O APIC),
+    /// by guest-physical address (these devices live below 4 GiB).
+    Mmio { gpa: u32 },
 }
 
 /// Completion status of a disk request, as the guest's device model sees it.

@@ -61,6 +61,16 @@ pub(crate) fn samples() -> Vec<LogEntry> {
             source: NonDetSource::Msr { index: 0x10 },
             value: 5,
         },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Port { port: 0x71 },
+            value: 0x59,
+        },
+        LogEntry::NonDet {
+            at,
+            source: NonDetSource::Mmio { gpa: 0xFEE0_0390 },
+            value: 0x1234,
+        },
         LogEntry::Heartbeat {
             at,
             guest_time_ns: 99,
