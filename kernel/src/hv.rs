@@ -116,18 +116,24 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
             // identity-mapped RAM, below the heap floor computed above.
             let image = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
             let guest_cmdline = kernel::config::strip_image_path(module.cmdline);
-            // A second module is a recorded log for `ft=replay` (issue 8).
-            let log = boot.modules().nth(1).map(|m| {
-                let len = m.end.saturating_sub(m.start) as usize;
-                // SAFETY: as for the guest image: loader-placed, identity
-                // mapped, below the heap floor.
-                unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
-            });
+            // The modules after the guest image: a recorded log for
+            // `ft=replay` (issue 8); for `guest=linux` the initrd, then the log.
+            let extra: alloc::vec::Vec<&[u8]> = boot
+                .modules()
+                .skip(1)
+                .map(|m| {
+                    let len = m.end.saturating_sub(m.start) as usize;
+                    // SAFETY: as for the guest image: loader-placed, identity
+                    // mapped, below the heap floor.
+                    unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
+                })
+                .collect();
             // Issue 9: one side of an FT pair (NIC first, then the guest).
             if config.pair.role.is_some() {
                 // `guest=linux`: the second module is the initrd, part of
                 // the guest both sides must start identically.
-                crate::ftlive::start(&config, &caps, report.pmu, image, log, guest_cmdline);
+                let initrd = extra.first().copied();
+                crate::ftlive::start(&config, &caps, report.pmu, image, initrd, guest_cmdline);
             }
             crate::vmm::run(
                 &config,
@@ -135,7 +141,7 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
                 report.pmu,
                 image,
                 guest_cmdline,
-                log,
+                &extra,
                 None,
                 None,
             );

@@ -19,6 +19,23 @@ pub fn emulate<Id: Copy>(
     regs: &mut GprFile,
     now: u64,
 ) -> Option<Result<u8, &'static str>> {
+    emulate_with(bus, devices, gpa, insn, mode, regs, now, &mut |v| v)
+}
+
+/// [`emulate`], with every value a device returns for a load passed
+/// through `on_read` before it reaches the register (record/replay logs
+/// it there, or replaces it with the logged one).
+#[allow(clippy::too_many_arguments)]
+pub fn emulate_with<Id: Copy>(
+    bus: &mut Bus<Id>,
+    devices: &mut impl DeviceSet<Id>,
+    gpa: u64,
+    insn: &[u8],
+    mode: CpuMode,
+    regs: &mut GprFile,
+    now: u64,
+    on_read: &mut dyn FnMut(u64) -> u64,
+) -> Option<Result<u8, &'static str>> {
     bus.resolve_mmio(gpa, 1).ok()?;
     let Ok(decoded) = decode(insn, mode) else {
         return Some(Err(
@@ -28,7 +45,7 @@ pub fn emulate<Id: Copy>(
     let size = decoded.op.size();
     let done = match decoded.op {
         MmioOp::Read { .. } => bus.mmio_read(devices, gpa, size, now).map(|v| {
-            decoded.op.complete_read(regs, v);
+            decoded.op.complete_read(regs, on_read(v));
         }),
         MmioOp::Write { .. } => {
             let Some(value) = decoded.op.write_value(regs) else {

@@ -6,8 +6,10 @@
 #     `dpkg-deb -x`; its bzImage is copied to $OUT/bzImage;
 #   - the initramfs: `busybox-static`, the kernel's virtio modules and a
 #     tiny /init (mount proc/sys, load the virtio-mmio drivers, print
-#     markers, `poweroff -f`), packed with `cpio -o -H newc | gzip` into
-#     $OUT/initrd.gz (rebuilt when /init or the module list changes).
+#     markers, with `ftvisor.net=loop` on the kernel command line a ping
+#     to its own address through the looped-back NIC, `poweroff -f`),
+#     packed with `cpio -o -H newc | gzip` into $OUT/initrd-<hash of /init
+#     and the module list>.gz.
 # Everything lives in a cache outside the repository
 # (default ~/.cache/ftvisor/linux); a second run reuses it.
 # Prints the two paths on its last two lines.
@@ -32,7 +34,6 @@ if [ ! -s "$OUT/bzImage" ] || [ ! -d "$CACHE/busybox" ] || [ "${1:-}" = "--force
     echo "$KPKG" >"$OUT/kernel-package"
 fi
 # The initramfs, rebuilt whenever this script's /init or module list changes.
-R=$CACHE/root
 KVER=$(ls "$CACHE/kernel/lib/modules" | head -1)
 MODS="kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/virtio/virtio_mmio.ko kernel/drivers/block/virtio_blk.ko
@@ -55,22 +56,46 @@ done
 [ -e /sys/block/vda/size ] && echo "FTVISOR-LINUX-VDA: $(/bin/busybox cat /sys/block/vda/size) sectors"
 # Absent hardware: nothing decodes 0xFED00000 (no HPET here): all ones.
 echo "FTVISOR-LINUX-ABSENT: $(/bin/busybox devmem 0xfed00000 32 2>&1)"
+# ftvisor.net=loop (guest_net=loopback): the NIC's frames come back to it.
+# Route traffic to our own address out of eth0 (a "loopback cable"):
+# locally generated packets use table 100 (via eth0, to our own MAC), the
+# looped frames arrive on eth0 and are delivered locally.
+if /bin/busybox grep -q ftvisor.net=loop /proc/cmdline; then
+    B=/bin/busybox
+    A=10.0.2.15
+    $B ip link set lo up
+    $B ip link set eth0 up
+    $B ip addr add $A/24 dev eth0
+    for f in all/rp_filter eth0/rp_filter; do echo 0 >/proc/sys/net/ipv4/conf/$f; done
+    echo 1 >/proc/sys/net/ipv4/conf/eth0/accept_local
+    $B ip neigh replace $A lladdr $($B cat /sys/class/net/eth0/address) dev eth0 nud permanent
+    $B ip rule add pref 10 iif lo table 100
+    $B ip route add $A dev eth0 table 100
+    $B ip rule add pref 20 table local
+    $B ip rule del pref 0
+    $B ping -c 10 -i 0.05 -s 1000 $A 2>&1 | while read l; do echo "FTVISOR-LINUX-NET: $l"; done
+    echo "FTVISOR-LINUX-NETSTAT: $($B cat /sys/class/net/eth0/statistics/rx_packets) rx $($B cat /sys/class/net/eth0/statistics/tx_packets) tx"
+fi
 echo "FTVISOR-LINUX-POWEROFF"
 /bin/busybox poweroff -f
 INIT
 )
 STAMP=$(printf '%s\n%s\n%s\n' "$KVER" "$MODS" "$INIT" | md5sum | cut -d' ' -f1)
-if [ ! -s "$OUT/initrd.gz" ] || [ "$(cat "$OUT/initrd.stamp" 2>/dev/null)" != "$STAMP" ]; then
+# One file per /init version: worktrees with different /init scripts
+# share the cache without rebuilding each other's initramfs.
+INITRD=$OUT/initrd-$STAMP.gz
+if [ ! -s "$INITRD" ]; then
+    R=$CACHE/root-$STAMP
     rm -rf "$R"
     mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
     cp "$CACHE/busybox/bin/busybox" "$R/bin/busybox"
-    for a in sh mount echo cat poweroff uname dmesg sleep ls; do ln -sf busybox "$R/bin/$a"; done
+    for a in sh mount echo cat poweroff uname dmesg sleep ls ip ping grep devmem; do ln -sf busybox "$R/bin/$a"; done
     for m in $MODS; do cp "$CACHE/kernel/lib/modules/$KVER/$m" "$R/lib/modules/"; done
     printf '%s\n' "$INIT" >"$R/init"
     chmod +x "$R/init"
-    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initrd.gz.$$"
-    mv "$OUT/initrd.gz.$$" "$OUT/initrd.gz"
-    echo "$STAMP" >"$OUT/initrd.stamp"
+    (cd "$R" && find . | cpio -o -H newc --quiet | gzip -9) >"$INITRD.$$"
+    mv "$INITRD.$$" "$INITRD"
+    rm -rf "$R"
 fi
 echo "$OUT/bzImage"
-echo "$OUT/initrd.gz"
+echo "$INITRD"

@@ -125,7 +125,7 @@ fn same_boot(
     }
 }
 
-fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
+pub(crate) fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
     serial
         .lines()
         .find(|l| l.contains(key))
@@ -158,7 +158,7 @@ fn check_replay(run: &Run) -> Result<String, String> {
 }
 
 /// `key=<number>` on a line (`;` ends a value too).
-fn count_of(line: &str, key: &str) -> u64 {
+pub(crate) fn count_of(line: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .and_then(|v| v.trim_end_matches(';').parse().ok())
@@ -278,7 +278,7 @@ fn guest_lines(serial: &str) -> Vec<&str> {
 }
 
 /// Replay boot outcome: IDENTICAL, every entry applied, same guest output.
-fn check_identical(rec: &Run, rep: &Run, records: &[Record]) -> Result<String, String> {
+pub(crate) fn check_identical(rec: &Run, rep: &Run, records: &[Record]) -> Result<String, String> {
     code_is(rep, 0, "replay boot")?;
     if rep.serial.contains("DIVERGED") || rep.serial.contains("refused") {
         return Err("the replay diverged or its counter was refused".into());

@@ -193,7 +193,8 @@ impl WithNic for Starter<'_> {
             self.image,
             self.guest_cmdline,
             self.initrd
-                .filter(|_| config.guest == kernel::config::GuestKind::Linux),
+                .filter(|_| config.guest == kernel::config::GuestKind::Linux)
+                .as_slice(),
             Some(io),
             Some(&mut node),
         )

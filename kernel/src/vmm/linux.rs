@@ -129,6 +129,13 @@ impl LinuxDevices {
         self.bus.pio_read(&mut set, port, size, now).ok()
     }
 
+    /// Whether an `IN` at `port` is answered by a device here: all of them
+    /// depend on time (PIT, RTC, PM timer and status), so record/replay
+    /// logs their values.
+    pub fn claims_port(&self, port: u16, size: u8) -> bool {
+        claims_port(port) && self.bus.resolve_pio(port, size).is_ok()
+    }
+
     /// Returns whether a device here claimed the port.
     pub fn port_out(
         &mut self,
@@ -175,6 +182,8 @@ impl LinuxDevices {
     }
 
     /// An MMIO exit at `gpa`: `None` when no device here claims it.
+    /// Every value a load returns passes through `on_read` (record/replay:
+    /// these registers depend on time and on interrupt timing).
     pub fn mmio(
         &mut self,
         lapic: &mut Lapic,
@@ -182,6 +191,7 @@ impl LinuxDevices {
         gpa: u64,
         req: &mut MmioRequest<'_>,
         now: u64,
+        on_read: &mut dyn FnMut(u64) -> u64,
     ) -> Option<Result<(), &'static str>> {
         let target = self.bus.resolve_mmio(gpa, 1).ok()?;
         let (insn, got, mode) = match super::machine::fetch_instruction(ram, req) {
@@ -192,7 +202,7 @@ impl LinuxDevices {
             m: &mut self.models,
             lapic,
         };
-        let result = kernel::mmio::emulate(
+        let result = kernel::mmio::emulate_with(
             &mut self.bus,
             &mut set,
             gpa,
@@ -200,6 +210,7 @@ impl LinuxDevices {
             mode,
             &mut req.regs.gpr,
             now,
+            on_read,
         )?;
         if target.id == Id::Ioapic {
             set.m.ioapic.after_write(set.lapic);

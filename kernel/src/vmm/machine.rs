@@ -249,24 +249,14 @@ impl Machine {
     /// device backends finished since the last call, through the single
     /// input entry point [`GuestIo::input`], raising interrupts on the LAPIC.
     pub fn poll_io(&mut self) {
-        let delivered = match self.linux.as_mut() {
-            Some(l) => {
-                let mut events = super::linux::VirtioEvents::default();
-                let n = self.devices.io.poll(self.ram, &mut events);
-                l.sync_virtio(&self.devices.io, events, &mut self.lapic);
-                n
-            }
-            None => self.devices.io.poll(self.ram, &mut self.lapic),
-        };
-        if delivered > 0 {
-            self.print_io_notices();
-        }
+        self.poll_io_with(|_, _| {});
     }
 
     /// [`Self::poll_io`] in record mode: `seen` logs each input just
     /// before it is applied.
     pub fn poll_io_with(&mut self, seen: impl FnMut(Slot, &kernel::devices::virtio::GuestInput)) {
-        if self.devices.io.poll_with(self.ram, &mut self.lapic, seen) > 0 {
+        let delivered = self.with_virtio_irq(|io, ram, irq| io.poll_with(ram, irq, seen));
+        if delivered > 0 {
             self.print_io_notices();
         }
     }
@@ -276,12 +266,29 @@ impl Machine {
     /// recorded, and noted).
     pub fn apply_input(&mut self, slot: Slot, input: kernel::devices::virtio::GuestInput) {
         if self
-            .devices
-            .io
-            .input(slot, input, self.ram, &mut self.lapic)
+            .with_virtio_irq(|io, ram, irq| io.input(slot, input, ram, irq))
             .is_err()
         {
             self.print_io_notices();
+        }
+    }
+
+    /// Runs `f` on the guest I/O devices with the interrupt line they
+    /// raise: the LAPIC's fixed vectors for the test guest; for a
+    /// `guest=linux` guest the I/O APIC pins the DSDT announces, synced
+    /// after `f` (the same path when recording, replaying or neither).
+    fn with_virtio_irq<R>(
+        &mut self,
+        f: impl FnOnce(&mut GuestIo, &mut [u8], &mut dyn kernel::devices::IrqLine) -> R,
+    ) -> R {
+        match self.linux.as_mut() {
+            Some(l) => {
+                let mut events = super::linux::VirtioEvents::default();
+                let r = f(&mut self.devices.io, self.ram, &mut events);
+                l.sync_virtio(&self.devices.io, events, &mut self.lapic);
+                r
+            }
+            None => f(&mut self.devices.io, self.ram, &mut self.lapic),
         }
     }
 
@@ -418,9 +425,44 @@ impl Platform for Machine {
     }
 
     fn mmio(&mut self, gpa: u64, req: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
+        self.mmio_with(gpa, req, &mut |v| v)
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let err = Error::GuestAddress {
+            gpa,
+            len: buf.len() as u64,
+        };
+        let start = usize::try_from(gpa).map_err(|_| err)?;
+        let end = start.checked_add(buf.len()).ok_or(err)?;
+        let src = self.ram.get(start..end).ok_or(err)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn console(&mut self, text: &str) {
+        let mut s = String::from(text);
+        if s.ends_with('\n') {
+            s.pop();
+        }
+        for line in s.split('\n') {
+            self.console_line(line);
+        }
+    }
+}
+
+impl Machine {
+    /// [`Platform::mmio`]; loads from the `guest=linux` platform devices
+    /// (LAPIC page, I/O APIC) pass through `on_read` (record/replay).
+    pub fn mmio_with(
+        &mut self,
+        gpa: u64,
+        req: &mut MmioRequest<'_>,
+        on_read: &mut dyn FnMut(u64) -> u64,
+    ) -> Option<Result<(), &'static str>> {
         if let Some(l) = self.linux.as_mut() {
             let now = host_tsc().wrapping_add(self.tsc_offset);
-            if let Some(r) = l.mmio(&mut self.lapic, self.ram, gpa, req, now) {
+            if let Some(r) = l.mmio(&mut self.lapic, self.ram, gpa, req, now, on_read) {
                 return Some(r);
             }
         }
@@ -466,27 +508,5 @@ impl Platform for Machine {
             self.print_io_notices();
         }
         Some(result.map(|len| req.instruction_len = len as u64))
-    }
-
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let err = Error::GuestAddress {
-            gpa,
-            len: buf.len() as u64,
-        };
-        let start = usize::try_from(gpa).map_err(|_| err)?;
-        let end = start.checked_add(buf.len()).ok_or(err)?;
-        let src = self.ram.get(start..end).ok_or(err)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn console(&mut self, text: &str) {
-        let mut s = String::from(text);
-        if s.ends_with('\n') {
-            s.pop();
-        }
-        for line in s.split('\n') {
-            self.console_line(line);
-        }
     }
 }

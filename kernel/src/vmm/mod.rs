@@ -48,8 +48,9 @@ fn fail(what: &str, e: vmx::Error) -> ! {
     crate::arch::exit::exit(exitcode::FAILURE)
 }
 
-/// Loads the guest and runs it until it stops; never returns. `log`: a
-/// recorded log (second boot module) that `ft=replay` replays. `live`:
+/// Loads the guest and runs it until it stops; never returns. `extra`: the
+/// boot modules after the guest image — a recorded log that `ft=replay`
+/// replays; for `guest=linux` the initrd first, then the log. `live`:
 /// one side of an FT pair (`role=`, issue 9): the primary records and
 /// streams, the backup replays the stream (`crate::ftlive`). `io`: the
 /// guest's devices when the caller already brought them up (the FT pair
@@ -61,7 +62,7 @@ pub fn run(
     pmu: PmuInfo,
     image: &[u8],
     guest_cmdline: &str,
-    log: Option<&[u8]>,
+    extra: &[&[u8]],
     io: Option<kernel::guestio::GuestIo>,
     mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> ! {
@@ -80,10 +81,14 @@ pub fn run(
     let linux_guest = config.guest == kernel::config::GuestKind::Linux;
     // Issue 10: `guest=linux` boots a bzImage; the second module is its initrd.
     let (start, log) = if linux_guest {
-        (linux::load(image, log, guest_cmdline, ram), None)
+        let initrd = extra.first().copied();
+        (
+            linux::load(image, initrd, guest_cmdline, ram),
+            extra.get(1).copied(),
+        )
     } else {
         match kernel::loader::multiboot::load(image, guest_cmdline, ram) {
-            Ok(s) => (s, log),
+            Ok(s) => (s, extra.first().copied()),
             Err(e) => {
                 println!("hypervisor: {e}");
                 crate::arch::exit::exit(exitcode::BAD_CONFIG);
@@ -298,6 +303,10 @@ pub fn run(
         kernel::guestio::GuestIo::from_config(size as u64, config),
     );
     machine.console_quiet = true;
+    if linux_guest {
+        let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
+        machine.linux = Some(linux::LinuxDevices::new(tsc_hz, machine.now()));
+    }
     let mut tape = Tape::Replay(replayer);
     println!(
         "ft: replay: restored the initial state; replaying {} entries (guest output discarded)",

@@ -132,7 +132,18 @@ impl RrPlatform<'_> {
 
 impl Platform for RrPlatform<'_> {
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
-        self.m.port_in(port, size)
+        // The device reads either way (its side effects, e.g. a latch,
+        // happen in both runs); a replay then answers from the log.
+        let v = self.m.port_in(port, size);
+        let logged = self
+            .m
+            .linux
+            .as_ref()
+            .is_some_and(|l| l.claims_port(port, size));
+        if !logged {
+            return v;
+        }
+        self.nondet(NonDetSource::Port { port }, |_| u64::from(v)) as u32
     }
     fn port_out(&mut self, port: u16, size: u8, value: u32) {
         self.m.port_out(port, size, value)
@@ -173,7 +184,16 @@ impl Platform for RrPlatform<'_> {
         self.nondet(source, |m| m.random(seed))
     }
     fn mmio(&mut self, gpa: u64, access: &mut MmioRequest<'_>) -> Option<Result<(), &'static str>> {
-        self.m.mmio(gpa, access)
+        // `guest=linux`: loads from the LAPIC page and the I/O APIC (timer
+        // count, IRR/ISR/TMR, remote IRR) are logged like RDTSC.
+        let (tape, at, divergence) = (&mut *self.tape, self.at, &mut self.divergence);
+        let source = NonDetSource::Mmio { gpa: gpa as u32 };
+        self.m.mmio_with(gpa, access, &mut |v| {
+            tape.nondet(at, source, || v).unwrap_or_else(|d| {
+                divergence.get_or_insert(d);
+                0
+            })
+        })
     }
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.m.read_guest(gpa, buf)
