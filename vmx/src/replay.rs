@@ -302,6 +302,28 @@ impl Replayer {
         }
     }
 
+    /// Where a replay must stop the guest next: the first asynchronous
+    /// entry held. The synchronous ones before it (RDTSC, device reads)
+    /// need no landing — their instructions exit by themselves on the way,
+    /// and [`Self::nondet`] checks each point — and soft ones are passed on
+    /// the way. With no asynchronous entry held (a live stream that has not
+    /// sent it yet, or the end of the log), the last entry held: the guest
+    /// must not run past what is known.
+    pub fn landing_target(&self) -> Option<ExecPoint> {
+        let rest = self.records.get(self.pos..)?;
+        let last = rest.len().checked_sub(1)?;
+        rest.iter()
+            .enumerate()
+            .find_map(|(i, r)| {
+                let final_checkpoint = i == last && matches!(r.entry, LogEntry::Checkpoint { .. });
+                let asynchronous = !matches!(r.entry, LogEntry::NonDet { .. })
+                    && !is_soft(&r.entry)
+                    && !final_checkpoint;
+                asynchronous.then(|| r.entry.exec_point()).flatten()
+            })
+            .or_else(|| rest.iter().rev().find_map(|r| r.entry.exec_point()))
+    }
+
     /// Applies the asynchronous entries due at `at` (checkpoints compared
     /// against `state`, at most one interrupt returned for injection).
     /// `exact`: the counter names single instructions, so being at the
@@ -521,6 +543,40 @@ mod tests {
         );
         assert_eq!(p.finish(pt(30, 0x300, 0), 99), Ok(()));
         assert_eq!(p.remaining(), 0);
+    }
+
+    #[test]
+    fn landing_skips_synchronous_entries_but_not_past_the_known_end() {
+        let r = log();
+        let records = Replayer::decode(&r.bytes).unwrap().records;
+        let mut p = Replayer::decode(&r.bytes).unwrap();
+        // The RDTSC at 10 exits by itself: land on the checkpoint at 20.
+        assert_eq!(p.target(), Some((pt(10, 0x100, 0), false)));
+        assert_eq!(p.landing_target(), Some(pt(20, 0x200, 5)));
+        assert_eq!(p.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc), Ok(77));
+        assert_eq!(p.landing_target(), Some(pt(20, 0x200, 5)));
+        assert_eq!(
+            p.due(pt(20, 0x200, 5), &[1; 24], true),
+            Ok(Due::Inject(0x40))
+        );
+        // Only the final checkpoint (synchronous: the guest's exit) is left.
+        assert_eq!(p.landing_target(), Some(pt(30, 0x300, 0)));
+        // A stream holding only the RDTSC lands on it, not beyond.
+        let mut s = Replayer::streaming();
+        assert_eq!(s.landing_target(), None);
+        s.push(records[0].clone());
+        assert_eq!(s.landing_target(), Some(pt(10, 0x100, 0)));
+        // A soft entry last is landed on; with a later record, looked past.
+        s.push(Record {
+            seq: 2,
+            entry: LogEntry::Heartbeat {
+                at: pt(15, 0x150, 0),
+                guest_time_ns: 1,
+            },
+        });
+        assert_eq!(s.landing_target(), Some(pt(15, 0x150, 0)));
+        s.push(records[1].clone());
+        assert_eq!(s.landing_target(), Some(pt(20, 0x200, 5)));
     }
 
     #[test]

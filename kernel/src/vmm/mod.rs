@@ -833,8 +833,10 @@ fn run_loop(
                     exits,
                 };
             }
-            plan = Some(match target {
-                Some((p, _)) if p.counter > at.counter => Plan::Land {
+            // Land only on asynchronous entries: the synchronous ones on
+            // the way (RDTSC, device reads) exit by themselves.
+            plan = Some(match replayer.landing_target() {
+                Some(p) if p.counter > at.counter => Plan::Land {
                     remaining: p.counter - at.counter,
                 },
                 // A synchronous entry here: step once; its instruction exits.
