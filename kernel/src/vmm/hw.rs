@@ -28,6 +28,23 @@ pub fn read_cr0() -> u64 {
     v
 }
 
+/// Clears CR0.CD and CR0.NW (caching on). Bochs's VM entry and exit keep
+/// these two bits from the CPU's current CR0 instead of loading them from
+/// the VMCS (its `VMX_KEEP_CR0_BITS`; real hardware loads them), so in
+/// Bochs the guest starts with whatever the host had — the firmware's
+/// CD|NW on a fresh boot, the guest's own last value after a previous
+/// run. Clearing them before each run makes the guest start with the
+/// CR0 its VMCS field names on both.
+pub fn enable_caching() {
+    const CD_NW: u64 = (1 << 30) | (1 << 29);
+    let cr0 = read_cr0();
+    if cr0 & CD_NW != 0 {
+        // SAFETY: clearing CD/NW only turns caching on; every other bit
+        // (PE, PG, NE, WP, ...) is written back unchanged.
+        unsafe { core::arch::asm!("mov cr0, {}", in(reg) cr0 & !CD_NW, options(nostack)) };
+    }
+}
+
 pub fn read_cr3() -> u64 {
     let v: u64;
     // SAFETY: reading CR3 in ring 0 has no side effects.

@@ -101,6 +101,7 @@ fn sgdt_sidt() -> (u64, u64) {
 pub fn write_host_state(v: &mut impl VmcsAccess, exit_rip: u64) -> Result<(), Error> {
     let (gdt_base, idt_base) = sgdt_sidt();
     debug_assert_eq!(gdt_base, gdt::gdt_base());
+    super::hw::enable_caching();
     v.write(Field::HostCr0, read_cr0())?;
     v.write(Field::HostCr3, read_cr3())?;
     v.write(Field::HostCr4, read_cr4())?;
@@ -180,6 +181,9 @@ pub fn write_guest_state(
             gdt,
         } => (entry, 0, 0, boot_params, (0x10, 0x18), (gdt, 31)),
     };
+    // CD/NW clear in the guest's CR0, and (Bochs) in the CPU's: see
+    // `hw::enable_caching` (a same-boot replay starts after the guest ran).
+    super::hw::enable_caching();
     let cr0_guest = CR0_PE | (1 << 4); // PE | ET
     v.write(Field::Cr0ReadShadow, cr0_guest)?;
     v.write(
