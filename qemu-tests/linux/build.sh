@@ -76,6 +76,19 @@ if /bin/busybox grep -q ftvisor.net=loop /proc/cmdline; then
     $B ping -c 10 -i 0.05 -s 1000 $A 2>&1 | while read l; do echo "FTVISOR-LINUX-NET: $l"; done
     echo "FTVISOR-LINUX-NETSTAT: $($B cat /sys/class/net/eth0/statistics/rx_packets) rx $($B cat /sys/class/net/eth0/statistics/tx_packets) tx"
 fi
+HTTP=$(/bin/busybox sed -n 's/.*ftvisor\.http=\([0-9.]*\).*/\1/p' /proc/cmdline)
+if [ -n "$HTTP" ]; then
+    # linux-ft-http: busybox httpd serves /www/big, a file the client can
+    # regenerate (seq -w 1 N: 7-byte lines), until the test ends the guest.
+    B=/bin/busybox
+    $B ip link set lo up
+    $B ip link set eth0 up
+    $B ip addr add $HTTP/24 dev eth0
+    $B mkdir -p /www
+    $B seq -w 1 400000 >/www/big
+    echo "FTVISOR-LINUX-HTTP: serving /www/big ($($B wc -c </www/big) bytes) on $HTTP:80"
+    exec $B httpd -f -p 80 -h /www
+fi
 echo "FTVISOR-LINUX-POWEROFF"
 /bin/busybox poweroff -f
 INIT
@@ -89,7 +102,7 @@ if [ ! -s "$INITRD" ]; then
     rm -rf "$R"
     mkdir -p "$R"/{bin,dev,proc,sys,tmp,lib/modules}
     cp "$CACHE/busybox/bin/busybox" "$R/bin/busybox"
-    for a in sh mount echo cat poweroff uname dmesg sleep ls ip ping grep devmem; do ln -sf busybox "$R/bin/$a"; done
+    for a in sh mount echo cat poweroff uname dmesg sleep ls ip ping grep devmem sed seq wc mkdir httpd; do ln -sf busybox "$R/bin/$a"; done
     for m in $MODS; do cp "$CACHE/kernel/lib/modules/$KVER/$m" "$R/lib/modules/"; done
     printf '%s\n' "$INIT" >"$R/init"
     chmod +x "$R/init"

@@ -28,6 +28,7 @@ mod tests_ftkv;
 mod tests_guestio;
 mod tests_kv;
 mod tests_linux;
+mod tests_linuxft;
 mod tests_net;
 mod tests_replay;
 
@@ -257,6 +258,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Used by linux-ft-http from inside the pair's namespace.
+        Some("http-get") => match tests_linuxft::client_main(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("http-get: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         // Used by guest-kv from inside its network namespace.
         Some("kv-client") => match tests_kv::client_main(&args) {
             Ok(line) => {

@@ -497,7 +497,7 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
 
 /// SIGKILLs the Bochs this test started for `name` (found by its own
 /// configuration file, `build/e2e/<name>/bochsrc`).
-fn kill_bochs_of(name: &str) -> Result<u32, String> {
+pub fn kill_bochs_of(name: &str) -> Result<u32, String> {
     let needle = format!("build/e2e/{name}/bochsrc");
     for e in std::fs::read_dir("/proc")
         .map_err(|e| e.to_string())?

@@ -125,7 +125,7 @@ fn linux_native(test: &E2eTest, root: &Path) -> Outcome {
 }
 
 /// Builds (or reuses) the kernel and initramfs; `Err` = reason to skip.
-fn images(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+pub fn images(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     let out = Command::new("bash")
         .arg(root.join("qemu-tests/linux/build.sh"))
         .output()
