@@ -588,7 +588,7 @@ struct Workload {
 /// (`quick`: a tenth, for trying the bench out).
 fn workloads(quick: bool) -> Vec<Workload> {
     let q = |full: u64| if quick { full / 10 } else { full };
-    let (rx, tx) = (q(512 << 10), q(2 << 20));
+    let (rx, tx) = (q(1 << 20), q(3 << 20));
     let s = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>();
     let with = |name: &str, v: Vec<String>| {
         let mut a = vec![name.to_string()];
@@ -623,7 +623,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
         Workload {
             name: "disk",
             about: "SET: 512-byte sector write + FLUSH on the iSCSI LUN per request",
-            args: with("set", s(&[q(200)])),
+            args: with("set", s(&[q(300)])),
             unit: "SETs/s",
             scale: 1.0,
             payload: None,
@@ -986,6 +986,7 @@ fn failover(rig: &Rig, sets: usize, kill_after: usize) -> Failover {
 
 /// A JSON value (the bench writes a small, fixed shape).
 enum J {
+    B(bool),
     N(f64),
     S(String),
     O(Vec<(&'static str, J)>),
@@ -1001,6 +1002,7 @@ impl J {
     fn write(&self, out: &mut String, indent: usize) {
         let pad = "  ".repeat(indent + 1);
         match self {
+            J::B(b) => out.push_str(if *b { "true" } else { "false" }),
             J::N(x) if x.is_finite() => {
                 let _ = write!(out, "{}", (x * 1000.0).round() / 1000.0);
             }
@@ -1098,6 +1100,32 @@ fn ft_figures(m: &Measured) -> FtFigures {
     }
 }
 
+/// The failover measurement as JSON.
+fn failover_json(fo: &Failover) -> J {
+    J::O(vec![
+        ("ok", J::B(fo.error.is_none())),
+        ("error", fo.error.clone().map_or(J::Null, J::S)),
+        (
+            "first_reply_after_kill_ms",
+            J::opt(fo.first_reply_us.map(|v| v as f64 / 1000.0)),
+        ),
+        (
+            "max_gap_between_replies_ms",
+            J::N(fo.max_gap_us as f64 / 1000.0),
+        ),
+        ("acked_sets", J::N(fo.acked as f64)),
+        ("verified_sets", J::N(fo.verified as f64)),
+        ("reconnects", J::N(fo.reconnects as f64)),
+        ("killed_pid", J::N(f64::from(fo.pid))),
+        ("kill_unix_us", J::N(fo.kill_us as f64)),
+        ("flag_generation", J::opt(fo.flag.map(|f| f.0 as f64))),
+        ("flag_owner", J::opt(fo.flag.map(|f| f.1 as f64))),
+        ("backup_won", fo.won_line.clone().map_or(J::Null, J::S)),
+        ("backup_live", fo.live_line.clone().map_or(J::Null, J::S)),
+        ("boot_wall_s", J::N(fo.boot_wall)),
+    ])
+}
+
 const NOTE_TIME: &str =
     "Client throughput is host wall-clock time. In Bochs (clock: sync=none, ips=50M) \
 the hypervisors' clocks are emulated-instruction time: their figures (log Mbit/s, output hold, \
@@ -1146,24 +1174,20 @@ pub fn main(root: &Path, quick: bool, only: Option<&str>) -> Result<String, Stri
         let off = pair.pop().unwrap_or_default();
         rows.push((w, off, on));
     }
-    let fo = if selected("failover") {
+    let fo = selected("failover").then(|| {
         print!("bench: failover (SET loop, primary SIGKILLed after 20 acknowledged SETs) ... ");
         let _ = std::io::stdout().flush();
-        failover(&rig, if quick { 40 } else { 60 }, 20)
-    } else {
-        Failover {
-            error: Some("not run (--only)".into()),
-            ..Default::default()
+        let fo = failover(&rig, if quick { 40 } else { 60 }, 20);
+        match &fo.error {
+            None => println!(
+                "{} ms to the first reply from the new primary",
+                fo.first_reply_us
+                    .map_or("-".into(), |v| format!("{:.0}", v as f64 / 1000.0))
+            ),
+            Some(e) => println!("FAILED: {e}"),
         }
-    };
-    match &fo.error {
-        None => println!(
-            "{} ms to the first reply from the new primary",
-            fo.first_reply_us
-                .map_or("-".into(), |v| format!("{:.0}", v as f64 / 1000.0))
-        ),
-        Some(e) => println!("FAILED: {e}"),
-    }
+        fo
+    });
     drop(rig);
     let total = t0.elapsed().as_secs_f64();
 
@@ -1226,7 +1250,7 @@ pub fn main(root: &Path, quick: bool, only: Option<&str>) -> Result<String, Stri
         }
         let side = |m: &Measured| {
             J::O(vec![
-                ("ok", J::S(m.ok().to_string())),
+                ("ok", J::B(m.ok())),
                 ("error", m.error.clone().map_or(J::Null, J::S)),
                 ("rate", J::opt(m.ok().then_some(m.rate))),
                 (
@@ -1275,20 +1299,21 @@ pub fn main(root: &Path, quick: bool, only: Option<&str>) -> Result<String, Stri
             ("backup_verdict", on.verdict.clone().map_or(J::Null, J::S)),
         ]));
     }
-    let fo_ms = fo.first_reply_us.map(|v| v as f64 / 1000.0);
-    let _ = writeln!(t);
-    let _ = writeln!(
-        t,
-        "failover: {} ms from SIGKILL of the primary to the first reply from the new primary (wall); longest gap between replies {:.0} ms; {} of {} acknowledged SETs read back; {} reconnect(s); flag {}",
-        fmt(fo_ms, 0),
-        fo.max_gap_us as f64 / 1000.0,
-        fo.verified,
-        fo.acked,
-        fo.reconnects,
-        fo.flag.map_or("unreadable".into(), |(g, o)| format!("generation {g} owner {o}")),
-    );
-    if let Some(e) = &fo.error {
-        failed.push(format!("failover: {e}"));
+    if let Some(fo) = &fo {
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "failover: {} ms from SIGKILL of the primary to the first reply from the new primary (wall); longest gap between replies {:.0} ms; {} of {} acknowledged SETs read back; {} reconnect(s); flag {}",
+            fmt(fo.first_reply_us.map(|v| v as f64 / 1000.0), 0),
+            fo.max_gap_us as f64 / 1000.0,
+            fo.verified,
+            fo.acked,
+            fo.reconnects,
+            fo.flag.map_or("unreadable".into(), |(g, o)| format!("generation {g} owner {o}")),
+        );
+        if let Some(e) = &fo.error {
+            failed.push(format!("failover: {e}"));
+        }
     }
     let _ = writeln!(t);
     let _ = writeln!(t, "columns: FT off/on = client throughput; on/off = their ratio (DESIGN.md §5 goal >= 0.97); log Mb/s = mean of the primary's `ft: status:` log rate while the workload ran (emulated time); log/pay = log bytes per payload byte (net workloads; VMware FT: about 1 for receive); io hold = output-rule delay of guest frames and disk writes (primary done line, whole boot, emulated ms); backup lag = log entry sent -> applied on the backup (done line, emulated ms).");
@@ -1320,28 +1345,7 @@ pub fn main(root: &Path, quick: bool, only: Option<&str>) -> Result<String, Stri
         ),
         ("guest", J::S(GUEST_ARGS.into())),
         ("workloads", J::A(json_rows)),
-        (
-            "failover",
-            J::O(vec![
-                ("ok", J::S(fo.error.is_none().to_string())),
-                ("error", fo.error.clone().map_or(J::Null, J::S)),
-                ("first_reply_after_kill_ms", J::opt(fo_ms)),
-                (
-                    "max_gap_between_replies_ms",
-                    J::N(fo.max_gap_us as f64 / 1000.0),
-                ),
-                ("acked_sets", J::N(fo.acked as f64)),
-                ("verified_sets", J::N(fo.verified as f64)),
-                ("reconnects", J::N(fo.reconnects as f64)),
-                ("killed_pid", J::N(f64::from(fo.pid))),
-                ("kill_unix_us", J::N(fo.kill_us as f64)),
-                ("flag_generation", J::opt(fo.flag.map(|f| f.0 as f64))),
-                ("flag_owner", J::opt(fo.flag.map(|f| f.1 as f64))),
-                ("backup_won", fo.won_line.clone().map_or(J::Null, J::S)),
-                ("backup_live", fo.live_line.clone().map_or(J::Null, J::S)),
-                ("boot_wall_s", J::N(fo.boot_wall)),
-            ]),
-        ),
+        ("failover", fo.as_ref().map_or(J::Null, failover_json)),
         ("failures", J::A(failed.iter().cloned().map(J::S).collect())),
     ]);
     let mut js = String::new();
