@@ -19,6 +19,7 @@ mod bench;
 mod demo;
 mod echo_client;
 mod emulator;
+mod ftrig;
 mod hostile_log;
 mod istgt;
 mod race_coordinator;

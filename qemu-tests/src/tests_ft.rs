@@ -94,37 +94,22 @@ pub fn tests() -> Vec<E2eTest> {
     ]
 }
 
+const WIRING: crate::ftrig::Wiring = crate::ftrig::Wiring {
+    bridge: "brft",
+    taps: ["tapft1", "tapft2"],
+    mac_tag: 2,
+};
+
 /// The pair's rig: a namespace with a bridge and one tap per node.
 fn rig(tag: &str) -> Result<Netns, Outcome> {
-    let ns = Netns::new(tag).map_err(Outcome::Skip)?;
-    ns.bridge("brft", "10.0.4.1/24")
-        .and_then(|_| ns.tap("tapft1", None, Some("brft")))
-        .and_then(|_| ns.tap("tapft2", None, Some("brft")))
-        .map_err(Outcome::Skip)?;
-    Ok(ns)
+    crate::ftrig::netns(tag, &WIRING)
 }
 
 /// Boot spec of one node (`node` 1 = primary, 2 = backup).
 fn node_spec(t: &E2eTest, root: &Path, ns: &Netns, node: u8, extra_cmdline: &str) -> BootSpec {
-    let mut spec = t.boot_spec(root);
-    let (role, peer) = if node == 1 {
-        ("primary", "10.0.4.12:7700")
-    } else {
-        ("backup", "10.0.4.11:7700")
-    };
-    spec.name = format!("{}-{role}", t.name);
-    spec.cmdline = format!(
-        "{} role={role} peer={peer} ip=10.0.4.1{node}/24 {extra_cmdline}",
-        t.cmdline
-    );
-    spec.extra = vec![
-        "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
-        format!(
-            "e1000: enabled=1, mac=52:54:00:12:34:2{node}, ethmod=tuntap, ethdev=/dev/net/tun:tapft{node}"
-        ),
-    ];
-    spec.netns = Some(ns.name.clone());
-    spec
+    let i = usize::from(node - 1);
+    let name = format!("{}-{}", t.name, crate::ftrig::ROLES[i]);
+    crate::ftrig::node_spec(t, root, ns, i, &name, &WIRING, extra_cmdline)
 }
 
 /// Boots both nodes at once; `guests` are their guest command lines.
@@ -534,33 +519,14 @@ fn guest_lines(serial: &str) -> Vec<String> {
 
 fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
     use drivers::arbitration::FlagRecord as Flag;
-    if let Err(why) = crate::istgt::available() {
-        return Outcome::Skip(why);
-    }
     let mut ns = match rig("ftkill") {
         Ok(ns) => ns,
         Err(o) => return o,
     };
-    let mut target = match crate::istgt::Istgt::configure(
-        &crate::tests_net::target_dir(root, t.name),
-        "10.0.4.1",
-        3260,
-        "10.0.4.0/24",
-        4 << 20,
-    ) {
+    let target = match crate::ftrig::with_storage(root, t.name, &mut ns, 4 << 20) {
         Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
+        Err(o) => return o,
     };
-    let initial = Flag {
-        generation: 0,
-        owner: 0,
-    };
-    if let Err(e) = target
-        .write_block(0, &initial.encode())
-        .and_then(|_| target.start(&mut ns))
-    {
-        return Outcome::Fail(e);
-    }
     let primary_name = format!("{}-primary", t.name);
     let timeout = t.timeout;
     let results = crate::emulator::boot_all(

@@ -59,10 +59,10 @@
 //!   on `tapfk2`); the flag is unchanged. The client gives up after 45 s
 //!   without a reply.
 use crate::emulator::{BootSpec, Outcome, Run};
-use crate::istgt::{self, Istgt};
+use crate::istgt::Istgt;
 use crate::tests::E2eTest;
 use crate::tests_kv::value;
-use crate::tests_net::{target_dir, Netns};
+use crate::tests_net::Netns;
 use drivers::arbitration::FlagRecord as Flag;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,6 +80,11 @@ const GUEST_MAC: &str = "52:54:00:f7:00:01";
 const BRIDGE: &str = "brfk";
 /// The nodes' taps: primary, backup.
 const TAPS: [&str; 2] = ["tapfk1", "tapfk2"];
+const WIRING: crate::ftrig::Wiring = crate::ftrig::Wiring {
+    bridge: BRIDGE,
+    taps: TAPS,
+    mac_tag: 2,
+};
 const ROLES: [&str; 2] = ["primary", "backup"];
 const STATUS_PORT: u16 = 7701;
 const LUN_BYTES: u64 = 16 << 20;
@@ -394,41 +399,15 @@ fn fdb_ports(fdb: &str, mac: &str) -> Vec<String> {
 }
 
 fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
-    if let Err(why) = istgt::available() {
-        return Outcome::Skip(why);
-    }
     let name = format!("{}{}", t.name, plan.tag);
-    let mut ns = match Netns::new("ftkv") {
+    let mut ns = match crate::ftrig::netns("ftkv", &WIRING) {
         Ok(ns) => ns,
-        Err(why) => return Outcome::Skip(why),
+        Err(o) => return o,
     };
-    if let Err(e) = ns
-        .bridge(BRIDGE, "10.0.4.1/24")
-        .and_then(|_| ns.tap(TAPS[0], None, Some(BRIDGE)))
-        .and_then(|_| ns.tap(TAPS[1], None, Some(BRIDGE)))
-    {
-        return Outcome::Skip(e);
-    }
-    let mut target = match Istgt::configure(
-        &target_dir(root, &name),
-        "10.0.4.1",
-        3260,
-        "10.0.4.0/24",
-        LUN_BYTES,
-    ) {
+    let mut target = match crate::ftrig::with_storage(root, &name, &mut ns, LUN_BYTES) {
         Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
+        Err(o) => return o,
     };
-    let initial = Flag {
-        generation: 0,
-        owner: 0,
-    };
-    if let Err(e) = target
-        .write_block(0, &initial.encode())
-        .and_then(|_| target.start(&mut ns))
-    {
-        return Outcome::Fail(e);
-    }
     let names = [format!("{name}-primary"), format!("{name}-backup")];
     let dirs = names.clone().map(|n| root.join("build/e2e").join(n));
     let serials = dirs.clone().map(|d| d.join("serial.txt"));
@@ -503,27 +482,8 @@ fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
 
 /// Boot spec of `node` (0 = primary, 1 = backup).
 fn node_spec(t: &E2eTest, root: &Path, ns: &Netns, node: usize, name: &str) -> BootSpec {
-    let mut spec = t.boot_spec(root);
-    let n = node + 1;
-    let peer = if node == 0 {
-        "10.0.4.12:7700"
-    } else {
-        "10.0.4.11:7700"
-    };
-    spec.name = name.to_string();
-    spec.cmdline = format!(
-        "{} role={} peer={peer} ip=10.0.4.1{n}/24 iscsi_node={n}",
-        t.cmdline, ROLES[node]
-    );
-    spec.extra = vec![
-        "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
-        format!(
-            "e1000: enabled=1, mac=52:54:00:12:34:2{n}, ethmod=tuntap, ethdev=/dev/net/tun:{}",
-            TAPS[node]
-        ),
-    ];
-    spec.netns = Some(ns.name.clone());
-    spec
+    let extra = format!("iscsi_node={}", node + 1);
+    crate::ftrig::node_spec(t, root, ns, node, name, &WIRING, &extra)
 }
 
 /// Waits for the guest service, runs the client and the fault.

@@ -11,20 +11,22 @@
 //! bridge, one tap per Bochs, istgt serving the shared LUN whose flag
 //! (LBA 0) starts at generation 0. The guest has no disk (`disk=none`):
 //! the file lives in the initramfs.
-use crate::emulator::{BootSpec, Emulator, Interaction, Outcome};
-use crate::istgt::{self, Istgt};
+use crate::emulator::{Emulator, Interaction, Outcome};
+use crate::ftrig::{self, ROLES};
 use crate::tests::E2eTest;
 use crate::tests_linux::{images, LINUX_CMDLINE};
-use crate::tests_net::{target_dir, wait_serial, Netns};
+use crate::tests_net::wait_serial;
 use drivers::arbitration::FlagRecord as Flag;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BRIDGE: &str = "brlf";
-const TAPS: [&str; 2] = ["taplf1", "taplf2"];
-const ROLES: [&str; 2] = ["primary", "backup"];
+const WIRING: ftrig::Wiring = ftrig::Wiring {
+    bridge: "brlf",
+    taps: ["taplf1", "taplf2"],
+    mac_tag: 3,
+};
 const GUEST_IP: &str = "10.0.4.20";
 /// Lines of the served file (`seq -w 1 LINES`: 7 bytes each).
 const LINES: u32 = 400_000;
@@ -55,30 +57,6 @@ fn expected_body() -> Vec<u8> {
     v
 }
 
-fn node_spec(t: &E2eTest, root: &Path, ns: &Netns, node: usize, name: &str) -> BootSpec {
-    let mut spec = t.boot_spec(root);
-    let n = node + 1;
-    let peer = if node == 0 {
-        "10.0.4.12:7700"
-    } else {
-        "10.0.4.11:7700"
-    };
-    spec.name = name.to_string();
-    spec.cmdline = format!(
-        "{} role={} peer={peer} ip=10.0.4.1{n}/24 iscsi_node={n}",
-        t.cmdline, ROLES[node]
-    );
-    spec.extra = vec![
-        "pci: enabled=1, chipset=i440fx, slot1=e1000".to_string(),
-        format!(
-            "e1000: enabled=1, mac=52:54:00:12:34:3{n}, ethmod=tuntap, ethdev=/dev/net/tun:{}",
-            TAPS[node]
-        ),
-    ];
-    spec.netns = Some(ns.name.clone());
-    spec
-}
-
 /// Client progress as the runner saw it.
 #[derive(Default, Debug)]
 struct Seen {
@@ -90,44 +68,18 @@ struct Seen {
 }
 
 fn run(t: &E2eTest, root: &Path) -> Outcome {
-    if let Err(why) = istgt::available() {
-        return Outcome::Skip(why);
-    }
     let (kernel, initrd) = match images(root) {
         Ok(p) => p,
         Err(why) => return Outcome::Skip(why),
     };
-    let mut ns = match Netns::new("linft") {
+    let mut ns = match ftrig::netns("linft", &WIRING) {
         Ok(ns) => ns,
-        Err(why) => return Outcome::Skip(why),
+        Err(o) => return o,
     };
-    if let Err(e) = ns
-        .bridge(BRIDGE, "10.0.4.1/24")
-        .and_then(|_| ns.tap(TAPS[0], None, Some(BRIDGE)))
-        .and_then(|_| ns.tap(TAPS[1], None, Some(BRIDGE)))
-    {
-        return Outcome::Skip(e);
-    }
-    let mut target = match Istgt::configure(
-        &target_dir(root, t.name),
-        "10.0.4.1",
-        3260,
-        "10.0.4.0/24",
-        4 << 20,
-    ) {
+    let target = match ftrig::with_storage(root, t.name, &mut ns, 4 << 20) {
         Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
+        Err(o) => return o,
     };
-    let initial = Flag {
-        generation: 0,
-        owner: 0,
-    };
-    if let Err(e) = target
-        .write_block(0, &initial.encode())
-        .and_then(|_| target.start(&mut ns))
-    {
-        return Outcome::Fail(e);
-    }
     let names = ROLES.map(|r| format!("{}-{r}", t.name));
     for n in &names {
         let _ = std::fs::remove_dir_all(root.join("build/e2e").join(n));
@@ -136,7 +88,8 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
     let specs = (0..2)
         .map(|node| {
-            let mut spec = node_spec(t, root, &ns, node, &names[node]);
+            let extra = format!("iscsi_node={}", node + 1);
+            let mut spec = ftrig::node_spec(t, root, &ns, node, &names[node], &WIRING, &extra);
             spec.modules = vec![
                 (kernel.clone(), guest_cmdline.clone()),
                 (initrd.clone(), String::new()),
