@@ -268,8 +268,6 @@ pub struct Node<N: Nic> {
     status_bytes: u64,
     status_us: u64,
     throttles: u64,
-    /// Inside a throttle wait (counted once per wait).
-    throttling: bool,
     connected: bool,
     refusals: u64,
     first_guest_ns: Option<u64>,
@@ -386,7 +384,6 @@ impl<N: Nic + 'static> Node<N> {
             status_bytes: 0,
             status_us: now_us,
             throttles: 0,
-            throttling: false,
             connected: false,
             refusals: 0,
             first_guest_ns: None,
@@ -970,12 +967,7 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.last_tick_us = now_us;
         let fx = b.tick(now_us * 1000);
-        let arbitrate = fx.iter().find_map(|e| match e {
-            Effect::Arbitrate {
-                expected_generation,
-            } => Some(*expected_generation),
-            _ => None,
-        });
+        let arbitrate = arbitration_asked(&fx);
         self.apply(fx);
         if let Some(expected) = arbitrate {
             self.settle(expected)?;
@@ -1011,6 +1003,21 @@ impl<N: Nic> Transport for Lent<'_, N> {
 }
 
 impl<N: Nic + 'static> Node<N> {
+    /// Primary: the state machine's timers (heartbeat, lag, failure) at
+    /// `now_ns`; a failure detected means arbitration ([`Self::backup_lost`]).
+    fn primary_tick(&mut self, now_ns: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
+        let Side::Primary(p) = &mut self.side else {
+            unreachable!("primary_tick runs on the primary")
+        };
+        let fx = p.tick(now_ns, guest_ns, at);
+        let arbitrate = arbitration_asked(&fx);
+        self.apply(fx);
+        match arbitrate {
+            Some(expected) => self.backup_lost(expected),
+            None => Ok(()),
+        }
+    }
+
     /// Primary: the backup fell silent past the failure timeout.
     /// Arbitrate; a win means the guest runs on alone (DESIGN.md §1.7):
     /// the held outputs are released (the state machine says so) and new
@@ -1227,6 +1234,17 @@ impl<N: Nic + 'static> Node<N> {
     }
 }
 
+/// The generation to arbitrate from, if `fx` asks for arbitration (the node
+/// carries it out: `Node::settle`).
+fn arbitration_asked(fx: &Effects) -> Option<u64> {
+    fx.iter().find_map(|e| match e {
+        Effect::Arbitrate {
+            expected_generation,
+        } => Some(*expected_generation),
+        _ => None,
+    })
+}
+
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Primary => "primary",
@@ -1283,20 +1301,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                     return Ok(());
                 }
                 self.last_tick_us = now;
-                let Side::Primary(p) = &mut self.side else {
-                    unreachable!()
-                };
-                let fx = p.tick(now * 1000, guest_ns, at);
-                let arbitrate = fx.iter().find_map(|e| match e {
-                    Effect::Arbitrate {
-                        expected_generation,
-                    } => Some(*expected_generation),
-                    _ => None,
-                });
-                self.apply(fx);
-                if let Some(expected) = arbitrate {
-                    self.backup_lost(expected)?;
-                }
+                self.primary_tick(now * 1000, guest_ns, at)?;
                 self.pump(false);
                 // A lagging backup slows the guest down: wait for acks,
                 // when it lags more than 1 s of guest time (the state
@@ -1304,33 +1309,19 @@ impl<N: Nic + 'static> Live for Node<N> {
                 // than `THROTTLE_US` of hypervisor time ago (in Bochs guest
                 // time can run far slower than the emulator's clock, so the
                 // first alone lets the wall-time lag grow to tens of seconds).
+                let mut waited = false;
                 while matches!(&self.side, Side::Primary(p) if p.throttled())
                     || (!self.alone
                         && self.connected
                         && self.lag.pending_age_us(self.now_us()) > THROTTLE_US)
                 {
-                    if !self.throttling {
-                        self.throttling = true;
+                    if !waited {
+                        waited = true;
                         self.throttles += 1;
                     }
                     self.pump(true);
-                    let now = self.now_us() * 1000;
-                    let Side::Primary(p) = &mut self.side else {
-                        unreachable!()
-                    };
-                    let fx = p.tick(now, guest_ns, at);
-                    let arbitrate = fx.iter().find_map(|e| match e {
-                        Effect::Arbitrate {
-                            expected_generation,
-                        } => Some(*expected_generation),
-                        _ => None,
-                    });
-                    self.apply(fx);
-                    if let Some(expected) = arbitrate {
-                        self.backup_lost(expected)?;
-                    }
+                    self.primary_tick(self.now_us() * 1000, guest_ns, at)?;
                 }
-                self.throttling = false;
                 self.emit_ready(io);
                 self.status(guest_ns, 0);
             }
@@ -1342,12 +1333,8 @@ impl<N: Nic + 'static> Live for Node<N> {
             }
             Tape::Off => {
                 // A backup gone live: the stack still carries the status
-                // port and ARP; the guest's disk has its own socket.
-                let now = self.now_us();
-                if now >= self.last_pump_us + POLL_US {
-                    self.last_pump_us = now;
-                    self.net.borrow_mut().poll();
-                }
+                // port and ARP (its log socket is closed: nothing to move).
+                self.pump(false);
             }
         }
         self.serve_status(guest_ns);
