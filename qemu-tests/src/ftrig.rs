@@ -4,7 +4,7 @@
 //! the primary is 10.0.4.11, the backup 10.0.4.12 (log port 7700); with
 //! [`with_storage`], istgt in the namespace serves the shared LUN whose
 //! flag block (LBA 0) starts at generation 0, owner 0.
-use crate::emulator::{BootSpec, Outcome};
+use crate::emulator::{BootSpec, Outcome, Run};
 use crate::istgt::{self, Istgt};
 use crate::tests::E2eTest;
 use crate::tests_net::{target_dir, Netns};
@@ -96,4 +96,30 @@ pub fn node_spec(
     ];
     spec.netns = Some(ns.name.clone());
     spec
+}
+
+/// The primary's and the backup's runs out of `emulator::boot_all`'s
+/// results (the first failed boot is the error).
+pub fn pair_runs(results: Vec<Result<Run, String>>) -> Result<(Run, Run), String> {
+    let mut it = results.into_iter();
+    match (it.next(), it.next()) {
+        (Some(p), Some(b)) => Ok((p?, b?)),
+        _ => Err("two nodes expected".into()),
+    }
+}
+
+/// `why`, then how each side's run ended and its last serial lines
+/// (`names`: the boots' names, their directories under `build/e2e`).
+pub fn with_tails(why: String, runs: [&Run; 2], names: [&str; 2]) -> String {
+    let mut s = why;
+    for (node, run) in runs.into_iter().enumerate() {
+        s.push_str(&format!(
+            "\n---- {}: {}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
+            ROLES[node],
+            run.ended,
+            names[node],
+            crate::tests::tail(&run.serial, 20)
+        ));
+    }
+    s
 }

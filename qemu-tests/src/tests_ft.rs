@@ -130,21 +130,16 @@ fn boot_pair(
             })
             .collect(),
     );
-    let mut it = results.into_iter();
-    let p = it.next().expect("two nodes")?;
-    let b = it.next().expect("two nodes")?;
-    Ok((p, b))
+    crate::ftrig::pair_runs(results)
 }
 
-fn fail(what: String, runs: &[(&str, &Run)], name: &str) -> Outcome {
-    let mut s = what;
-    for (role, run) in runs {
-        s.push_str(&format!(
-            "\n---- {role}: last serial lines (build/e2e/{name}-{role}/serial.txt) ----\n{}",
-            crate::tests::tail(&run.serial, 20)
-        ));
-    }
-    Outcome::Fail(s)
+fn fail(what: String, p: &Run, b: &Run, name: &str) -> Outcome {
+    let names = crate::ftrig::ROLES.map(|role| format!("{name}-{role}"));
+    Outcome::Fail(crate::ftrig::with_tails(
+        what,
+        [p, b],
+        [&names[0], &names[1]],
+    ))
 }
 
 fn line_with<'a>(serial: &'a str, key: &str) -> Result<&'a str, String> {
@@ -314,7 +309,7 @@ fn run_lockstep(t: &E2eTest, root: &Path) -> Outcome {
     drop(ns);
     match judge_lockstep(&p, &b, false) {
         Ok(note) => Outcome::Pass(note),
-        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+        Err(why) => fail(why, &p, &b, t.name),
     }
 }
 
@@ -354,7 +349,7 @@ fn run_mismatch(t: &E2eTest, root: &Path) -> Outcome {
     })();
     match judged {
         Ok(note) => Outcome::Pass(note),
-        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+        Err(why) => fail(why, &p, &b, t.name),
     }
 }
 
@@ -417,11 +412,9 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
             .collect(),
     );
     drop(ns);
-    let mut it = results.into_iter();
-    let (p, b) = match (it.next(), it.next()) {
-        (Some(Ok(p)), Some(Ok(b))) => (p, b),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
-        _ => return Outcome::Fail("two nodes expected".into()),
+    let (p, b) = match crate::ftrig::pair_runs(results) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
     };
     let judged = (|| {
         let attack = match &b.interaction {
@@ -476,7 +469,7 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
     })();
     match judged {
         Ok(note) => Outcome::Pass(note),
-        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+        Err(why) => fail(why, &p, &b, t.name),
     }
 }
 
@@ -554,11 +547,9 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
     let flag = target.read_block(0);
     drop(target);
     drop(ns);
-    let mut it = results.into_iter();
-    let (p, b) = match (it.next(), it.next()) {
-        (Some(Ok(p)), Some(Ok(b))) => (p, b),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
-        _ => return Outcome::Fail("two nodes expected".into()),
+    let (p, b) = match crate::ftrig::pair_runs(results) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
     };
     let judged = (|| {
         let kill = match &p.interaction {
@@ -660,6 +651,6 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
     })();
     match judged {
         Ok(note) => Outcome::Pass(note),
-        Err(why) => fail(why, &[("primary", &p), ("backup", &b)], t.name),
+        Err(why) => fail(why, &p, &b, t.name),
     }
 }

@@ -59,6 +59,7 @@
 //!   on `tapfk2`); the flag is unchanged. The client gives up after 45 s
 //!   without a reply.
 use crate::emulator::{BootSpec, Outcome, Run};
+use crate::ftrig::ROLES;
 use crate::istgt::Istgt;
 use crate::tests::E2eTest;
 use crate::tests_kv::value;
@@ -85,7 +86,6 @@ const WIRING: crate::ftrig::Wiring = crate::ftrig::Wiring {
     taps: TAPS,
     mac_tag: 2,
 };
-const ROLES: [&str; 2] = ["primary", "backup"];
 const STATUS_PORT: u16 = 7701;
 const LUN_BYTES: u64 = 16 << 20;
 /// The guest's disk starts at this LUN block (0..8: arbitration).
@@ -449,11 +449,9 @@ fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
     let table = lun_table(&target.lun_file());
     drop(target);
     drop(ns);
-    let mut it = runs.into_iter();
-    let (p, b) = match (it.next(), it.next()) {
-        (Some(Ok(p)), Some(Ok(b))) => (p, b),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
-        _ => return Outcome::Fail("two nodes expected".into()),
+    let (p, b) = match crate::ftrig::pair_runs(runs) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
     };
     let judged = conducted.and_then(|_| judge(plan, &story, &p, &b, flag, table));
     match judged {
@@ -466,16 +464,11 @@ fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
             if let Some(Err(e)) = &story.client {
                 s.push_str(&format!("\nclient: {e}"));
             }
-            for (node, run) in [&p, &b].into_iter().enumerate() {
-                s.push_str(&format!(
-                    "\n---- {}: {}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
-                    ROLES[node],
-                    run.ended,
-                    names[node],
-                    crate::tests::tail(&run.serial, 20)
-                ));
-            }
-            Outcome::Fail(s)
+            Outcome::Fail(crate::ftrig::with_tails(
+                s,
+                [&p, &b],
+                [&names[0], &names[1]],
+            ))
         }
     }
 }

@@ -103,10 +103,11 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
                     t.timeout,
                 );
                 let i: Interaction = Box::new(move |serial: &Path| {
-                    wait_serial(serial, READY, timeout)?;
-                    let r = download(&nsname, &primary, &seen);
-                    // The backup serves httpd forever: stop it once the
-                    // download is over (its serial holds the verdict).
+                    let r = wait_serial(serial, READY, timeout)
+                        .and_then(|_| download(&nsname, &primary, &seen));
+                    // The backup serves httpd forever (or waits, if the
+                    // primary never got that far): stop it once the
+                    // download is over or failed (its serial holds the verdict).
                     let _ = crate::tests_ft::kill_bochs_of(&backup);
                     seen.lock().expect("seen").result = Some(r.clone());
                     r
@@ -122,11 +123,9 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
         .and_then(|b| Flag::decode(&b).map_err(|e| format!("flag block: {e:?}")));
     drop(target);
     drop(ns);
-    let mut it = runs.into_iter();
-    let (p, b) = match (it.next(), it.next()) {
-        (Some(Ok(p)), Some(Ok(b))) => (p, b),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => return Outcome::Fail(e),
-        _ => return Outcome::Fail("two nodes expected".into()),
+    let (p, b) = match crate::ftrig::pair_runs(runs) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
     };
     let seen = seen.lock().expect("seen");
     let judged = (|| {
@@ -167,19 +166,7 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
     })();
     match judged {
         Ok(note) => Outcome::Pass(note),
-        Err(why) => {
-            let mut s = why;
-            for (node, run) in [&p, &b].into_iter().enumerate() {
-                s.push_str(&format!(
-                    "\n---- {}: {}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
-                    ROLES[node],
-                    run.ended,
-                    names[node],
-                    crate::tests::tail(&run.serial, 20)
-                ));
-            }
-            Outcome::Fail(s)
-        }
+        Err(why) => Outcome::Fail(ftrig::with_tails(why, [&p, &b], [&names[0], &names[1]])),
     }
 }
 
