@@ -247,7 +247,7 @@ impl Backup {
     }
 
     /// For a replay engine that keeps its own queue and lands on each
-    /// entry's point itself (the kernel's `vmx::replay::Replayer`): hands
+    /// entry's point itself ([`crate::replay::Replayer`]): hands
     /// over every received replayable record not taken yet, in order. The
     /// engine still may only run up to the point of the last record it
     /// holds (DESIGN.md §1.3) and reports progress with

@@ -9,6 +9,11 @@
 //!   replay engine one entry behind (§1.3), discard outputs (§1.5),
 //!   arbitrate and [`GoLive`] (§1.7, §1.8).
 //! * [`arbitration`]: the test-and-set flag on shared storage (§1.7).
+//! * [`replay`]: the record/replay engine: a [`replay::Recorder`] appends
+//!   entries, a [`replay::Replayer`] (a whole log or the backup's live
+//!   stream) names the next landing target and the entries due there,
+//!   passes soft entries and reports a [`replay::Divergence`] (§1.1–§1.3,
+//!   §6).
 //! * [`io`]: the injected [`io::Clock`] and [`io::Transport`] traits.
 //! * `sim` (feature `sim`, and in tests): the deterministic simulator that
 //!   checks these rules under crashes, partitions and storage loss (§4, §6).
@@ -31,6 +36,7 @@ pub mod output_rule;
 pub mod primary;
 #[cfg(test)]
 mod protocol_tests;
+pub mod replay;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

@@ -13,7 +13,7 @@ pub mod ept;
 pub mod error;
 pub mod exit;
 pub mod guest_walk;
-pub mod replay;
+pub mod state;
 pub mod vmcs;
 
 pub use error::Error;

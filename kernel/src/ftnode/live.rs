@@ -55,6 +55,7 @@ use ft::arbitration::{FlagRecord, NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
 use ft::primary::{Primary, PrimaryState};
+use ft::replay::{Recorder, Replayer, Tape};
 use ft::{Effect, Effects, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
@@ -62,7 +63,6 @@ use kernel::exitcode;
 use kernel::ftnode::{guest_identity, mbit_per_s, IdHex, LagMeter, OutputGate, StatusLine};
 use kernel::guestio::{GuestIo, Slot};
 use vmx::caps::{PmuInfo, VmxCaps};
-use vmx::replay::{Recorder, Replayer, Tape};
 
 /// TCP buffers of the log connection (each way).
 const TCP_BUFFER: usize = 256 * 1024;

@@ -189,7 +189,7 @@ impl Machine {
             exits: [0; 66],
             hot: alloc::collections::BTreeMap::new(),
             console_lines: 0,
-            console_hash: vmx::replay::HASH_SEED,
+            console_hash: ft::replay::HASH_SEED,
             console_quiet: false,
             linux: None,
             console_capture: None,
@@ -220,7 +220,7 @@ impl Machine {
 
     fn console_line(&mut self, line: &str) {
         self.console_lines += 1;
-        self.console_hash = vmx::replay::hash_bytes(self.console_hash, line.as_bytes());
+        self.console_hash = ft::replay::hash_bytes(self.console_hash, line.as_bytes());
         if let Some(held) = self.console_capture.as_mut() {
             held.push(String::from(line));
         } else if !self.console_quiet {

@@ -11,13 +11,13 @@ mod switch;
 use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::boxed::Box;
 use ft::log::ExecPoint;
+use ft::replay::{Divergence, Due, Recorder, Replayer, Tape};
 use kernel::config::{Config, FtMode};
 use kernel::exitcode;
 use machine::Machine;
 use vmx::caps::{PmuInfo, VmxCaps};
 use vmx::counter::{ExecCounter, Plan, Refusal};
 use vmx::exit::{self, intwin::INTERRUPT_WINDOW_EXITING, Action, GuestRegs, Stop};
-use vmx::replay::{Divergence, Due, Recorder, Replayer, Tape};
 use vmx::vmcs::{Field, VmcsAccess};
 
 /// Upper bound on one stretch of guest execution between exits, in
@@ -242,7 +242,7 @@ pub fn run(
     let final_seq = recorder.entries();
     recorder
         .checkpoints
-        .push((final_seq, vmx::replay::state_vector(&vmcs, &regs)));
+        .push((final_seq, vmx::state::state_vector(&vmcs, &regs)));
     let rec_lines = machine.console_lines;
     let rec_console = machine.console_hash;
     print_log_summary(
@@ -415,7 +415,7 @@ fn print_applied(replayer: &Replayer, machine: &Machine, discarded: &str) {
         .enumerate()
         .filter(|(_, n)| **n > 0)
     {
-        applied.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
+        applied.push_str(&alloc::format!(" {}={n}", ft::replay::kind_name(k)));
     }
     println!(
         "ft: replay: applied{applied}; guest console lines{discarded}={} hash={:#018x}",
@@ -479,10 +479,10 @@ fn final_point(
 
 /// Registers, all of guest RAM and the console output, in one hash.
 fn final_hash(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> u64 {
-    let state = vmx::replay::state_vector(vmcs, regs);
-    let h = vmx::replay::hash_words(vmx::replay::HASH_SEED, state.iter().copied());
-    let h = vmx::replay::hash_bytes(h, m.ram());
-    vmx::replay::hash_words(h, [m.console_lines, m.console_hash])
+    let state = vmx::state::state_vector(vmcs, regs);
+    let h = ft::replay::hash_words(ft::replay::HASH_SEED, state.iter().copied());
+    let h = ft::replay::hash_bytes(h, m.ram());
+    ft::replay::hash_words(h, [m.console_lines, m.console_hash])
 }
 
 fn print_log_summary(
@@ -495,9 +495,9 @@ fn print_log_summary(
 ) {
     let mut kinds = alloc::string::String::new();
     for (k, n) in r.by_kind.iter().enumerate().filter(|(_, n)| **n > 0) {
-        kinds.push_str(&alloc::format!(" {}={n}", vmx::replay::kind_name(k)));
+        kinds.push_str(&alloc::format!(" {}={n}", ft::replay::kind_name(k)));
     }
-    let log_hash = vmx::replay::hash_bytes(vmx::replay::HASH_SEED, &r.bytes);
+    let log_hash = ft::replay::hash_bytes(ft::replay::HASH_SEED, &r.bytes);
     println!(
         "ft: {what}: log entries={} bytes={} hash={log_hash:#018x};{kinds}",
         r.entries(),
@@ -580,8 +580,8 @@ fn explain(d: &Divergence, r: &Recorder, vmcs: &hw::HwVmcs, regs: &GuestRegs) {
     if *seq != d.seq {
         return;
     }
-    let now = vmx::replay::state_vector(vmcs, regs);
-    for (i, name) in vmx::replay::STATE_NAMES.iter().enumerate() {
+    let now = vmx::state::state_vector(vmcs, regs);
+    for (i, name) in ft::replay::STATE_NAMES.iter().enumerate() {
         if rec[i] != now[i] {
             println!(
                 "ft: replay: register {name}: recorded {:#018x}, replay {:#018x}",
@@ -740,7 +740,7 @@ fn run_loop(
             // Replay: interrupts come from the log only, at their points.
             let at = point_now(vmcs, regs, counter.as_deref());
             let exact = counter.as_deref().is_none_or(|c| c.exact());
-            let state = vmx::replay::state_vector(vmcs, regs);
+            let state = vmx::state::state_vector(vmcs, regs);
             // Guest I/O inputs due here are applied first, through the
             // single input point, in log order (their interrupts follow as
             // their own entries).
@@ -859,7 +859,7 @@ fn run_loop(
                 if interruptible && !event_pending {
                     if let Tape::Record(r) = tape {
                         let at = point_now(vmcs, regs, counter.as_deref());
-                        r.checkpoint(at, &vmx::replay::state_vector(vmcs, regs));
+                        r.checkpoint(at, &vmx::state::state_vector(vmcs, regs));
                         r.push(&ft::log::LogEntry::Interrupt { at, vector });
                     }
                     if let Err(e) = exit::inject_interrupt(vmcs, vector) {
@@ -1013,7 +1013,7 @@ fn run_loop(
         if reason == exit::reason::PREEMPTION_TIMER && !replaying {
             if let Tape::Record(r) = tape {
                 let at = point_now(vmcs, regs, counter.as_deref());
-                r.checkpoint(at, &vmx::replay::state_vector(vmcs, regs));
+                r.checkpoint(at, &vmx::state::state_vector(vmcs, regs));
             }
         }
         if m.linux.as_ref().is_some_and(|l| l.powered_off) {

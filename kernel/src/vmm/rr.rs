@@ -2,10 +2,11 @@
 //! execution-counter choice, and [`RrPlatform`], the [`Platform`] wrapper
 //! that logs every non-deterministic input at its execution point when
 //! recording and answers it from the log when replaying. The logic is in
-//! `vmx::counter` and `vmx::replay` (host-tested); this is the hardware half.
+//! `vmx::counter` and `ft::replay` (host-tested); this is the hardware half.
 use super::machine::Machine;
 use alloc::boxed::Box;
 use ft::log::{DiskStatus, ExecPoint, LogEntry, NonDetSource};
+use ft::replay::{Divergence, Tape};
 use kernel::config::{Config, CounterChoice, FtMode};
 use kernel::devices::virtio::{BlockStatus, GuestInput};
 use kernel::guestio::Slot;
@@ -15,7 +16,6 @@ use vmx::counter::pmu::{Pmu, PmuHw};
 use vmx::counter::preempt::Preempt;
 use vmx::counter::{ExecCounter, Refusal};
 use vmx::exit::{reason, MmioRequest, Platform};
-use vmx::replay::{Divergence, Tape};
 use vmx::Error;
 
 /// Guest instructions the `preempt` backend single-steps and cross-checks

@@ -1,10 +1,13 @@
 //! Record and replay of one vCPU's non-determinism on an `ft` log
 //! (DESIGN.md §1.1 what is logged, §1.2 exact execution points, §6 the
-//! divergence detector). Hardware-free: the run loop feeds it execution
-//! points and guest state; [`Tape`] either appends to a [`Recorder`] or
-//! answers from a [`Replayer`].
+//! divergence detector): the one replay engine. The kernel's run loop
+//! drives it to record, to replay and as the live FT backup; being
+//! hardware-free, the simulator can drive the same code. The run loop
+//! feeds it execution points and guest state (the kernel reads the
+//! [`StateVector`] with `vmx::state::state_vector`); [`Tape`] either
+//! appends to a [`Recorder`] or answers from a [`Replayer`].
 //!
-//! Entry kinds used here (`ft::log::LogEntry`):
+//! Entry kinds used here ([`LogEntry`]):
 //! * `NonDet` — an RDTSC/RDTSCP/RDRAND/RDSEED result or a time-like MSR
 //!   read, at the point of the exiting instruction ("synchronous": the
 //!   replaying guest exits there by itself).
@@ -19,7 +22,7 @@
 //! * `Checkpoint` — a hash of the guest registers at a point (asynchronous);
 //!   the last one of a run also covers guest RAM and the console output.
 //! * `Heartbeat`, `OutputMarker` — written by the live FT primary
-//!   (`ft::primary::Primary`, DESIGN.md §1.4, §1.6): *soft* points. They
+//!   ([`crate::primary::Primary`], DESIGN.md §1.4, §1.6): *soft* points. They
 //!   change nothing in the guest and are not checks: the backup may run up
 //!   to them, so the last record held, if soft, is landed on; with a later
 //!   record held the replay looks past them and passes them on its way
@@ -35,47 +38,24 @@
 //!
 //! The replay stops at the first entry the guest does not meet exactly and
 //! reports it as a [`Divergence`].
-use crate::exit::GuestRegs;
-use crate::vmcs::{Field, VmcsAccess};
+use crate::log::{decode_record, encode_record, ExecPoint, LogEntry, NonDetSource, Record};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use ft::log::{decode_record, encode_record, ExecPoint, LogEntry, NonDetSource, Record};
 
-/// Registers in a checkpoint, in [`state_vector`] order.
+/// Registers in a checkpoint, in `vmx::state::state_vector` order.
 pub const STATE_NAMES: [&str; 24] = [
     "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12", "R13",
     "R14", "R15", "RIP", "RFLAGS", "CR0", "CR3", "CR4", "EFER", "FS.base", "GS.base",
 ];
 
+/// The guest's architectural registers, named by [`STATE_NAMES`] (read
+/// from the VMCS by `vmx::state::state_vector`, the same `[u64; 24]`).
 pub type StateVector = [u64; 24];
 
-/// The guest's architectural registers (GPRs with RSP from the VMCS).
-pub fn state_vector(vmcs: &impl VmcsAccess, regs: &GuestRegs) -> StateVector {
-    let mut s = [0u64; 24];
-    s[..16].copy_from_slice(&regs.gpr);
-    s[4] = vmcs.get(Field::GuestRsp);
-    for (i, f) in [
-        Field::GuestRip,
-        Field::GuestRflags,
-        Field::GuestCr0,
-        Field::GuestCr3,
-        Field::GuestCr4,
-        Field::GuestIa32Efer,
-        Field::GuestFsBase,
-        Field::GuestGsBase,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        s[16 + i] = vmcs.get(f);
-    }
-    s
-}
-
 /// FNV-1a over 64-bit words (fast enough for 64 MiB of guest RAM in Bochs);
-/// the same function checksums an exported log (`ft::log::export`).
-pub use ft::log::export::{
+/// the same function checksums an exported log ([`crate::log::export`]).
+pub use crate::log::export::{
     fnv_bytes as hash_bytes, fnv_words as hash_words, FNV_SEED as HASH_SEED,
 };
 
@@ -165,7 +145,7 @@ pub struct Replayer {
 
 impl Replayer {
     /// Decodes a whole in-memory log (every record CRC-checked).
-    pub fn decode(mut bytes: &[u8]) -> Result<Replayer, ft::FtError> {
+    pub fn decode(mut bytes: &[u8]) -> Result<Replayer, crate::FtError> {
         let mut records = Vec::new();
         while !bytes.is_empty() {
             let (r, used) = decode_record(bytes)?;
@@ -700,7 +680,7 @@ mod tests {
             at: pt(7, 0x70, 1),
             vector: 0x50,
             request_id: 4,
-            status: ft::log::DiskStatus::Ok,
+            status: crate::log::DiskStatus::Ok,
             data: alloc::vec![9; 512],
         };
         r.push(&frame);
@@ -735,13 +715,6 @@ mod tests {
             hash_bytes(HASH_SEED, &[0; 8]),
             hash_bytes(HASH_SEED, &[0; 9])
         );
-        let mut v = crate::vmcs::FakeVmcs::default();
-        v.write(Field::GuestRsp, 0x8000).unwrap();
-        v.write(Field::GuestRip, 0x1234).unwrap();
-        let mut regs = GuestRegs::default();
-        regs.gpr[0] = 5;
-        let s = state_vector(&v, &regs);
-        assert_eq!((s[0], s[4], s[16]), (5, 0x8000, 0x1234));
-        assert_eq!(STATE_NAMES[16], "RIP");
+        assert_eq!((STATE_NAMES[4], STATE_NAMES[16]), ("RSP", "RIP"));
     }
 }
