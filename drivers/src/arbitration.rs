@@ -1,11 +1,10 @@
 //! Test-and-set arbitration on the shared LUN (DESIGN.md §1.7) with SCSI
 //! COMPARE AND WRITE (SBC-3 §5.2; sense MISCOMPARE, SPC-4 §4.5.6).
 //!
-//! One 512-byte block at a reserved LBA holds a [`FlagRecord`]
-//! `{magic, version, generation, owner, crc}`, byte for byte the layout of
-//! `ft::arbitration::FlagRecord` (little-endian: magic `"FTFL"` u32 at 0,
-//! version u16 at 4, generation u64 at 8, owner u64 at 16, CRC32C of bytes
-//! 0..24 at 24, zeros to the end of the block).
+//! One 512-byte block at a reserved LBA holds an
+//! [`ft::arbitration::FlagRecord`] in its block form
+//! ([`FlagRecord::to_block`]/[`FlagRecord::from_block`]; the layout is
+//! documented and pinned byte for byte in `ft::arbitration`).
 //!
 //! [`Arbiter::try_acquire_from`] is a single COMPARE AND WRITE of the
 //! expected record against `(generation + 1, me)`: the device compares and
@@ -15,86 +14,20 @@
 //! CAW landed but its reply was lost and the command was retried after a
 //! reconnect) that is our win. Transport failures are
 //! [`Error::StorageUnreachable`]: nobody may go live on them.
+//!
+//! [`LunFlag`] is the same flag behind `ft`'s
+//! [`SharedStorage`](ft::arbitration::SharedStorage), so that
+//! [`ft::arbitration::arbitrate`] (with its own-win recognition) runs on a
+//! real LUN.
 
 use alloc::vec::Vec;
+use core::fmt;
 
-use crc::{Crc, CRC_32_ISCSI};
+use ft::arbitration::{FlagRecord, NodeId, SharedStorage};
+use ft::FtError;
 
 use crate::error::{Error, Result};
 use crate::iscsi::{Clock, Initiator, Transport};
-
-/// `"FTFL"` little-endian.
-pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"FTFL");
-/// Layout version.
-pub const RECORD_VERSION: u16 = 1;
-/// The record occupies one logical block of this size.
-pub const BLOCK_SIZE: usize = 512;
-/// Meaningful bytes at the start of the block.
-pub const RECORD_LEN: usize = 28;
-
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
-
-/// The arbitration record: who acquired which generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlagRecord {
-    pub generation: u64,
-    /// Node id of the winner of `generation` (0: nobody yet).
-    pub owner: u64,
-}
-
-impl FlagRecord {
-    /// The full block, ready to write.
-    pub fn encode(&self) -> [u8; BLOCK_SIZE] {
-        let mut b = [0u8; BLOCK_SIZE];
-        b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-        b[4..6].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-        b[8..16].copy_from_slice(&self.generation.to_le_bytes());
-        b[16..24].copy_from_slice(&self.owner.to_le_bytes());
-        let crc = CRC32C.checksum(&b[..24]);
-        b[24..28].copy_from_slice(&crc.to_le_bytes());
-        b
-    }
-
-    /// Validates and parses a block.
-    pub fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() != BLOCK_SIZE {
-            return Err(Error::CorruptRecord("block is not 512 bytes"));
-        }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        if b[0..4] != RECORD_MAGIC.to_le_bytes() {
-            return Err(Error::CorruptRecord("bad magic"));
-        }
-        if b[4..6] != RECORD_VERSION.to_le_bytes() {
-            return Err(Error::CorruptRecord("unknown version"));
-        }
-        if b[6..8] != [0, 0] || b[RECORD_LEN..].iter().any(|&x| x != 0) {
-            return Err(Error::CorruptRecord("reserved bytes set"));
-        }
-        if CRC32C.checksum(&b[..24]).to_le_bytes() != b[24..28] {
-            return Err(Error::CorruptRecord("crc mismatch"));
-        }
-        Ok(FlagRecord {
-            generation: u64_at(8),
-            owner: u64_at(16),
-        })
-    }
-
-    /// The record a successful acquisition by `me` writes.
-    pub fn successor(&self, me: u64) -> Result<FlagRecord> {
-        let generation = self
-            .generation
-            .checked_add(1)
-            .ok_or(Error::CorruptRecord("generation exhausted"))?;
-        Ok(FlagRecord {
-            generation,
-            owner: me,
-        })
-    }
-}
 
 /// The three block operations arbitration needs (an iSCSI LUN, or a fake).
 pub trait FlagDisk {
@@ -142,6 +75,22 @@ fn reachability(e: Error) -> Error {
     }
 }
 
+/// A block that is not a valid flag record.
+fn corrupt(e: FtError) -> Error {
+    match e {
+        FtError::FlagCorrupt(why) => Error::CorruptRecord(why),
+        _ => Error::CorruptRecord("not a flag record"),
+    }
+}
+
+/// The record a successful acquisition of `r`'s successor by `me` writes.
+fn successor(r: &FlagRecord, me: NodeId) -> Result<FlagRecord> {
+    r.generation
+        .checked_add(1)
+        .map(|g| FlagRecord::new(g, me))
+        .ok_or(Error::CorruptRecord("generation exhausted"))
+}
+
 /// The flag at one reserved LBA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Arbiter {
@@ -155,31 +104,28 @@ impl Arbiter {
 
     /// Writes generation 0, owner `owner`, and flushes. Only for a fresh
     /// cluster: it overwrites whatever is there.
-    pub fn init(&self, disk: &mut dyn FlagDisk, owner: u64) -> Result<FlagRecord> {
-        let rec = FlagRecord {
-            generation: 0,
-            owner,
-        };
-        disk.write_block(self.lba, &rec.encode())
+    pub fn init<D: FlagDisk + ?Sized>(&self, disk: &mut D, owner: NodeId) -> Result<FlagRecord> {
+        let rec = FlagRecord::new(0, owner);
+        disk.write_block(self.lba, &rec.to_block())
             .map_err(reachability)?;
         disk.flush().map_err(reachability)?;
         Ok(rec)
     }
 
     /// Reads and validates the record.
-    pub fn read(&self, disk: &mut dyn FlagDisk) -> Result<FlagRecord> {
-        FlagRecord::decode(&disk.read_block(self.lba).map_err(reachability)?)
+    pub fn read<D: FlagDisk + ?Sized>(&self, disk: &mut D) -> Result<FlagRecord> {
+        FlagRecord::from_block(&disk.read_block(self.lba).map_err(reachability)?).map_err(corrupt)
     }
 
     /// One COMPARE AND WRITE: `expected` → `(expected.generation + 1, me)`.
-    pub fn try_acquire_from(
+    pub fn try_acquire_from<D: FlagDisk + ?Sized>(
         &self,
-        disk: &mut dyn FlagDisk,
+        disk: &mut D,
         expected: FlagRecord,
-        me: u64,
+        me: NodeId,
     ) -> Result<Acquire> {
-        let new = expected.successor(me)?;
-        match disk.compare_and_write(self.lba, &expected.encode(), &new.encode()) {
+        let new = successor(&expected, me)?;
+        match disk.compare_and_write(self.lba, &expected.to_block(), &new.to_block()) {
             Ok(()) => Ok(Acquire::Won(new)),
             Err(Error::Miscompare) => {
                 let current = self.read(disk)?;
@@ -194,13 +140,14 @@ impl Arbiter {
     }
 
     /// Acquire generation `expected_generation + 1` if the flag still holds
-    /// `expected_generation` (the `ft::arbitration::SharedStorage` contract):
-    /// reads the record to learn its owner, then one COMPARE AND WRITE.
-    pub fn try_acquire(
+    /// `expected_generation`: reads the record to learn its owner, then one
+    /// COMPARE AND WRITE. A flag already at our own
+    /// `(expected_generation + 1, me)` is our win.
+    pub fn try_acquire<D: FlagDisk + ?Sized>(
         &self,
-        disk: &mut dyn FlagDisk,
+        disk: &mut D,
         expected_generation: u64,
-        me: u64,
+        me: NodeId,
     ) -> Result<Acquire> {
         let current = self.read(disk)?;
         if current.generation != expected_generation {
@@ -216,69 +163,119 @@ impl Arbiter {
     }
 }
 
+/// Which step of a [`LunFlag`] operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagStep {
+    /// Reading the flag block (before the COMPARE AND WRITE, or after its
+    /// MISCOMPARE).
+    Read,
+    /// The COMPARE AND WRITE itself.
+    CompareAndWrite,
+}
+
+impl fmt::Display for FlagStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlagStep::Read => "reading the flag",
+            FlagStep::CompareAndWrite => "COMPARE AND WRITE",
+        })
+    }
+}
+
+/// The flag of `arbiter` on `disk` as `ft`'s [`SharedStorage`].
+///
+/// [`SharedStorage::try_acquire`] reads the current record (COMPARE AND
+/// WRITE compares whole blocks, so the owner must be known) and, if it
+/// holds `expected_generation`, issues one COMPARE AND WRITE of it against
+/// `FlagRecord::new(expected_generation + 1, me)`. It leaves the own-win
+/// recognition to [`ft::arbitration::arbitrate`]. Errors map to
+/// [`FtError`]: MISCOMPARE (or a stale generation) is
+/// [`FtError::Miscompare`] with the record read back; a block that does
+/// not parse is [`FtError::FlagCorrupt`]; every other failure (transport,
+/// or a SCSI error that leaves the flag unusable) is
+/// [`FtError::StorageUnreachable`]: no one may go live on it.
+/// [`LunFlag::last_error`] keeps the drivers error behind the last failure.
+pub struct LunFlag<'a, D: FlagDisk + ?Sized> {
+    pub disk: &'a mut D,
+    pub arbiter: Arbiter,
+    /// The step and drivers error behind the last [`FtError`] other than a
+    /// miscompare (`None` after a call that succeeded or miscompared).
+    pub last_error: Option<(FlagStep, Error)>,
+}
+
+impl<'a, D: FlagDisk + ?Sized> LunFlag<'a, D> {
+    pub fn new(disk: &'a mut D, arbiter: Arbiter) -> Self {
+        LunFlag {
+            disk,
+            arbiter,
+            last_error: None,
+        }
+    }
+
+    /// Records `e` and maps it to `ft`'s error.
+    fn fail(&mut self, step: FlagStep, e: Error) -> FtError {
+        let mapped = match e {
+            Error::CorruptRecord(why) => FtError::FlagCorrupt(why),
+            _ => FtError::StorageUnreachable,
+        };
+        self.last_error = Some((step, e));
+        mapped
+    }
+
+    fn read(&mut self) -> core::result::Result<FlagRecord, FtError> {
+        let r = self.arbiter.read(&mut *self.disk);
+        r.map_err(|e| self.fail(FlagStep::Read, e))
+    }
+}
+
+impl<D: FlagDisk + ?Sized> SharedStorage for LunFlag<'_, D> {
+    fn read_flag(&mut self) -> core::result::Result<FlagRecord, FtError> {
+        self.last_error = None;
+        self.read()
+    }
+
+    fn try_acquire(
+        &mut self,
+        expected_generation: u64,
+        me: NodeId,
+    ) -> core::result::Result<FlagRecord, FtError> {
+        self.last_error = None;
+        let current = self.read()?;
+        if current.generation != expected_generation {
+            return Err(FtError::Miscompare { current });
+        }
+        let new = successor(&current, me).map_err(|e| self.fail(FlagStep::CompareAndWrite, e))?;
+        let lba = self.arbiter.lba;
+        match self
+            .disk
+            .compare_and_write(lba, &current.to_block(), &new.to_block())
+        {
+            Ok(()) => Ok(new),
+            Err(Error::Miscompare) => Err(FtError::Miscompare {
+                current: self.read()?,
+            }),
+            Err(e) => Err(self.fail(FlagStep::CompareAndWrite, reachability(e))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
+    use ft::arbitration::{arbitrate, Verdict};
 
-    #[test]
-    fn record_layout_is_fixed() {
-        let b = FlagRecord {
-            generation: 7,
-            owner: 2,
-        }
-        .encode();
-        assert_eq!(&b[0..4], b"FTFL");
-        assert_eq!(&b[4..8], &[1, 0, 0, 0]);
-        assert_eq!(&b[8..16], &7u64.to_le_bytes());
-        assert_eq!(&b[16..24], &2u64.to_le_bytes());
-        assert_eq!(
-            u32::from_le_bytes([b[24], b[25], b[26], b[27]]),
-            CRC32C.checksum(&b[..24])
-        );
-        assert!(b[28..].iter().all(|&x| x == 0));
-        assert_eq!(
-            FlagRecord::decode(&b),
-            Ok(FlagRecord {
-                generation: 7,
-                owner: 2
-            })
-        );
-    }
-
-    #[test]
-    fn every_corruption_is_detected() {
-        let b = FlagRecord {
-            generation: 1,
-            owner: 1,
-        }
-        .encode();
-        for i in 0..BLOCK_SIZE {
-            let mut bad = b;
-            bad[i] ^= 0x10;
-            assert!(
-                matches!(FlagRecord::decode(&bad), Err(Error::CorruptRecord(_))),
-                "byte {i}"
-            );
-        }
-        assert!(FlagRecord::decode(&b[..511]).is_err());
-        assert!(
-            FlagRecord::decode(&[0; 512]).is_err(),
-            "blank disk is not a record"
-        );
-        let max = FlagRecord {
-            generation: u64::MAX,
-            owner: 1,
-        };
-        assert!(max.successor(2).is_err());
-    }
-
-    /// An in-memory disk with CAW semantics and a switch to fail.
+    /// An in-memory disk with CAW semantics and switches to fail.
     struct Mem {
         blocks: Vec<[u8; 512]>,
         down: bool,
         /// Apply the next CAW but report ConnectionClosed (lost reply).
         lose_reply: bool,
+        /// Another node's CAW lands just before ours: this block is
+        /// written first (a racer between our read and our CAW).
+        interloper: Option<[u8; 512]>,
+        /// The next CAW fails with this error without writing.
+        caw_error: Option<Error>,
     }
     impl FlagDisk for Mem {
         fn read_block(&mut self, lba: u64) -> Result<Vec<u8>> {
@@ -297,6 +294,12 @@ mod tests {
         fn compare_and_write(&mut self, lba: u64, c: &[u8], w: &[u8]) -> Result<()> {
             if self.down {
                 return Err(Error::StorageUnreachable);
+            }
+            if let Some(e) = self.caw_error.take() {
+                return Err(e);
+            }
+            if let Some(b) = self.interloper.take() {
+                self.blocks[lba as usize] = b;
             }
             if self.blocks[lba as usize][..] != *c {
                 return Err(Error::Miscompare);
@@ -317,7 +320,36 @@ mod tests {
             blocks: vec![[0; 512]; 4],
             down: false,
             lose_reply: false,
+            interloper: None,
+            caw_error: None,
         }
+    }
+
+    fn rec(generation: u64, owner: u64) -> FlagRecord {
+        FlagRecord::new(generation, NodeId(owner))
+    }
+
+    #[test]
+    fn init_writes_ft_block_and_corruption_is_detected() {
+        let mut d = mem();
+        let a = Arbiter::new(2);
+        assert_eq!(a.init(&mut d, NodeId(0)), Ok(rec(0, 0)));
+        assert_eq!(d.blocks[2], rec(0, 0).to_block());
+        let good = d.blocks[2];
+        for i in 0..512 {
+            d.blocks[2] = good;
+            d.blocks[2][i] ^= 0x10;
+            assert!(
+                matches!(a.read(&mut d), Err(Error::CorruptRecord(_))),
+                "byte {i}"
+            );
+        }
+        d.blocks[2] = [0; 512];
+        assert!(a.read(&mut d).is_err(), "blank disk is not a record");
+        assert_eq!(
+            a.try_acquire_from(&mut d, rec(u64::MAX, 1), NodeId(2)),
+            Err(Error::CorruptRecord("generation exhausted"))
+        );
     }
 
     #[test]
@@ -325,69 +357,49 @@ mod tests {
         let mut d = mem();
         let a = Arbiter::new(3);
         assert!(matches!(a.read(&mut d), Err(Error::CorruptRecord(_))));
-        let r0 = a.init(&mut d, 0).unwrap();
+        let r0 = a.init(&mut d, NodeId(0)).unwrap();
         assert_eq!(
-            a.try_acquire(&mut d, 0, 1),
-            Ok(Acquire::Won(FlagRecord {
-                generation: 1,
-                owner: 1
-            }))
+            a.try_acquire(&mut d, 0, NodeId(1)),
+            Ok(Acquire::Won(rec(1, 1)))
         );
         // Node 2 with the stale generation loses and learns the winner.
         assert_eq!(
-            a.try_acquire(&mut d, 0, 2),
-            Ok(Acquire::Lost(FlagRecord {
-                generation: 1,
-                owner: 1
-            }))
+            a.try_acquire(&mut d, 0, NodeId(2)),
+            Ok(Acquire::Lost(rec(1, 1)))
         );
         // A raw CAW with the stale record miscompares too.
         assert_eq!(
-            a.try_acquire_from(&mut d, r0, 2),
-            Ok(Acquire::Lost(FlagRecord {
-                generation: 1,
-                owner: 1
-            }))
+            a.try_acquire_from(&mut d, r0, NodeId(2)),
+            Ok(Acquire::Lost(rec(1, 1)))
         );
         assert_eq!(
-            a.try_acquire(&mut d, 1, 2),
-            Ok(Acquire::Won(FlagRecord {
-                generation: 2,
-                owner: 2
-            }))
+            a.try_acquire(&mut d, 1, NodeId(2)),
+            Ok(Acquire::Won(rec(2, 2)))
         );
+        assert_eq!(d.blocks[3], rec(2, 2).to_block());
     }
 
     #[test]
     fn lost_reply_then_retry_is_still_a_win() {
         let mut d = mem();
         let a = Arbiter::new(0);
-        let r0 = a.init(&mut d, 0).unwrap();
+        let r0 = a.init(&mut d, NodeId(0)).unwrap();
         d.lose_reply = true;
         assert_eq!(
-            a.try_acquire_from(&mut d, r0, 5),
+            a.try_acquire_from(&mut d, r0, NodeId(5)),
             Err(Error::StorageUnreachable)
         );
         assert_eq!(
-            a.try_acquire_from(&mut d, r0, 5),
-            Ok(Acquire::Won(FlagRecord {
-                generation: 1,
-                owner: 5
-            }))
+            a.try_acquire_from(&mut d, r0, NodeId(5)),
+            Ok(Acquire::Won(rec(1, 5)))
         );
         assert_eq!(
-            a.try_acquire(&mut d, 0, 5),
-            Ok(Acquire::Won(FlagRecord {
-                generation: 1,
-                owner: 5
-            }))
+            a.try_acquire(&mut d, 0, NodeId(5)),
+            Ok(Acquire::Won(rec(1, 5)))
         );
         assert_eq!(
-            a.try_acquire(&mut d, 0, 6),
-            Ok(Acquire::Lost(FlagRecord {
-                generation: 1,
-                owner: 5
-            }))
+            a.try_acquire(&mut d, 0, NodeId(6)),
+            Ok(Acquire::Lost(rec(1, 5)))
         );
     }
 
@@ -395,15 +407,115 @@ mod tests {
     fn unreachable_and_corrupt_are_distinct() {
         let mut d = mem();
         let a = Arbiter::new(1);
-        a.init(&mut d, 0).unwrap();
+        a.init(&mut d, NodeId(0)).unwrap();
         d.down = true;
-        assert_eq!(a.try_acquire(&mut d, 0, 1), Err(Error::StorageUnreachable));
-        assert_eq!(a.init(&mut d, 0), Err(Error::StorageUnreachable));
+        assert_eq!(
+            a.try_acquire(&mut d, 0, NodeId(1)),
+            Err(Error::StorageUnreachable)
+        );
+        assert_eq!(a.init(&mut d, NodeId(0)), Err(Error::StorageUnreachable));
         d.down = false;
         d.blocks[1][100] = 1;
         assert_eq!(
-            a.try_acquire(&mut d, 0, 1),
+            a.try_acquire(&mut d, 0, NodeId(1)),
             Err(Error::CorruptRecord("reserved bytes set"))
         );
+    }
+
+    #[test]
+    fn lun_flag_is_shared_storage() {
+        let mut d = mem();
+        let a = Arbiter::new(1);
+        a.init(&mut d, NodeId(0)).unwrap();
+        let mut s = LunFlag::new(&mut d, a);
+        assert_eq!(s.read_flag(), Ok(rec(0, 0)));
+        assert_eq!(s.try_acquire(0, NodeId(1)), Ok(rec(1, 1)));
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.disk.blocks[1], rec(1, 1).to_block());
+        // A stale generation: the current record, nothing written.
+        assert_eq!(
+            s.try_acquire(0, NodeId(2)),
+            Err(FtError::Miscompare { current: rec(1, 1) })
+        );
+        assert_eq!(s.disk.blocks[1], rec(1, 1).to_block());
+        // A racer's CAW lands between our read and ours: MISCOMPARE, and
+        // the record read back names the racer.
+        s.disk.interloper = Some(rec(2, 3).to_block());
+        assert_eq!(
+            s.try_acquire(1, NodeId(2)),
+            Err(FtError::Miscompare { current: rec(2, 3) })
+        );
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.read_flag(), Ok(rec(2, 3)));
+    }
+
+    #[test]
+    fn lun_flag_errors_map_to_ft() {
+        let mut d = mem();
+        let a = Arbiter::new(0);
+        let mut s = LunFlag::new(&mut d, a);
+        // A blank block is corrupt, not unreachable.
+        assert!(matches!(s.read_flag(), Err(FtError::FlagCorrupt(_))));
+        assert!(matches!(
+            s.last_error,
+            Some((FlagStep::Read, Error::CorruptRecord(_)))
+        ));
+        a.init(&mut *s.disk, NodeId(0)).unwrap();
+        s.disk.down = true;
+        assert_eq!(s.read_flag(), Err(FtError::StorageUnreachable));
+        assert_eq!(
+            s.try_acquire(0, NodeId(1)),
+            Err(FtError::StorageUnreachable)
+        );
+        assert_eq!(
+            s.last_error,
+            Some((FlagStep::Read, Error::StorageUnreachable))
+        );
+        s.disk.down = false;
+        // A SCSI error on the CAW leaves the flag unusable: unreachable.
+        let scsi = Error::Scsi {
+            status: 0x08,
+            sense: None,
+        };
+        s.disk.caw_error = Some(scsi.clone());
+        assert_eq!(
+            s.try_acquire(0, NodeId(1)),
+            Err(FtError::StorageUnreachable)
+        );
+        assert_eq!(s.last_error, Some((FlagStep::CompareAndWrite, scsi)));
+        assert_eq!(s.read_flag(), Ok(rec(0, 0)));
+        assert_eq!(s.last_error, None);
+        s.disk.blocks[0] = rec(u64::MAX, 1).to_block();
+        assert_eq!(
+            s.try_acquire(u64::MAX, NodeId(2)),
+            Err(FtError::FlagCorrupt("generation exhausted"))
+        );
+    }
+
+    /// `ft::arbitration::arbitrate` over a LUN: one winner, the loser
+    /// learns it, a lost reply is still the sender's win, an unreachable
+    /// LUN lets no one go live.
+    #[test]
+    fn arbitrate_over_lun_flag() {
+        let mut d = mem();
+        let a = Arbiter::new(0);
+        a.init(&mut d, NodeId(0)).unwrap();
+        d.lose_reply = true;
+        let mut s = LunFlag::new(&mut d, a);
+        assert_eq!(
+            s.try_acquire(0, NodeId(2)),
+            Err(FtError::StorageUnreachable)
+        );
+        assert_eq!(
+            s.last_error,
+            Some((FlagStep::CompareAndWrite, Error::StorageUnreachable))
+        );
+        // The CAW landed: retrying from generation 0 is node 2's win.
+        assert_eq!(arbitrate(&mut s, 0, NodeId(2)), Verdict::Won(rec(1, 2)));
+        assert_eq!(arbitrate(&mut s, 0, NodeId(1)), Verdict::Lost(rec(1, 2)));
+        assert_eq!(arbitrate(&mut s, 1, NodeId(1)), Verdict::Won(rec(2, 1)));
+        assert_eq!(s.disk.blocks[0], rec(2, 1).to_block());
+        s.disk.down = true;
+        assert_eq!(arbitrate(&mut s, 2, NodeId(2)), Verdict::Unreachable);
     }
 }

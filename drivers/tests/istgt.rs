@@ -11,10 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use drivers::arbitration::{Acquire, Arbiter, FlagRecord};
+use drivers::arbitration::{Acquire, Arbiter, LunFlag};
 use drivers::iscsi::tcp::{StdClock, TcpTransport};
 use drivers::iscsi::{Clock, Event, Initiator, SessionConfig, Transport};
 use drivers::Error;
+use ft::arbitration::{arbitrate, FlagRecord, NodeId, SharedStorage, Verdict};
 
 const ISTGT: &str = "/usr/sbin/istgt";
 const TARGET: &str = "iqn.2024-01.test.spike:disk1";
@@ -237,43 +238,47 @@ fn initiator_against_istgt() {
 
     // Arbitration: init, CAW success, CAW MISCOMPARE with a stale record.
     let arb = Arbiter::new(FLAG_LBA);
-    let r0 = arb.init(&mut ini, 0).unwrap();
+    let r0 = arb.init(&mut ini, NodeId(0)).unwrap();
     assert_eq!(arb.read(&mut ini).unwrap(), r0);
-    let won = arb.try_acquire_from(&mut ini, r0, 1).unwrap();
-    assert_eq!(
-        won,
-        Acquire::Won(FlagRecord {
-            generation: 1,
-            owner: 1
-        })
-    );
+    let won = arb.try_acquire_from(&mut ini, r0, NodeId(1)).unwrap();
+    assert_eq!(won, Acquire::Won(FlagRecord::new(1, NodeId(1))));
     assert_eq!(
         ini.compare_and_write(
             FLAG_LBA,
-            &r0.encode(),
-            &FlagRecord {
-                generation: 1,
-                owner: 2
-            }
-            .encode()
+            &r0.to_block(),
+            &FlagRecord::new(1, NodeId(2)).to_block()
         ),
         Err(Error::Miscompare),
         "stale generation must MISCOMPARE"
     );
     assert_eq!(
-        arb.try_acquire(&mut ini, 0, 2).unwrap(),
-        Acquire::Lost(FlagRecord {
-            generation: 1,
-            owner: 1
-        })
+        arb.try_acquire(&mut ini, 0, NodeId(2)).unwrap(),
+        Acquire::Lost(FlagRecord::new(1, NodeId(1)))
     );
-    assert_eq!(
-        arb.read(&mut ini).unwrap(),
-        FlagRecord {
-            generation: 1,
-            owner: 1
-        }
-    );
+    assert_eq!(arb.read(&mut ini).unwrap(), FlagRecord::new(1, NodeId(1)));
+
+    // The same flag as ft's SharedStorage: ft::arbitration::arbitrate.
+    {
+        let mut lun = LunFlag::new(&mut ini, arb);
+        assert_eq!(lun.read_flag(), Ok(FlagRecord::new(1, NodeId(1))));
+        assert_eq!(
+            arbitrate(&mut lun, 0, NodeId(2)),
+            Verdict::Lost(FlagRecord::new(1, NodeId(1)))
+        );
+        assert_eq!(
+            arbitrate(&mut lun, 1, NodeId(2)),
+            Verdict::Won(FlagRecord::new(2, NodeId(2)))
+        );
+        // Node 2 again from generation 1 (as after a lost reply): its win.
+        assert_eq!(
+            arbitrate(&mut lun, 1, NodeId(2)),
+            Verdict::Won(FlagRecord::new(2, NodeId(2)))
+        );
+        assert_eq!(lun.last_error, None);
+    }
+    // Back to generation 1 for the race below.
+    arb.init(&mut ini, NodeId(0)).unwrap();
+    arb.try_acquire(&mut ini, 0, NodeId(1)).unwrap();
 
     // Keepalive: stay idle past istgt's NopInInterval (1 s) and our NOP-Out
     // interval; the session must still work.
@@ -287,7 +292,7 @@ fn initiator_against_istgt() {
         .map(|id| {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let me = 10 + id;
+                let me = NodeId(10 + id);
                 let mut ini = login(TcpTransport::new(addr), &format!("racer{id}"), 10 + id as u8);
                 let mut wins = Vec::new();
                 for g in 0..rounds {

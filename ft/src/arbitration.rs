@@ -2,8 +2,24 @@
 //! (DESIGN.md §1.7; seeds/003 around "both basically reach out to the
 //! storage server and try to write a flag"; SBC-3 COMPARE AND WRITE).
 //!
-//! The flag is one reserved block of the shared LUN holding a
-//! [`FlagRecord`] `{magic, version, generation, owner, crc}`. Whoever wants
+//! The flag is one reserved 512-byte block of the shared LUN holding a
+//! [`FlagRecord`] `{magic, version, generation, owner, crc}`. The layout,
+//! little-endian (pinned byte for byte by the `layout_is_pinned` test):
+//!
+//! | bytes  | field                               |
+//! |--------|-------------------------------------|
+//! | 0..4   | magic `"FTFL"` (u32)                |
+//! | 4..6   | version [`FLAG_VERSION`] (u16)      |
+//! | 6..8   | zero                                |
+//! | 8..16  | generation (u64)                    |
+//! | 16..24 | owner [`NodeId`] (u64)              |
+//! | 24..28 | CRC32C of bytes 0..24 (u32)         |
+//! | 28..   | zero to the end of the block        |
+//!
+//! [`FlagRecord::to_bytes`]/[`FlagRecord::from_bytes`] are the
+//! [`FLAG_LEN`] meaningful bytes; [`FlagRecord::to_block`]/
+//! [`FlagRecord::from_block`] the whole [`FLAG_BLOCK`]-byte block as it is
+//! on the LUN (what COMPARE AND WRITE compares). Whoever wants
 //! to act alone calls [`SharedStorage::try_acquire`] with the generation
 //! it believes current; it succeeds atomically iff the stored generation
 //! still equals that value, and writes `generation + 1` with itself as
@@ -23,8 +39,10 @@ pub struct NodeId(pub u64);
 pub const FLAG_MAGIC: u32 = u32::from_le_bytes(*b"FTFL");
 /// Flag block layout version.
 pub const FLAG_VERSION: u16 = 1;
-/// Encoded flag length (fits in one 512-byte block; the rest is zero).
-pub const FLAG_LEN: usize = 32;
+/// Meaningful bytes of an encoded flag (the rest of its block is zero).
+pub const FLAG_LEN: usize = 28;
+/// The flag's block on the shared LUN (one logical block).
+pub const FLAG_BLOCK: usize = 512;
 
 static CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
@@ -68,12 +86,12 @@ impl FlagRecord {
         b
     }
 
-    /// Parses and validates on-disk bytes.
+    /// Parses and validates the [`FLAG_LEN`] meaningful bytes (exactly
+    /// that many).
     pub fn from_bytes(b: &[u8]) -> Result<Self, FtError> {
         let b: &[u8; FLAG_LEN] = b
-            .get(..FLAG_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(FtError::FlagCorrupt("short block"))?;
+            .try_into()
+            .map_err(|_| FtError::FlagCorrupt("not 28 bytes"))?;
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[i..i + 8]);
@@ -92,11 +110,31 @@ impl FlagRecord {
         if r.version != FLAG_VERSION {
             return Err(FtError::FlagCorrupt("unknown version"));
         }
-        if b[6..8] != [0, 0] || b[28..] != [0; 4] {
+        if b[6..8] != [0, 0] {
             return Err(FtError::FlagCorrupt("reserved bytes set"));
         }
         if CRC32C.checksum(&b[..24]) != r.crc {
             return Err(FtError::FlagCorrupt("crc mismatch"));
+        }
+        Ok(r)
+    }
+
+    /// The whole block as it is on the LUN: [`Self::to_bytes`], then zeros.
+    pub fn to_block(&self) -> [u8; FLAG_BLOCK] {
+        let mut b = [0u8; FLAG_BLOCK];
+        b[..FLAG_LEN].copy_from_slice(&self.to_bytes());
+        b
+    }
+
+    /// Parses and validates a whole block: exactly [`FLAG_BLOCK`] bytes,
+    /// a valid record in the first [`FLAG_LEN`], zeros after it.
+    pub fn from_block(b: &[u8]) -> Result<Self, FtError> {
+        if b.len() != FLAG_BLOCK {
+            return Err(FtError::FlagCorrupt("block is not 512 bytes"));
+        }
+        let r = Self::from_bytes(&b[..FLAG_LEN])?;
+        if b[FLAG_LEN..].iter().any(|&x| x != 0) {
+            return Err(FtError::FlagCorrupt("reserved bytes set"));
         }
         Ok(r)
     }
@@ -163,7 +201,68 @@ mod tests {
             bad[i] ^= 0x40;
             assert!(FlagRecord::from_bytes(&bad).is_err(), "flip at byte {i}");
         }
-        assert!(FlagRecord::from_bytes(&b[..31]).is_err());
+        assert!(FlagRecord::from_bytes(&b[..FLAG_LEN - 1]).is_err());
+        assert!(FlagRecord::from_bytes(&[b.as_slice(), &[0]].concat()).is_err());
+    }
+
+    /// The exact bytes of one record: the on-LUN format may not drift
+    /// (the kernel, the drivers' COMPARE AND WRITE and the host tests that
+    /// write the LUN image all use this type).
+    #[test]
+    fn layout_is_pinned() {
+        #[rustfmt::skip]
+        const GEN7_OWNER2: [u8; FLAG_LEN] = [
+            0x46, 0x54, 0x46, 0x4c, // magic "FTFL"
+            0x01, 0x00,             // version 1
+            0x00, 0x00,             // zero
+            0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // generation 7
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // owner 2
+            0xd6, 0x20, 0xb8, 0x64, // CRC32C of bytes 0..24
+        ];
+        let r = FlagRecord::new(7, NodeId(2));
+        assert_eq!(r.crc, 0x64b8_20d6);
+        assert_eq!(r.to_bytes(), GEN7_OWNER2);
+        let block = r.to_block();
+        assert_eq!(block[..FLAG_LEN], GEN7_OWNER2);
+        assert!(block[FLAG_LEN..].iter().all(|&x| x == 0));
+        assert_eq!(FlagRecord::from_bytes(&GEN7_OWNER2), Ok(r));
+        // The initial flag every test rig writes: generation 0, owner 0.
+        assert_eq!(FlagRecord::new(0, NodeId(0)).crc, 0x233c_1680);
+    }
+
+    #[test]
+    fn block_roundtrip_and_tail() {
+        for r in [
+            FlagRecord::new(0, NodeId(0)),
+            FlagRecord::new(7, NodeId(2)),
+            FlagRecord::new(u64::MAX, NodeId(u64::MAX)),
+        ] {
+            let b = r.to_block();
+            assert_eq!(b.len(), FLAG_BLOCK);
+            assert_eq!(FlagRecord::from_block(&b), Ok(r));
+            // Any nonzero byte after the record is rejected.
+            for i in FLAG_LEN..FLAG_BLOCK {
+                let mut bad = b;
+                bad[i] = 1;
+                assert_eq!(
+                    FlagRecord::from_block(&bad),
+                    Err(FtError::FlagCorrupt("reserved bytes set")),
+                    "tail byte {i}"
+                );
+            }
+            for i in 0..FLAG_LEN {
+                let mut bad = b;
+                bad[i] ^= 0x10;
+                assert!(FlagRecord::from_block(&bad).is_err(), "byte {i}");
+            }
+            assert!(FlagRecord::from_block(&b[..FLAG_BLOCK - 1]).is_err());
+            assert!(FlagRecord::from_block(&[b.as_slice(), &[0]].concat()).is_err());
+            assert!(FlagRecord::from_block(&b[..FLAG_LEN]).is_err());
+        }
+        assert!(
+            FlagRecord::from_block(&[0; FLAG_BLOCK]).is_err(),
+            "a blank disk is not a record"
+        );
     }
 
     struct Mem(FlagRecord, bool);

@@ -97,11 +97,8 @@ impl Rig {
             "10.0.4.0/24",
             lun_bytes,
         )?;
-        let flag = drivers::arbitration::FlagRecord {
-            generation: 0,
-            owner: 0,
-        };
-        target.write_block(0, &flag.encode())?;
+        let flag = ft::arbitration::FlagRecord::new(0, ft::arbitration::NodeId(0));
+        target.write_block(0, &flag.to_block())?;
         target.start(&mut ns)?;
         Ok(Rig {
             root: root.to_path_buf(),
@@ -113,8 +110,8 @@ impl Rig {
     /// The flag record on the LUN (generation, owner).
     pub fn flag(&self) -> Result<(u64, u64), String> {
         let b = self.target.read_block(0)?;
-        let f = drivers::arbitration::FlagRecord::decode(&b).map_err(|e| format!("{e:?}"))?;
-        Ok((f.generation, f.owner))
+        let f = ft::arbitration::FlagRecord::from_block(&b).map_err(|e| format!("{e:?}"))?;
+        Ok((f.generation, f.owner.0))
     }
 
     /// Boot spec of node 1 (primary, or the lone hypervisor when `ft` is

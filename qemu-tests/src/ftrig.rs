@@ -8,7 +8,7 @@ use crate::emulator::{BootSpec, Outcome, Run};
 use crate::istgt::{self, Istgt};
 use crate::tests::E2eTest;
 use crate::tests_net::{target_dir, Netns};
-use drivers::arbitration::FlagRecord;
+use ft::arbitration::{FlagRecord, NodeId};
 use std::path::Path;
 
 /// The two sides, in node order (0 = primary).
@@ -50,12 +50,8 @@ pub fn with_storage(
         lun_bytes,
     )
     .map_err(Outcome::Fail)?;
-    let initial = FlagRecord {
-        generation: 0,
-        owner: 0,
-    };
     target
-        .write_block(0, &initial.encode())
+        .write_block(0, &FlagRecord::new(0, NodeId(0)).to_block())
         .and_then(|_| target.start(ns))
         .map_err(Outcome::Fail)?;
     Ok(target)

@@ -511,7 +511,7 @@ fn guest_lines(serial: &str) -> Vec<String> {
 }
 
 fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
-    use drivers::arbitration::FlagRecord as Flag;
+    use ft::arbitration::{FlagRecord as Flag, NodeId};
     let mut ns = match rig("ftkill") {
         Ok(ns) => ns,
         Err(o) => return o,
@@ -576,13 +576,8 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
             return Err(format!("unexpected win: {won}"));
         }
         let live = line_with(&b.serial, "ft: backup: LIVE under generation 1")?;
-        let flag = flag.and_then(|b| Flag::decode(&b).map_err(|e| format!("{e:?}")))?;
-        if flag
-            != (Flag {
-                generation: 1,
-                owner: 2,
-            })
-        {
+        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
+        if flag != Flag::new(1, NodeId(2)) {
             return Err(format!(
                 "flag on the LUN is {flag:?}, want generation 1 (exactly one step) owner 2"
             ));

@@ -64,7 +64,7 @@ use crate::istgt::Istgt;
 use crate::tests::E2eTest;
 use crate::tests_kv::value;
 use crate::tests_net::Netns;
-use drivers::arbitration::FlagRecord as Flag;
+use ft::arbitration::{FlagRecord as Flag, NodeId};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -445,7 +445,7 @@ fn scenario(t: &E2eTest, root: &Path, plan: &Plan) -> Outcome {
     });
     let flag = target
         .read_block(0)
-        .and_then(|b| Flag::decode(&b).map_err(|e| format!("flag block: {e:?}")));
+        .and_then(|b| Flag::from_block(&b).map_err(|e| format!("flag block: {e:?}")));
     let table = lun_table(&target.lun_file());
     drop(target);
     drop(ns);
@@ -851,7 +851,7 @@ fn judge(
         num(client, "retries=").unwrap_or(0),
         num(client, "reconnects=").unwrap_or(0),
     );
-    let gen = |f: &Flag| format!("generation 0 -> {} (owner {})", f.generation, f.owner);
+    let gen = |f: &Flag| format!("generation 0 -> {} (owner {})", f.generation, f.owner.0);
     let stopped = if st.stopped.is_empty() {
         String::new()
     } else {
@@ -900,12 +900,7 @@ fn judge(
             }
             let (during, after) = fdb_phases(st, ready, end)?;
             let status = judge_status(st)?;
-            if flag
-                != (Flag {
-                    generation: 0,
-                    owner: 0,
-                })
-            {
+            if flag != Flag::new(0, NodeId(0)) {
                 return Err(format!("the flag changed without a failure: {flag:?}"));
             }
             Ok(format!(
@@ -974,12 +969,7 @@ fn judge(
                     ROLES[winner], w.exit_code, w.ended
                 ));
             }
-            if flag
-                != (Flag {
-                    generation: 1,
-                    owner: winner as u64 + 1,
-                })
-            {
+            if flag != Flag::new(1, NodeId(winner as u64 + 1)) {
                 return Err(format!(
                     "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner {}",
                     winner + 1
@@ -1084,12 +1074,7 @@ fn judge(
                     TAPS[1]
                 ));
             }
-            if flag
-                != (Flag {
-                    generation: 0,
-                    owner: 0,
-                })
-            {
+            if flag != Flag::new(0, NodeId(0)) {
                 return Err(format!("the flag changed with storage down: {flag:?}"));
             }
             let fault_at = st.fault_at.ok_or("istgt was never killed")?;

@@ -16,7 +16,7 @@ use crate::ftrig::{self, ROLES};
 use crate::tests::E2eTest;
 use crate::tests_linux::{images, LINUX_CMDLINE};
 use crate::tests_net::wait_serial;
-use drivers::arbitration::FlagRecord as Flag;
+use ft::arbitration::FlagRecord as Flag;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -120,7 +120,7 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
     let runs = crate::emulator::boot_all(root, specs);
     let flag = target
         .read_block(0)
-        .and_then(|b| Flag::decode(&b).map_err(|e| format!("flag block: {e:?}")));
+        .and_then(|b| Flag::from_block(&b).map_err(|e| format!("flag block: {e:?}")));
     drop(target);
     drop(ns);
     let (p, b) = match crate::ftrig::pair_runs(runs) {
@@ -149,10 +149,10 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
             return Err("the backup did not announce the guest MAC".into());
         }
         let flag = flag.map_err(|e| format!("reading the flag: {e}"))?;
-        if (flag.generation, flag.owner) != (1, 2) {
+        if (flag.generation, flag.owner.0) != (1, 2) {
             return Err(format!(
                 "flag generation {} owner {}, want 1 owner 2 (exactly one step, the backup)",
-                flag.generation, flag.owner
+                flag.generation, flag.owner.0
             ));
         }
         let failover = seen

@@ -541,10 +541,8 @@ fn run_race(t: &E2eTest, root: &Path) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::Fail(e),
     };
-    let mut initial = [0u8; 512];
-    initial[..32].copy_from_slice(&FlagRecord::new(0, NodeId(0)).to_bytes());
     if let Err(e) = target
-        .write_block(0, &initial)
+        .write_block(0, &FlagRecord::new(0, NodeId(0)).to_block())
         .and_then(|_| target.start(&mut ns))
     {
         return Outcome::Fail(e);
@@ -625,7 +623,7 @@ fn run_race(t: &E2eTest, root: &Path) -> Outcome {
     let last_winner = if last.won { 1 } else { 2 };
     let flag = target
         .read_block(0)
-        .and_then(|b| FlagRecord::from_bytes(&b).map_err(|e| format!("{e:?}")));
+        .and_then(|b| FlagRecord::from_block(&b).map_err(|e| format!("{e:?}")));
     match flag {
         Ok(f) if f.generation == u64::from(ROUNDS) && f.owner == NodeId(last_winner) => {}
         other => {

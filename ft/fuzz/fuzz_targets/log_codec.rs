@@ -2,12 +2,13 @@
 //! decoding arbitrary bytes never panics; whatever decodes re-encodes to
 //! the same bytes (canonical format); the stream decoder, fed the same
 //! bytes in fuzzer-chosen chunks, yields the same records as one-shot
-//! decoding; the flag block parser never panics. A second pass patches a
-//! valid CRC32C into the input so the payload parsers behind the CRC get
-//! fuzzed too (random bytes almost never carry a valid CRC).
+//! decoding; the flag parsers (record and block) never panic. A second
+//! pass patches a valid CRC32C into the input so the payload parsers
+//! behind the CRC get fuzzed too (random bytes almost never carry a valid
+//! CRC).
 #![no_main]
 
-use ft::arbitration::FlagRecord;
+use ft::arbitration::{FlagRecord, FLAG_LEN};
 use crc::{Crc, CRC_32_ISCSI};
 use ft::log::{decode_record, encode_record, StreamDecoder, HEADER_LEN, TRAILER_LEN};
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +31,8 @@ fn check_patched(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = FlagRecord::from_bytes(data);
+    let _ = FlagRecord::from_bytes(data.get(..FLAG_LEN).unwrap_or(data));
+    let _ = FlagRecord::from_block(data);
     check_patched(data);
     let (chunk, bytes) = match data.split_first() {
         Some((c, rest)) => (usize::from(*c % 31) + 1, rest),

@@ -45,13 +45,13 @@ use crate::net::WithNic;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use drivers::arbitration::{Acquire, Arbiter};
+use drivers::arbitration::{Arbiter, LunFlag};
 use drivers::iscsi::{Initiator, Transport};
 use drivers::nic::Nic;
 use drivers::smoltcp::iface::SocketHandle;
 use drivers::smoltcp::socket::tcp;
 use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
-use ft::arbitration::{FlagRecord, NodeId, Verdict};
+use ft::arbitration::{arbitrate, NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
 use ft::primary::{Primary, PrimaryState};
@@ -1141,10 +1141,13 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
-    /// The test-and-set on the shared LUN (DESIGN.md §1.7): log in, read
-    /// the flag; if it still holds `expected` generation, one COMPARE AND
-    /// WRITE to `expected + 1` owned by this node. Unreachable storage (or
-    /// none configured) is `Verdict::Unreachable`: no one may go live.
+    /// The test-and-set on the shared LUN (DESIGN.md §1.7): log in, then
+    /// [`ft::arbitration::arbitrate`] on the flag ([`LunFlag`]: read it;
+    /// if it still holds `expected` generation, one COMPARE AND WRITE to
+    /// `expected + 1` owned by this node; a flag already at our own
+    /// `expected + 1`, an earlier write whose reply was lost, is our win).
+    /// Unreachable storage (or none configured) is `Verdict::Unreachable`:
+    /// no one may go live.
     fn arbitrate(&mut self, expected: u64) -> Verdict {
         let role = self.role();
         let Some((portal, target, lun)) = self.lun.clone() else {
@@ -1170,24 +1173,12 @@ impl<N: Nic + 'static> Node<N> {
                 return Verdict::Unreachable;
             }
         };
-        let arb = Arbiter::new(FLAG_LBA);
-        let flag =
-            |r: drivers::arbitration::FlagRecord| FlagRecord::new(r.generation, NodeId(r.owner));
-        let verdict = match arb.read(&mut ini) {
-            Ok(cur) if cur.generation != expected => Verdict::Lost(flag(cur)),
-            Ok(cur) => match arb.try_acquire_from(&mut ini, cur, me) {
-                Ok(Acquire::Won(r)) => Verdict::Won(flag(r)),
-                Ok(Acquire::Lost(r)) => Verdict::Lost(flag(r)),
-                Err(e) => {
-                    println!("ft: {role}: COMPARE AND WRITE failed: {e}");
-                    Verdict::Unreachable
-                }
-            },
-            Err(e) => {
-                println!("ft: {role}: reading the flag failed: {e}");
-                Verdict::Unreachable
-            }
-        };
+        let mut flag = LunFlag::new(&mut ini, Arbiter::new(FLAG_LBA));
+        let verdict = arbitrate(&mut flag, expected, NodeId(me));
+        if let (Verdict::Unreachable, Some((step, e))) = (verdict, &flag.last_error) {
+            // "reading the flag failed: …" or "COMPARE AND WRITE failed: …"
+            println!("ft: {role}: {step} failed: {e}");
+        }
         if let Err(e) = ini.logout() {
             println!("ft: {role}: iSCSI logout: {e}");
         }

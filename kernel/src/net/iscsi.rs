@@ -22,12 +22,13 @@ use super::transport::{NetStack, SharedTransport, CONNECT_TIMEOUT_MS};
 use crate::arch::exit::exit;
 use alloc::collections::VecDeque;
 use alloc::vec;
-use drivers::arbitration::{Acquire, Arbiter, FlagRecord};
+use drivers::arbitration::{Acquire, Arbiter};
 use drivers::iscsi::{Initiator, SessionConfig};
 use drivers::nic::Nic;
 use drivers::smoltcp::iface::SocketHandle;
 use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
 use drivers::Error;
+use ft::arbitration::{FlagRecord, NodeId};
 use kernel::config::{Config, Endpoint, IscsiOp};
 use kernel::exitcode;
 use kernel::iscsi_checks::{
@@ -174,7 +175,7 @@ pub fn run<N: Nic>(config: &Config, net: NetStack<N>) -> ! {
             finish(Some(ini), pass)
         }
         IscsiOp::CompareAndWrite => {
-            let pass = caw_alone(&mut ini, u64::from(ic.node));
+            let pass = caw_alone(&mut ini, NodeId(u64::from(ic.node)));
             finish(Some(ini), pass)
         }
         IscsiOp::CawRace => {
@@ -260,9 +261,9 @@ fn ini_clock<N: Nic>(ini: &mut Ini<N>) -> Clock {
 }
 
 /// `caw`: initialise, win, then a stale attempt must miscompare.
-fn caw_alone<N: Nic>(ini: &mut Ini<N>, me: u64) -> bool {
+fn caw_alone<N: Nic>(ini: &mut Ini<N>, me: NodeId) -> bool {
     let arb = Arbiter::new(FLAG_LBA);
-    let r0 = match arb.init(ini, 0) {
+    let r0 = match arb.init(ini, NodeId(0)) {
         Ok(r) => r,
         Err(e) => {
             println!("iscsi: caw: error: initialising the flag: {e}");
@@ -273,17 +274,17 @@ fn caw_alone<N: Nic>(ini: &mut Ini<N>, me: u64) -> bool {
     match arb.try_acquire(ini, 0, me) {
         Ok(Acquire::Won(r)) => println!(
             "iscsi: caw: try_acquire(generation 0) won: generation {} owner {}",
-            r.generation, r.owner
+            r.generation, r.owner.0
         ),
         other => {
             println!("iscsi: caw: error: first acquisition: {other:?}");
             return false;
         }
     }
-    match arb.try_acquire_from(ini, r0, me + 1) {
+    match arb.try_acquire_from(ini, r0, NodeId(me.0 + 1)) {
         Ok(Acquire::Lost(r)) => println!(
             "iscsi: caw: stale COMPARE AND WRITE: MISCOMPARE (holder generation {} owner {})",
-            r.generation, r.owner
+            r.generation, r.owner.0
         ),
         other => {
             println!("iscsi: caw: error: a stale COMPARE AND WRITE did not miscompare: {other:?}");
@@ -335,7 +336,7 @@ fn caw_race<N: Nic>(
     rounds: u32,
     deadline: u64,
 ) -> bool {
-    let me = u64::from(node);
+    let me = NodeId(u64::from(node));
     let arb = Arbiter::new(FLAG_LBA);
     let handle = ini.transport_mut().net.borrow_mut().add_tcp(4096);
     let mut link = SyncLink {
@@ -409,7 +410,7 @@ fn caw_race<N: Nic>(
                 wins += 1;
                 println!(
                     "race: round {round} expected generation {} WON -> generation {} owner {}",
-                    expected.generation, r.generation, r.owner
+                    expected.generation, r.generation, r.owner.0
                 );
                 (true, r)
             }
@@ -417,7 +418,7 @@ fn caw_race<N: Nic>(
                 losses += 1;
                 println!(
                     "race: round {round} expected generation {} lost: MISCOMPARE, holder generation {} owner {}",
-                    expected.generation, r.generation, r.owner
+                    expected.generation, r.generation, r.owner.0
                 );
                 (false, r)
             }
@@ -428,7 +429,10 @@ fn caw_race<N: Nic>(
         };
         let rc = ini.transport_mut().net.clone();
         let net = &mut *rc.borrow_mut();
-        if let Err(e) = link.send(net, &result_line(round, won, after.generation, after.owner)) {
+        if let Err(e) = link.send(
+            net,
+            &result_line(round, won, after.generation, after.owner.0),
+        ) {
             println!("race: round {round} error: coordinator link: {e}");
             return false;
         }
