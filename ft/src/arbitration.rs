@@ -153,6 +153,22 @@ pub trait SharedStorage {
     /// [`FtError::StorageUnreachable`] when the server cannot be reached
     /// (the write may or may not have happened).
     fn try_acquire(&mut self, expected_generation: u64, me: NodeId) -> Result<FlagRecord, FtError>;
+
+    /// Registers `me`'s reservation key on the shared disk (SCSI-3 PR
+    /// REGISTER; the LUN is reserved Write Exclusive – Registrants Only),
+    /// so that only registered nodes may write it.
+    fn register(&mut self, me: NodeId) -> Result<(), FtError> {
+        let _ = me;
+        Err(FtError::FencingUnsupported)
+    }
+
+    /// Cuts `loser` off the shared disk (PREEMPT AND ABORT of its key by
+    /// `me`): its later writes, and its commands still queued, fail with
+    /// RESERVATION CONFLICT. Idempotent.
+    fn fence(&mut self, me: NodeId, loser: NodeId) -> Result<(), FtError> {
+        let _ = (me, loser);
+        Err(FtError::FencingUnsupported)
+    }
 }
 
 /// Outcome of one arbitration attempt.

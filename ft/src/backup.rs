@@ -66,6 +66,12 @@ pub struct Backup {
     arbitration_pending: bool,
     next_arbitration_ns: u64,
     goodbye: Option<GoodbyeReason>,
+    /// The session really started (a Hello was accepted): the failure
+    /// detector is armed from then on (DESIGN.md §1.6).
+    started: bool,
+    created_ns: u64,
+    /// The Hello of the current connection still owes its ack.
+    hello_unacked: bool,
 }
 
 impl Backup {
@@ -88,7 +94,21 @@ impl Backup {
             arbitration_pending: false,
             next_arbitration_ns: now,
             goodbye: None,
+            started: false,
+            created_ns: now,
+            hello_unacked: false,
         }
+    }
+
+    /// Whether a session hello was ever accepted (the failure detector
+    /// runs only from then on).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Halts for good (fenced off the shared disk, or told to).
+    pub fn halt(&mut self) {
+        self.state = BackupState::Halted;
     }
 
     /// Current state.
@@ -181,10 +201,14 @@ impl Backup {
             if protocol_version != PROTOCOL_VERSION {
                 return Err(FtError::SessionMismatch("protocol version"));
             }
-            if generation != self.generation {
+            if generation != self.generation
+                && !self.cfg.mutated(crate::Mutation::NoGenerationCheck)
+            {
                 return Err(FtError::SessionMismatch("generation"));
             }
             self.hello_seen = true;
+            self.hello_unacked = true;
+            self.started = true;
             self.last_heard_ns = now;
             return Ok(());
         }
@@ -224,17 +248,28 @@ impl Backup {
     }
 
     fn ack_if_changed(&mut self, out: &mut Effects) {
-        if !self.hello_seen || self.last_ack_sent == (self.received, self.applied) {
+        // Mutation::AckBeforeQueued: a record still arriving is acked.
+        let received =
+            if self.cfg.mutated(crate::Mutation::AckBeforeQueued) && self.decoder.buffered() > 0 {
+                self.received + 1
+            } else {
+                self.received
+            };
+        // The Hello is acknowledged too: the primary's detector arms on it.
+        if !self.hello_seen
+            || (!self.hello_unacked && self.last_ack_sent == (received, self.applied))
+        {
             return;
         }
+        self.hello_unacked = false;
         self.ack_seq += 1;
         let ack = LogEntry::Ack {
-            received: self.received,
+            received,
             applied: self.applied,
         };
         let mut bytes = Vec::new();
         if encode_record(self.ack_seq, &ack, &mut bytes).is_ok() {
-            self.last_ack_sent = (self.received, self.applied);
+            self.last_ack_sent = (received, self.applied);
             out.push(Effect::Send(bytes));
         }
     }
@@ -399,7 +434,14 @@ impl Backup {
         let mut out = Effects::new();
         match self.state {
             BackupState::Following => {
-                if now.saturating_sub(self.last_heard_ns) >= self.cfg.failure_timeout_ns {
+                // Armed once the session started; before, only the join
+                // timeout (a primary still building its guest is not dead).
+                let silent = if self.started {
+                    now.saturating_sub(self.last_heard_ns) >= self.cfg.failure_timeout_ns
+                } else {
+                    now.saturating_sub(self.created_ns) >= self.cfg.join_timeout_ns
+                };
+                if silent {
                     self.state = BackupState::Arbitrating;
                     self.request_arbitration(&mut out);
                 } else {
@@ -412,6 +454,9 @@ impl Backup {
                 }
             }
             BackupState::Draining => {
+                if self.cfg.mutated(crate::Mutation::GoLiveWithoutDrain) {
+                    self.queue.clear();
+                }
                 if self.queue.is_empty() {
                     self.state = BackupState::Live;
                     out.push(Effect::GoLive(GoLive {

@@ -21,10 +21,73 @@ pub struct SessionConfig {
     pub max_lag_ns: u64,
     /// Retry an arbitration that found storage unreachable after this long.
     pub arbitration_retry_ns: u64,
+    /// A side whose session never started (no Hello acknowledged) gives up
+    /// waiting for its peer after this long and arbitrates to run alone.
+    pub join_timeout_ns: u64,
+    /// A deliberate bug for the simulator's mutation tests (compiled only
+    /// with the simulator).
+    #[cfg(any(test, feature = "sim"))]
+    pub mutation: Mutation,
+}
+
+/// A deliberate bug, to prove the simulator's checker bites (DESIGN.md §6
+/// "mutations that prove the checker bites"). Production code never holds
+/// one: the fields that carry it exist only with the simulator compiled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The real protocol.
+    None,
+    /// The simulator's primary driver lets outputs out as soon as the guest
+    /// produces them, ignoring the output rule.
+    NoOutputRule,
+    /// The storage server does a plain write instead of COMPARE AND WRITE.
+    NoTestAndSet,
+    /// The backup acknowledges a record whose bytes are still arriving,
+    /// before it is verified and queued.
+    AckBeforeQueued,
+    /// A backup that won goes live at once, without replaying what it
+    /// received.
+    GoLiveWithoutDrain,
+    /// Neither the join nor the Hello compares generations.
+    NoGenerationCheck,
+    /// A miscompare showing this node's own earlier win counts as lost.
+    NoOwnWin,
+    /// The winner does not fence the loser off the shared disk.
+    NoFencing,
+    /// The primary never reconnects a dropped log connection.
+    NoReconnect,
+}
+
+impl Mutation {
+    /// Every mutation, with its command-line name.
+    pub const ALL: [(Mutation, &'static str); 9] = [
+        (Mutation::None, "none"),
+        (Mutation::NoOutputRule, "no-output-rule"),
+        (Mutation::NoTestAndSet, "no-test-and-set"),
+        (Mutation::AckBeforeQueued, "ack-before-queued"),
+        (Mutation::GoLiveWithoutDrain, "go-live-without-drain"),
+        (Mutation::NoGenerationCheck, "no-generation-check"),
+        (Mutation::NoOwnWin, "no-own-win"),
+        (Mutation::NoFencing, "no-fencing"),
+        (Mutation::NoReconnect, "no-reconnect"),
+    ];
 }
 
 impl SessionConfig {
     /// Defaults from DESIGN.md §1.6 and §5.
+    /// Whether the simulator switched on deliberate bug `m` (never
+    /// outside the simulator).
+    pub(crate) fn mutated(&self, _m: Mutation) -> bool {
+        #[cfg(any(test, feature = "sim"))]
+        {
+            self.mutation == _m
+        }
+        #[cfg(not(any(test, feature = "sim")))]
+        {
+            false
+        }
+    }
+
     pub const fn new(cluster_id: u64, guest_id: [u8; 16], me: NodeId) -> Self {
         Self {
             cluster_id,
@@ -34,6 +97,9 @@ impl SessionConfig {
             failure_timeout_ns: 2_000_000_000,
             max_lag_ns: 1_000_000_000,
             arbitration_retry_ns: 100_000_000,
+            join_timeout_ns: 30_000_000_000,
+            #[cfg(any(test, feature = "sim"))]
+            mutation: Mutation::None,
         }
     }
 }

@@ -47,6 +47,18 @@ pub enum FtError {
     FlagCorrupt(&'static str),
     /// The transport has no connection.
     Disconnected,
+    /// The generation given for a session is not the one on the shared
+    /// LUN: the pair would run under a stale flag and could never fail over.
+    StaleGeneration {
+        configured: u64,
+        lun: u64,
+        owner: u64,
+    },
+    /// The shared storage refused this node: another node preempted its
+    /// reservation (SCSI RESERVATION CONFLICT).
+    Fenced,
+    /// The shared storage cannot fence (no persistent reservations).
+    FencingUnsupported,
     /// The operation is not valid in the state machine's current role.
     WrongState(&'static str),
     /// A log exported as text (`FTLOG` lines) is damaged; `line` 1.. (0:
@@ -97,6 +109,12 @@ impl fmt::Display for FtError {
             ),
             Self::FlagCorrupt(why) => write!(f, "flag block corrupt: {why}"),
             Self::Disconnected => write!(f, "log channel disconnected"),
+            Self::StaleGeneration { configured, lun, owner } => write!(
+                f,
+                "generation {configured} is not the shared LUN's: its flag is generation {lun} owned by node {owner}"
+            ),
+            Self::Fenced => write!(f, "fenced: the shared disk refused this node (reservation preempted)"),
+            Self::FencingUnsupported => write!(f, "the shared storage cannot fence (no persistent reservations)"),
             Self::WrongState(what) => write!(f, "not valid in this state: {what}"),
         }
     }

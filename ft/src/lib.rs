@@ -8,6 +8,9 @@
 //! * [`backup`]: the backup's sans-IO state machine: verify, ack, gate the
 //!   replay engine one entry behind (§1.3), discard outputs (§1.5),
 //!   arbitrate and [`GoLive`] (§1.7, §1.8).
+//! * [`node`]: the FT node: the one place of every failure-time decision
+//!   (join, reconnect, arbitration with retry, fencing, go-live, repair),
+//!   run as it is by the kernel and by the simulator (§1.11).
 //! * [`arbitration`]: the test-and-set flag on shared storage (§1.7).
 //! * [`replay`]: the record/replay engine: a [`replay::Recorder`] appends
 //!   entries, a [`replay::Replayer`] (a whole log or the backup's live
@@ -32,6 +35,7 @@ mod effect;
 mod error;
 pub mod io;
 pub mod log;
+pub mod node;
 pub mod output_rule;
 pub mod primary;
 #[cfg(test)]
@@ -40,6 +44,6 @@ pub mod replay;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
-pub use config::SessionConfig;
+pub use config::{Mutation, SessionConfig};
 pub use effect::{Effect, Effects, GoLive};
 pub use error::FtError;

@@ -58,6 +58,10 @@ pub struct Primary {
     throttled: bool,
     arbitration_pending: bool,
     next_arbitration_ns: u64,
+    /// The backup acknowledged a Hello: the session really started and the
+    /// failure detector is armed (DESIGN.md §1.6).
+    started: bool,
+    created_ns: u64,
 }
 
 impl Primary {
@@ -81,7 +85,19 @@ impl Primary {
             throttled: false,
             arbitration_pending: false,
             next_arbitration_ns: now,
+            started: false,
+            created_ns: now,
         }
+    }
+
+    /// Whether the backup ever acknowledged (the session started).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Halts for good (fenced off the shared disk, or told to).
+    pub fn halt(&mut self) {
+        self.state = PrimaryState::Halted;
     }
 
     /// A primary that already holds the flag at `generation` and acts
@@ -265,6 +281,7 @@ impl Primary {
                         break;
                     }
                     self.last_ack_ns = now;
+                    self.started = true;
                     self.received = self.received.max(received);
                     self.applied = self.applied.max(applied);
                     while self.window.front().is_some_and(|s| s.seq <= self.applied) {
@@ -291,7 +308,14 @@ impl Primary {
         let mut out = Effects::new();
         match self.state {
             PrimaryState::Paired => {
-                if now.saturating_sub(self.last_ack_ns) >= self.cfg.failure_timeout_ns {
+                // Armed once the backup acknowledged; before, only the join
+                // timeout (a backup still building its guest is not dead).
+                let silent = if self.started {
+                    now.saturating_sub(self.last_ack_ns) >= self.cfg.failure_timeout_ns
+                } else {
+                    now.saturating_sub(self.created_ns) >= self.cfg.join_timeout_ns
+                };
+                if silent {
                     self.state = PrimaryState::Arbitrating;
                     self.set_throttle(false, &mut out);
                     self.request_arbitration(&mut out);

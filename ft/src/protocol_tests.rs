@@ -38,12 +38,19 @@ fn pt(c: u64) -> ExecPoint {
     ExecPoint::new(c, 0x1000 + c, 0)
 }
 
+/// A connected pair whose session started: the Hello was accepted and
+/// acknowledged (the failure detectors are armed). The returned bytes are
+/// the Hello, for tests that replay the connection.
 fn pair() -> (Primary, Backup, Vec<u8>) {
     let mut p = Primary::new(cfg(1), 1, 0);
     let mut b = Backup::new(cfg(2), 1, 0);
     b.on_connected(0);
     let hello = sent(&p.on_connected(0));
-    (p, b, hello)
+    let ack = sent(&b.on_bytes(0, &hello));
+    assert!(!ack.is_empty(), "the Hello is acknowledged");
+    p.on_bytes(0, &ack);
+    assert!(p.started() && b.started());
+    (p, b, Vec::new())
 }
 
 #[test]

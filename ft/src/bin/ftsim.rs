@@ -4,7 +4,7 @@
 //! ```text
 //! ftsim --seed N                 run one seed, print its stats or failure
 //! ftsim --seeds COUNT [--start S] run COUNT seeds from S, progress + summary
-//!       [--mutation none|no-output-rule|no-test-and-set] [--no-output-rule-check] [--trace]
+//!       [--mutation NAME] [--no-output-rule-check] [--trace]
 //! ```
 //! Exit status 1 if any seed broke an invariant; each failure prints the
 //! one command that reproduces it.
@@ -15,7 +15,7 @@ use std::time::Instant;
 use ft::sim::{run_seed, Mutation, SimConfig, Stats};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: ftsim (--seed N | --seeds COUNT [--start S]) [--mutation none|no-output-rule|no-test-and-set] [--no-output-rule-check]");
+    eprintln!("usage: ftsim (--seed N | --seeds COUNT [--start S]) [--mutation NAME] [--no-output-rule-check]");
     ExitCode::from(2)
 }
 
@@ -32,11 +32,9 @@ fn main() -> ExitCode {
             "--start" => start = num().unwrap_or(0),
             "--mutation" => {
                 let m = args.next().unwrap_or_default();
-                cfg.mutation = match m.as_str() {
-                    "none" => Mutation::None,
-                    "no-output-rule" => Mutation::NoOutputRule,
-                    "no-test-and-set" => Mutation::NoTestAndSet,
-                    _ => return usage(),
+                cfg.mutation = match Mutation::ALL.iter().find(|(_, n)| *n == m) {
+                    Some((mutation, _)) => *mutation,
+                    None => return usage(),
                 };
                 extra.push_str(&format!(" --mutation {m}"));
             }
@@ -82,19 +80,7 @@ fn main() -> ExitCode {
                 v.detail
             );
         }
-        let s = &r.stats;
-        total.failovers += s.failovers;
-        total.primary_alone += s.primary_alone;
-        total.halts += s.halts;
-        total.repairs += s.repairs;
-        total.resets += s.resets;
-        total.arbitrations += s.arbitrations;
-        total.outputs += s.outputs;
-        total.duplicates += s.duplicates;
-        total.liveness_met += s.liveness_met;
-        total.max_takeover_ns = total.max_takeover_ns.max(s.max_takeover_ns);
-        total.max_lag_ns = total.max_lag_ns.max(s.max_lag_ns);
-        total.log_bytes += s.log_bytes;
+        total.add(&r.stats);
         if last.elapsed().as_secs() >= 2 {
             last = std::time::Instant::now();
             let done = seed - start + 1;
@@ -122,6 +108,10 @@ fn main() -> ExitCode {
         total.max_lag_ns / 1_000_000,
         total.resets,
         total.log_bytes
+    );
+    println!(
+        "  reconnects {}, stale joins refused {}, disk writes {} (refused from fenced nodes {})",
+        total.reconnects, total.refused, total.writes, total.fenced_writes
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -15,6 +15,11 @@ pub fn in_any(iv: &Intervals, t: u64) -> bool {
     iv.iter().any(|&(s, e)| s <= t && t < e)
 }
 
+/// Whether any interval meets `[from, to]`.
+pub fn overlaps(iv: &Intervals, from: u64, to: u64) -> bool {
+    iv.iter().any(|&(s, e)| s <= to && from < e)
+}
+
 /// Everything that will go wrong in one run.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
@@ -36,6 +41,17 @@ pub struct Faults {
     pub max_delay_ns: u64,
     /// Link corruption probability per chunk, per mille.
     pub corrupt_per_mille: u64,
+    /// Times each node is frozen (a stalled host or emulator): it runs
+    /// nothing, its released writes wait, then it resumes as it was (a
+    /// zombie, DESIGN.md §1.7 fencing).
+    pub freezes: [Intervals; 2],
+    /// Each node's clock: rate in parts per million of true time, origin.
+    pub clocks: [(u64, u64); 2],
+    /// When each node's setup (guest build) ends and it joins.
+    pub start_at: [u64; 2],
+    /// The generation the operator configured for the first join (`None`:
+    /// read from the LUN); sometimes stale (DESIGN.md §1.7).
+    pub configured_generation: Option<u64>,
 }
 
 fn interval(rng: &mut Rng, end: u64, min_len: u64, max_len: u64) -> (u64, u64) {
@@ -52,7 +68,13 @@ impl Faults {
             max_delay_ns: rng.range(100_000, 30_000_000),
             corrupt_per_mille: if rng.chance(100) { 5 } else { 0 },
             speed_per_mille: [1000, 1000],
+            clocks: [(1_000_000, 0); 2],
             ..Faults::default()
+        };
+        f.configured_generation = match rng.range(0, 100) {
+            0..=2 => Some(0), // stale: the flag says 1
+            3..=49 => Some(1),
+            _ => None,
         };
         for node in 0..2 {
             if rng.chance(350) {
@@ -79,6 +101,15 @@ impl Faults {
         }
         for _ in 0..rng.range(0, 4) {
             f.drops.push(rng.range(0, end));
+        }
+        for node in 0..2 {
+            if rng.chance(150) {
+                f.freezes[node].push(interval(rng, end, ft / 2, ft * 4));
+            }
+            f.clocks[node] = (rng.range(980_000, 1_020_001), rng.range(0, 1 << 40));
+            if rng.chance(300) {
+                f.start_at[node] = rng.range(0, 2 * ft);
+            }
         }
         f
     }

@@ -1,10 +1,16 @@
 //! Deterministic simulation of an FT pair (DESIGN.md §4 "simulation" tier,
 //! §6 "Proven protocol"; STYLE.md, TigerBeetle/FoundationDB row).
 //!
-//! One seed drives a primary and a backup (the real [`crate::primary`] and
-//! [`crate::backup`] state machines), a deterministic guest, clients, the
-//! logging channel and the storage server through a random fault schedule
-//! ([`faults::Faults`]). After every 1 ms step the checker asserts:
+//! One seed drives two production FT nodes ([`crate::node::Node`], with the
+//! [`crate::primary`] and [`crate::backup`] session machines inside), a
+//! deterministic guest, clients, the logging channel and the storage server
+//! (flag, data blocks, reservations) through a random fault schedule
+//! ([`faults::Faults`]): crashes and restarts, nodes that freeze and resume
+//! with disk writes in flight (zombies), log partitions and connection
+//! drops, storage partitions per node and outages, corrupting and slow
+//! links, slow nodes, per-node clocks with drift, setup delays before the
+//! first entry, and stale configured generations. After every 1 ms step the
+//! checker asserts:
 //!
 //! * [`Invariant::NoSplitBrain`]: every node acting alone holds the
 //!   current flag (generation and owner), so at most one does, and no node
@@ -18,11 +24,18 @@
 //!   backup received its marker (§1.4);
 //! * [`Invariant::Liveness`]: with one side crashed and storage reachable,
 //!   the survivor acts alone within the failure timeout plus its lag;
-//! * [`Invariant::Replay`]: the backup never diverges during replay.
+//! * [`Invariant::Replay`]: the backup never diverges during replay;
+//! * [`Invariant::Durability`]: every data block holds the last version the
+//!   world saw acknowledged, or a later one (a zombie's late write is
+//!   fenced, §1.7);
+//! * [`Invariant::NoFalseFailover`]: a node arbitrates only after a real
+//!   failure (a crash, a freeze, a partition, a corrupting link), never for
+//!   a dropped connection it should have reconnected (§1.6).
 //!
-//! [`Mutation`] switches off the output rule or the test-and-set inside the
-//! simulator only (production code has no knob); tests assert the checker
-//! catches each.
+//! A [`Mutation`] plants one bug in the node, its session machines or the
+//! simulated storage (the field that carries it exists only with the
+//! simulator compiled in); `sim::tests` asserts the checker catches each
+//! within the default seed count.
 
 use alloc::string::String;
 
@@ -34,17 +47,7 @@ mod runner;
 pub mod storage;
 pub mod world;
 
-/// A deliberate bug, to prove the checker bites.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mutation {
-    /// The real protocol.
-    None,
-    /// The simulator's primary driver lets outputs out as soon as the guest
-    /// produces them, ignoring the output rule.
-    NoOutputRule,
-    /// The storage server does a plain write instead of COMPARE AND WRITE.
-    NoTestAndSet,
-}
+pub use crate::Mutation;
 
 /// Which rule a run broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,10 @@ pub enum Invariant {
     OutputRule,
     Liveness,
     Replay,
+    /// A data block lost a write the world saw acknowledged.
+    Durability,
+    /// A node arbitrated though nothing failed.
+    NoFalseFailover,
     /// A state machine call failed where the protocol says it cannot.
     Protocol,
 }
@@ -84,6 +91,10 @@ pub struct SimConfig {
     pub max_lag_ns: u64,
     /// Arbitration retry interval.
     pub retry_ns: u64,
+    /// Join timeout: a side whose session never started arbitrates.
+    pub join_timeout_ns: u64,
+    /// A primary without a connection tries again this often.
+    pub reconnect_ns: u64,
     /// Client request probability per ms, per mille.
     pub requests_per_mille: u64,
     /// The deliberate bug, if any.
@@ -103,6 +114,8 @@ impl Default for SimConfig {
             heartbeat_ns: 10_000_000,
             max_lag_ns: 100_000_000,
             retry_ns: 20_000_000,
+            join_timeout_ns: 2_000_000_000,
+            reconnect_ns: 10_000_000,
             requests_per_mille: 200,
             mutation: Mutation::None,
             check_output_rule: true,
@@ -138,6 +151,36 @@ pub struct Stats {
     pub max_lag_ns: u64,
     /// Log bytes primary → backup.
     pub log_bytes: u64,
+    /// Joins refused for a stale generation.
+    pub refused: u64,
+    /// Data writes that landed on the shared disk.
+    pub writes: u64,
+    /// Data writes refused because the writer was fenced.
+    pub fenced_writes: u64,
+    /// Log connections re-established after a drop.
+    pub reconnects: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters (maxima for the maxima).
+    pub fn add(&mut self, s: &Stats) {
+        self.failovers += s.failovers;
+        self.primary_alone += s.primary_alone;
+        self.halts += s.halts;
+        self.repairs += s.repairs;
+        self.resets += s.resets;
+        self.arbitrations += s.arbitrations;
+        self.outputs += s.outputs;
+        self.duplicates += s.duplicates;
+        self.liveness_met += s.liveness_met;
+        self.max_takeover_ns = self.max_takeover_ns.max(s.max_takeover_ns);
+        self.max_lag_ns = self.max_lag_ns.max(s.max_lag_ns);
+        self.log_bytes += s.log_bytes;
+        self.refused += s.refused;
+        self.writes += s.writes;
+        self.fenced_writes += s.fenced_writes;
+        self.reconnects += s.reconnects;
+    }
 }
 
 /// The result of one seed.

@@ -20,13 +20,7 @@ fn campaign(shard: u64) {
                 v.detail
             );
         }
-        total.failovers += r.stats.failovers;
-        total.primary_alone += r.stats.primary_alone;
-        total.halts += r.stats.halts;
-        total.repairs += r.stats.repairs;
-        total.liveness_met += r.stats.liveness_met;
-        total.resets += r.stats.resets;
-        total.outputs += r.stats.outputs;
+        total.add(&r.stats);
     }
     // The schedule must actually exercise what the invariants are about.
     assert!(total.failovers > per / 20, "too few failovers: {total:?}");
@@ -42,6 +36,13 @@ fn campaign(shard: u64) {
     );
     assert!(total.resets > 0, "no corruption resets: {total:?}");
     assert!(total.outputs > per * 50, "too few outputs: {total:?}");
+    assert!(
+        total.refused > 0,
+        "no stale-generation join refused: {total:?}"
+    );
+    assert!(total.writes > per * 10, "too few disk writes: {total:?}");
+    assert!(total.fenced_writes > 0, "no zombie write fenced: {total:?}");
+    assert!(total.reconnects > per / 10, "too few reconnects: {total:?}");
 }
 
 #[test]
@@ -102,6 +103,54 @@ fn mutation_no_test_and_set_is_caught() {
     };
     let (seed, v) = first_violation(&cfg, 500).expect("test-and-set switched off, nothing caught");
     assert_eq!(v.invariant, Invariant::NoSplitBrain, "seed {seed}: {v:?}");
+}
+
+/// Each deliberate bug of the FT node and its session machines is caught
+/// within the default seed count, by the invariant that names its harm.
+fn caught(mutation: Mutation, by: &[Invariant]) {
+    let cfg = SimConfig {
+        mutation,
+        ..SimConfig::default()
+    };
+    let (seed, v) = first_violation(&cfg, SEEDS)
+        .unwrap_or_else(|| panic!("{mutation:?}: nothing caught in {SEEDS} seeds"));
+    assert!(
+        by.contains(&v.invariant),
+        "{mutation:?}: seed {seed}: {v:?}"
+    );
+}
+
+#[test]
+fn mutation_ack_before_queued_is_caught() {
+    caught(Mutation::AckBeforeQueued, &[Invariant::OutputRule]);
+}
+
+#[test]
+fn mutation_go_live_without_drain_is_caught() {
+    caught(
+        Mutation::GoLiveWithoutDrain,
+        &[Invariant::Extension, Invariant::SingleExecution],
+    );
+}
+
+#[test]
+fn mutation_no_generation_check_is_caught() {
+    caught(Mutation::NoGenerationCheck, &[Invariant::Liveness]);
+}
+
+#[test]
+fn mutation_no_own_win_is_caught() {
+    caught(Mutation::NoOwnWin, &[Invariant::Liveness]);
+}
+
+#[test]
+fn mutation_no_fencing_is_caught() {
+    caught(Mutation::NoFencing, &[Invariant::Durability]);
+}
+
+#[test]
+fn mutation_no_reconnect_is_caught() {
+    caught(Mutation::NoReconnect, &[Invariant::NoFalseFailover]);
 }
 
 #[test]

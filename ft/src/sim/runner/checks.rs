@@ -1,19 +1,21 @@
 //! The invariant checks of the simulation (see the `sim` module docs):
 //! output release (output rule, split brain, world consistency), the
-//! per-step split-brain check and the liveness obligations.
+//! per-step split-brain check, the liveness obligations and the check that
+//! no failover happens without a failure.
 
 use alloc::format;
 
 use super::{protocol, Role, Sim, STEP_NS};
-use crate::backup::BackupState;
+use crate::node::{Node, NodeState};
 use crate::primary::PrimaryState;
+use crate::sim::faults::overlaps;
 use crate::sim::{Invariant, Violation};
 
 impl Sim<'_> {
     /// Output `index` of node `i` reaches the world.
     pub(super) fn release(&mut self, i: usize, index: u64) -> Result<(), Violation> {
         let n = &self.nodes[i];
-        let Role::Primary(p) = &n.role else {
+        let Some(p) = n.role.node().and_then(Node::primary) else {
             return Err(self.violation(
                 Invariant::Protocol,
                 format!("node {i} released output {index} while not primary"),
@@ -40,7 +42,9 @@ impl Sim<'_> {
             }
         }
         let now = self.now();
-        self.world.release(now, i, &n.guest.outputs, index)
+        self.world.release(now, i, &n.guest.outputs, index)?;
+        self.issue_write(i, index);
+        Ok(())
     }
 
     pub(super) fn met_liveness(&mut self, i: usize) {
@@ -61,11 +65,11 @@ impl Sim<'_> {
         let now = self.now();
         let flag = self.storage.flag().map_err(|e| protocol(now, "flag", &e))?;
         for (i, n) in self.nodes.iter().enumerate() {
-            let alone = match &n.role {
-                Role::Primary(p) if p.state() == PrimaryState::Alone => Some(p.generation()),
-                Role::Backup(b) if b.state() == BackupState::Draining => Some(b.generation()),
-                _ => None,
-            };
+            let alone = n
+                .role
+                .node()
+                .filter(|x| matches!(x.state(), NodeState::Alone | NodeState::Draining))
+                .map(Node::generation);
             if let Some(g) = alone {
                 // A node's own later write (a repair whose reply was lost)
                 // leaves it owner at a higher generation: still only one.
@@ -81,8 +85,7 @@ impl Sim<'_> {
         while k < self.obligations.len() {
             let o = &self.obligations[k];
             let (s, c) = (o.survivor, o.crashed);
-            let live =
-                matches!(&self.nodes[s].role, Role::Primary(p) if p.state() == PrimaryState::Alone);
+            let live = self.nodes[s].role.node().map(Node::state) == Some(NodeState::Alone);
             if live {
                 self.stats.liveness_met += 1;
                 self.stats.max_takeover_ns = self.stats.max_takeover_ns.max(now - o.since);
@@ -106,6 +109,38 @@ impl Sim<'_> {
                 k += 1;
             }
         }
-        Ok(())
+        self.check_durability()
+    }
+
+    /// Node `i` just arbitrated: something must have failed (DESIGN.md
+    /// §1.6: a dropped connection is not a failure). Justified by the
+    /// peer down, frozen, halted, alone or not started, a log partition or
+    /// a corrupting link within the detection window.
+    pub(super) fn check_failover_justified(&self, i: usize) -> Result<(), Violation> {
+        let now = self.now();
+        let window = 2 * self.cfg.failure_timeout_ns + self.faults.max_delay_ns + 20 * STEP_NS;
+        let from = now.saturating_sub(window);
+        let peer = 1 - i;
+        let peer_ok = self.nodes[peer].role.node().is_some_and(Node::in_session)
+            && self.faults.start_at[peer] + window < now;
+        let crashed = self.faults.crash[peer].is_some_and(|t| t <= now);
+        let excused = !peer_ok
+            || crashed
+            || overlaps(&self.faults.freezes[peer], from, now)
+            || overlaps(&self.faults.freezes[i], from, now)
+            || overlaps(&self.faults.log_partitions, from, now)
+            || self.faults.corrupt_per_mille > 0
+            || self.repaired_since(from);
+        if excused {
+            return Ok(());
+        }
+        Err(self.violation(
+            Invariant::NoFalseFailover,
+            format!(
+                "node {i} arbitrated at {} ms with its peer up and the link whole since {} ms (only drops: it must reconnect)",
+                now / STEP_NS,
+                from / STEP_NS
+            ),
+        ))
     }
 }

@@ -1,4 +1,8 @@
 //! The simulation loop: nodes, clients, link, storage, faults, checks.
+//!
+//! Each side runs the production [`Node`] (`crate::node`): join, reconnect,
+//! arbitration with retry, fencing, go-live and repair are decided there;
+//! this loop only plays the world around it (guest, link, storage, clocks).
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
@@ -11,29 +15,50 @@ use super::rng::Rng;
 use super::storage::StorageServer;
 use super::world::World;
 use super::{Invariant, Mutation, SeedReport, SimConfig, Stats, Violation};
-use crate::arbitration::{arbitrate, NodeId, Verdict};
-use crate::backup::{Backup, BackupState, ReplayLimit};
-use crate::io::{Clock, Transport};
+use crate::arbitration::NodeId;
+use crate::backup::ReplayLimit;
+use crate::io::Transport;
 use crate::log::{LogEntry, NonDetSource};
-use crate::primary::{Primary, PrimaryState};
+use crate::node::{session_generation, Node, NodeConfig, NodeRole, NodeState};
+use crate::primary::PrimaryState;
 use crate::{Effect, Effects, FtError, SessionConfig};
 
 mod checks;
+mod disk;
 
 const STEP_NS: u64 = 1_000_000;
 const UNITS_PER_STEP: u64 = STEP_NS / NS_PER_UNIT;
 const TIMER_UNITS: u64 = 1_000; // a timer interrupt every 10 ms of guest time
 
 enum Role {
-    Primary(Primary),
-    Backup(Backup),
+    /// Booting: joins at `Sim::start_at`.
+    Booting(NodeRole),
+    /// Running the FT node.
+    Node(alloc::boxed::Box<Node>),
     Down,
     /// Restarted, empty, waiting to become a backup (§1.9).
     Spare,
     Halted,
+    /// Refused to join (stale generation).
+    Refused,
 }
 
-struct Node {
+impl Role {
+    fn node(&self) -> Option<&Node> {
+        match self {
+            Role::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+    fn node_mut(&mut self) -> Option<&mut Node> {
+        match self {
+            Role::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+struct SimNode {
     id: NodeId,
     role: Role,
     guest: SimGuest,
@@ -44,6 +69,12 @@ struct Node {
     markers: BTreeMap<u64, u64>,
     /// Outputs let out early by [`Mutation::NoOutputRule`].
     pre_released: BTreeSet<u64>,
+    /// Released disk writes not landed yet: (earliest landing, block,
+    /// version). They land in order, later if the node is frozen or cut
+    /// off from storage (an initiator re-issuing after a reconnect).
+    inflight: VecDeque<(u64, usize, u64)>,
+    /// Arbitrations this node had made at the last check.
+    arbitrations_seen: u64,
 }
 
 struct Obligation {
@@ -54,22 +85,13 @@ struct Obligation {
     generation: u64,
 }
 
-/// The simulated time source.
-struct SimClock(u64);
-
-impl Clock for SimClock {
-    fn now_ns(&self) -> u64 {
-        self.0
-    }
-}
-
 pub(super) struct Sim<'c> {
     seed: u64,
     cfg: &'c SimConfig,
-    clock: SimClock,
+    now: u64,
     rng: Rng,
     faults: Faults,
-    nodes: [Node; 2],
+    nodes: [SimNode; 2],
     link: Link,
     storage: StorageServer,
     world: World,
@@ -78,19 +100,21 @@ pub(super) struct Sim<'c> {
     requests: VecDeque<(u64, Vec<u8>)>,
     obligations: Vec<Obligation>,
     spare_ready: [u64; 2],
+    /// The generation the operator configured for the first join.
+    configured_generation: Option<u64>,
+    /// Highest version of each data block the world saw acknowledged.
+    acked: Vec<u64>,
+    /// When the last repair formed a new pair.
+    last_repair_ns: Option<u64>,
+    /// The flag's true generation when the current pair formed (what a
+    /// survivor's test-and-set must expect).
+    pair_generation: u64,
     stats: Stats,
     trace: bool,
 }
 
 fn is_in_session(role: &Role) -> bool {
-    match role {
-        Role::Primary(p) => matches!(p.state(), PrimaryState::Paired | PrimaryState::Arbitrating),
-        Role::Backup(b) => matches!(
-            b.state(),
-            BackupState::Following | BackupState::Arbitrating | BackupState::Draining
-        ),
-        _ => false,
-    }
+    role.node().is_some_and(Node::in_session)
 }
 
 impl<'c> Sim<'c> {
@@ -98,7 +122,7 @@ impl<'c> Sim<'c> {
         let mut rng = Rng::new(seed);
         let faults = Faults::generate(&mut rng, cfg);
         let guest = SimGuest::new(seed);
-        let node = |id: u64, role: Role| Node {
+        let node = |id: u64, role: Role| SimNode {
             id: NodeId(id),
             role,
             guest: guest.clone(),
@@ -107,32 +131,49 @@ impl<'c> Sim<'c> {
             timers: 0,
             markers: BTreeMap::new(),
             pre_released: BTreeSet::new(),
+            inflight: VecDeque::new(),
+            arbitrations_seen: 0,
         };
-        let mut sim = Self {
+        let configured_generation = faults.configured_generation;
+        let mut storage = StorageServer::new(NodeId(1));
+        storage.register(NodeId(1));
+        storage.register(NodeId(2));
+        Self {
             seed,
             cfg,
-            clock: SimClock(0),
+            now: 0,
             link: Link::new(faults.max_delay_ns, faults.corrupt_per_mille),
             faults,
             rng,
-            nodes: [node(1, Role::Down), node(2, Role::Down)],
-            storage: StorageServer::new(NodeId(1)),
+            nodes: [
+                node(1, Role::Booting(NodeRole::Primary)),
+                node(2, Role::Booting(NodeRole::Backup)),
+            ],
+            storage,
             world: World::default(),
             owner: 0,
             session_received: 0,
             requests: VecDeque::new(),
             obligations: Vec::new(),
             spare_ready: [0; 2],
+            configured_generation,
+            acked: alloc::vec![0; super::storage::DATA_BLOCKS],
+            last_repair_ns: None,
+            pair_generation: 1,
             stats: Stats::default(),
             trace: cfg.trace,
-        };
-        sim.nodes[0].role = Role::Primary(Primary::new(sim.session_cfg(0), 1, 0));
-        sim.nodes[1].role = Role::Backup(Backup::new(sim.session_cfg(1), 1, 0));
-        sim
+        }
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_ns()
+        self.now
+    }
+
+    /// Node `i`'s own clock: its own rate and origin (DESIGN.md §1.6:
+    /// timeouts count each side's time).
+    fn node_now(&self, i: usize) -> u64 {
+        let (ppm, offset) = self.faults.clocks[i];
+        (u128::from(self.now) * u128::from(ppm) / 1_000_000) as u64 + offset
     }
 
     fn session_cfg(&self, i: usize) -> SessionConfig {
@@ -149,6 +190,14 @@ impl<'c> Sim<'c> {
         c.failure_timeout_ns = self.cfg.failure_timeout_ns;
         c.max_lag_ns = self.cfg.max_lag_ns;
         c.arbitration_retry_ns = self.cfg.retry_ns;
+        c.join_timeout_ns = self.cfg.join_timeout_ns;
+        c.mutation = self.cfg.mutation;
+        c
+    }
+
+    fn node_cfg(&self, i: usize) -> NodeConfig {
+        let mut c = NodeConfig::new(self.session_cfg(i), NodeId(2 - i as u64));
+        c.reconnect_interval_ns = self.cfg.reconnect_ns;
         c
     }
 
@@ -163,7 +212,7 @@ impl<'c> Sim<'c> {
     pub(super) fn run(mut self) -> SeedReport {
         let mut violation = None;
         for _ in 0..self.cfg.duration_ms {
-            self.clock.0 += STEP_NS;
+            self.now += STEP_NS;
             if let Err(v) = self.step() {
                 violation = Some(v);
                 break;
@@ -179,48 +228,61 @@ impl<'c> Sim<'c> {
         }
     }
 
+    fn repaired_since(&self, t: u64) -> bool {
+        self.last_repair_ns.is_some_and(|r| r >= t)
+    }
+
+    fn frozen(&self, i: usize) -> bool {
+        in_any(&self.faults.freezes[i], self.now())
+    }
+
     fn step(&mut self) -> Result<(), Violation> {
         if self.trace {
             let r = |i: usize| match &self.nodes[i].role {
-                Role::Primary(p) => format!(
-                    "P{:?}g{} c{}",
-                    p.state(),
-                    p.generation(),
-                    self.nodes[i].guest.counter()
-                ),
-                Role::Backup(b) => format!(
-                    "B{:?}g{} c{} q{}",
-                    b.state(),
-                    b.generation(),
+                Role::Node(n) => format!(
+                    "{:?}g{} c{} q{}{}",
+                    n.state(),
+                    n.generation(),
                     self.nodes[i].guest.counter(),
-                    b.backlog()
+                    n.backup().map_or(0, |b| b.backlog()),
+                    if self.frozen(i) { " FROZEN" } else { "" }
                 ),
+                Role::Booting(_) => "booting".into(),
                 Role::Down => "down".into(),
                 Role::Spare => "spare".into(),
                 Role::Halted => "halted".into(),
+                Role::Refused => "refused".into(),
             };
             std::eprintln!(
-                "{} ms: {} | {} | link {} flag {:?}",
+                "{} ms: {} | {} | link {} flag {:?} disk {:?}",
                 self.now() / STEP_NS,
                 r(0),
                 r(1),
                 self.link.up,
-                self.storage.flag().map(|f| (f.generation, f.owner.0))
+                self.storage.flag().map(|f| (f.generation, f.owner.0)),
+                self.storage.blocks
             );
         }
         self.apply_faults();
+        self.boot()?;
+        self.land_writes()?;
         self.connect()?;
         self.deliver_link()?;
         self.clients()?;
         for i in 0..2 {
-            match self.nodes[i].role {
-                Role::Primary(_) => self.run_primary(i)?,
-                Role::Backup(_) => self.run_backup(i)?,
-                _ => {}
+            if self.frozen(i) {
+                continue;
+            }
+            match self.nodes[i].role.node().map(Node::session) {
+                Some(crate::node::Session::Primary(_)) => self.run_primary(i)?,
+                Some(crate::node::Session::Backup(_)) => self.run_backup(i)?,
+                None => {}
             }
         }
         for i in 0..2 {
-            self.tick(i)?;
+            if !self.frozen(i) {
+                self.tick(i)?;
+            }
         }
         self.repair()?;
         self.check()
@@ -239,11 +301,50 @@ impl<'c> Sim<'c> {
     fn drop_link(&mut self) {
         let now = self.now();
         self.link.drop_connection(now, &mut self.rng);
-        for n in &mut self.nodes {
-            if let Role::Primary(p) = &mut n.role {
-                p.on_disconnected();
+        for i in 0..2 {
+            let t = self.node_now(i);
+            if let Some(n) = self.nodes[i].role.node_mut() {
+                n.on_disconnected(t);
             }
         }
+    }
+
+    /// Nodes whose setup is over join: the session's generation comes from
+    /// the shared LUN (a stale configured one is refused), the reservation
+    /// key is registered.
+    fn boot(&mut self) -> Result<(), Violation> {
+        for i in 0..2 {
+            let Role::Booting(role) = self.nodes[i].role else {
+                continue;
+            };
+            if self.now() < self.faults.start_at[i] || self.frozen(i) {
+                continue;
+            }
+            let cfg = self.node_cfg(i);
+            let reachable = self.storage_reachable(i);
+            let mut view = self
+                .storage
+                .view(reachable, &mut self.rng, self.cfg.mutation);
+            match session_generation(&mut view, self.configured_generation, &cfg) {
+                Ok(g) => {
+                    let node = Node::new(cfg, role, g, self.node_now(i));
+                    let reachable = self.storage_reachable(i);
+                    let mut view = self
+                        .storage
+                        .view(reachable, &mut self.rng, self.cfg.mutation);
+                    if node.register(&mut view).is_err() {
+                        continue; // storage unreachable: join again next step
+                    }
+                    self.nodes[i].role = Role::Node(alloc::boxed::Box::new(node));
+                }
+                Err(FtError::StaleGeneration { .. }) => {
+                    self.stats.refused += 1;
+                    self.nodes[i].role = Role::Refused;
+                }
+                Err(_) => {} // storage unreachable: join again next step
+            }
+        }
+        Ok(())
     }
 
     fn apply_faults(&mut self) {
@@ -257,7 +358,12 @@ impl<'c> Sim<'c> {
                 && matches!(self.nodes[i].role, Role::Down)
             {
                 self.nodes[i].role = Role::Spare;
+                self.nodes[i].inflight.clear();
                 self.spare_ready[i] = now + 30 * STEP_NS;
+            }
+            // A frozen survivor owes nothing while it is frozen.
+            if self.frozen(i) {
+                self.obligations.retain(|o| o.survivor != i);
             }
         }
         let dropped = self.faults.drops.iter().any(|&t| self.due(t));
@@ -269,20 +375,22 @@ impl<'c> Sim<'c> {
     fn crash(&mut self, i: usize) {
         let s = 1 - i;
         let now = self.now();
-        if is_in_session(&self.nodes[s].role) && is_in_session(&self.nodes[i].role) {
+        let started = self.nodes[s].role.node().is_some_and(Node::started);
+        if started && is_in_session(&self.nodes[s].role) && is_in_session(&self.nodes[i].role) {
             let speed = self.faults.speed_per_mille[s];
-            let (generation, lag_units) = match &self.nodes[s].role {
-                Role::Primary(p) => (p.generation(), 0),
-                Role::Backup(b) => (
-                    b.generation(),
-                    self.nodes[i]
-                        .guest
-                        .counter()
-                        .saturating_sub(self.nodes[s].guest.counter()),
-                ),
-                _ => (0, 0),
+            let survivor = self.nodes[s].role.node();
+            let generation = self.pair_generation;
+            let lag_units = if survivor.and_then(Node::backup).is_some() {
+                self.nodes[i]
+                    .guest
+                    .counter()
+                    .saturating_sub(self.nodes[s].guest.counter())
+            } else {
+                0
             };
             let replay_ns = lag_units * NS_PER_UNIT * 1000 / speed;
+            // Clocks drift: the survivor's timeout may last longer in ours.
+            let timeout = self.cfg.failure_timeout_ns * 1_000_000 / self.faults.clocks[s].0;
             let slack = self.cfg.heartbeat_ns
                 + self.faults.max_delay_ns
                 + 3 * self.cfg.retry_ns
@@ -291,7 +399,7 @@ impl<'c> Sim<'c> {
                 survivor: s,
                 crashed: i,
                 since: now,
-                deadline: now + self.cfg.failure_timeout_ns + replay_ns + slack,
+                deadline: now + timeout + replay_ns + slack,
                 generation,
             });
         }
@@ -302,8 +410,16 @@ impl<'c> Sim<'c> {
 
     fn pair(&self) -> Option<(usize, usize)> {
         let ok = |a: usize, b: usize| {
-            matches!(&self.nodes[a].role, Role::Primary(p) if matches!(p.state(), PrimaryState::Paired | PrimaryState::Arbitrating))
-                && matches!(&self.nodes[b].role, Role::Backup(b) if b.state() == BackupState::Following)
+            self.nodes[a]
+                .role
+                .node()
+                .is_some_and(|n| n.wants_connection(self.node_now(a)))
+                && self.nodes[b]
+                    .role
+                    .node()
+                    .is_some_and(Node::accepts_connection)
+                && !self.frozen(a)
+                && !self.frozen(b)
         };
         if ok(0, 1) {
             Some((0, 1))
@@ -314,6 +430,8 @@ impl<'c> Sim<'c> {
         }
     }
 
+    /// The primary's node asks for a connection (first or reconnect); it
+    /// comes up if the backup listens and the link is not partitioned.
     fn connect(&mut self) -> Result<(), Violation> {
         let now = self.now();
         if self.link.up
@@ -326,12 +444,17 @@ impl<'c> Sim<'c> {
             return Ok(());
         };
         self.link.up = true;
-        if let Role::Backup(bk) = &mut self.nodes[b].role {
-            bk.on_connected(now);
+        if self.nodes[p].role.node().is_some_and(|n| n.reconnects > 0) {
+            self.stats.reconnects += 1;
         }
-        let fx = match &mut self.nodes[p].role {
-            Role::Primary(pr) => pr.on_connected(now),
-            _ => Effects::new(),
+        let tb = self.node_now(b);
+        if let Some(n) = self.nodes[b].role.node_mut() {
+            n.on_connected(tb);
+        }
+        let tp = self.node_now(p);
+        let fx = match self.nodes[p].role.node_mut() {
+            Some(n) => n.on_connected(tp),
+            None => Effects::new(),
         };
         self.apply(p, fx)
     }
@@ -341,19 +464,24 @@ impl<'c> Sim<'c> {
         let mut buf = [0u8; 4096];
         let mut bytes = Vec::new();
         for side in 0..2 {
+            if self.frozen(side) {
+                continue; // the bytes wait in its receive buffer
+            }
             bytes.clear();
             while let Ok(n @ 1..) = self.link.end(side, now, &mut self.rng).recv(&mut buf) {
                 bytes.extend_from_slice(&buf[..n]);
             }
             if !bytes.is_empty() {
-                let fx = match &mut self.nodes[side].role {
-                    Role::Primary(p) => p.on_bytes(now, &bytes),
-                    Role::Backup(b) => {
-                        let fx = b.on_bytes(now, &bytes);
-                        self.session_received = self.session_received.max(b.received());
+                let t = self.node_now(side);
+                let fx = match self.nodes[side].role.node_mut() {
+                    Some(n) => {
+                        let fx = n.on_bytes(t, &bytes);
+                        if let Some(b) = n.backup() {
+                            self.session_received = self.session_received.max(b.received());
+                        }
                         fx
                     }
-                    _ => Effects::new(),
+                    None => Effects::new(),
                 };
                 self.apply(side, fx)?;
             }
@@ -375,8 +503,12 @@ impl<'c> Sim<'c> {
                 break;
             };
             let i = self.owner;
+            if self.frozen(i) {
+                continue; // lost: the client retries on its own (not modelled)
+            }
+            let t = self.node_now(i);
             let n = &mut self.nodes[i];
-            let Role::Primary(p) = &mut n.role else {
+            let Some(p) = n.role.node_mut().and_then(|x| x.primary_mut()) else {
                 continue;
             };
             if p.state() == PrimaryState::Halted {
@@ -390,7 +522,7 @@ impl<'c> Sim<'c> {
                 frame: frame.clone(),
             };
             let (_, fx) = p
-                .record(now, gt, entry)
+                .record(t, gt, entry)
                 .map_err(|e| protocol(now, "record frame", &e))?;
             n.guest.inject_frame(&frame);
             self.apply(i, fx)?;
@@ -399,7 +531,7 @@ impl<'c> Sim<'c> {
     }
 
     fn run_primary(&mut self, i: usize) -> Result<(), Violation> {
-        let now = self.now();
+        let now = self.node_now(i);
         let mut budget = UNITS_PER_STEP * self.faults.speed_per_mille[i] / 1000;
         if self.nodes[i].throttled {
             budget /= 8;
@@ -407,9 +539,10 @@ impl<'c> Sim<'c> {
         let target = self.nodes[i].guest.counter() + budget;
         loop {
             let value = self.rng.next_u64();
+            let self_now = self.now();
             let mutation = self.cfg.mutation;
             let n = &mut self.nodes[i];
-            let Role::Primary(p) = &mut n.role else {
+            let Some(p) = n.role.node_mut().and_then(|x| x.primary_mut()) else {
                 return Ok(());
             };
             if p.state() == PrimaryState::Halted {
@@ -424,7 +557,7 @@ impl<'c> Sim<'c> {
                     let at = n.guest.point();
                     let (_, f) = p
                         .record(now, gt, LogEntry::Interrupt { at, vector: 0x20 })
-                        .map_err(|e| protocol(now, "record timer", &e))?;
+                        .map_err(|e| protocol(self_now, "record timer", &e))?;
                     fx.extend(f);
                     n.guest.inject_timer();
                     n.timers += 1;
@@ -437,7 +570,7 @@ impl<'c> Sim<'c> {
                         };
                         let (_, f) = p
                             .record(now, gt, entry)
-                            .map_err(|e| protocol(now, "record checkpoint", &e))?;
+                            .map_err(|e| protocol(self_now, "record checkpoint", &e))?;
                         fx.extend(f);
                     }
                 }
@@ -449,14 +582,14 @@ impl<'c> Sim<'c> {
                     };
                     let (_, f) = p
                         .record(now, gt, entry)
-                        .map_err(|e| protocol(now, "record rdtsc", &e))?;
+                        .map_err(|e| protocol(self_now, "record rdtsc", &e))?;
                     fx.extend(f);
                     n.guest.supply(value);
                 }
                 GuestStop::Output { at, index } => {
                     let f = p
                         .output(now, gt, at, index)
-                        .map_err(|e| protocol(now, "output", &e))?;
+                        .map_err(|e| protocol(self_now, "output", &e))?;
                     let paired = p.state() != PrimaryState::Alone;
                     if paired {
                         n.markers.insert(index, p.last_seq());
@@ -478,7 +611,7 @@ impl<'c> Sim<'c> {
             self.nodes[i].guest.counter() + UNITS_PER_STEP * self.faults.speed_per_mille[i] / 1000;
         loop {
             let n = &mut self.nodes[i];
-            let Role::Backup(b) = &mut n.role else {
+            let Some(b) = n.role.node_mut().and_then(|x| x.backup_mut()) else {
                 return Ok(());
             };
             let ReplayLimit::Until(limit) = b.replay_limit() else {
@@ -523,26 +656,36 @@ impl<'c> Sim<'c> {
     }
 
     fn tick(&mut self, i: usize) -> Result<(), Violation> {
-        let now = self.now();
+        let t = self.node_now(i);
+        let reachable = self.storage_reachable(i);
         let n = &mut self.nodes[i];
-        let fx = match &mut n.role {
-            Role::Primary(p) => {
-                let gt = n.guest.guest_time_ns();
-                if p.state() == PrimaryState::Paired {
-                    self.stats.max_lag_ns = self.stats.max_lag_ns.max(p.lag_ns(gt));
-                }
-                p.tick(now, gt, n.guest.point())
-            }
-            Role::Backup(b) => b.tick(now),
-            _ => return Ok(()),
+        let Role::Node(node) = &mut n.role else {
+            return Ok(());
         };
+        let gt = n.guest.guest_time_ns();
+        if let Some(p) = node.primary() {
+            if p.state() == PrimaryState::Paired {
+                self.stats.max_lag_ns = self.stats.max_lag_ns.max(p.lag_ns(gt));
+            }
+        }
+        let before = node.state();
+        let mut view = self
+            .storage
+            .view(reachable, &mut self.rng, self.cfg.mutation);
+        let fx = node.tick(t, gt, n.guest.point(), &mut view);
+        let made = node.arbitrations - n.arbitrations_seen;
+        n.arbitrations_seen = node.arbitrations;
+        self.stats.arbitrations += made;
+        // A failure detected (not an arbitration retried) must have a cause.
+        if made > 0 && matches!(before, NodeState::Paired | NodeState::Following) {
+            self.check_failover_justified(i)?;
+        }
         self.apply(i, fx)
     }
 
     fn apply(&mut self, i: usize, fx: Effects) -> Result<(), Violation> {
         let now = self.now();
-        let mut work: VecDeque<Effect> = fx.into();
-        while let Some(e) = work.pop_front() {
+        for e in fx {
             match e {
                 Effect::Send(bytes) => {
                     let _ = self.link.end(i, now, &mut self.rng).send(&bytes);
@@ -552,36 +695,19 @@ impl<'c> Sim<'c> {
                         self.release(i, id)?;
                     }
                 }
-                Effect::Arbitrate {
-                    expected_generation,
-                } => {
-                    self.stats.arbitrations += 1;
-                    let reachable = !in_any(&self.faults.storage_partitions[i], now);
-                    let me = self.nodes[i].id;
-                    let verdict = arbitrate(
-                        &mut self
-                            .storage
-                            .view(reachable, &mut self.rng, self.cfg.mutation),
-                        expected_generation,
-                        me,
-                    );
-                    work.extend(match &mut self.nodes[i].role {
-                        Role::Primary(p) => p.on_verdict(now, verdict),
-                        Role::Backup(b) => b.on_verdict(now, verdict),
-                        _ => Effects::new(),
-                    });
+                // The node carries out its own arbitrations (`Node::tick`).
+                Effect::Arbitrate { .. } => {
+                    return Err(protocol(now, "effect", &FtError::WrongState("arbitrate")))
                 }
                 Effect::Throttle(on) => self.nodes[i].throttled = on,
                 Effect::ResetConnection(_) => {
                     self.stats.resets += 1;
                     self.drop_link();
                 }
-                Effect::GoLive(g) => {
-                    if matches!(self.nodes[i].role, Role::Backup(_)) {
+                Effect::GoLive(_) => {
+                    // The node serving the world is the owner; a backup never is.
+                    if self.owner != i {
                         self.stats.failovers += 1;
-                        let cfg = self.session_cfg(i);
-                        self.nodes[i].role =
-                            Role::Primary(Primary::new_alone(cfg, g.generation, now));
                         let n = &mut self.nodes[i];
                         n.next_timer = (n.guest.counter() / TIMER_UNITS + 1) * TIMER_UNITS;
                         n.markers.clear();
@@ -604,46 +730,49 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
-    /// A restarted node becomes the new backup of a primary acting alone:
-    /// state transfer (modelled as a copy), then a new generation (§1.9).
+    /// A restarted node becomes the new backup of a node acting alone:
+    /// state transfer (modelled as a copy), then a new generation (§1.9),
+    /// taken by the live node's `Node::begin_repair`.
     fn repair(&mut self) -> Result<(), Violation> {
         let now = self.now();
         for s in 0..2 {
             let l = 1 - s;
-            if !matches!(self.nodes[s].role, Role::Spare) || now < self.spare_ready[s] {
+            if !matches!(self.nodes[s].role, Role::Spare)
+                || now < self.spare_ready[s]
+                || self.frozen(l)
+                || in_any(&self.faults.log_partitions, now)
+            {
                 continue;
             }
-            let Role::Primary(p) = &self.nodes[l].role else {
+            if self.nodes[l].role.node().map(Node::state) != Some(NodeState::Alone) {
+                continue;
+            }
+            let t = self.node_now(l);
+            let reachable = !in_any(&self.faults.storage_partitions[l], now);
+            let Role::Node(live) = &mut self.nodes[l].role else {
                 continue;
             };
-            if p.state() != PrimaryState::Alone || in_any(&self.faults.log_partitions, now) {
-                continue;
-            }
-            let (generation, me) = (p.generation(), self.nodes[l].id);
-            let reachable = !in_any(&self.faults.storage_partitions[l], now);
-            match arbitrate(
-                &mut self
-                    .storage
-                    .view(reachable, &mut self.rng, self.cfg.mutation),
-                generation,
-                me,
-            ) {
-                Verdict::Won(flag) => {
+            let mut view = self
+                .storage
+                .view(reachable, &mut self.rng, self.cfg.mutation);
+            match live.begin_repair(t, &mut view) {
+                Ok(generation) => {
                     self.stats.repairs += 1;
+                    self.last_repair_ns = Some(now);
+                    self.pair_generation = generation;
+                    let cfg = self.node_cfg(s);
+                    let backup = Node::new(cfg, NodeRole::Backup, generation, self.node_now(s));
+                    let mut view = self.storage.view(true, &mut self.rng, Mutation::None);
+                    let _ = backup.register(&mut view);
                     self.nodes[s].guest = self.nodes[l].guest.clone();
-                    self.nodes[s].role =
-                        Role::Backup(Backup::new(self.session_cfg(s), flag.generation, now));
-                    self.nodes[l].role =
-                        Role::Primary(Primary::new(self.session_cfg(l), flag.generation, now));
+                    self.nodes[s].role = Role::Node(alloc::boxed::Box::new(backup));
+                    self.nodes[s].arbitrations_seen = 0;
                     self.nodes[l].markers.clear();
                     self.session_received = 0;
                     self.drop_link();
                 }
-                Verdict::Lost(_) => {
-                    self.stats.halts += 1;
-                    self.nodes[l].role = Role::Halted;
-                }
-                Verdict::Unreachable => self.spare_ready[s] = now + self.cfg.retry_ns,
+                Err(fx) if fx.is_empty() => self.spare_ready[s] = now + self.cfg.retry_ns,
+                Err(fx) => self.apply(l, fx)?,
             }
         }
         Ok(())

@@ -1,0 +1,722 @@
+//! The FT node (DESIGN.md §1.6, §1.7, §1.9, §1.11): the one place that
+//! makes a side's failure-time decisions, sans-IO, run as it is by the
+//! kernel (`kernel/src/ftnode`) and by the deterministic simulator
+//! (`crate::sim`).
+//!
+//! A [`Node`] owns the session machine of its role ([`Primary`] or
+//! [`Backup`]: log, acks, output rule, heartbeats, failure detection) and
+//! decides around it:
+//!
+//! * **join** ([`session_generation`]): the session's generation is read
+//!   from the shared LUN, never trusted from the command line: a configured
+//!   generation that differs from the LUN's is refused with both numbers
+//!   (§1.7 "the session's generation is read from the LUN at join"); the
+//!   node registers its reservation key ([`SharedStorage::register`]);
+//! * **reconnect** ([`Node::wants_connection`]): a dropped or reset log
+//!   connection is not a failure: the primary reconnects every
+//!   `reconnect_interval_ns` and resends from what the backup received
+//!   (§1.6);
+//! * **arbitration with retry and own-win recognition**: when the session
+//!   machine asks, the node runs [`crate::arbitration::arbitrate`] on the
+//!   storage it is given; storage unreachable is retried at
+//!   `arbitration_retry_ns`, never final (§1.7 "a storage blip is retried");
+//! * **fencing**: a winner cuts the loser off the shared disk
+//!   ([`SharedStorage::fence`], SCSI-3 PREEMPT) before it acts alone; a
+//!   fence that fails is retried like the test-and-set (the flag already
+//!   names us, so the retry recognises its own win); a node whose write is
+//!   refused as fenced halts for good ([`Node::on_fenced`]);
+//! * **go-live**: a backup that won drains what it received (the session
+//!   machine's `Draining`), then becomes a primary acting alone and hands
+//!   the caller [`Effect::GoLive`] (re-issue pending disk requests,
+//!   announce the guest, time floor);
+//! * **repair** ([`Node::begin_repair`]): a node acting alone takes a new
+//!   generation for a new pair (§1.9).
+//!
+//! Everything the node needs from outside comes in as arguments: `now`
+//! from the caller's clock, bytes from its transport, the storage as a
+//! [`SharedStorage`]. What it wants done goes out as [`Effect`]s.
+
+use crate::arbitration::{arbitrate, FlagRecord, NodeId, SharedStorage, Verdict};
+use crate::backup::{Backup, BackupState};
+use crate::log::ExecPoint;
+use crate::primary::{Primary, PrimaryState};
+use crate::{Effect, Effects, FtError, Mutation, SessionConfig};
+
+/// A node's side of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Runs the guest for the world and streams the log.
+    Primary,
+    /// Replays the log, ready to take over.
+    Backup,
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The session parameters (cluster, guest, timers, this node's id).
+    pub session: SessionConfig,
+    /// The other node of the pair (whose reservation a winner preempts).
+    pub peer: NodeId,
+    /// A primary without a log connection tries again this often.
+    pub reconnect_interval_ns: u64,
+    /// Whether the storage fences (SCSI-3 persistent reservations). A
+    /// storage that cannot is used without fencing.
+    pub fencing: bool,
+}
+
+impl NodeConfig {
+    /// Defaults: reconnect every 100 ms, fencing on.
+    pub fn new(session: SessionConfig, peer: NodeId) -> Self {
+        Self {
+            session,
+            peer,
+            reconnect_interval_ns: 100_000_000,
+            fencing: true,
+        }
+    }
+
+    fn mutated(&self, m: Mutation) -> bool {
+        self.session.mutated(m)
+    }
+}
+
+/// The session machine a node runs now. A backup that went live runs a
+/// [`Primary`] acting alone.
+#[derive(Debug)]
+pub enum Session {
+    /// Primary (paired, arbitrating, alone or halted).
+    Primary(Primary),
+    /// Backup (following, arbitrating, draining or halted).
+    Backup(Backup),
+}
+
+/// Where the node is, for status and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Primary streaming to its backup (or waiting for it to connect).
+    Paired,
+    /// Backup receiving and replaying.
+    Following,
+    /// The peer fell silent: arbitrating on the shared storage.
+    Arbitrating,
+    /// A backup that won, replaying what it received before going live.
+    Draining,
+    /// Acting alone: the flag is ours, the peer fenced.
+    Alone,
+    /// Halted for good (lost, fenced or ended).
+    Halted,
+}
+
+/// What the join found on the shared storage.
+///
+/// `configured`: the generation the operator gave (`ft_generation=`), if
+/// any. The LUN's flag is the truth: a configured generation that differs
+/// is refused ([`FtError::StaleGeneration`]); without one, the LUN's is
+/// used. Storage unreachable at join is an error: a pair must not start
+/// under a generation it cannot check.
+pub fn session_generation<S: SharedStorage + ?Sized>(
+    storage: &mut S,
+    configured: Option<u64>,
+    cfg: &NodeConfig,
+) -> Result<u64, FtError> {
+    let flag = storage.read_flag()?;
+    match configured {
+        Some(c) if c != flag.generation && !cfg.mutated(Mutation::NoGenerationCheck) => {
+            Err(FtError::StaleGeneration {
+                configured: c,
+                lun: flag.generation,
+                owner: flag.owner.0,
+            })
+        }
+        Some(c) => Ok(c),
+        None => Ok(flag.generation),
+    }
+}
+
+/// One side of the FT pair.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    session: Session,
+    connected: bool,
+    next_connect_ns: u64,
+    /// Won the test-and-set at this flag; the loser is not fenced yet.
+    unfenced: Option<FlagRecord>,
+    /// Arbitrations attempted (status, tests).
+    pub arbitrations: u64,
+    /// Reconnects asked for after a dropped connection.
+    pub reconnects: u64,
+    /// Fences carried out (the loser's registration preempted).
+    pub fences: u64,
+}
+
+impl Node {
+    /// A node of `role` in a new session under `generation` (from
+    /// [`session_generation`]), created at `now`.
+    pub fn new(cfg: NodeConfig, role: NodeRole, generation: u64, now: u64) -> Self {
+        let session = match role {
+            NodeRole::Primary => Session::Primary(Primary::new(cfg.session, generation, now)),
+            NodeRole::Backup => Session::Backup(Backup::new(cfg.session, generation, now)),
+        };
+        Self {
+            cfg,
+            session,
+            connected: false,
+            next_connect_ns: now,
+            unfenced: None,
+            arbitrations: 0,
+            reconnects: 0,
+            fences: 0,
+        }
+    }
+
+    /// A primary that already holds the flag at `generation` and acts
+    /// alone (no backup joined, or after its own failover).
+    pub fn new_alone(cfg: NodeConfig, generation: u64, now: u64) -> Self {
+        let mut n = Self::new(cfg, NodeRole::Primary, generation, now);
+        n.session = Session::Primary(Primary::new_alone(cfg.session, generation, now));
+        n
+    }
+
+    /// Registers this node's reservation key on the shared disk (at join,
+    /// and for a new backup at repair).
+    pub fn register<S: SharedStorage + ?Sized>(&self, storage: &mut S) -> Result<(), FtError> {
+        if !self.cfg.fencing {
+            return Ok(());
+        }
+        storage.register(self.cfg.session.me)
+    }
+
+    fn mutated(&self, m: Mutation) -> bool {
+        self.cfg.mutated(m)
+    }
+
+    /// This node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The session machine (read-only).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The primary's session machine, for the guest's data path (record,
+    /// output, shutdown).
+    pub fn primary_mut(&mut self) -> Option<&mut Primary> {
+        match &mut self.session {
+            Session::Primary(p) => Some(p),
+            Session::Backup(_) => None,
+        }
+    }
+
+    /// The primary's session machine.
+    pub fn primary(&self) -> Option<&Primary> {
+        match &self.session {
+            Session::Primary(p) => Some(p),
+            Session::Backup(_) => None,
+        }
+    }
+
+    /// The backup's session machine, for the replay engine.
+    pub fn backup_mut(&mut self) -> Option<&mut Backup> {
+        match &mut self.session {
+            Session::Backup(b) => Some(b),
+            Session::Primary(_) => None,
+        }
+    }
+
+    /// The backup's session machine.
+    pub fn backup(&self) -> Option<&Backup> {
+        match &self.session {
+            Session::Backup(b) => Some(b),
+            Session::Primary(_) => None,
+        }
+    }
+
+    /// Where the node is.
+    pub fn state(&self) -> NodeState {
+        match &self.session {
+            Session::Primary(p) => match p.state() {
+                PrimaryState::Paired => NodeState::Paired,
+                PrimaryState::Arbitrating => NodeState::Arbitrating,
+                PrimaryState::Alone => NodeState::Alone,
+                PrimaryState::Halted => NodeState::Halted,
+            },
+            Session::Backup(b) => match b.state() {
+                BackupState::Following => NodeState::Following,
+                BackupState::Arbitrating => NodeState::Arbitrating,
+                BackupState::Draining => NodeState::Draining,
+                BackupState::Live => NodeState::Alone,
+                BackupState::Halted => NodeState::Halted,
+            },
+        }
+    }
+
+    /// The flag generation the node works under.
+    pub fn generation(&self) -> u64 {
+        match &self.session {
+            Session::Primary(p) => p.generation(),
+            Session::Backup(b) => b.generation(),
+        }
+    }
+
+    /// Whether the node is still part of a pair (not alone, not halted).
+    pub fn in_session(&self) -> bool {
+        matches!(
+            self.state(),
+            NodeState::Paired | NodeState::Following | NodeState::Arbitrating | NodeState::Draining
+        )
+    }
+
+    /// Whether the session really started (a Hello accepted, or
+    /// acknowledged): the failure detectors run from then on.
+    pub fn started(&self) -> bool {
+        match &self.session {
+            Session::Primary(p) => p.started(),
+            Session::Backup(b) => b.started(),
+        }
+    }
+
+    /// Whether a log connection is up.
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Primary: whether the caller should open the log connection now
+    /// (first connect, or a reconnect after a drop). A backup listens; it
+    /// never connects.
+    pub fn wants_connection(&self, now: u64) -> bool {
+        let Session::Primary(p) = &self.session else {
+            return false;
+        };
+        if self.connected || now < self.next_connect_ns {
+            return false;
+        }
+        if self.reconnects > 0 && self.mutated(Mutation::NoReconnect) {
+            return false;
+        }
+        matches!(p.state(), PrimaryState::Paired | PrimaryState::Arbitrating)
+    }
+
+    /// Whether a backup should accept (listen for) a connection.
+    pub fn accepts_connection(&self) -> bool {
+        matches!(&self.session, Session::Backup(b) if b.state() == BackupState::Following)
+    }
+
+    /// A log connection is up: the primary says Hello and resends what the
+    /// backup has not received; the backup expects a Hello.
+    pub fn on_connected(&mut self, now: u64) -> Effects {
+        self.connected = true;
+        match &mut self.session {
+            Session::Primary(p) => p.on_connected(now),
+            Session::Backup(b) => {
+                b.on_connected(now);
+                Effects::new()
+            }
+        }
+    }
+
+    /// The log connection dropped (reset, closed, refused): in-flight
+    /// bytes are lost; the primary reconnects after the interval.
+    pub fn on_disconnected(&mut self, now: u64) {
+        if self.connected {
+            self.reconnects += 1;
+        }
+        self.connected = false;
+        self.next_connect_ns = now + self.cfg.reconnect_interval_ns;
+        if let Session::Primary(p) = &mut self.session {
+            p.on_disconnected();
+        }
+    }
+
+    /// Bytes from the peer.
+    pub fn on_bytes(&mut self, now: u64, bytes: &[u8]) -> Effects {
+        match &mut self.session {
+            Session::Primary(p) => p.on_bytes(now, bytes),
+            Session::Backup(b) => b.on_bytes(now, bytes),
+        }
+    }
+
+    /// Timers: heartbeats, acks, throttle, failure detection, and the
+    /// arbitration, fencing and go-live that follow a failure, on
+    /// `storage`. `guest_time_ns` and `at`: the guest's clock and point
+    /// (primary; a backup ignores them).
+    pub fn tick<S: SharedStorage + ?Sized>(
+        &mut self,
+        now: u64,
+        guest_time_ns: u64,
+        at: ExecPoint,
+        storage: &mut S,
+    ) -> Effects {
+        let fx = match &mut self.session {
+            Session::Primary(p) => p.tick(now, guest_time_ns, at),
+            Session::Backup(b) => b.tick(now),
+        };
+        self.carry(now, fx, storage)
+    }
+
+    /// The shared disk refused this node's write because another node
+    /// preempted its reservation: it was fenced; halt for good.
+    pub fn on_fenced(&mut self) -> Effects {
+        let mut out = Effects::new();
+        if self.state() != NodeState::Halted {
+            match &mut self.session {
+                Session::Primary(p) => p.halt(),
+                Session::Backup(b) => b.halt(),
+            }
+            out.push(Effect::Halt);
+        }
+        out
+    }
+
+    /// Repair (§1.9): a node acting alone takes the next generation for a
+    /// new pair with a fresh backup (the caller has copied the guest's
+    /// state to it). `Ok(generation)`: the node is a paired primary under
+    /// it, not connected; the new backup starts with
+    /// `Node::new(.., NodeRole::Backup, generation, ..)`. A lost flag
+    /// halts; unreachable storage leaves the node alone.
+    pub fn begin_repair<S: SharedStorage + ?Sized>(
+        &mut self,
+        now: u64,
+        storage: &mut S,
+    ) -> Result<u64, Effects> {
+        if self.state() != NodeState::Alone {
+            return Err(Effects::new());
+        }
+        self.arbitrations += 1;
+        match self.run_arbitration(storage, self.generation()) {
+            Verdict::Won(flag) => {
+                self.session =
+                    Session::Primary(Primary::new(self.cfg.session, flag.generation, now));
+                self.connected = false;
+                self.next_connect_ns = now;
+                Ok(flag.generation)
+            }
+            Verdict::Lost(_) => Err(self.on_fenced()),
+            Verdict::Unreachable => Err(Effects::new()),
+        }
+    }
+
+    fn run_arbitration<S: SharedStorage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        expected: u64,
+    ) -> Verdict {
+        let me = self.cfg.session.me;
+        if self.mutated(Mutation::NoOwnWin) {
+            return match storage.try_acquire(expected, me) {
+                Ok(r) => Verdict::Won(r),
+                Err(FtError::Miscompare { current }) => Verdict::Lost(current),
+                Err(_) => Verdict::Unreachable,
+            };
+        }
+        arbitrate(storage, expected, me)
+    }
+
+    /// Carries out the effects the node decides itself (arbitration,
+    /// fencing, the switch to primary at go-live) and passes the rest on.
+    fn carry<S: SharedStorage + ?Sized>(
+        &mut self,
+        now: u64,
+        fx: Effects,
+        storage: &mut S,
+    ) -> Effects {
+        let mut out = Effects::new();
+        let mut work: alloc::collections::VecDeque<Effect> = fx.into();
+        while let Some(e) = work.pop_front() {
+            match e {
+                Effect::Arbitrate {
+                    expected_generation,
+                } => {
+                    self.arbitrations += 1;
+                    let mut verdict = self.run_arbitration(storage, expected_generation);
+                    if let Verdict::Won(flag) = verdict {
+                        verdict = match self.fence(storage, flag) {
+                            Ok(()) => verdict,
+                            // We were fenced ourselves: someone else won.
+                            Err(FtError::Fenced) => Verdict::Lost(flag),
+                            // The flag is ours but the loser may still write:
+                            // not alone yet. The retry recognises our win.
+                            Err(_) => Verdict::Unreachable,
+                        };
+                    }
+                    let more = match &mut self.session {
+                        Session::Primary(p) => p.on_verdict(now, verdict),
+                        Session::Backup(b) => b.on_verdict(now, verdict),
+                    };
+                    work.extend(more);
+                }
+                Effect::GoLive(g) => {
+                    if let Session::Backup(_) = self.session {
+                        // The backup becomes the primary, acting alone.
+                        self.session = Session::Primary(Primary::new_alone(
+                            self.cfg.session,
+                            g.generation,
+                            now,
+                        ));
+                    }
+                    self.connected = false;
+                    out.push(Effect::GoLive(g));
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// Fences the peer after winning `flag` (retried with the test-and-set
+    /// while it fails).
+    fn fence<S: SharedStorage + ?Sized>(
+        &mut self,
+        storage: &mut S,
+        flag: FlagRecord,
+    ) -> Result<(), FtError> {
+        if !self.cfg.fencing || self.mutated(Mutation::NoFencing) {
+            return Ok(());
+        }
+        self.unfenced = Some(flag);
+        storage.fence(self.cfg.session.me, self.cfg.peer)?;
+        self.fences += 1;
+        self.unfenced = None;
+        Ok(())
+    }
+
+    /// The flag this node won whose loser it could not fence yet.
+    pub fn unfenced(&self) -> Option<FlagRecord> {
+        self.unfenced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeSet;
+
+    /// Shared storage in memory: a flag, registrations, and switches for
+    /// an outage and for a lost CAW reply.
+    struct Lun {
+        flag: FlagRecord,
+        registered: BTreeSet<u64>,
+        down: bool,
+        lose_reply: bool,
+    }
+
+    impl Lun {
+        fn new(generation: u64) -> Self {
+            Self {
+                flag: FlagRecord::new(generation, NodeId(1)),
+                registered: [1, 2].into_iter().collect(),
+                down: false,
+                lose_reply: false,
+            }
+        }
+        fn up(&self) -> Result<(), FtError> {
+            if self.down {
+                Err(FtError::StorageUnreachable)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl SharedStorage for Lun {
+        fn read_flag(&mut self) -> Result<FlagRecord, FtError> {
+            self.up()?;
+            Ok(self.flag)
+        }
+        fn try_acquire(&mut self, expected: u64, me: NodeId) -> Result<FlagRecord, FtError> {
+            self.up()?;
+            if self.flag.generation != expected {
+                return Err(FtError::Miscompare { current: self.flag });
+            }
+            self.flag = FlagRecord::new(expected + 1, me);
+            if core::mem::take(&mut self.lose_reply) {
+                return Err(FtError::StorageUnreachable);
+            }
+            Ok(self.flag)
+        }
+        fn register(&mut self, me: NodeId) -> Result<(), FtError> {
+            self.up()?;
+            self.registered.insert(me.0);
+            Ok(())
+        }
+        fn fence(&mut self, me: NodeId, loser: NodeId) -> Result<(), FtError> {
+            self.up()?;
+            if !self.registered.contains(&me.0) {
+                return Err(FtError::Fenced);
+            }
+            self.registered.remove(&loser.0);
+            Ok(())
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    fn cfg(me: u64) -> NodeConfig {
+        let mut s = SessionConfig::new(7, [9; 16], NodeId(me));
+        s.failure_timeout_ns = 100 * MS;
+        s.arbitration_retry_ns = 10 * MS;
+        NodeConfig::new(s, NodeId(3 - me))
+    }
+
+    /// A backup whose session started, then whose primary fell silent.
+    fn silent_backup(lun: &mut Lun) -> Node {
+        let mut b = Node::new(cfg(2), NodeRole::Backup, 4, 0);
+        b.on_connected(0);
+        let mut hello = alloc::vec::Vec::new();
+        crate::log::encode_record(
+            0,
+            &crate::log::LogEntry::Hello {
+                cluster_id: 7,
+                generation: 4,
+                guest_id: [9; 16],
+                protocol_version: crate::log::PROTOCOL_VERSION,
+            },
+            &mut hello,
+        )
+        .unwrap();
+        let fx = b.on_bytes(MS, &hello);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Send(_))),
+            "the Hello is acknowledged"
+        );
+        assert!(b.started());
+        let _ = b.tick(50 * MS, 0, ExecPoint::default(), lun);
+        assert_eq!(b.state(), NodeState::Following);
+        b
+    }
+
+    #[test]
+    fn join_reads_the_generation_from_the_lun_and_refuses_a_stale_one() {
+        let mut lun = Lun::new(4);
+        assert_eq!(session_generation(&mut lun, None, &cfg(1)), Ok(4));
+        assert_eq!(session_generation(&mut lun, Some(4), &cfg(1)), Ok(4));
+        let e = session_generation(&mut lun, Some(3), &cfg(1)).unwrap_err();
+        assert_eq!(
+            e,
+            FtError::StaleGeneration {
+                configured: 3,
+                lun: 4,
+                owner: 1
+            }
+        );
+        assert!(alloc::format!("{e}").contains("generation 3 is not the shared LUN's"));
+        lun.down = true;
+        assert_eq!(
+            session_generation(&mut lun, None, &cfg(1)),
+            Err(FtError::StorageUnreachable)
+        );
+    }
+
+    #[test]
+    fn detectors_arm_only_when_the_session_started() {
+        let mut lun = Lun::new(4);
+        let mut p = Node::new(cfg(1), NodeRole::Primary, 4, 0);
+        let mut b = Node::new(cfg(2), NodeRole::Backup, 4, 0);
+        // Long guest setup on both sides: no failover before the join timeout.
+        let _ = p.tick(5_000 * MS, 0, ExecPoint::default(), &mut lun);
+        let _ = b.tick(5_000 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(
+            (p.state(), b.state()),
+            (NodeState::Paired, NodeState::Following)
+        );
+        assert_eq!(p.arbitrations + b.arbitrations, 0);
+    }
+
+    #[test]
+    fn a_storage_blip_is_retried_and_the_winner_fences_then_drains_and_goes_live() {
+        let mut lun = Lun::new(4);
+        let mut b = silent_backup(&mut lun);
+        lun.down = true;
+        let fx = b.tick(200 * MS, 0, ExecPoint::default(), &mut lun);
+        assert!(fx.is_empty());
+        assert_eq!((b.state(), b.arbitrations), (NodeState::Arbitrating, 1));
+        // Back after the blip; the CAW lands but its reply is lost.
+        lun.down = false;
+        lun.lose_reply = true;
+        let _ = b.tick(215 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(b.state(), NodeState::Arbitrating);
+        // The retry sees its own win, fences the primary, goes live.
+        let fx = b.tick(230 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(b.state(), NodeState::Alone, "{fx:?}");
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::GoLive(g) if g.generation == 5)));
+        assert_eq!(lun.flag, FlagRecord::new(5, NodeId(2)));
+        assert!(!lun.registered.contains(&1), "the primary is fenced");
+        assert_eq!(b.fences, 1);
+        assert!(
+            b.primary().is_some(),
+            "the backup now runs a primary, alone"
+        );
+    }
+
+    #[test]
+    fn a_fence_that_fails_is_retried_before_acting_alone() {
+        let mut lun = Lun::new(4);
+        let mut b = silent_backup(&mut lun);
+        // Wins the CAW but the fence cannot reach storage (down right after).
+        struct FenceDown<'a>(&'a mut Lun);
+        impl SharedStorage for FenceDown<'_> {
+            fn read_flag(&mut self) -> Result<FlagRecord, FtError> {
+                self.0.read_flag()
+            }
+            fn try_acquire(&mut self, e: u64, me: NodeId) -> Result<FlagRecord, FtError> {
+                self.0.try_acquire(e, me)
+            }
+            fn fence(&mut self, _: NodeId, _: NodeId) -> Result<(), FtError> {
+                Err(FtError::StorageUnreachable)
+            }
+        }
+        let _ = b.tick(200 * MS, 0, ExecPoint::default(), &mut FenceDown(&mut lun));
+        assert_eq!(
+            b.state(),
+            NodeState::Arbitrating,
+            "not alone while unfenced"
+        );
+        assert_eq!(b.unfenced(), Some(FlagRecord::new(5, NodeId(2))));
+        let _ = b.tick(215 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(b.state(), NodeState::Alone);
+        assert_eq!(b.unfenced(), None);
+    }
+
+    #[test]
+    fn a_fenced_node_halts_and_a_loser_halts() {
+        let mut lun = Lun::new(4);
+        let mut b = silent_backup(&mut lun);
+        lun.flag = FlagRecord::new(5, NodeId(1)); // the primary won first
+        let fx = b.tick(200 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(b.state(), NodeState::Halted);
+        assert!(fx.contains(&Effect::Halt));
+        let mut p = Node::new(cfg(1), NodeRole::Primary, 4, 0);
+        assert_eq!(p.on_fenced(), [Effect::Halt]);
+        assert_eq!(p.state(), NodeState::Halted);
+        assert!(p.on_fenced().is_empty(), "once");
+    }
+
+    #[test]
+    fn the_primary_reconnects_after_the_interval() {
+        let mut p = Node::new(cfg(1), NodeRole::Primary, 4, 0);
+        assert!(p.wants_connection(0));
+        let fx = p.on_connected(0);
+        assert!(matches!(fx.as_slice(), [Effect::Send(_)]), "Hello");
+        assert!(!p.wants_connection(MS));
+        p.on_disconnected(10 * MS);
+        assert!(!p.wants_connection(50 * MS));
+        assert!(p.wants_connection(110 * MS));
+        assert_eq!(p.reconnects, 1);
+        let b = Node::new(cfg(2), NodeRole::Backup, 4, 0);
+        assert!(!b.wants_connection(u64::MAX) && b.accepts_connection());
+    }
+
+    #[test]
+    fn repair_takes_the_next_generation() {
+        let mut lun = Lun::new(4);
+        let mut n = Node::new_alone(cfg(1), 4, 0);
+        assert_eq!(n.begin_repair(MS, &mut lun), Ok(5));
+        assert_eq!((n.state(), n.generation()), (NodeState::Paired, 5));
+        assert!(n.begin_repair(MS, &mut lun).is_err(), "only when alone");
+    }
+}
