@@ -72,6 +72,9 @@ pub struct Backup {
     created_ns: u64,
     /// The Hello of the current connection still owes its ack.
     hello_unacked: bool,
+    /// Records an external replay engine still has to run to (see
+    /// [`Backup::set_engine_backlog`]).
+    engine_backlog: usize,
 }
 
 impl Backup {
@@ -97,7 +100,26 @@ impl Backup {
             started: false,
             created_ns: now,
             hello_unacked: false,
+            engine_backlog: 0,
         }
+    }
+
+    /// An external engine ([`Backup::take_received`]) still holds `n`
+    /// records it must replay: a backup that won goes live only once it
+    /// reports 0 (DESIGN.md §1.7 "finishes replaying the log it has").
+    pub fn set_engine_backlog(&mut self, n: usize) {
+        self.engine_backlog = n;
+    }
+
+    /// The session failed to start (no primary within the join timeout):
+    /// arbitrate now.
+    pub fn peer_lost(&mut self) -> Effects {
+        let mut out = Effects::new();
+        if self.state == BackupState::Following {
+            self.state = BackupState::Arbitrating;
+            self.request_arbitration(&mut out);
+        }
+        out
     }
 
     /// Whether a session hello was ever accepted (the failure detector
@@ -456,8 +478,9 @@ impl Backup {
             BackupState::Draining => {
                 if self.cfg.mutated(crate::Mutation::GoLiveWithoutDrain) {
                     self.queue.clear();
+                    self.engine_backlog = 0;
                 }
-                if self.queue.is_empty() {
+                if self.queue.is_empty() && self.engine_backlog == 0 {
                     self.state = BackupState::Live;
                     out.push(Effect::GoLive(GoLive {
                         generation: self.generation,

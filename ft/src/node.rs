@@ -149,6 +149,8 @@ pub struct Node {
     pub reconnects: u64,
     /// Fences carried out (the loser's registration preempted).
     pub fences: u64,
+    /// The outcome of the last arbitration (for messages).
+    pub last_verdict: Option<Verdict>,
 }
 
 impl Node {
@@ -168,6 +170,7 @@ impl Node {
             arbitrations: 0,
             reconnects: 0,
             fences: 0,
+            last_verdict: None,
         }
     }
 
@@ -357,6 +360,20 @@ impl Node {
         self.carry(now, fx, storage)
     }
 
+    /// No peer joined in time (the caller's own join wait ran out):
+    /// arbitrate now, on `storage`, to run alone.
+    pub fn abandon_join<S: SharedStorage + ?Sized>(
+        &mut self,
+        now: u64,
+        storage: &mut S,
+    ) -> Effects {
+        let fx = match &mut self.session {
+            Session::Primary(p) => p.peer_lost(),
+            Session::Backup(b) => b.peer_lost(),
+        };
+        self.carry(now, fx, storage)
+    }
+
     /// The shared disk refused this node's write because another node
     /// preempted its reservation: it was fenced; halt for good.
     pub fn on_fenced(&mut self) -> Effects {
@@ -442,6 +459,7 @@ impl Node {
                             Err(_) => Verdict::Unreachable,
                         };
                     }
+                    self.last_verdict = Some(verdict);
                     let more = match &mut self.session {
                         Session::Primary(p) => p.on_verdict(now, verdict),
                         Session::Backup(b) => b.on_verdict(now, verdict),

@@ -34,6 +34,8 @@ pub enum PrimaryState {
 struct Sent {
     seq: u64,
     guest_time_ns: u64,
+    /// When it last went out on a connection (0: not sent yet).
+    sent_ns: u64,
     bytes: Vec<u8>,
 }
 
@@ -152,9 +154,34 @@ impl Primary {
             .map_or(0, |s| guest_now_ns.saturating_sub(s.guest_time_ns))
     }
 
+    /// Backup lag in this node's time: how long ago the oldest entry the
+    /// backup has not applied went out (0 when nothing is outstanding or
+    /// not connected).
+    pub fn lag_sent_ns(&self, now: u64) -> u64 {
+        if !self.connected {
+            return 0;
+        }
+        self.window
+            .iter()
+            .find(|s| s.seq > self.applied && s.sent_ns > 0)
+            .map_or(0, |s| now.saturating_sub(s.sent_ns))
+    }
+
+    /// The session failed to start or the peer is gone (no backup joined
+    /// within the join timeout): arbitrate now.
+    pub fn peer_lost(&mut self) -> Effects {
+        let mut out = Effects::new();
+        if self.state == PrimaryState::Paired {
+            self.state = PrimaryState::Arbitrating;
+            self.set_throttle(false, &mut out);
+            self.request_arbitration(&mut out);
+        }
+        out
+    }
+
     /// A new logging-channel connection is up: say Hello and retransmit
     /// everything the backup has not acknowledged.
-    pub fn on_connected(&mut self, _now: u64) -> Effects {
+    pub fn on_connected(&mut self, now: u64) -> Effects {
         self.connected = true;
         self.decoder = StreamDecoder::new();
         let mut out = Effects::new();
@@ -170,8 +197,9 @@ impl Primary {
         };
         // A Hello is 54 bytes; it cannot exceed MAX_PAYLOAD.
         let _ = encode_record(0, &hello, &mut bytes);
-        for s in self.window.iter().filter(|s| s.seq > self.received) {
+        for s in self.window.iter_mut().filter(|s| s.seq > self.received) {
             bytes.extend_from_slice(&s.bytes);
+            s.sent_ns = now;
         }
         out.push(Effect::Send(bytes));
         out
@@ -244,6 +272,7 @@ impl Primary {
         self.window.push_back(Sent {
             seq,
             guest_time_ns,
+            sent_ns: if self.connected { now.max(1) } else { 0 },
             bytes,
         });
         Ok(seq)
@@ -328,7 +357,12 @@ impl Primary {
                     // A heartbeat is 52 bytes; encoding cannot fail.
                     let _ = self.append(now, guest_time_ns, &hb, &mut out);
                 }
-                let lagging = self.lag_ns(guest_time_ns) > self.cfg.max_lag_ns;
+                // One throttle rule (DESIGN.md §5, "throttled above 1 s"):
+                // the backup is behind by more than `max_lag_ns` of guest
+                // time, or has not applied an entry sent that long ago (a
+                // guest clock slower than the host's hides the first).
+                let lagging = self.lag_ns(guest_time_ns) > self.cfg.max_lag_ns
+                    || self.lag_sent_ns(now) > self.cfg.max_lag_ns;
                 self.set_throttle(lagging, &mut out);
             }
             PrimaryState::Arbitrating => {

@@ -353,3 +353,53 @@ fn external_engine_takes_records_acks_applied_and_shutdown_ends_the_log() {
         "the backup knows why"
     );
 }
+
+#[test]
+fn one_throttle_rule_covers_a_guest_clock_slower_than_the_hosts() {
+    let (mut p, _b, _) = pair();
+    // The guest's clock barely moves (Bochs): no guest-time lag at all.
+    let (_, fx) = p
+        .record(
+            10 * MS,
+            5,
+            LogEntry::Interrupt {
+                at: pt(1),
+                vector: 32,
+            },
+        )
+        .unwrap();
+    assert!(!sent(&fx).is_empty());
+    assert!(!p.tick(500 * MS, 6, pt(2)).contains(&Effect::Throttle(true)));
+    // Sent 1 s ago (this node's time) and still not applied: throttle.
+    assert_eq!(p.lag_sent_ns(1_011 * MS), 1_001 * MS);
+    assert!(p
+        .tick(1_011 * MS, 7, pt(2))
+        .contains(&Effect::Throttle(true)));
+}
+
+#[test]
+fn a_won_backup_goes_live_only_once_its_external_engine_drained() {
+    let (mut p, mut b, _) = pair();
+    let (_, fx) = p
+        .record(
+            MS,
+            0,
+            LogEntry::Interrupt {
+                at: pt(1),
+                vector: 32,
+            },
+        )
+        .unwrap();
+    b.on_bytes(MS, &sent(&fx));
+    assert_eq!(b.take_received().len(), 1);
+    b.set_engine_backlog(1);
+    assert!(b.tick(3_000 * MS).contains(&Effect::Arbitrate {
+        expected_generation: 1
+    }));
+    let fx = b.on_verdict(3_000 * MS, Verdict::Won(FlagRecord::new(2, NodeId(2))));
+    assert!(fx.iter().all(|e| !matches!(e, Effect::GoLive(_))));
+    assert_eq!(b.state(), BackupState::Draining);
+    assert!(b.tick(3_001 * MS).is_empty(), "the engine still replays");
+    b.set_engine_backlog(0);
+    assert!(matches!(b.tick(3_002 * MS).as_slice(), [Effect::GoLive(g)] if g.generation == 2));
+}

@@ -14,7 +14,8 @@ use crate::FtError;
 
 /// Whether output content `c` is a disk write, and to which block.
 fn disk_write(c: u64) -> Option<usize> {
-    c.is_multiple_of(3).then_some(((c >> 8) % DATA_BLOCKS as u64) as usize)
+    c.is_multiple_of(3)
+        .then_some(((c >> 8) % DATA_BLOCKS as u64) as usize)
 }
 
 impl Sim<'_> {
