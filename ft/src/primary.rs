@@ -64,6 +64,9 @@ pub struct Primary {
     /// failure detector is armed (DESIGN.md §1.6).
     started: bool,
     created_ns: u64,
+    /// When the first connection came up (the backup listens by then, so
+    /// its ack of the Hello is owed within the failure timeout).
+    first_connect_ns: Option<u64>,
 }
 
 impl Primary {
@@ -89,6 +92,7 @@ impl Primary {
             next_arbitration_ns: now,
             started: false,
             created_ns: now,
+            first_connect_ns: None,
         }
     }
 
@@ -183,6 +187,7 @@ impl Primary {
     /// everything the backup has not acknowledged.
     pub fn on_connected(&mut self, now: u64) -> Effects {
         self.connected = true;
+        self.first_connect_ns.get_or_insert(now);
         self.decoder = StreamDecoder::new();
         let mut out = Effects::new();
         if !matches!(self.state, PrimaryState::Paired | PrimaryState::Arbitrating) {
@@ -337,12 +342,18 @@ impl Primary {
         let mut out = Effects::new();
         match self.state {
             PrimaryState::Paired => {
-                // Armed once the backup acknowledged; before, only the join
-                // timeout (a backup still building its guest is not dead).
-                let silent = if self.started {
-                    now.saturating_sub(self.last_ack_ns) >= self.cfg.failure_timeout_ns
-                } else {
-                    now.saturating_sub(self.created_ns) >= self.cfg.join_timeout_ns
+                // Armed once the backup acknowledged. Before: a backup that
+                // accepted the connection owes the Hello's ack within the
+                // failure timeout; one not reachable yet may still be
+                // building its guest (the join timeout).
+                let silent = match (self.started, self.first_connect_ns) {
+                    (true, _) => {
+                        now.saturating_sub(self.last_ack_ns) >= self.cfg.failure_timeout_ns
+                    }
+                    (false, Some(t)) => now.saturating_sub(t) >= self.cfg.failure_timeout_ns,
+                    (false, None) => {
+                        now.saturating_sub(self.created_ns) >= self.cfg.join_timeout_ns
+                    }
                 };
                 if silent {
                     self.state = PrimaryState::Arbitrating;

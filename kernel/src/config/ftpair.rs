@@ -15,7 +15,7 @@
 //! | `ft_timeout` | milliseconds of log-channel silence before the peer is presumed dead (DESIGN.md §1.6; 100..600000) | `2000` |
 //! | `heartbeat` | milliseconds of idle log before the primary sends a heartbeat (1..60000, below `ft_timeout`) | `10` |
 //! | `ft_status` | milliseconds between status lines on the console (100..600000) | `1000` |
-//! | `ft_generation` | the flag generation the session starts under, the same on both sides (until arbitration reads it from the shared LUN; 0..2^63) | `0` |
+//! | `ft_generation` | the flag generation the operator expects (0..2^63): with a shared LUN (`iscsi=`) the session's generation is read from the LUN's flag at join and a different configured one is refused; without a LUN it is the session's generation | the LUN's, or `0` without one |
 //! | `ft_status_port` | TCP port on `ip=` that answers every connection with one JSON status line and closes (for host tools; `0`: none) | `7701` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
@@ -45,8 +45,8 @@ pub struct FtPairConfig {
     pub status_ms: u64,
     /// The status port (0: none).
     pub status_port: u16,
-    /// The flag generation both sides start under.
-    pub generation: u64,
+    /// The flag generation the operator expects (`None`: the LUN's).
+    pub generation: Option<u64>,
     /// Backup: the address allowed to open probe connections.
     pub probe: Option<[u8; 4]>,
 }
@@ -61,7 +61,7 @@ impl Default for FtPairConfig {
             heartbeat_ms: 10,
             status_ms: 1000,
             status_port: 7701,
-            generation: 0,
+            generation: None,
             probe: None,
         }
     }
@@ -144,7 +144,9 @@ pub fn parse_option(
             "ft_status_port" => {
                 cfg.status_port = number(0, 65535, "a TCP port 0..65535 (0: none)")? as u16
             }
-            "ft_generation" => cfg.generation = number(0, i64::MAX as u64, "a generation 0..2^63")?,
+            "ft_generation" => {
+                cfg.generation = Some(number(0, i64::MAX as u64, "a generation 0..2^63")?)
+            }
             "ft_probe" => {
                 cfg.probe =
                     Some(parse_ipv4(value).ok_or_else(|| bad("the probing host's `a.b.c.d`"))?)
@@ -180,14 +182,17 @@ mod tests {
                 heartbeat_ms: 20,
                 status_ms: 500,
                 status_port: 7701,
-                generation: 0,
+                generation: None,
                 probe: None,
             }
         );
         assert_eq!(c.pair.validate(), Ok(()));
         let c =
             Config::parse("role=backup peer=10.0.4.11 ft_generation=3 ft_probe=10.0.4.1").unwrap();
-        assert_eq!((c.pair.generation, c.pair.probe), (3, Some([10, 0, 4, 1])));
+        assert_eq!(
+            (c.pair.generation, c.pair.probe),
+            (Some(3), Some([10, 0, 4, 1]))
+        );
         assert_eq!(c.pair.validate(), Ok(()));
         let c = Config::parse("role=primary peer=10.0.4.12 ft_probe=10.0.4.1").unwrap();
         assert!(c.pair.validate().unwrap_err().contains("ft_probe"));

@@ -1,40 +1,44 @@
-//! The FT pair's logging channel, live (issue 9; DESIGN.md §1.1-§1.6): a
-//! [`Node`] drives `ft::primary::Primary` or `ft::backup::Backup` over one
-//! smoltcp TCP connection on the hypervisor's own NIC, polled from the VMX
-//! run loop (`crate::vmm`) through the [`Live`] hooks.
+//! The FT pair's node in the hypervisor (issue 9, issue 14; DESIGN.md
+//! §1.1-§1.7): the adapter around `ft::node::Node`, which makes every FT
+//! decision (join, reconnect, arbitration with retry, fencing, go-live,
+//! throttle, halt) and is the node the simulator runs. This file only
+//! connects it to the world: one smoltcp TCP connection on the
+//! hypervisor's own NIC (the log channel), the shared LUN over iSCSI
+//! (`live/lun.rs`), the VMX run loop (`crate::vmm`, through the [`Live`]
+//! hooks), the guest's devices (outputs under the output rule), the
+//! console and the status port.
 //!
+//! * **Join** (after the guest is built, [`Live::join`]): the session's
+//!   generation is read from the shared LUN (a configured `ft_generation`
+//!   that differs is refused with both numbers); the primary connects to
+//!   the backup's log port (retrying while it boots) and says Hello; the
+//!   backup listens. The failure detectors arm once the Hello is
+//!   acknowledged.
 //! * **Primary** (§1.1, §1.4): records like `ft=record` (the run loop's
-//!   `vmx::replay::Recorder`); at every run-loop iteration the new entries
-//!   go to `Primary::record` and out on the socket as they are produced.
-//!   Guest console lines are its outputs for now: each gets an
-//!   `OutputMarker` in the log and is printed only once the backup has
-//!   acknowledged the marker (`kernel::ftnode::ConsoleGate`). Idle log:
-//!   heartbeats (§1.6). A lagging backup throttles the guest.
-//! * **Backup** (§1.3, §1.5): listens on the log port, verifies the
-//!   session hello (cluster, guest identity, generation, protocol version;
-//!   a mismatch is refused with the reason), acknowledges, and hands each
-//!   received record to a streaming `vmx::replay::Replayer`: the guest
-//!   only runs up to the point of the last entry received (lags one
-//!   entry); its console lines are discarded and counted.
-//! * Bad input (§1.5): the session socket accepts only `peer=`; with
-//!   `ft_probe=` the backup opens a second listener while the session runs
-//!   for that host, checks its bytes with a `Backup` of its own and resets
-//!   the connection with the reason (`Node::pump_probe`, `ft-hostile-log`).
+//!   `ft::replay::Recorder`); at every run-loop iteration the new entries
+//!   go to the node and out on the socket. Guest console lines, frames and
+//!   disk requests are outputs: each gets an `OutputMarker` and leaves
+//!   only once the backup acknowledged it (`OutputGate` counts and checks
+//!   what the node releases). A dropped connection is reconnected as the
+//!   node asks ([`ft::node::Node::wants_connection`]), from a new port;
+//!   the node resends what the backup has not received.
+//! * **Backup** (§1.3, §1.5): accepts the primary's connection (only
+//!   `peer=`), hands each received record to the streaming
+//!   `ft::replay::Replayer`; the guest runs only up to the last entry
+//!   received; its outputs are discarded and counted.
+//! * Bad input (§1.5): with `ft_probe=` the backup opens a second listener
+//!   while the session runs for that host, checks its bytes with a
+//!   `Backup` of its own and resets the connection with the reason
+//!   (`Node::pump_probe`, `ft-hostile-log`).
 //! * Both print a status line every `ft_status` ms of hypervisor time
-//!   (role, generation, seq sent/acked/applied, lag, log Mbit/s, heartbeat
-//!   age; §6 "Observable").
-//!
-//! * Failure (§1.7): after `ft_timeout` of silence a side arbitrates on
-//!   the shared LUN (`Node::settle`: iSCSI login over the same stack,
-//!   read the flag, one COMPARE AND WRITE). A loser halts for good; a
-//!   backup that wins replays what it received and goes live
-//!   (`Live::go_live`: the run loop drops the tape and prints the guest's
-//!   console from then on).
-//!
-//! Not yet (issue 9): a primary that wins stops instead of running on
-//! alone; outputs are console lines only (frames and disk writes come with
-//! guest networking). Console lines the primary may not have released
-//! are re-emitted by a backup going live (at least once).
+//!   and answer the status port (§6 "Observable").
+//! * Failure (§1.7): the node detects the silence, arbitrates on the LUN
+//!   (retried while storage is unreachable), and either halts for good,
+//!   runs on alone (primary) or drains and goes live (backup:
+//!   `Live::go_live`, the run loop drops the tape; pending disk requests
+//!   are re-issued, the guest's MAC announced, time moved forward).
+//!   Console lines the primary may not have released are re-emitted by a
+//!   backup going live (at least once).
 //!
 //! Time: the TSC calibrated on the PIT (`crate::net` clock). In Bochs with
 //! `clock: sync=none` that is emulated time, so `ft_timeout` and
@@ -45,18 +49,17 @@ use crate::net::WithNic;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use drivers::arbitration::{Arbiter, LunFlag};
-use drivers::iscsi::{Initiator, Transport};
+use drivers::iscsi::Transport;
 use drivers::nic::Nic;
 use drivers::smoltcp::iface::SocketHandle;
 use drivers::smoltcp::socket::tcp;
 use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
-use ft::arbitration::{arbitrate, NodeId, Verdict};
+use ft::arbitration::{NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
-use ft::primary::{Primary, PrimaryState};
+use ft::node::{session_generation, Node as FtNode, NodeConfig, NodeRole, NodeState};
 use ft::replay::{Recorder, Replayer, Tape};
-use ft::{Effect, Effects, SessionConfig};
+use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
 use kernel::exitcode;
@@ -72,16 +75,16 @@ const POLL_US: u64 = 500;
 const KEEP_LINES: usize = 64;
 /// TCP buffers of the iSCSI connection (arbitration only).
 const ISCSI_BUFFER: usize = 16 * 1024;
-/// The flag block on the shared LUN (as `mode=iscsi` uses it).
-const FLAG_LBA: u64 = 0;
 /// TCP buffers of a probe connection (`ft_probe=`).
 const PROBE_BUFFER: usize = 16 * 1024;
 /// TCP buffers of the status port.
 const STATUS_BUFFER: usize = 2048;
-/// The primary waits for the backup when an entry it sent this long ago
-/// (µs of hypervisor time) is not applied yet (DESIGN.md §5: "primary
-/// throttled above 1 s").
-const THROTTLE_US: u64 = 1_000_000;
+/// A primary without a log connection asks for one this often (ms).
+const RECONNECT_MS: u64 = 200;
+
+#[path = "live/lun.rs"]
+mod lun;
+use lun::{LunAddress, LunStorage};
 
 /// Output ids (DESIGN.md §1.4): console line *n* (1, 2, ...) is output
 /// `2n - 1`, guest I/O output *n* (a frame, a disk request) is `2n`, so the
@@ -97,6 +100,10 @@ fn io_output_id(n: u64) -> u64 {
 
 /// What the run loop calls while an FT pair runs.
 pub trait Live {
+    /// The guest is built and about to run: join the session (read the
+    /// generation from the LUN, connect or listen). Joining only now keeps
+    /// a long guest setup from looking like a dead peer.
+    fn join(&mut self);
     /// Top of every run-loop iteration, the guest at `at` with guest time
     /// `guest_ns`; `lines` are guest console lines captured since the last
     /// call (primary); `io`: the guest's devices, whose outputs the
@@ -110,6 +117,10 @@ pub trait Live {
         lines: &mut Option<Vec<String>>,
         io: &mut GuestIo,
     ) -> Result<(), String>;
+    /// Long hypervisor work between run-loop iterations (hashing guest
+    /// RAM at the end): keep the log channel alive (acks, heartbeats,
+    /// failure detection) so the peer never takes the pause for a death.
+    fn keepalive(&mut self);
     /// Just before VM entry: ship what this iteration recorded.
     fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64);
     /// Backup, when the replayer holds nothing more to run to: after a
@@ -189,7 +200,6 @@ impl WithNic for Starter<'_> {
         let (demux, net) = crate::net::guest::share_nic(config, clock, nic);
         let io = crate::net::guest::guest_io_on(config.guest_mem, config, &demux, &net);
         let mut node = Node::new(config, net, self.image, self.initrd, self.guest_cmdline);
-        node.join();
         crate::vmm::run(
             config,
             self.caps,
@@ -210,12 +220,7 @@ fn endpoint(e: Endpoint) -> IpEndpoint {
     IpEndpoint::new(IpAddress::v4(a, b, c, d), e.port)
 }
 
-enum Side {
-    Primary(Primary),
-    Backup(Backup),
-}
-
-/// One side of the pair: the state machine, its socket and its numbers.
+/// One side of the pair: the FT node, its socket and its numbers.
 pub struct Node<N: Nic> {
     /// The hypervisor's smoltcp stack on the NIC, shared with the guest
     /// disk's iSCSI session (`disk=iscsi`).
@@ -229,18 +234,13 @@ pub struct Node<N: Nic> {
     /// Guest I/O outputs the backup acknowledged, to go out at the next
     /// poll (DESIGN.md §1.4).
     ready: Vec<(Slot, GuestOutput)>,
-    /// Primary that won the test-and-set after its backup fell silent:
-    /// the guest runs on alone, outputs leave at once (§1.7).
-    alone: bool,
-    /// The shared LUN: portal, target, LUN (`iscsi=`, `iscsi_target=`,
-    /// `iscsi_lun=`); `None`: no storage, so no one may go live.
-    lun: Option<(Endpoint, String, u64)>,
-    me: NodeId,
+    /// The shared LUN; `None`: no storage, so no one may go live.
+    lun: Option<LunAddress>,
+    role: Role,
     sock: SocketHandle,
-    side: Side,
-    sc: SessionConfig,
-    /// A session was established once (the failure detector runs).
-    joined: bool,
+    /// The FT node: every decision is its.
+    ft: FtNode,
+    ncfg: NodeConfig,
     join_deadline_us: u64,
     peer: Endpoint,
     cfg: kernel::config::FtPairConfig,
@@ -268,24 +268,27 @@ pub struct Node<N: Nic> {
     status_bytes: u64,
     status_us: u64,
     throttles: u64,
+    /// The log socket holds an established connection the node knows of.
     connected: bool,
+    /// Primary: a reconnect is under way (SYN sent).
+    connecting: bool,
     refusals: u64,
     first_guest_ns: Option<u64>,
     last_guest_ns: u64,
-    /// The flag generation both sides start under (`ft_generation=`) until
-    /// arbitration on the shared LUN is wired in.
-    generation: u64,
     /// Backup with `ft_probe=`: a second listener on the log port, open
     /// while the session runs, and the connection it holds (validated by
     /// its own `Backup`, never joined to the session).
     probe_sock: Option<SocketHandle>,
     probe: Option<(IpEndpoint, Backup)>,
     probes_refused: u64,
-    /// Backup: won the test-and-set; goes live once everything received
-    /// is replayed.
-    won: bool,
-    /// Backup, live: the guest runs alone.
+    /// The node's go-live, once it decided it (backup: after draining).
+    golive: Option<GoLive>,
+    /// Backup: the go-live sequence ran (devices attached, MAC announced).
     live: bool,
+    /// Why the node halted for good, once it did.
+    halted: Option<String>,
+    /// Arbitrations whose outcome was reported.
+    arbitrations_seen: u64,
     /// Backup: the largest guest time the received log showed (RDTSC
     /// values, heartbeats).
     max_guest_tsc: u64,
@@ -294,6 +297,10 @@ pub struct Node<N: Nic> {
     discarded: alloc::collections::VecDeque<(u64, String)>,
     /// Backup: when each output marker arrived (output id, µs).
     marker_rx: alloc::collections::BTreeMap<u64, u64>,
+    /// Backup: the last sequence received from the primary.
+    log_received: u64,
+    /// The guest's point at the last poll (heartbeats after it stopped).
+    last_at: ExecPoint,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -308,19 +315,20 @@ impl<N: Nic + 'static> Node<N> {
         let pair = config.pair;
         let role = pair.role.expect("start() runs only with a role");
         let guest_id = guest_identity(image, initrd, guest_cmdline);
-        let me = match role {
-            Role::Primary => NodeId(1),
-            Role::Backup => NodeId(2),
+        let (me, peer_id) = match role {
+            Role::Primary => (NodeId(1), NodeId(2)),
+            Role::Backup => (NodeId(2), NodeId(1)),
         };
         let mut sc = SessionConfig::new(pair.cluster, guest_id, me);
         sc.heartbeat_interval_ns = pair.heartbeat_ms * 1_000_000;
         sc.failure_timeout_ns = pair.timeout_ms * 1_000_000;
+        sc.join_timeout_ns = config.net.timeout_secs * 1_000_000_000;
+        let mut ncfg = NodeConfig::new(sc, peer_id);
+        ncfg.reconnect_interval_ns = RECONNECT_MS * 1_000_000;
+        // Fencing needs persistent reservations from the initiator: not
+        // wired into the guest disk's data path yet.
+        ncfg.fencing = false;
         let now_us = net.clock.micros();
-        let now = now_us * 1000;
-        let side = match role {
-            Role::Primary => Side::Primary(Primary::new(sc, pair.generation, now)),
-            Role::Backup => Side::Backup(Backup::new(sc, pair.generation, now)),
-        };
         let sock = net.add_tcp(TCP_BUFFER);
         let probe_sock = match (role, pair.probe) {
             (Role::Backup, Some(_)) => Some(net.add_tcp(PROBE_BUFFER)),
@@ -332,10 +340,9 @@ impl<N: Nic + 'static> Node<N> {
         // immediate: the output rule waits for them.
         net.tcp(sock).set_nagle_enabled(role == Role::Primary);
         println!(
-            "ft: {} of cluster {} generation {}, guest id {} (image {} bytes, cmdline \"{guest_cmdline}\"), protocol {}, heartbeat {} ms, failure timeout {} ms",
+            "ft: {} of cluster {}, guest id {} (image {} bytes, cmdline \"{guest_cmdline}\"), protocol {}, heartbeat {} ms, failure timeout {} ms",
             role_name(role),
             pair.cluster,
-            pair.generation,
             IdHex(&guest_id),
             image.len(),
             ft::log::PROTOCOL_VERSION,
@@ -343,24 +350,31 @@ impl<N: Nic + 'static> Node<N> {
             pair.timeout_ms
         );
         let ic = &config.iscsi;
-        let lun = ic.portal.map(|p| (p, ic.target.clone(), ic.lun));
+        let lun = ic.portal.map(|portal| LunAddress {
+            portal,
+            target: ic.target.clone(),
+            lun: ic.lun,
+        });
         let portal = endpoint(ic.portal.unwrap_or(pair.peer.expect("validated")));
         let clock = net.clock;
         let status_sock = (pair.status_port != 0).then(|| net.add_tcp(STATUS_BUFFER));
         drop(net);
+        let node_role = match role {
+            Role::Primary => NodeRole::Primary,
+            Role::Backup => NodeRole::Backup,
+        };
         Node {
             arb: SharedTransport::new(shared.clone(), portal, ISCSI_BUFFER),
             net: shared,
             clock,
             status_sock,
             ready: Vec::new(),
-            alone: false,
             lun,
-            me,
+            role,
             sock,
-            side,
-            sc,
-            joined: false,
+            // Replaced at join, under the generation the join finds.
+            ft: FtNode::new(ncfg, node_role, pair.generation.unwrap_or(0), now_us * 1000),
+            ncfg,
             join_deadline_us: now_us + config.net.timeout_secs * 1_000_000,
             peer: pair.peer.expect("validated: a role has a peer"),
             cfg: pair,
@@ -385,18 +399,22 @@ impl<N: Nic + 'static> Node<N> {
             status_us: now_us,
             throttles: 0,
             connected: false,
+            connecting: false,
             refusals: 0,
             first_guest_ns: None,
             last_guest_ns: 0,
-            generation: pair.generation,
             probe_sock,
             probe: None,
             probes_refused: 0,
-            won: false,
+            golive: None,
             live: false,
+            halted: None,
+            arbitrations_seen: 0,
             max_guest_tsc: 0,
             discarded: Default::default(),
             marker_rx: Default::default(),
+            log_received: 0,
+            last_at: ExecPoint::default(),
         }
     }
 
@@ -408,14 +426,84 @@ impl<N: Nic + 'static> Node<N> {
         self.cfg.timeout_ms * 1000
     }
 
+    /// The shared LUN as the node's storage, for one call.
+    fn storage(&mut self) -> LunStorage<'_, N> {
+        LunStorage {
+            transport: &mut self.arb,
+            clock: self.clock,
+            address: self.lun.as_ref(),
+            me: self.ncfg.session.me,
+            role: role_name(self.role),
+        }
+    }
+
+    /// The session's generation (DESIGN.md §1.7): the shared LUN's flag,
+    /// read at join; a configured `ft_generation` that differs is refused.
+    /// Without a LUN, the configured one (or 0). Storage unreachable is
+    /// retried until `net_timeout`.
+    fn session_generation(&mut self) -> u64 {
+        let role = role_name(self.role);
+        if self.lun.is_none() {
+            let g = self.cfg.generation.unwrap_or(0);
+            println!(
+                "ft: {role}: session generation {g} (configured; no shared LUN to read it from)"
+            );
+            return g;
+        }
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let configured = self.cfg.generation;
+            let ncfg = self.ncfg;
+            match session_generation(&mut self.storage(), configured, &ncfg) {
+                Ok(g) => {
+                    println!("ft: {role}: session generation {g}, read from the shared LUN's flag");
+                    return g;
+                }
+                Err(e @ FtError::StaleGeneration { .. }) => {
+                    println!("ft: {role}: REFUSED to join: {e}; start the pair with ft_generation={} or none", match e { FtError::StaleGeneration { lun, .. } => lun, _ => 0 });
+                    exit(exitcode::BAD_CONFIG);
+                }
+                Err(e) if self.now_us() < self.join_deadline_us => {
+                    if tries % 10 == 1 {
+                        println!(
+                            "ft: {role}: cannot read the shared LUN's flag yet ({e}); retrying"
+                        );
+                    }
+                    self.idle_us(500_000);
+                }
+                Err(e) => {
+                    println!("ft: {role}: cannot read the shared LUN's flag within net_timeout ({e}): no one may start the guest under an unchecked generation");
+                    exit(exitcode::FAILURE);
+                }
+            }
+        }
+    }
+
+    /// Polls the stack for `us` microseconds (nothing else to do).
+    fn idle_us(&mut self, us: u64) {
+        let until = self.now_us() + us;
+        while self.now_us() < until {
+            self.net.borrow_mut().poll();
+        }
+    }
+
     /// Primary: connect to the backup (retrying while it boots, at most
-    /// `net_timeout`) and say Hello. Backup: listen for the primary.
-    fn join(&mut self) {
+    /// `net_timeout`) and say Hello; no backup means the node arbitrates
+    /// to run alone. Backup: listen for the primary.
+    fn join_session(&mut self) {
+        let generation = self.session_generation();
+        let node_role = match self.role {
+            Role::Primary => NodeRole::Primary,
+            Role::Backup => NodeRole::Backup,
+        };
+        self.ft = FtNode::new(self.ncfg, node_role, generation, self.now_us() * 1000);
+        self.heard_us = self.now_us();
         let ep = endpoint(self.peer);
-        match &mut self.side {
-            Side::Primary(_) => {
+        match self.role {
+            Role::Primary => {
                 println!("ft: primary: connecting to the backup's log port {ep}");
-                let deadline = self.join_deadline_us;
+                let deadline = self.join_deadline_us.max(self.now_us() + 2_000_000);
                 let mut tries = 0u32;
                 loop {
                     tries += 1;
@@ -426,10 +514,7 @@ impl<N: Nic + 'static> Node<N> {
                             if tries % 20 == 1 {
                                 println!("ft: primary: backup not reachable yet ({e}); retrying");
                             }
-                            let until = self.now_us() + 200_000;
-                            while self.now_us() < until {
-                                self.net.borrow_mut().poll();
-                            }
+                            self.idle_us(200_000);
                         }
                         Err(e) => {
                             println!(
@@ -442,19 +527,15 @@ impl<N: Nic + 'static> Node<N> {
                 }
                 let now = self.now_us();
                 self.connected = true;
-                self.joined = true;
                 self.heard_us = now;
-                // The failure detector starts with the session.
-                let mut p = Primary::new(self.sc, self.generation, now * 1000);
-                let fx = p.on_connected(now * 1000);
-                self.side = Side::Primary(p);
+                let fx = self.ft.on_connected(now * 1000);
                 println!(
                     "ft: primary: log connection to {ep} established after {tries} attempt(s); hello sent; starting the guest"
                 );
                 self.apply(fx);
                 self.pump(true);
             }
-            Side::Backup(_) => {
+            Role::Backup => {
                 self.listen();
                 println!(
                     "ft: backup: listening on log port {} for the primary at {}",
@@ -519,12 +600,12 @@ impl<N: Nic + 'static> Node<N> {
         self.out_off = 0;
     }
 
-    /// Carries out the state machine's effects.
+    /// Carries out the node's effects.
     fn apply(&mut self, fx: Effects) {
         for e in fx {
             match e {
                 Effect::Send(bytes) => {
-                    if let Side::Primary(p) = &self.side {
+                    if let Some(p) = self.ft.primary() {
                         // Entries (not the hello) start the lag clock.
                         if p.last_seq() > 0 {
                             self.lag.sent(p.last_seq(), self.now_us());
@@ -533,10 +614,8 @@ impl<N: Nic + 'static> Node<N> {
                     self.outbox.extend_from_slice(&bytes)
                 }
                 Effect::Release(id) => {
-                    let (acked, now) = match &self.side {
-                        Side::Primary(p) => (p.acked(), self.now_us()),
-                        Side::Backup(_) => (0, self.now_us()),
-                    };
+                    let acked = self.ft.primary().map_or(0, |p| p.acked());
+                    let now = self.now_us();
                     if id % 2 == 0 {
                         if let Some(r) = self.io_gate.release(id, acked, now) {
                             self.ready.push(r.item);
@@ -553,39 +632,134 @@ impl<N: Nic + 'static> Node<N> {
                 Effect::Throttle(on) => {
                     // Counted where the primary waits (`poll`).
                     if on {
-                        println!("ft: primary: backup lags more than 1 s of guest time: throttling the guest");
+                        println!(
+                            "ft: primary: the backup lags more than 1 s: throttling the guest"
+                        );
                     }
                 }
                 Effect::ResetConnection(err) => {
-                    match &mut self.side {
-                        Side::Backup(b) => {
+                    let now = self.now_us();
+                    match self.role {
+                        Role::Backup => {
                             self.refusals += 1;
                             println!(
-                            "ft: backup: REFUSED the log connection: {err} (ours: cluster {} generation {} guest id {} protocol {})",
-                            self.cfg.cluster,
-                            b.generation(),
-                            IdHex(&self.guest_id),
-                            ft::log::PROTOCOL_VERSION
-                        );
+                                "ft: backup: REFUSED the log connection: {err} (ours: cluster {} generation {} guest id {} protocol {})",
+                                self.cfg.cluster,
+                                self.ft.generation(),
+                                IdHex(&self.guest_id),
+                                ft::log::PROTOCOL_VERSION
+                            );
+                            self.ft.on_disconnected(now * 1000);
                             self.listen();
                         }
-                        Side::Primary(p) => {
-                            println!("ft: primary: bad data from the backup: {err}; dropping the connection");
-                            p.on_disconnected();
+                        Role::Primary => {
+                            println!("ft: primary: bad data from the backup: {err}; dropping the connection (it reconnects)");
+                            self.ft.on_disconnected(now * 1000);
                             self.net.borrow_mut().tcp(self.sock).abort();
                             self.connected = false;
+                            self.outbox.clear();
+                            self.out_off = 0;
                         }
                     }
                 }
-                Effect::Arbitrate {
-                    expected_generation,
-                } => {
-                    // Reported by the caller (it ends the run for now).
-                    let _ = expected_generation;
+                // The node carries out its arbitrations itself.
+                Effect::Arbitrate { .. } => {}
+                Effect::GoLive(g) => self.golive = Some(g),
+                Effect::Halt => {
+                    let why = match self.ft.last_verdict {
+                        Some(Verdict::Lost(f)) => alloc::format!(
+                            "{}: LOST the test-and-set (flag generation {} owner {}): halting the guest for good",
+                            role_name(self.role),
+                            f.generation,
+                            f.owner.0
+                        ),
+                        _ if self.ft.backup().is_some_and(|b| b.goodbye().is_none()) => {
+                            "backup: fenced by the primary's go-live: halting the guest for good"
+                                .into()
+                        }
+                        _ => alloc::format!(
+                            "{}: fenced off the shared disk: halting the guest for good",
+                            role_name(self.role)
+                        ),
+                    };
+                    self.halted.get_or_insert(why);
                 }
-                Effect::GoLive(_) | Effect::Halt => {}
             }
         }
+    }
+
+    /// The node's timers (heartbeat, acks, lag, failure detection, and the
+    /// arbitration, fencing and go-live that follow a failure) at `now_us`;
+    /// reports what the node decided. `Err`: it halted for good.
+    fn tick(&mut self, now_us: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
+        let before = self.ft.state();
+        let silent_ms = now_us.saturating_sub(self.heard_us) / 1000;
+        let mut storage = LunStorage {
+            transport: &mut self.arb,
+            clock: self.clock,
+            address: self.lun.as_ref(),
+            me: self.ncfg.session.me,
+            role: role_name(self.role),
+        };
+        let fx = self.ft.tick(now_us * 1000, guest_ns, at, &mut storage);
+        self.after_decision(before, silent_ms);
+        self.apply(fx);
+        self.settle_state()
+    }
+
+    /// Says what the node decided since `before`: a failure detected (the
+    /// peer silent for `silent_ms` when it was), an arbitration's outcome.
+    fn after_decision(&mut self, before: NodeState, silent_ms: u64) {
+        let role = role_name(self.role);
+        if matches!(before, NodeState::Paired | NodeState::Following)
+            && self.ft.arbitrations > self.arbitrations_seen
+        {
+            println!(
+                "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
+                self.cfg.timeout_ms
+            );
+        }
+        if self.ft.arbitrations == self.arbitrations_seen {
+            return;
+        }
+        let attempts = self.ft.arbitrations - self.arbitrations_seen;
+        self.arbitrations_seen = self.ft.arbitrations;
+        match self.ft.last_verdict {
+            Some(Verdict::Won(f)) => println!(
+                "ft: {role}: WON the test-and-set: flag generation {} -> {} owner {}",
+                f.generation - 1,
+                f.generation,
+                f.owner.0
+            ),
+            Some(Verdict::Unreachable) if self.lun.is_none() => {}
+            // The first attempt of an outage, then every tenth.
+            Some(Verdict::Unreachable)
+                if self.ft.arbitrations == 1 || self.ft.arbitrations.is_multiple_of(10) =>
+            {
+                println!(
+                    "ft: {role}: shared storage unreachable: no one may go live; retrying every {} ms (attempt {}{})",
+                    self.ncfg.session.arbitration_retry_ns / 1_000_000,
+                    self.ft.arbitrations,
+                    if attempts > 1 { ", several this tick" } else { "" }
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// What the node's state means for the hypervisor: a halt stops the
+    /// guest; a node without any shared LUN cannot arbitrate at all.
+    fn settle_state(&mut self) -> Result<(), String> {
+        if let Some(why) = &self.halted {
+            return Err(why.clone());
+        }
+        if self.ft.state() == NodeState::Arbitrating && self.lun.is_none() {
+            return Err(alloc::format!(
+                "{}: shared storage unreachable: no shared LUN configured (iscsi=), so no one may go live; halting",
+                role_name(self.role)
+            ));
+        }
+        Ok(())
     }
 
     /// Moves bytes between the outbox, the socket and the state machine.
@@ -603,23 +777,16 @@ impl<N: Nic + 'static> Node<N> {
             let s = net.tcp(self.sock);
             (s.state(), s.remote_endpoint())
         };
-        if let Side::Backup(_) = &self.side {
-            if !self.connected && state == tcp::State::Established {
+        match self.role {
+            Role::Backup if !self.connected && state == tcp::State::Established => {
                 let want = endpoint(self.peer).addr;
                 match from {
                     Some(ep) if ep.addr == want => {
                         println!("ft: backup: log connection from the primary at {ep}");
                         self.connected = true;
                         self.heard_us = now;
-                        if !self.joined {
-                            // The failure detector starts with the session.
-                            self.joined = true;
-                            self.side =
-                                Side::Backup(Backup::new(self.sc, self.generation, now * 1000));
-                        }
-                        if let Side::Backup(b) = &mut self.side {
-                            b.on_connected(now * 1000);
-                        }
+                        let fx = self.ft.on_connected(now * 1000);
+                        self.apply(fx);
                     }
                     other => {
                         println!("ft: backup: REFUSED a log connection from {other:?}: not the configured peer {want}");
@@ -628,6 +795,27 @@ impl<N: Nic + 'static> Node<N> {
                     }
                 }
             }
+            Role::Primary if self.connecting => match state {
+                tcp::State::Established => {
+                    self.connecting = false;
+                    self.connected = true;
+                    self.heard_us = now;
+                    let fx = self.ft.on_connected(now * 1000);
+                    println!(
+                        "ft: primary: log connection re-established (reconnect {}); hello sent, resending from seq {}",
+                        self.ft.reconnects,
+                        self.ft.primary().map_or(0, |p| p.acked() + 1)
+                    );
+                    self.apply(fx);
+                }
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    // Refused or timed out: the node asks again later.
+                    self.connecting = false;
+                    self.ft.on_disconnected(now * 1000);
+                }
+                _ => {}
+            },
+            _ => {}
         }
         if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
             let sent = rc
@@ -661,14 +849,10 @@ impl<N: Nic + 'static> Node<N> {
             self.bytes_recv += n as u64;
             self.heard_us = now;
             let bytes = self.inbuf[..n].to_vec();
-            let fx = match &mut self.side {
-                Side::Primary(p) => {
-                    let fx = p.on_bytes(now * 1000, &bytes);
-                    self.lag.applied(p.applied(), now);
-                    fx
-                }
-                Side::Backup(b) => b.on_bytes(now * 1000, &bytes),
-            };
+            let fx = self.ft.on_bytes(now * 1000, &bytes);
+            if let Some(p) = self.ft.primary() {
+                self.lag.applied(p.applied(), now);
+            }
             self.apply(fx);
         }
         let (may_recv, state) = {
@@ -677,20 +861,31 @@ impl<N: Nic + 'static> Node<N> {
             (s.may_recv(), s.state())
         };
         if self.connected && !may_recv && !matches!(state, tcp::State::Established) {
-            match &mut self.side {
-                Side::Primary(p) => {
-                    if p.state() == PrimaryState::Paired {
+            // A dropped connection is not a failure (DESIGN.md §1.6): the
+            // primary reconnects when the node asks, the backup listens.
+            self.ft.on_disconnected(now * 1000);
+            match self.role {
+                Role::Primary => {
+                    if self.ft.state() == NodeState::Paired {
                         println!(
-                            "ft: primary: the backup closed the log connection (state {state})"
+                            "ft: primary: the backup closed the log connection (state {state}); reconnecting"
                         );
                     }
-                    p.on_disconnected();
+                    self.net.borrow_mut().tcp(self.sock).abort();
                     self.connected = false;
+                    self.outbox.clear();
+                    self.out_off = 0;
                 }
-                Side::Backup(_) => {
+                Role::Backup => {
                     println!("ft: backup: the primary closed the log connection");
                     self.listen();
                 }
+            }
+        }
+        if self.ft.wants_connection(now * 1000) && !self.connecting {
+            let ep = endpoint(self.peer);
+            if rc.borrow_mut().start_connect(self.sock, ep).is_ok() {
+                self.connecting = true;
             }
         }
         self.pump_probe(now);
@@ -730,7 +925,7 @@ impl<N: Nic + 'static> Node<N> {
             match remote {
                 Some(ep) if ep.addr == IpAddress::v4(a, b, c, d) => {
                     println!("ft: backup: probe connection from {ep} (ft_probe): validating it; the session with the primary goes on");
-                    let mut v = Backup::new(self.sc, self.generation, now * 1000);
+                    let mut v = Backup::new(self.ncfg.session, self.ft.generation(), now * 1000);
                     v.on_connected(now * 1000);
                     self.probe = Some((ep, v));
                 }
@@ -812,7 +1007,7 @@ impl<N: Nic + 'static> Node<N> {
 
     /// Primary: hands new recorder entries to the state machine.
     fn ship_recorded(&mut self, tape: &Tape, guest_ns: u64) -> Result<(), String> {
-        let (Tape::Record(r), Side::Primary(_)) = (tape, &self.side) else {
+        let (Tape::Record(r), Some(_)) = (tape, self.ft.primary()) else {
             return Ok(());
         };
         let mut fx = Effects::new();
@@ -821,7 +1016,7 @@ impl<N: Nic + 'static> Node<N> {
                 .map_err(|e| alloc::format!("the recorder's own log does not decode: {e}"))?;
             self.rec_off += used;
             let now = self.now_us() * 1000;
-            let Side::Primary(p) = &mut self.side else {
+            let Some(p) = self.ft.primary_mut() else {
                 unreachable!()
             };
             let (_, more) = p
@@ -853,16 +1048,23 @@ impl<N: Nic + 'static> Node<N> {
     ) -> StatusLine {
         let now = self.now_us();
         let heard_ms = now.saturating_sub(self.heard_us) / 1000;
-        match &self.side {
-            Side::Primary(p) => StatusLine {
+        let state = match (self.role, self.ft.state()) {
+            (_, NodeState::Paired) => "paired",
+            (_, NodeState::Following) => "following",
+            (_, NodeState::Arbitrating) => "arbitrating",
+            (_, NodeState::Draining) => "draining",
+            (Role::Primary, NodeState::Alone) => "alone",
+            // Won, still replaying what it received: not live yet.
+            (Role::Backup, NodeState::Alone) if !self.live => "draining",
+            (Role::Backup, NodeState::Alone) => "live",
+            (_, NodeState::Halted) => "ended",
+        };
+        let generation = self.ft.generation();
+        match (self.ft.primary(), self.ft.backup()) {
+            (Some(p), _) if self.role == Role::Primary => StatusLine {
                 role: "primary",
-                state: match p.state() {
-                    PrimaryState::Paired => "paired",
-                    PrimaryState::Arbitrating => "arbitrating",
-                    PrimaryState::Alone => "alone",
-                    PrimaryState::Halted => "ended",
-                },
-                generation: p.generation(),
+                state,
+                generation,
                 seq: p.last_seq(),
                 acked: p.acked(),
                 applied: p.applied(),
@@ -875,18 +1077,10 @@ impl<N: Nic + 'static> Node<N> {
                 released: self.gate.released,
                 discarded: 0,
             },
-            Side::Backup(b) => StatusLine {
+            (_, Some(b)) => StatusLine {
                 role: "backup",
-                state: match b.state() {
-                    ft::backup::BackupState::Following => "following",
-                    ft::backup::BackupState::Arbitrating => "arbitrating",
-                    ft::backup::BackupState::Draining => "draining",
-                    // Won, still replaying what it received: not live yet.
-                    ft::backup::BackupState::Live if !self.live => "draining",
-                    ft::backup::BackupState::Live => "live",
-                    ft::backup::BackupState::Halted => "ended",
-                },
-                generation: b.generation(),
+                state,
+                generation,
                 seq: b.received(),
                 acked: b.applied(),
                 applied: b.applied(),
@@ -899,13 +1093,35 @@ impl<N: Nic + 'static> Node<N> {
                 released: 0,
                 discarded,
             },
+            // A backup gone live: its log ended where it went live.
+            _ => {
+                let applied = self.golive.as_ref().map_or(0, |g| g.last_applied);
+                StatusLine {
+                    role: "backup",
+                    state,
+                    generation,
+                    seq: applied,
+                    acked: applied,
+                    applied,
+                    lag_entries: 0,
+                    lag_us: 0,
+                    lag_guest_us: 0,
+                    rate,
+                    heard_ms,
+                    held: 0,
+                    released: 0,
+                    discarded,
+                }
+            }
         }
     }
 
-    /// Backup: received records to the replayer, applied position back.
+    /// Backup: received records to the replayer, applied position and
+    /// backlog back to the node; the node's timers.
     fn feed(&mut self, replayer: &mut Replayer) -> Result<(), String> {
-        let Side::Backup(b) = &mut self.side else {
-            return Ok(());
+        let heard_us = self.heard_us;
+        let Some(b) = self.ft.backup_mut() else {
+            return self.settle_state();
         };
         for r in b.take_received() {
             let t = match &r.entry {
@@ -920,7 +1136,7 @@ impl<N: Nic + 'static> Node<N> {
                 ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
                 ft::log::LogEntry::OutputMarker { output_id, .. } if output_id % 2 == 1 => {
                     // A console line's marker, by line number.
-                    self.marker_rx.insert(output_id.div_ceil(2), self.heard_us);
+                    self.marker_rx.insert(output_id.div_ceil(2), heard_us);
                     if self.marker_rx.len() > KEEP_LINES {
                         self.marker_rx.pop_first();
                     }
@@ -932,6 +1148,14 @@ impl<N: Nic + 'static> Node<N> {
             replayer.push(r);
         }
         b.set_applied(replayer.applied_seq());
+        self.log_received = b.received();
+        // What the replayer still has to run to before a won backup may go
+        // live (a trailing checkpoint is only a check: it waits).
+        b.set_engine_backlog(if replayer.must_wait() {
+            0
+        } else {
+            replayer.remaining()
+        });
         if b.goodbye().is_some() && replayer.stream_open() {
             match b.goodbye() {
                 Some(GoodbyeReason::Shutdown) => {
@@ -948,40 +1172,29 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-        if b.state() == ft::backup::BackupState::Halted && b.goodbye().is_none() {
-            return Err(
-                "backup: fenced by the primary's go-live: halting the guest for good".into(),
-            );
-        }
-        if !self.joined {
-            if self.clock.micros() > self.join_deadline_us {
-                return Err("backup: no primary joined within net_timeout".into());
-            }
+        if b.goodbye().is_some() {
+            // An orderly end: nothing to decide any more.
             return Ok(());
         }
-        // Progress acks (applied) at most every millisecond: reception is
+        // The node's timers at most every millisecond: reception is
         // acknowledged at once by `on_bytes` (the output rule waits on it).
         let now_us = self.clock.micros();
         if now_us < self.last_tick_us + 1000 {
-            return Ok(());
+            return self.settle_state();
         }
         self.last_tick_us = now_us;
-        let fx = b.tick(now_us * 1000);
-        let arbitrate = arbitration_asked(&fx);
-        self.apply(fx);
-        if let Some(expected) = arbitrate {
-            self.settle(expected)?;
-            self.won = true;
+        let before = self.ft.state();
+        self.tick(now_us, 0, ExecPoint::default())?;
+        if before != NodeState::Draining && self.ft.state() == NodeState::Draining {
             // Nothing more will arrive: stop listening for the primary.
             self.net_abort_log();
-            let Side::Backup(b) = &self.side else {
-                unreachable!()
-            };
-            println!(
-                "ft: backup: replaying the {} entries received ({} applied so far) before going live",
-                b.received(),
-                replayer.applied_seq()
-            );
+            if let Some(b) = self.ft.backup() {
+                println!(
+                    "ft: backup: replaying the {} entries received ({} applied so far) before going live",
+                    b.received(),
+                    replayer.applied_seq()
+                );
+            }
         }
         Ok(())
     }
@@ -1003,37 +1216,21 @@ impl<N: Nic> Transport for Lent<'_, N> {
 }
 
 impl<N: Nic + 'static> Node<N> {
-    /// Primary: the state machine's timers (heartbeat, lag, failure) at
-    /// `now_ns`; a failure detected means arbitration ([`Self::backup_lost`]).
+    /// Primary: the node's timers at `now_ns`; a backup found dead and a
+    /// won test-and-set mean the guest runs on alone (DESIGN.md §1.7):
+    /// the held outputs are released (the node says so) and new ones
+    /// leave at once. `Err`: lost, fenced or no storage at all (halt).
     fn primary_tick(&mut self, now_ns: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
-        let Side::Primary(p) = &mut self.side else {
-            unreachable!("primary_tick runs on the primary")
-        };
-        let fx = p.tick(now_ns, guest_ns, at);
-        let arbitrate = arbitration_asked(&fx);
-        self.apply(fx);
-        match arbitrate {
-            Some(expected) => self.backup_lost(expected),
-            None => Ok(()),
+        let was_alone = self.ft.state() == NodeState::Alone;
+        self.tick(now_ns / 1000, guest_ns, at)?;
+        if !was_alone && self.ft.state() == NodeState::Alone {
+            self.net_abort_log();
+            println!(
+                "ft: primary: ALONE under generation {}: the backup is gone; {} held output(s) released, new outputs leave at once (no backup until one is added by state transfer)",
+                self.ft.generation(),
+                self.ready.len() + self.gate.released as usize
+            );
         }
-    }
-
-    /// Primary: the backup fell silent past the failure timeout.
-    /// Arbitrate; a win means the guest runs on alone (DESIGN.md §1.7):
-    /// the held outputs are released (the state machine says so) and new
-    /// ones leave at once. `Err`: lost or no storage (halt).
-    fn backup_lost(&mut self, expected: u64) -> Result<(), String> {
-        self.settle(expected)?;
-        self.alone = true;
-        self.net_abort_log();
-        let Side::Primary(p) = &self.side else {
-            unreachable!("only the primary loses its backup")
-        };
-        println!(
-            "ft: primary: ALONE under generation {}: the backup is gone; {} held output(s) released, new outputs leave at once (no backup until one is added by state transfer)",
-            p.generation(),
-            self.ready.len() + self.gate.released as usize
-        );
         Ok(())
     }
 
@@ -1059,34 +1256,39 @@ impl<N: Nic + 'static> Node<N> {
         self.emit_ready(io);
     }
 
-    /// Primary whose backup never joined (DESIGN.md §1.1): the guest may
-    /// start alone only after winning the test-and-set; otherwise (lost,
-    /// or no storage) it never starts.
+    /// Primary whose backup never joined (DESIGN.md §1.1): the node
+    /// arbitrates; the guest starts alone only after winning; lost means
+    /// never; storage unreachable is retried (no one may go live meanwhile).
     fn start_alone(&mut self) {
-        let expected = self.generation;
-        match self.arbitrate(expected) {
-            Verdict::Won(f) => {
-                let now = self.now_us() * 1000;
-                self.side = Side::Primary(Primary::new_alone(self.sc, f.generation, now));
-                self.alone = true;
-                println!(
-                    "ft: primary: WON the test-and-set: flag generation {expected} -> {} owner {}",
-                    f.generation, f.owner.0
-                );
-                println!(
-                    "ft: primary: ALONE under generation {}: starting the guest without a backup",
-                    f.generation
-                );
-            }
-            Verdict::Lost(f) => {
-                println!(
-                    "ft: primary: LOST the test-and-set (flag generation {} owner {}): another node runs this guest; not starting it",
-                    f.generation, f.owner.0
-                );
+        let before = self.ft.state();
+        let mut storage = LunStorage {
+            transport: &mut self.arb,
+            clock: self.clock,
+            address: self.lun.as_ref(),
+            me: self.ncfg.session.me,
+            role: role_name(self.role),
+        };
+        let fx = self
+            .ft
+            .abandon_join(self.clock.micros() * 1000, &mut storage);
+        self.after_decision(before, 0);
+        self.apply(fx);
+        loop {
+            if let Err(why) = self.settle_state() {
+                println!("ft: {why}; not starting the guest");
                 exit(exitcode::FAILURE);
             }
-            Verdict::Unreachable => {
-                println!("ft: primary: shared storage unreachable: no one may go live; not starting the guest");
+            if self.ft.state() == NodeState::Alone {
+                println!(
+                    "ft: primary: ALONE under generation {}: starting the guest without a backup",
+                    self.ft.generation()
+                );
+                return;
+            }
+            self.idle_us(1000);
+            let now = self.now_us();
+            if let Err(why) = self.tick(now, 0, ExecPoint::default()) {
+                println!("ft: {why}; not starting the guest");
                 exit(exitcode::FAILURE);
             }
         }
@@ -1133,107 +1335,6 @@ impl<N: Nic + 'static> Node<N> {
             _ => {}
         }
     }
-
-    fn role(&self) -> &'static str {
-        match self.side {
-            Side::Primary(_) => "primary",
-            Side::Backup(_) => "backup",
-        }
-    }
-
-    /// The test-and-set on the shared LUN (DESIGN.md §1.7): log in, then
-    /// [`ft::arbitration::arbitrate`] on the flag ([`LunFlag`]: read it;
-    /// if it still holds `expected` generation, one COMPARE AND WRITE to
-    /// `expected + 1` owned by this node; a flag already at our own
-    /// `expected + 1`, an earlier write whose reply was lost, is our win).
-    /// Unreachable storage (or none configured) is `Verdict::Unreachable`:
-    /// no one may go live.
-    fn arbitrate(&mut self, expected: u64) -> Verdict {
-        let role = self.role();
-        let Some((portal, target, lun)) = self.lun.clone() else {
-            println!("ft: {role}: no shared LUN configured (iscsi=): storage unreachable");
-            return Verdict::Unreachable;
-        };
-        let me = self.me.0;
-        let name = alloc::format!("iqn.2024-01.org.ftvisor:ft{me}");
-        let cfg = drivers::iscsi::session::SessionConfig::new(
-            &name,
-            &target,
-            [0x80, 0x46, 0x54, 0x56, 0xF7, me as u8],
-        );
-        let clock = self.clock;
-        println!(
-            "ft: {role}: arbitrating on the shared LUN at {} lun {lun} (flag at lba {FLAG_LBA}): expecting generation {expected}",
-            endpoint(portal)
-        );
-        let mut ini = match Initiator::login(Lent(&mut self.arb), clock, cfg, lun) {
-            Ok(i) => i,
-            Err(e) => {
-                println!("ft: {role}: iSCSI login failed: {e}: storage unreachable");
-                return Verdict::Unreachable;
-            }
-        };
-        let mut flag = LunFlag::new(&mut ini, Arbiter::new(FLAG_LBA));
-        let verdict = arbitrate(&mut flag, expected, NodeId(me));
-        if let (Verdict::Unreachable, Some((step, e))) = (verdict, &flag.last_error) {
-            // "reading the flag failed: …" or "COMPARE AND WRITE failed: …"
-            println!("ft: {role}: {step} failed: {e}");
-        }
-        if let Err(e) = ini.logout() {
-            println!("ft: {role}: iSCSI logout: {e}");
-        }
-        verdict
-    }
-
-    /// The peer fell silent past `ft_timeout`: arbitrate and hand the
-    /// verdict to the state machine. `Ok(true)`: this node won (the
-    /// caller goes live); `Err`: it lost (halt for good) or storage is
-    /// unreachable (no one may go live: halt).
-    fn settle(&mut self, expected: u64) -> Result<bool, String> {
-        let role = self.role();
-        let silent_ms = self.now_us().saturating_sub(self.heard_us) / 1000;
-        println!(
-            "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
-            self.cfg.timeout_ms
-        );
-        let verdict = self.arbitrate(expected);
-        let now = self.now_us() * 1000;
-        let fx = match &mut self.side {
-            Side::Primary(p) => p.on_verdict(now, verdict),
-            Side::Backup(b) => b.on_verdict(now, verdict),
-        };
-        match verdict {
-            Verdict::Won(f) => {
-                println!(
-                    "ft: {role}: WON the test-and-set: flag generation {expected} -> {} owner {}",
-                    f.generation, f.owner.0
-                );
-                self.apply(fx);
-                Ok(true)
-            }
-            Verdict::Lost(f) => {
-                self.apply(fx);
-                Err(alloc::format!(
-                    "{role}: LOST the test-and-set (flag generation {} owner {}): halting the guest for good",
-                    f.generation, f.owner.0
-                ))
-            }
-            Verdict::Unreachable => Err(alloc::format!(
-                "{role}: shared storage unreachable: no one may go live; halting"
-            )),
-        }
-    }
-}
-
-/// The generation to arbitrate from, if `fx` asks for arbitration (the node
-/// carries it out: `Node::settle`).
-fn arbitration_asked(fx: &Effects) -> Option<u64> {
-    fx.iter().find_map(|e| match e {
-        Effect::Arbitrate {
-            expected_generation,
-        } => Some(*expected_generation),
-        _ => None,
-    })
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -1244,6 +1345,20 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl<N: Nic + 'static> Live for Node<N> {
+    fn join(&mut self) {
+        self.join_session();
+    }
+
+    fn keepalive(&mut self) {
+        self.pump(false);
+        let now = self.now_us();
+        if self.ft.state() == NodeState::Paired && now >= self.last_tick_us + 1000 {
+            self.last_tick_us = now;
+            // A failure found here shows again where the caller next polls.
+            let _ = self.primary_tick(now * 1000, self.last_guest_ns, self.last_at);
+        }
+    }
+
     fn poll(
         &mut self,
         tape: &mut Tape,
@@ -1254,12 +1369,13 @@ impl<N: Nic + 'static> Live for Node<N> {
     ) -> Result<(), String> {
         self.first_guest_ns.get_or_insert(guest_ns);
         self.last_guest_ns = guest_ns;
+        self.last_at = at;
         match tape {
             Tape::Record(_) => {
                 self.ship_recorded(tape, guest_ns)?;
                 let now = self.now_us();
                 let mut fx = Effects::new();
-                if let (Some(held), Side::Primary(p)) = (lines.as_mut(), &mut self.side) {
+                if let (Some(held), Some(p)) = (lines.as_mut(), self.ft.primary_mut()) {
                     for text in held.drain(..) {
                         self.next_line += 1;
                         let id = line_output_id(self.next_line);
@@ -1271,7 +1387,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                         fx.extend(more);
                     }
                 }
-                if let Side::Primary(p) = &mut self.side {
+                if let Some(p) = self.ft.primary_mut() {
                     io.set_gated(true);
                     for item in io.take_gated() {
                         self.next_io += 1;
@@ -1294,18 +1410,10 @@ impl<N: Nic + 'static> Live for Node<N> {
                 self.last_tick_us = now;
                 self.primary_tick(now * 1000, guest_ns, at)?;
                 self.pump(false);
-                // A lagging backup slows the guest down: wait for acks,
-                // when it lags more than 1 s of guest time (the state
-                // machine's rule) or has not applied what was sent more
-                // than `THROTTLE_US` of hypervisor time ago (in Bochs guest
-                // time can run far slower than the emulator's clock, so the
-                // first alone lets the wall-time lag grow to tens of seconds).
+                // A lagging backup slows the guest down: wait for acks
+                // while the node says so (its one throttle rule).
                 let mut waited = false;
-                while matches!(&self.side, Side::Primary(p) if p.throttled())
-                    || (!self.alone
-                        && self.connected
-                        && self.lag.pending_age_us(self.now_us()) > THROTTLE_US)
-                {
+                while self.ft.primary().is_some_and(|p| p.throttled()) {
                     if !waited {
                         waited = true;
                         self.throttles += 1;
@@ -1347,19 +1455,16 @@ impl<N: Nic + 'static> Live for Node<N> {
         io: &mut GuestIo,
     ) -> Option<u64> {
         self.keep_discarded(lines);
-        if !self.won || self.live {
-            return None;
-        }
+        let generation = match &self.golive {
+            Some(g) if !self.live => g.generation,
+            _ => return None,
+        };
         self.live = true;
         let back = io.go_live();
-        let Side::Backup(b) = &self.side else {
-            return None;
-        };
         println!(
-            "ft: backup: LIVE under generation {}: replayed {} of {} entries received ({} held back: a trailing checkpoint); guest time not before {}; the guest runs alone, its outputs are real",
-            b.generation(),
+            "ft: backup: LIVE under generation {generation}: replayed {} of {} entries received ({} held back: a trailing checkpoint); guest time not before {}; the guest runs alone, its outputs are real",
             replayer.applied_seq(),
-            b.received(),
+            self.log_received,
             replayer.remaining(),
             self.max_guest_tsc
         );
@@ -1401,7 +1506,8 @@ impl<N: Nic + 'static> Live for Node<N> {
         loop {
             self.pump(true);
             self.feed(replayer)?;
-            if self.won || !replayer.must_wait() {
+            let won = matches!(self.ft.state(), NodeState::Draining | NodeState::Alone);
+            if won || !replayer.must_wait() {
                 return Ok(());
             }
             self.status(self.last_guest_ns, 0);
@@ -1415,7 +1521,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         guest_ns: u64,
         io: &mut GuestIo,
     ) -> bool {
-        if self.alone {
+        if self.ft.state() == NodeState::Alone {
             // No backup: everything held went out when the flag was won,
             // and everything since at once; the last lines go out now.
             let now = self.now_us();
@@ -1444,7 +1550,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             };
             self.rec_off += used;
             let now = self.now_us() * 1000;
-            let Side::Primary(p) = &mut self.side else {
+            let Some(p) = self.ft.primary_mut() else {
                 return false;
             };
             match p.record(now, guest_ns, rec.entry) {
@@ -1456,7 +1562,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             }
         }
         self.apply(fx);
-        let Side::Primary(p) = &self.side else {
+        let Some(p) = self.ft.primary() else {
             return false;
         };
         let last = p.last_seq();
@@ -1470,16 +1576,35 @@ impl<N: Nic + 'static> Live for Node<N> {
                 self.gate.hold(id, (self.next_line, text), last, now);
             }
         }
-        let deadline = now + self.timeout_us().max(10_000_000);
+        // Wait for the backup's ack of the whole log; the node keeps
+        // watching it: a backup that dies now is a failure like any other
+        // (arbitrate; won: the rest goes out alone; lost: halt).
+        let deadline = now + 2 * self.timeout_us().max(10_000_000);
         loop {
             self.pump(true);
-            let Side::Primary(p) = &self.side else {
+            let now = self.now_us();
+            if now >= self.last_tick_us + 1000 {
+                self.last_tick_us = now;
+                if let Err(why) = self.primary_tick(now * 1000, guest_ns, self.last_at) {
+                    println!("ft: {why}");
+                    return false;
+                }
+            }
+            if self.ft.state() == NodeState::Alone {
+                self.release_all(0, io);
+                println!(
+                    "ft: pair: primary done: alone (the backup was lost at the end); outputs released={} io_released={}",
+                    self.gate.released, self.io_gate.released
+                );
+                return true;
+            }
+            let Some(p) = self.ft.primary() else {
                 return false;
             };
             if p.acked() >= last {
                 break;
             }
-            if !self.connected || self.now_us() > deadline {
+            if now > deadline {
                 println!(
                     "ft: primary: error: the backup did not acknowledge the end of the log (acked {} of {last})",
                     p.acked()
@@ -1489,7 +1614,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         }
         // Everything acknowledged: the lines without a marker go out too.
         self.release_all(last, io);
-        let Side::Primary(p) = &mut self.side else {
+        let Some(p) = self.ft.primary_mut() else {
             return false;
         };
         let fx = p.shutdown();
@@ -1510,7 +1635,7 @@ impl<N: Nic + 'static> Live for Node<N> {
         while self.now_us() < until {
             self.net.borrow_mut().poll();
         }
-        let Side::Primary(p) = &self.side else {
+        let Some(p) = self.ft.primary() else {
             return false;
         };
         let run_us = self.now_us().saturating_sub(self.start_us);
@@ -1542,13 +1667,10 @@ impl<N: Nic + 'static> Live for Node<N> {
     }
 
     fn end_backup(&mut self, replayer: &Replayer, discarded: u64, verdict: &str) {
-        let Side::Backup(b) = &self.side else {
-            return;
-        };
         let run_us = self.now_us().saturating_sub(self.start_us);
         println!(
             "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} probes_refused={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
-            b.received(),
+            self.log_received,
             replayer.applied_seq(),
             replayer.remaining(),
             self.refusals,

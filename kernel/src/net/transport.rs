@@ -85,10 +85,10 @@ impl<N: Nic> NetStack<N> {
         p
     }
 
-    /// Resets whatever `h` holds and opens a new connection to `remote`;
-    /// waits until it is established (`Timeout`, or `ConnectionClosed` on
-    /// a reset: nobody listens there).
-    pub fn connect(&mut self, h: SocketHandle, remote: IpEndpoint, timeout_ms: u64) -> Result<()> {
+    /// Resets whatever `h` holds and starts a new connection to `remote`
+    /// from the next ephemeral port (a reconnect never reuses the 4-tuple
+    /// the peer may still know); poll until it is established.
+    pub fn start_connect(&mut self, h: SocketHandle, remote: IpEndpoint) -> Result<()> {
         if self.tcp(h).is_open() {
             self.tcp(h).abort();
             // Let the RST out before the tuple is forgotten.
@@ -99,7 +99,14 @@ impl<N: Nic> NetStack<N> {
         self.sockets
             .get_mut::<tcp::Socket>(h)
             .connect(cx, remote, port)
-            .map_err(|_| Error::InvalidArgument("TCP connect refused by smoltcp"))?;
+            .map_err(|_| Error::InvalidArgument("TCP connect refused by smoltcp"))
+    }
+
+    /// Resets whatever `h` holds and opens a new connection to `remote`;
+    /// waits until it is established (`Timeout`, or `ConnectionClosed` on
+    /// a reset: nobody listens there).
+    pub fn connect(&mut self, h: SocketHandle, remote: IpEndpoint, timeout_ms: u64) -> Result<()> {
+        self.start_connect(h, remote)?;
         let deadline = self.clock.micros() + timeout_ms * 1000;
         loop {
             self.poll();

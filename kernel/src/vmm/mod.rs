@@ -164,6 +164,11 @@ pub fn run(
         None => {}
     }
     let watchdog_ticks = config.watchdog_secs * exit::cpuid::GUEST_TSC_KHZ as u64 * 1000;
+    // FT pair: the guest is built; join the session only now, so that a
+    // long setup never looks like a dead peer (DESIGN.md §1.6).
+    if let Some(l) = live.as_deref_mut() {
+        l.join();
+    }
     let t0 = machine::host_tsc();
     let mut ended = run_loop(
         &mut vmcs,
@@ -234,7 +239,11 @@ pub fn run(
         println!("ft: record: the run did not end with a guest exit; nothing to compare");
         finish(&ended, None)
     };
-    let rec_hash = final_hash(&vmcs, &regs, &machine);
+    let rec_hash = final_hash(&vmcs, &regs, &machine, || {
+        if let Some(l) = live.as_deref_mut() {
+            l.keepalive();
+        }
+    });
     recorder.push(&ft::log::LogEntry::Checkpoint {
         at: final_at,
         state_hash: rec_hash,
@@ -395,7 +404,7 @@ fn replay_verdict(
     match (&ended.end, final_point(ended, vmcs, regs, counter)) {
         (End::Diverged(d), _) => Err(d.clone()),
         (_, Some(at)) => {
-            let hash = final_hash(vmcs, regs, machine);
+            let hash = final_hash(vmcs, regs, machine, || {});
             replayer.finish(at, hash).map(|_| (at, hash))
         }
         (_, None) => Err(Divergence {
@@ -477,11 +486,25 @@ fn final_point(
     })
 }
 
+/// Guest RAM is hashed this much at a time (a multiple of 8 bytes: the
+/// hash is the same as in one piece).
+const HASH_CHUNK: usize = 4 << 20;
+
 /// Registers, all of guest RAM and the console output, in one hash.
-fn final_hash(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> u64 {
+/// `keepalive` runs between pieces of RAM: an FT primary keeps its log
+/// channel alive while it hashes hundreds of MiB (DESIGN.md §1.6).
+fn final_hash(
+    vmcs: &hw::HwVmcs,
+    regs: &GuestRegs,
+    m: &Machine,
+    mut keepalive: impl FnMut(),
+) -> u64 {
     let state = vmx::state::state_vector(vmcs, regs);
-    let h = ft::replay::hash_words(ft::replay::HASH_SEED, state.iter().copied());
-    let h = ft::replay::hash_bytes(h, m.ram());
+    let mut h = ft::replay::hash_words(ft::replay::HASH_SEED, state.iter().copied());
+    for piece in m.ram().chunks(HASH_CHUNK) {
+        h = ft::replay::hash_bytes(h, piece);
+        keepalive();
+    }
     ft::replay::hash_words(h, [m.console_lines, m.console_hash])
 }
 

@@ -1,0 +1,110 @@
+//! The shared LUN as the FT node's storage (DESIGN.md §1.7): an adapter
+//! that gives `ft::node::Node` the [`SharedStorage`] it arbitrates, joins
+//! and fences on, over the hypervisor's iSCSI initiator. Each operation
+//! logs in on the node's own iSCSI transport, carries out one
+//! [`LunFlag`] operation (read the flag, COMPARE AND WRITE, register,
+//! preempt) and logs out: arbitration is rare, and a session that stays
+//! open would have to be kept alive through storage outages.
+use super::{endpoint, Lent};
+use crate::net::transport::{Clock, SharedTransport};
+use alloc::string::String;
+use drivers::arbitration::{Arbiter, LunFlag};
+use drivers::iscsi::Initiator;
+use drivers::nic::Nic;
+use ft::arbitration::{FlagRecord, NodeId, SharedStorage};
+use ft::FtError;
+use kernel::config::Endpoint;
+
+/// The flag block on the shared LUN (as `mode=iscsi` uses it).
+pub const FLAG_LBA: u64 = 0;
+
+/// Where the shared LUN is: portal, target, LUN number (`iscsi=`,
+/// `iscsi_target=`, `iscsi_lun=`).
+#[derive(Clone)]
+pub struct LunAddress {
+    pub portal: Endpoint,
+    pub target: String,
+    pub lun: u64,
+}
+
+/// One side's view of the shared LUN, for the length of one call into the
+/// FT node. `None` address: no LUN configured, so storage is unreachable
+/// (no one may go live).
+pub struct LunStorage<'a, N: Nic> {
+    pub transport: &'a mut SharedTransport<N>,
+    pub clock: Clock,
+    pub address: Option<&'a LunAddress>,
+    pub me: NodeId,
+    pub role: &'static str,
+}
+
+impl<N: Nic> LunStorage<'_, N> {
+    /// Logs in, runs `op` on the flag, logs out; says what failed.
+    fn with<R>(
+        &mut self,
+        op: impl FnOnce(&mut LunFlag<'_, Initiator<Lent<'_, N>, Clock>>) -> Result<R, FtError>,
+    ) -> Result<R, FtError> {
+        let role = self.role;
+        let Some(addr) = self.address else {
+            return Err(FtError::StorageUnreachable);
+        };
+        let me = self.me.0;
+        let name = alloc::format!("iqn.2024-01.org.ftvisor:ft{me}");
+        let cfg = drivers::iscsi::session::SessionConfig::new(
+            &name,
+            &addr.target,
+            [0x80, 0x46, 0x54, 0x56, 0xF7, me as u8],
+        );
+        let mut ini = match Initiator::login(Lent(self.transport), self.clock, cfg, addr.lun) {
+            Ok(i) => i,
+            Err(e) => {
+                println!(
+                    "ft: {role}: iSCSI login to {} failed: {e}: storage unreachable",
+                    endpoint(addr.portal)
+                );
+                return Err(FtError::StorageUnreachable);
+            }
+        };
+        let mut flag = LunFlag::new(&mut ini, Arbiter::new(FLAG_LBA));
+        let r = op(&mut flag);
+        if let (Err(_), Some((step, e))) = (&r, &flag.last_error) {
+            // "reading the flag failed: …" or "COMPARE AND WRITE failed: …"
+            println!("ft: {role}: {step} failed: {e}");
+        }
+        if let Err(e) = ini.logout() {
+            println!("ft: {role}: iSCSI logout: {e}");
+        }
+        r
+    }
+}
+
+impl<N: Nic> SharedStorage for LunStorage<'_, N> {
+    fn read_flag(&mut self) -> Result<FlagRecord, FtError> {
+        self.with(|f| f.read_flag())
+    }
+
+    fn try_acquire(&mut self, expected: u64, me: NodeId) -> Result<FlagRecord, FtError> {
+        if let Some(a) = self.address {
+            println!(
+                "ft: {}: arbitrating on the shared LUN at {} lun {} (flag at lba {FLAG_LBA}): expecting generation {expected}",
+                self.role,
+                endpoint(a.portal),
+                a.lun
+            );
+        } else {
+            println!(
+                "ft: {}: no shared LUN configured (iscsi=): storage unreachable",
+                self.role
+            );
+        }
+        self.with(|f| f.try_acquire(expected, me))
+    }
+
+    fn register(&mut self, me: NodeId) -> Result<(), FtError> {
+        self.with(|f| f.register(me))
+    }
+
+    fn fence(&mut self, me: NodeId, loser: NodeId) -> Result<(), FtError> {
+        self.with(|f| f.fence(me, loser))
+    }
+}
