@@ -41,6 +41,17 @@ pub fn with_storage(
     ns: &mut Netns,
     lun_bytes: u64,
 ) -> Result<Istgt, Outcome> {
+    with_storage_flag(root, test, ns, lun_bytes, FlagRecord::new(0, NodeId(0)))
+}
+
+/// [`with_storage`] with the flag block starting as `flag`.
+pub fn with_storage_flag(
+    root: &Path,
+    test: &str,
+    ns: &mut Netns,
+    lun_bytes: u64,
+    flag: FlagRecord,
+) -> Result<Istgt, Outcome> {
     istgt::available().map_err(Outcome::Skip)?;
     let mut target = Istgt::configure(
         &target_dir(root, test),
@@ -51,7 +62,7 @@ pub fn with_storage(
     )
     .map_err(Outcome::Fail)?;
     target
-        .write_block(0, &FlagRecord::new(0, NodeId(0)).to_block())
+        .write_block(0, &flag.to_block())
         .and_then(|_| target.start(ns))
         .map_err(Outcome::Fail)?;
     Ok(target)

@@ -30,6 +30,17 @@
 //!   run the guest to its end: its console shows the remaining lines, so
 //!   that the primary's released lines and the backup's live lines
 //!   together are the guest's whole output, in order.
+//! * `ft-log-reconnect`: the lockstep run with a shared LUN (flag at
+//!   generation 0) while the backup resets the log connection three times
+//!   (`ft_test_reset=`, after every 300 entries received): each time the
+//!   primary reconnects from a new port and resends what the backup had
+//!   not received; no side arbitrates, the flag stays at generation 0, and
+//!   the pair ends IDENTICAL with every check of `ft-pair-lockstep`, all
+//!   under the default failure timeout.
+//! * `ft-stale-generation`: the LUN's flag is at generation 1 (a failover
+//!   happened) and both nodes are started with `ft_generation=0`: each
+//!   reads the flag at join and refuses to start (exit code 2) with a
+//!   message naming both generations; no guest output, the flag unchanged.
 use crate::emulator::Interaction;
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
@@ -78,6 +89,28 @@ pub fn tests() -> Vec<E2eTest> {
                 "ft-hostile-log",
                 Emulator::Bochs,
                 "FT pair in lockstep while a host in the namespace (the backup's ft_probe) connects to the backup's log port with garbage, a truncated record, a bad CRC, an old-generation hello, an entry before the hello and a second primary's hello: each reset with its reason; the pair still ends identical",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_status=500 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            modules: vec![(GUEST, WORKLOAD)],
+            timeout: Duration::from_secs(300),
+            custom: Some(run_reconnect),
+            ..E2eTest::new(
+                "ft-log-reconnect",
+                Emulator::Bochs,
+                "FT pair with a shared LUN whose backup resets the log connection 3 times (ft_test_reset): the primary reconnects and resends each time; no arbitration, the flag unchanged, the pair ends identical (default failure timeout)",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 ft_generation=0 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            modules: vec![(GUEST, "test=replay rounds=10")],
+            timeout: Duration::from_secs(180),
+            custom: Some(run_stale_generation),
+            ..E2eTest::new(
+                "ft-stale-generation",
+                Emulator::Bochs,
+                "FT pair started with ft_generation=0 while the LUN's flag is at generation 1: both refuse to join with a message naming both generations (exit code 2); no guest output; the flag unchanged",
             )
         },
         E2eTest {
@@ -308,6 +341,141 @@ fn run_lockstep(t: &E2eTest, root: &Path) -> Outcome {
     };
     drop(ns);
     match judge_lockstep(&p, &b, false) {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &p, &b, t.name),
+    }
+}
+
+/// Resets the backup makes in `ft-log-reconnect` (`ft_test_reset=`).
+const RESETS: usize = 3;
+
+fn run_reconnect(t: &E2eTest, root: &Path) -> Outcome {
+    use ft::arbitration::{FlagRecord as Flag, NodeId};
+    let mut ns = match rig("ftrec") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let target = match crate::ftrig::with_storage(root, t.name, &mut ns, 4 << 20) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let results = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
+            .into_iter()
+            .map(|node| {
+                let extra = if node == 2 { "ft_test_reset=300" } else { "" };
+                let mut spec = node_spec(t, root, &ns, node, extra);
+                spec.modules = vec![(root.join(GUEST), WORKLOAD.to_string())];
+                (t.emulator, spec)
+            })
+            .collect(),
+    );
+    let flag = target.read_block(0);
+    drop(target);
+    drop(ns);
+    let (p, b) = match crate::ftrig::pair_runs(results) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let judged = (|| {
+        let resets = b
+            .serial
+            .lines()
+            .filter(|l| l.starts_with("ft: backup: test: resetting the log connection"))
+            .count();
+        let reconnects = p
+            .serial
+            .lines()
+            .filter(|l| l.starts_with("ft: primary: log connection re-established"))
+            .count();
+        if resets != RESETS || reconnects < RESETS {
+            return Err(format!(
+                "the backup reset the log connection {resets} times (want {RESETS}), the primary reconnected {reconnects} times (want >= {RESETS})"
+            ));
+        }
+        for (role, run) in [("primary", &p), ("backup", &b)] {
+            for bad in ["arbitrating", "test-and-set", "ALONE", "LIVE under"] {
+                if let Some(l) = run.serial.lines().find(|l| l.contains(bad)) {
+                    return Err(format!("{role} failed over on a reset: `{l}`"));
+                }
+            }
+        }
+        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
+        if flag != Flag::new(0, NodeId(0)) {
+            return Err(format!(
+                "the flag changed: {flag:?}, want generation 0 owner 0"
+            ));
+        }
+        let note = judge_lockstep(&p, &b, false)?;
+        let last = p
+            .serial
+            .lines()
+            .rfind(|l| l.starts_with("ft: primary: log connection re-established"))
+            .unwrap_or("");
+        Ok(format!(
+            "({resets} resets by the backup, {reconnects} reconnects by the primary, last `{}`; no arbitration, flag generation 0; {}",
+            last.trim_start_matches("ft: primary: "),
+            note.trim_start_matches('(')
+        ))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &p, &b, t.name),
+    }
+}
+
+fn run_stale_generation(t: &E2eTest, root: &Path) -> Outcome {
+    use ft::arbitration::{FlagRecord as Flag, NodeId};
+    let mut ns = match rig("ftstale") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let on_lun = Flag::new(1, NodeId(2));
+    let target = match crate::ftrig::with_storage_flag(root, t.name, &mut ns, 4 << 20, on_lun) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let results = crate::emulator::boot_all(
+        root,
+        [1u8, 2]
+            .into_iter()
+            .map(|node| (t.emulator, node_spec(t, root, &ns, node, "")))
+            .collect(),
+    );
+    let flag = target.read_block(0);
+    drop(target);
+    drop(ns);
+    let (p, b) = match crate::ftrig::pair_runs(results) {
+        Ok(x) => x,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let judged = (|| {
+        let mut notes = Vec::new();
+        for (role, run) in [("primary", &p), ("backup", &b)] {
+            let want = format!(
+                "ft: {role}: REFUSED to join: generation 0 is not the shared LUN's: its flag is generation 1 owned by node 2"
+            );
+            let line = line_with(&run.serial, &want)?;
+            if run.exit_code != Some(2) {
+                return Err(format!("{role}: exit code {:?}, want 2", run.exit_code));
+            }
+            if let Some(l) = run.serial.lines().find(|l| {
+                l.starts_with("guest: ")
+                    || l.contains("log connection")
+                    || l.contains("test-and-set")
+            }) {
+                return Err(format!("{role} went on after refusing: `{l}`"));
+            }
+            notes.push(line.trim().to_string());
+        }
+        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
+        if flag != on_lun {
+            return Err(format!("the flag changed: {flag:?}, want {on_lun:?}"));
+        }
+        Ok(format!("({}; flag unchanged)", notes.join("; ")))
+    })();
+    match judged {
         Ok(note) => Outcome::Pass(note),
         Err(why) => fail(why, &p, &b, t.name),
     }

@@ -18,6 +18,7 @@
 //! | `ft_generation` | the flag generation the operator expects (0..2^63): with a shared LUN (`iscsi=`) the session's generation is read from the LUN's flag at join and a different configured one is refused; without a LUN it is the session's generation | the LUN's, or `0` without one |
 //! | `ft_status_port` | TCP port on `ip=` that answers every connection with one JSON status line and closes (for host tools; `0`: none) | `7701` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
+//! | `ft_test_reset` | backup only, fault injection for tests (`ft-log-reconnect`): reset the log connection after every N entries received, 3 times at most (1..2^32; the primary must reconnect and resend) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
 use super::parse_ipv4;
 use crate::Error;
@@ -49,6 +50,9 @@ pub struct FtPairConfig {
     pub generation: Option<u64>,
     /// Backup: the address allowed to open probe connections.
     pub probe: Option<[u8; 4]>,
+    /// Backup, fault injection: reset the log connection after every this
+    /// many entries received (3 times at most).
+    pub test_reset: Option<u64>,
 }
 
 impl Default for FtPairConfig {
@@ -63,6 +67,7 @@ impl Default for FtPairConfig {
             status_port: 7701,
             generation: None,
             probe: None,
+            test_reset: None,
         }
     }
 }
@@ -86,6 +91,9 @@ impl FtPairConfig {
         if self.probe.is_some() && self.role != Some(Role::Backup) {
             return Err("`ft_probe=` is a backup option");
         }
+        if self.test_reset.is_some() && self.role != Some(Role::Backup) {
+            return Err("`ft_test_reset=` is a backup option");
+        }
         Ok(())
     }
 }
@@ -98,7 +106,7 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 9] = [
+    const KEYS: [&str; 10] = [
         "ft_status_port",
         "role",
         "peer",
@@ -108,6 +116,7 @@ pub fn parse_option(
         "ft_status",
         "ft_generation",
         "ft_probe",
+        "ft_test_reset",
     ];
     let opt = match super::claim(&KEYS, seen, key, value)? {
         Ok(opt) => opt,
@@ -151,6 +160,9 @@ pub fn parse_option(
                 cfg.probe =
                     Some(parse_ipv4(value).ok_or_else(|| bad("the probing host's `a.b.c.d`"))?)
             }
+            "ft_test_reset" => {
+                cfg.test_reset = Some(number(1, u64::from(u32::MAX), "entries 1..2^32")?)
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
@@ -184,6 +196,7 @@ mod tests {
                 status_port: 7701,
                 generation: None,
                 probe: None,
+                test_reset: None,
             }
         );
         assert_eq!(c.pair.validate(), Ok(()));
@@ -196,6 +209,10 @@ mod tests {
         assert_eq!(c.pair.validate(), Ok(()));
         let c = Config::parse("role=primary peer=10.0.4.12 ft_probe=10.0.4.1").unwrap();
         assert!(c.pair.validate().unwrap_err().contains("ft_probe"));
+        let c = Config::parse("role=backup peer=10.0.4.11 ft_test_reset=300").unwrap();
+        assert_eq!((c.pair.test_reset, c.pair.validate()), (Some(300), Ok(())));
+        let c = Config::parse("role=primary peer=10.0.4.12 ft_test_reset=300").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("ft_test_reset"));
         let c = Config::parse("role=primary peer=10.0.4.12").unwrap();
         assert_eq!(c.pair.role, Some(Role::Primary));
         assert_eq!(c.pair.peer.unwrap().port, DEFAULT_LOG_PORT);

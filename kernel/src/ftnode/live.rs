@@ -301,6 +301,8 @@ pub struct Node<N: Nic> {
     log_received: u64,
     /// The guest's point at the last poll (heartbeats after it stopped).
     last_at: ExecPoint,
+    /// Backup: log connections reset by `ft_test_reset=` so far.
+    test_resets: u64,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -415,6 +417,7 @@ impl<N: Nic + 'static> Node<N> {
             marker_rx: Default::default(),
             log_received: 0,
             last_at: ExecPoint::default(),
+            test_resets: 0,
         }
     }
 
@@ -451,6 +454,9 @@ impl<N: Nic + 'static> Node<N> {
             return g;
         }
         let mut tries = 0u32;
+        // The LUN gets the whole net_timeout from now (the guest build
+        // before the join must not eat it).
+        self.join_deadline_us = self.now_us() + self.ncfg.session.join_timeout_ns / 1000;
         loop {
             tries += 1;
             let configured = self.cfg.generation;
@@ -854,6 +860,9 @@ impl<N: Nic + 'static> Node<N> {
                 self.lag.applied(p.applied(), now);
             }
             self.apply(fx);
+            if self.test_reset_due() {
+                break;
+            }
         }
         let (may_recv, state) = {
             let mut net = rc.borrow_mut();
@@ -889,6 +898,29 @@ impl<N: Nic + 'static> Node<N> {
             }
         }
         self.pump_probe(now);
+    }
+
+    /// Backup with `ft_test_reset=N` (fault injection for
+    /// `ft-log-reconnect`): after every N entries received, at most 3
+    /// times, the log connection is reset; the primary must reconnect and
+    /// resend what was lost, with no failover. `true`: it was reset now.
+    fn test_reset_due(&mut self) -> bool {
+        let (Some(every), Some(b)) = (self.cfg.test_reset, self.ft.backup()) else {
+            return false;
+        };
+        if self.test_resets >= 3 || !self.connected || b.received() < every * (self.test_resets + 1)
+        {
+            return false;
+        }
+        self.test_resets += 1;
+        println!(
+            "ft: backup: test: resetting the log connection after {} entries received (ft_test_reset={every}, reset {} of 3)",
+            b.received(),
+            self.test_resets
+        );
+        self.ft.on_disconnected(self.now_us() * 1000);
+        self.listen();
+        true
     }
 
     /// Backup with `ft_probe=`: serves the probe listener. A connection

@@ -18,6 +18,9 @@ use kernel::config::Endpoint;
 /// The flag block on the shared LUN (as `mode=iscsi` uses it).
 pub const FLAG_LBA: u64 = 0;
 
+/// Login timeout of the flag's iSCSI session (ms of this node's clock).
+const LOGIN_TIMEOUT_MS: u64 = 60_000;
+
 /// Where the shared LUN is: portal, target, LUN number (`iscsi=`,
 /// `iscsi_target=`, `iscsi_lun=`).
 #[derive(Clone)]
@@ -50,11 +53,17 @@ impl<N: Nic> LunStorage<'_, N> {
         };
         let me = self.me.0;
         let name = alloc::format!("iqn.2024-01.org.ftvisor:ft{me}");
-        let cfg = drivers::iscsi::session::SessionConfig::new(
+        let mut cfg = drivers::iscsi::session::SessionConfig::new(
             &name,
             &addr.target,
             [0x80, 0x46, 0x54, 0x56, 0xF7, me as u8],
         );
+        // Our timeouts count this machine's time; the target's answers
+        // take its own. In an emulator spinning on the network, 10 s of
+        // emulated time pass in under 2 s of wall time, while istgt takes
+        // over a second to answer a login from a namespace (measured with
+        // tcpdump at join): give the login room, the retry bounds it.
+        cfg.login_timeout_ms = LOGIN_TIMEOUT_MS;
         let mut ini = match Initiator::login(Lent(self.transport), self.clock, cfg, addr.lun) {
             Ok(i) => i,
             Err(e) => {
