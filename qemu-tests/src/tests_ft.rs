@@ -45,6 +45,7 @@ use crate::emulator::Interaction;
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
 use crate::tests_net::{wait_serial, Netns};
+use ft::arbitration::{FlagRecord as Flag, NodeId};
 use std::path::Path;
 use std::time::Duration;
 
@@ -346,37 +347,50 @@ fn run_lockstep(t: &E2eTest, root: &Path) -> Outcome {
     }
 }
 
-/// Resets the backup makes in `ft-log-reconnect` (`ft_test_reset=`).
-const RESETS: usize = 3;
-
-fn run_reconnect(t: &E2eTest, root: &Path) -> Outcome {
-    use ft::arbitration::{FlagRecord as Flag, NodeId};
-    let mut ns = match rig("ftrec") {
-        Ok(ns) => ns,
-        Err(o) => return o,
-    };
-    let target = match crate::ftrig::with_storage(root, t.name, &mut ns, 4 << 20) {
-        Ok(x) => x,
-        Err(o) => return o,
-    };
+/// The pair with istgt serving the shared LUN whose flag starts as
+/// `flag`; `spec` adjusts each node's boot (`node` 1 = primary). Returns
+/// both runs and the flag block as the LUN held it at the end.
+fn boot_with_storage(
+    t: &E2eTest,
+    root: &Path,
+    tag: &str,
+    flag: Flag,
+    spec: impl Fn(u8, &mut BootSpec),
+) -> Result<(Run, Run, Result<Flag, String>), Outcome> {
+    let mut ns = rig(tag)?;
+    let target = crate::ftrig::with_storage_flag(root, t.name, &mut ns, 4 << 20, flag)?;
     let results = crate::emulator::boot_all(
         root,
         [1u8, 2]
             .into_iter()
             .map(|node| {
-                let extra = if node == 2 { "ft_test_reset=300" } else { "" };
-                let mut spec = node_spec(t, root, &ns, node, extra);
-                spec.modules = vec![(root.join(GUEST), WORKLOAD.to_string())];
-                (t.emulator, spec)
+                let mut s = node_spec(t, root, &ns, node, "");
+                spec(node, &mut s);
+                (t.emulator, s)
             })
             .collect(),
     );
-    let flag = target.read_block(0);
+    let flag = target
+        .read_block(0)
+        .and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")));
     drop(target);
     drop(ns);
-    let (p, b) = match crate::ftrig::pair_runs(results) {
+    let (p, b) = crate::ftrig::pair_runs(results).map_err(Outcome::Fail)?;
+    Ok((p, b, flag))
+}
+
+/// Resets the backup makes in `ft-log-reconnect` (`ft_test_reset=`).
+const RESETS: usize = 3;
+
+fn run_reconnect(t: &E2eTest, root: &Path) -> Outcome {
+    let initial = Flag::new(0, NodeId(0));
+    let (p, b, flag) = match boot_with_storage(t, root, "ftrec", initial, |node, spec| {
+        if node == 2 {
+            spec.cmdline.push_str(" ft_test_reset=300");
+        }
+    }) {
         Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
+        Err(o) => return o,
     };
     let judged = (|| {
         let resets = b
@@ -401,8 +415,8 @@ fn run_reconnect(t: &E2eTest, root: &Path) -> Outcome {
                 }
             }
         }
-        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
-        if flag != Flag::new(0, NodeId(0)) {
+        let flag = flag?;
+        if flag != initial {
             return Err(format!(
                 "the flag changed: {flag:?}, want generation 0 owner 0"
             ));
@@ -426,29 +440,10 @@ fn run_reconnect(t: &E2eTest, root: &Path) -> Outcome {
 }
 
 fn run_stale_generation(t: &E2eTest, root: &Path) -> Outcome {
-    use ft::arbitration::{FlagRecord as Flag, NodeId};
-    let mut ns = match rig("ftstale") {
-        Ok(ns) => ns,
-        Err(o) => return o,
-    };
     let on_lun = Flag::new(1, NodeId(2));
-    let target = match crate::ftrig::with_storage_flag(root, t.name, &mut ns, 4 << 20, on_lun) {
+    let (p, b, flag) = match boot_with_storage(t, root, "ftstale", on_lun, |_, _| {}) {
         Ok(x) => x,
         Err(o) => return o,
-    };
-    let results = crate::emulator::boot_all(
-        root,
-        [1u8, 2]
-            .into_iter()
-            .map(|node| (t.emulator, node_spec(t, root, &ns, node, "")))
-            .collect(),
-    );
-    let flag = target.read_block(0);
-    drop(target);
-    drop(ns);
-    let (p, b) = match crate::ftrig::pair_runs(results) {
-        Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
     };
     let judged = (|| {
         let mut notes = Vec::new();
@@ -469,7 +464,7 @@ fn run_stale_generation(t: &E2eTest, root: &Path) -> Outcome {
             }
             notes.push(line.trim().to_string());
         }
-        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
+        let flag = flag?;
         if flag != on_lun {
             return Err(format!("the flag changed: {flag:?}, want {on_lun:?}"));
         }
@@ -679,45 +674,24 @@ fn guest_lines(serial: &str) -> Vec<String> {
 }
 
 fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
-    use ft::arbitration::{FlagRecord as Flag, NodeId};
-    let mut ns = match rig("ftkill") {
-        Ok(ns) => ns,
-        Err(o) => return o,
-    };
-    let target = match crate::ftrig::with_storage(root, t.name, &mut ns, 4 << 20) {
-        Ok(x) => x,
-        Err(o) => return o,
-    };
     let primary_name = format!("{}-primary", t.name);
     let timeout = t.timeout;
-    let results = crate::emulator::boot_all(
-        root,
-        [1u8, 2]
-            .into_iter()
-            .map(|node| {
-                let mut spec = node_spec(t, root, &ns, node, "");
-                spec.modules = vec![(root.join(GUEST), WORKLOAD.to_string())];
-                if node == 1 {
-                    let name = primary_name.clone();
-                    let kill: Interaction = Box::new(move |serial: &Path| {
-                        wait_serial(serial, "ft: output #4 released", timeout)?;
-                        let pid = kill_bochs_of(&name)?;
-                        Ok(format!(
-                            "SIGKILLed the primary's Bochs (pid {pid}) after its 4th console line"
-                        ))
-                    });
-                    spec.interact = Some(kill);
-                }
-                (t.emulator, spec)
-            })
-            .collect(),
-    );
-    let flag = target.read_block(0);
-    drop(target);
-    drop(ns);
-    let (p, b) = match crate::ftrig::pair_runs(results) {
+    let initial = Flag::new(0, NodeId(0));
+    let (p, b, flag) = match boot_with_storage(t, root, "ftkill", initial, |node, spec| {
+        if node == 1 {
+            let name = primary_name.clone();
+            let kill: Interaction = Box::new(move |serial: &Path| {
+                wait_serial(serial, "ft: output #4 released", timeout)?;
+                let pid = kill_bochs_of(&name)?;
+                Ok(format!(
+                    "SIGKILLed the primary's Bochs (pid {pid}) after its 4th console line"
+                ))
+            });
+            spec.interact = Some(kill);
+        }
+    }) {
         Ok(x) => x,
-        Err(e) => return Outcome::Fail(e),
+        Err(o) => return o,
     };
     let judged = (|| {
         let kill = match &p.interaction {
@@ -744,7 +718,7 @@ fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
             return Err(format!("unexpected win: {won}"));
         }
         let live = line_with(&b.serial, "ft: backup: LIVE under generation 1")?;
-        let flag = flag.and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")))?;
+        let flag = flag?;
         if flag != Flag::new(1, NodeId(2)) {
             return Err(format!(
                 "flag on the LUN is {flag:?}, want generation 1 (exactly one step) owner 2"

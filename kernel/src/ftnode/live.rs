@@ -1109,33 +1109,23 @@ impl<N: Nic + 'static> Node<N> {
                 released: self.gate.released,
                 discarded: 0,
             },
-            (_, Some(b)) => StatusLine {
-                role: "backup",
-                state,
-                generation,
-                seq: b.received(),
-                acked: b.applied(),
-                applied: b.applied(),
-                lag_entries: b.received() - b.applied(),
-                lag_us: 0,
-                lag_guest_us: 0,
-                rate,
-                heard_ms,
-                held: 0,
-                released: 0,
-                discarded,
-            },
-            // A backup gone live: its log ended where it went live.
-            _ => {
-                let applied = self.golive.as_ref().map_or(0, |g| g.last_applied);
+            // A backup (gone live: its log ended where it went live).
+            (_, backup) => {
+                let (seq, applied) = match backup {
+                    Some(b) => (b.received(), b.applied()),
+                    None => {
+                        let a = self.golive.as_ref().map_or(0, |g| g.last_applied);
+                        (a, a)
+                    }
+                };
                 StatusLine {
                     role: "backup",
                     state,
                     generation,
-                    seq: applied,
+                    seq,
                     acked: applied,
                     applied,
-                    lag_entries: 0,
+                    lag_entries: seq - applied,
                     lag_us: 0,
                     lag_guest_us: 0,
                     rate,
