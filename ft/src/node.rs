@@ -641,6 +641,16 @@ mod tests {
             (NodeState::Paired, NodeState::Following)
         );
         assert_eq!(p.arbitrations + b.arbitrations, 0);
+        // Once a backup accepted the connection, the Hello's ack is owed
+        // within the failure timeout (a backup that refuses it is dead to
+        // this session); reconnects do not restart that clock.
+        let _ = p.on_connected(5_000 * MS);
+        p.on_disconnected(5_050 * MS);
+        let _ = p.on_connected(5_060 * MS);
+        let _ = p.tick(5_099 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(p.state(), NodeState::Paired);
+        let _ = p.tick(5_100 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!((p.state(), p.arbitrations), (NodeState::Alone, 1));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Faults {
     pub restart: [Option<u64>; 2],
     /// Times the log link is partitioned.
     pub log_partitions: Intervals,
+    /// Times bytes towards node `[to]` are held up (a one-way partition:
+    /// the connection stays up, nothing arrives that way until it ends).
+    pub one_way: [Intervals; 2],
     /// Times each node is cut off from storage.
     pub storage_partitions: [Intervals; 2],
     /// Times the storage server is down.
@@ -98,6 +101,10 @@ impl Faults {
         }
         if rng.chance(150) {
             f.storage_outages.push(interval(rng, end, ft / 2, ft * 4));
+        }
+        if rng.chance(100) {
+            let to = rng.range(0, 2) as usize;
+            f.one_way[to].push(interval(rng, end, ft / 3, ft * 4));
         }
         for _ in 0..rng.range(0, 4) {
             f.drops.push(rng.range(0, end));

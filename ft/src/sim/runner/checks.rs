@@ -129,6 +129,8 @@ impl Sim<'_> {
             || overlaps(&self.faults.freezes[peer], from, now)
             || overlaps(&self.faults.freezes[i], from, now)
             || overlaps(&self.faults.log_partitions, from, now)
+            || overlaps(&self.faults.one_way[0], from, now)
+            || overlaps(&self.faults.one_way[1], from, now)
             || self.faults.corrupt_per_mille > 0
             || self.repaired_since(from);
         if excused {

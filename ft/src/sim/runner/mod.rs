@@ -467,6 +467,9 @@ impl<'c> Sim<'c> {
             if self.frozen(side) {
                 continue; // the bytes wait in its receive buffer
             }
+            if in_any(&self.faults.one_way[side], now) {
+                continue; // one-way partition: held up in the network
+            }
             bytes.clear();
             while let Ok(n @ 1..) = self.link.end(side, now, &mut self.rng).recv(&mut buf) {
                 bytes.extend_from_slice(&buf[..n]);
