@@ -114,8 +114,9 @@ impl Sim<'_> {
 
     /// Node `i` just arbitrated: something must have failed (DESIGN.md
     /// §1.6: a dropped connection is not a failure). Justified by the
-    /// peer down, frozen, halted, alone or not started, a log partition or
-    /// a corrupting link within the detection window.
+    /// peer down, frozen, halted, alone or not started, a log partition
+    /// (both ways or one way), a corrupting link, or a link that dropped
+    /// more than once within the detection window.
     pub(super) fn check_failover_justified(&self, i: usize) -> Result<(), Violation> {
         let now = self.now();
         let window = 2 * self.cfg.failure_timeout_ns + self.faults.max_delay_ns + 20 * STEP_NS;
@@ -124,6 +125,14 @@ impl Sim<'_> {
         let peer_ok = self.nodes[peer].role.node().is_some_and(Node::in_session)
             && self.faults.start_at[peer] + window < now;
         let crashed = self.faults.crash[peer].is_some_and(|t| t <= now);
+        // One drop must be survived by reconnecting; a link that drops
+        // again before a round trip completes delivers nothing at all.
+        let drops = self
+            .faults
+            .drops
+            .iter()
+            .filter(|&&t| from <= t && t <= now)
+            .count();
         let excused = !peer_ok
             || crashed
             || overlaps(&self.faults.freezes[peer], from, now)
@@ -132,6 +141,7 @@ impl Sim<'_> {
             || overlaps(&self.faults.one_way[0], from, now)
             || overlaps(&self.faults.one_way[1], from, now)
             || self.faults.corrupt_per_mille > 0
+            || drops > 1
             || self.repaired_since(from);
         if excused {
             return Ok(());

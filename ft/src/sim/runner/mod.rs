@@ -210,6 +210,9 @@ impl<'c> Sim<'c> {
     }
 
     pub(super) fn run(mut self) -> SeedReport {
+        if self.trace {
+            std::eprintln!("faults: {:?}", self.faults);
+        }
         let mut violation = None;
         for _ in 0..self.cfg.duration_ms {
             self.now += STEP_NS;
@@ -703,7 +706,10 @@ impl<'c> Sim<'c> {
                     return Err(protocol(now, "effect", &FtError::WrongState("arbitrate")))
                 }
                 Effect::Throttle(on) => self.nodes[i].throttled = on,
-                Effect::ResetConnection(_) => {
+                Effect::ResetConnection(e) => {
+                    if self.trace {
+                        std::eprintln!("{} ms: node {i} resets the connection: {e}", now / STEP_NS);
+                    }
                     self.stats.resets += 1;
                     self.drop_link();
                 }
