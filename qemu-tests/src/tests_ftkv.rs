@@ -54,10 +54,34 @@
 //!   and serves nothing afterwards; the flag went up by exactly one.
 //! * `ft-storage-down`: 100 SETs, then GETs; istgt is killed (the primary
 //!   keeps answering GETs from memory), 2 s later the primary's Bochs is
-//!   SIGKILLed: the backup finds the storage unreachable and must not go
-//!   live (no LIVE, no RARP, no reply to the client, the guest MAC never
-//!   on `tapfk2`); the flag is unchanged. The client gives up after 45 s
-//!   without a reply.
+//!   SIGKILLed. istgt stays down. The backup finds the storage unreachable
+//!   and retries the arbitration for as long as it stays so (it does not
+//!   halt): the runner watches it until the client gave up (45 s without
+//!   a reply), the backup printed at least two `shared storage
+//!   unreachable: ... retrying` lines (attempt 1 and 10) and at least 3x
+//!   the failure timeout of wall time passed since the kill (bounded by
+//!   180 s), then SIGKILLs the backup's Bochs itself. Judged: the backup
+//!   was still running (it neither halted nor exited by itself), printed
+//!   no LIVE, WON, RARP and no guest output; no reply reached the client
+//!   more than 1 s after the kill; the guest MAC was never learned on
+//!   `tapfk2`; the flag on the LUN file is unchanged.
+//! * `ft-storage-blip-failover`: 100 SETs, then GETs of them round and
+//!   round for at least 8 s, then 100 more SETs, then GETs of all 200 and
+//!   SHUTDOWN (client mode `blip`). 30 replies into the first GETs istgt
+//!   is killed, 2 s later the primary's Bochs is SIGKILLed; istgt stays
+//!   down until the backup printed a `shared storage unreachable` retry
+//!   line and one failure timeout (3 s) more passed, then it is restarted
+//!   on the same configuration and LUN file. Judged: before the restart
+//!   the backup had failed at least two arbitration logins (it retried)
+//!   and printed no LIVE/WON/RARP/guest output, and no reply reached the
+//!   client (after 1 s of replies in flight); then the backup wins
+//!   (generation 0 -> 1 owner 2, read from the LUN file), goes LIVE,
+//!   announces the MAC (learned on `tapfk2`), writes the second batch of
+//!   SETs through its own iSCSI session to the restarted istgt (its disk
+//!   counts at least 100 writes) and runs the guest to its exit 0; the
+//!   client completes and every acknowledged SET reads back from the LUN.
+//!   The failover time is istgt's return (its portal listening) -> the
+//!   first reply after it, and must be under 60 s of wall time.
 use crate::emulator::{BootSpec, Outcome, Run};
 use crate::ftrig::ROLES;
 use crate::istgt::Istgt;
@@ -95,12 +119,28 @@ const SLOTS: usize = 4096;
 const DEFAULT_SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
 /// A reply gap at least this long after a fault is the outage.
 const OUTAGE_GAP: Duration = Duration::from_millis(500);
-/// Serial lines after which a node serves no more (it may stay up).
-const HALTED: [&str; 3] = [
-    "LOST the test-and-set",
-    "shared storage unreachable",
-    "FTVISOR-EXIT",
-];
+/// Serial lines after which a node serves no more (it may stay up). A
+/// node that finds the shared storage unreachable does not halt: it
+/// retries the arbitration until storage is back ([`RETRYING`]).
+const HALTED: [&str; 2] = ["LOST the test-and-set", "FTVISOR-EXIT"];
+/// The backup's line at its first failed arbitration of an outage and at
+/// every tenth (`ft: backup: shared storage unreachable: no one may go
+/// live; retrying every 100 ms (attempt N)`).
+const RETRYING: &str = "ft: backup: shared storage unreachable: no one may go live; retrying";
+/// The pair's `ft_timeout` (ms of each node's own clock).
+const FT_TIMEOUT: Duration = Duration::from_millis(3000);
+/// `ft-storage-down`: the longest the runner watches the backup retry
+/// after the primary's kill.
+const OBSERVE_MAX: Duration = Duration::from_secs(180);
+/// `ft-storage-blip-failover`: the longest the runner waits for the
+/// backup's first retry line after the primary's kill, and the bound on
+/// the failover time (istgt back -> first reply).
+const RETRY_LINE_MAX: Duration = Duration::from_secs(120);
+const BLIP_FAILOVER_MAX: Duration = Duration::from_secs(60);
+/// `blip` client: how long it reads the first batch back before writing
+/// the second (the faults land in there: while istgt is down the guest
+/// must not write, a failed write ends the KV service).
+const BLIP_READS: Duration = Duration::from_secs(8);
 
 /// The pair's hypervisor command line (`role=`, `peer=`, `ip=`,
 /// `iscsi_node=` are added per node).
@@ -156,9 +196,16 @@ pub fn tests() -> Vec<E2eTest> {
         t(
             "ft-storage-down",
             pair!("35"),
-            300,
+            420,
             run_storage_down,
-            "FT pair under client load; istgt stopped, then the primary's Bochs SIGKILLed: the backup finds the storage unreachable and does not go live; the flag is unchanged",
+            "FT pair under client load; istgt stopped for good, then the primary's Bochs SIGKILLed: the backup finds the storage unreachable and keeps retrying without going live (watched for >= 2 retry lines, then stopped by the runner); no reply after the kill; the flag is unchanged",
+        ),
+        t(
+            "ft-storage-blip-failover",
+            pair!("36"),
+            420,
+            run_storage_blip,
+            "FT pair under client load; istgt stopped, then the primary's Bochs SIGKILLed; istgt restarted on the same LUN once the backup was seen retrying: the backup then wins (generation +1), goes live, announces the MAC; the client completes and every acknowledged SET reads back; failover time from istgt's return (< 60 s)",
         ),
     ]
 }
@@ -171,15 +218,25 @@ enum Fault {
     KillPrimary,
     KillBackup,
     Partition,
-    /// Kill istgt, then (2 s later) the primary.
+    /// Kill istgt, then (2 s later) the primary; istgt stays down.
     StorageDown,
+    /// Kill istgt, then (2 s later) the primary; restart istgt once the
+    /// backup is seen retrying the arbitration.
+    StorageBlip,
+}
+
+impl Fault {
+    /// istgt goes first, the primary 2 s later.
+    fn storage(self) -> bool {
+        matches!(self, Fault::StorageDown | Fault::StorageBlip)
+    }
 }
 
 /// What one run does.
 #[derive(Debug, Clone)]
 struct Plan {
     fault: Fault,
-    /// `ftkv-client` mode: `steady`, `failover` or `outage`.
+    /// `ftkv-client` mode: `steady`, `failover`, `outage` or `blip`.
     mode: &'static str,
     sets: usize,
     /// The fault fires `delay` after the `at_ack`-th reply.
@@ -286,6 +343,17 @@ fn run_storage_down(t: &E2eTest, root: &Path) -> Outcome {
     scenario(t, root, &plan)
 }
 
+fn run_storage_blip(t: &E2eTest, root: &Path) -> Outcome {
+    let mut plan = Plan::new(Fault::StorageBlip, "blip", 200, 14);
+    // Early in the first GET phase (the `blip` client reads the first 100
+    // keys back for at least 8 s), for the reason above, so the primary
+    // dies there too; the second batch of SETs then goes to the new
+    // primary's disk on the restarted istgt.
+    plan.at_ack = plan.sets / 2 + 30;
+    plan.delay = Duration::ZERO;
+    scenario(t, root, &plan)
+}
+
 // ------------------------------------------------------------ the run
 
 /// What happened on the host side while the pair ran.
@@ -298,8 +366,17 @@ struct Story {
     client: Option<Result<String, String>>,
     client_end: Option<Instant>,
     fault_at: Option<Instant>,
-    /// `ft-storage-down`: when the primary was killed (after istgt).
+    /// `ft-storage-*`: when the primary was killed (after istgt).
     second_at: Option<Instant>,
+    /// `ft-storage-blip-failover`: when the backup's first retry line
+    /// was seen, when the restarted istgt listened again, and the
+    /// backup's serial just before the restart.
+    retry_seen: Option<Instant>,
+    istgt_back: Option<Instant>,
+    backup_before_restart: String,
+    /// `ft-storage-down`: when the runner stopped the still retrying
+    /// backup after watching it.
+    backup_stopped: Option<Instant>,
     notes: Vec<String>,
     fdb: Vec<FdbSample>,
     /// Status port answers: node index, reply line or error.
@@ -567,7 +644,7 @@ fn conduct(
                 break Err(e);
             }
         }
-        if plan.fault == Fault::StorageDown && st.second_at.is_none() {
+        if plan.fault.storage() && st.second_at.is_none() {
             if let Some(f) = st.fault_at.filter(|f| now >= *f + Duration::from_secs(2)) {
                 match ctx.kill_node(0) {
                     Ok(pid) => {
@@ -580,6 +657,11 @@ fn conduct(
                     }
                     Err(e) => break Err(format!("killing the primary: {e}")),
                 }
+            }
+        }
+        if plan.fault == Fault::StorageBlip && st.istgt_back.is_none() {
+            if let Err(e) = blip_restart(ctx, st, now) {
+                break Err(e);
             }
         }
         if now >= next_fdb {
@@ -615,7 +697,91 @@ fn conduct(
         Err(format!("{last} {}", stderr.trim()))
     });
     st.fdb.push(ctx.fdb());
-    result
+    result?;
+    if plan.fault == Fault::StorageDown {
+        observe_outage(ctx, st, deadline)?;
+    }
+    Ok(())
+}
+
+/// `ft-storage-blip-failover`, once the primary is dead: restarts istgt
+/// (same configuration and LUN file) one failure timeout after the
+/// backup's first retry line.
+fn blip_restart(ctx: &mut Ctx, st: &mut Story, now: Instant) -> Result<(), String> {
+    let Some(second) = st.second_at else {
+        return Ok(());
+    };
+    match st.retry_seen {
+        None => {
+            if ctx.serial(1).contains(RETRYING) {
+                st.retry_seen = Some(now);
+                st.notes.push(format!(
+                    "the backup's first `shared storage unreachable` retry line seen {:.1} s after the primary's kill",
+                    (now - second).as_secs_f64()
+                ));
+            } else if now > second + RETRY_LINE_MAX {
+                return Err(format!(
+                    "no `{RETRYING}` line on the backup within {} s of the primary's kill",
+                    RETRY_LINE_MAX.as_secs()
+                ));
+            }
+        }
+        Some(seen) if now >= seen + FT_TIMEOUT => {
+            st.backup_before_restart = ctx.serial(1);
+            let asked = Instant::now();
+            ctx.target
+                .start(ctx.ns)
+                .map_err(|e| format!("restarting istgt: {e}"))?;
+            let back = Instant::now();
+            st.istgt_back = Some(back);
+            let down = st.fault_at.map_or(Duration::ZERO, |f| back - f);
+            st.notes.push(format!(
+                "restarted istgt on the same LUN file {:.1} s after the primary's kill (listening after {:.1} s; istgt down {:.1} s in all; {} retry line(s) on the backup by then)",
+                (asked - second).as_secs_f64(),
+                (back - asked).as_secs_f64(),
+                down.as_secs_f64(),
+                st.backup_before_restart.matches(RETRYING).count()
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// `ft-storage-down`, after the client gave up: watches the backup retry
+/// with istgt still down until it printed at least two retry lines and
+/// at least 3x the failure timeout passed since the primary's kill (at
+/// most [`OBSERVE_MAX`] after it), sampling the bridge every second; then
+/// stops the backup's Bochs (it would retry for ever).
+fn observe_outage(ctx: &Ctx, st: &mut Story, deadline: Instant) -> Result<(), String> {
+    let second = st.second_at.ok_or("the primary was never killed")?;
+    let mut next_fdb = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_fdb {
+            st.fdb.push(ctx.fdb());
+            next_fdb = now + Duration::from_secs(1);
+        }
+        if bochs_pid(&ctx.bochsrc[1]).is_none() {
+            // Ended by itself: judged as such.
+            return Ok(());
+        }
+        let lines = ctx.serial(1).matches(RETRYING).count();
+        let enough = lines >= 2 && now >= second + 3 * FT_TIMEOUT;
+        if enough || now >= second + OBSERVE_MAX || now >= deadline {
+            st.fdb.push(ctx.fdb());
+            let pid = ctx
+                .kill_node(1)
+                .map_err(|e| format!("stopping the backup: {e}"))?;
+            st.backup_stopped = Some(Instant::now());
+            st.stopped.push(format!(
+                "backup (still arbitrating {:.1} s after the primary's kill, {lines} retry line(s)): SIGKILLed by the runner (pid {pid})",
+                (now - second).as_secs_f64()
+            ));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Fires the plan's fault.
@@ -643,7 +809,7 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
                 TAPS[0], TAPS[1]
             )
         }
-        Fault::StorageDown => {
+        Fault::StorageDown | Fault::StorageBlip => {
             ctx.target.kill(ctx.ns);
             format!("SIGKILLed istgt after reply #{n}")
         }
@@ -674,8 +840,8 @@ fn isolate(ns: &str, port: &str) -> Result<(), String> {
 
 /// After the client: lets both emulators end by themselves (the serving
 /// side ends with the guest's SHUTDOWN, a backup once it replayed to the
-/// end); a node that halted for good (LOST, storage unreachable) but stays
-/// up is stopped after 5 s, anything left after 150 s too.
+/// end); a node that halted for good (LOST) but stays up is stopped after
+/// 5 s, anything left after 150 s too.
 fn wind_down(ctx: &Ctx, st: &mut Story, done: &AtomicBool, failed: bool) {
     let until = Instant::now()
         + if failed {
@@ -944,21 +1110,7 @@ fn judge(
                 ));
             }
             let live = if winner == 1 {
-                let live = line_with(&w.serial, "ft: backup: LIVE under generation 1")?;
-                line_with(
-                    &w.serial,
-                    &format!("ft: backup: announced the guest MAC {GUEST_MAC} (RARP)"),
-                )?;
-                let re = line_with(&w.serial, "ft: backup: re-issued ")?;
-                format!(
-                    "backup LIVE under generation 1, RARP sent, re-issued {} pending disk request(s); {}",
-                    num(re, "re-issued ").unwrap_or(0),
-                    live.split_once("generation 1: ")
-                        .map_or("", |x| x.1)
-                        .split(" (")
-                        .next()
-                        .unwrap_or("")
-                )
+                backup_live(&w.serial)?
             } else {
                 line_with(&w.serial, "ft: primary: ALONE under generation 1")?;
                 "primary ALONE under generation 1".to_string()
@@ -1044,29 +1196,38 @@ fn judge(
                     plan.sets
                 ));
             }
-            let late: Vec<&Instant> = st
-                .acks
-                .iter()
-                .filter(|t| **t > second + Duration::from_secs(1))
-                .collect();
-            if !late.is_empty() {
+            no_late_replies(st, second, None)?;
+            let retries: Vec<&str> = b.serial.lines().filter(|l| l.contains(RETRYING)).collect();
+            if retries.len() < 2 {
                 return Err(format!(
-                    "{} replies reached the client more than 1 s after the primary was killed",
-                    late.len()
+                    "the backup printed {} `shared storage unreachable ... retrying` line(s), want at least 2 (attempt 1 and 10) while istgt was down",
+                    retries.len()
                 ));
             }
-            let unreachable = line_with(&b.serial, "shared storage unreachable")?;
+            // It kept retrying: still up when the runner stopped it, no
+            // halt, no end of its own.
+            let stopped_at = st.backup_stopped.ok_or(
+                "the backup's Bochs ended by itself while storage was down (it should keep retrying until stopped)",
+            )?;
             for bad in [
-                "LIVE under",
-                "WON the test-and-set",
-                "announced the guest MAC",
+                "hypervisor: guest stopped",
+                "ft: pair: backup done",
+                "FTVISOR-EXIT",
             ] {
                 if let Some(l) = b.serial.lines().find(|l| l.contains(bad)) {
-                    return Err(format!("the backup went live without storage: `{l}`"));
+                    return Err(format!(
+                        "the backup halted or ended while storage was down (it should keep retrying): `{l}`"
+                    ));
                 }
             }
-            if let Some(l) = b.serial.lines().find(|l| l.starts_with("guest: ")) {
-                return Err(format!("the backup printed guest output: `{l}`"));
+            if b.exit_code.is_some() {
+                return Err(format!(
+                    "the backup exited by itself (code {:?}, {})",
+                    b.exit_code, b.ended
+                ));
+            }
+            if let Some(l) = not_live(&b.serial) {
+                return Err(format!("the backup went live without storage: `{l}`"));
             }
             if fdb_on(TAPS[1], ready) {
                 return Err(format!(
@@ -1084,26 +1245,194 @@ fn judge(
                 .filter(|t| **t >= fault_at && **t <= second)
                 .count();
             Ok(format!(
-                "({}; the primary answered {served} GETs with istgt down before it was killed; backup: `{}`, no LIVE, no RARP, no reply after the kill; client gave up: {}; {on_lun}; flag {}{stopped})",
+                "({}; the primary answered {served} GETs with istgt down before it was killed; backup watched for {} after the kill: {} retry lines, first `{}`, last `{}`; no LIVE, no WON, no RARP, no guest output, no reply after the kill, guest MAC never on {}; client gave up: {}; {on_lun}; flag {}{stopped})",
                 st.notes.join("; "),
-                unreachable.trim(),
+                secs(stopped_at - second),
+                retries.len(),
+                retries[0].trim(),
+                retries[retries.len() - 1].trim(),
+                TAPS[1],
                 client.trim_start_matches("gave-up "),
+                gen(&flag),
+            ))
+        }
+        Fault::StorageBlip => {
+            if !client.starts_with("done ") || acked != plan.sets {
+                return Err(format!(
+                    "client: `{client}` (want all {} SETs acknowledged)",
+                    plan.sets
+                ));
+            }
+            let second = st.second_at.ok_or("the primary was never killed")?;
+            let back = st.istgt_back.ok_or("istgt was never restarted")?;
+            // While istgt was down: retrying, not live, nothing served.
+            let before = &st.backup_before_restart;
+            let retries = before.matches(RETRYING).count();
+            if retries == 0 {
+                return Err(format!(
+                    "no `{RETRYING}` line on the backup before istgt's restart"
+                ));
+            }
+            // It retried: at least one more failed attempt after the first.
+            let failed = before
+                .lines()
+                .filter(|l| l.starts_with("ft: backup: iSCSI login to") && l.contains(" failed"))
+                .count();
+            if failed < 2 {
+                return Err(format!(
+                    "{failed} failed iSCSI login(s) for the arbitration on the backup before istgt's restart, want at least 2 (a retry)"
+                ));
+            }
+            if let Some(l) = not_live(before) {
+                return Err(format!("the backup went live before istgt was back: `{l}`"));
+            }
+            no_late_replies(st, second, Some(back))?;
+            // After: the backup won, went live, served to the end.
+            if let Some(l) = p
+                .serial
+                .lines()
+                .find(|l| l.contains("WON the test-and-set"))
+            {
+                return Err(format!("the killed primary won: `{l}`"));
+            }
+            if p.exit_code.is_some() || p.serial.contains("ft: pair: ") {
+                return Err("the primary ended before it was killed".into());
+            }
+            let won_line = line_with(&b.serial, "ft: backup: WON the test-and-set")?;
+            let want_won = "flag generation 0 -> 1 owner 2";
+            if !won_line.contains(want_won) {
+                return Err(format!("backup: `{won_line}`, want `{want_won}`"));
+            }
+            let live = backup_live(&b.serial)?;
+            // The second batch went to the restarted istgt through the
+            // new primary's own disk session.
+            let writes = b
+                .serial
+                .lines()
+                .filter(|l| l.starts_with("guestio: blk "))
+                .find_map(|l| num(l, " writes="))
+                .unwrap_or(0);
+            if writes < (plan.sets / 2) as u64 {
+                return Err(format!(
+                    "the live backup's disk counts {writes} writes, want at least {} (the second batch of SETs)",
+                    plan.sets / 2
+                ));
+            }
+            if b.exit_code != Some(0) {
+                return Err(format!(
+                    "the backup: exit code {:?} ({}), want 0",
+                    b.exit_code, b.ended
+                ));
+            }
+            if flag != Flag::new(1, NodeId(2)) {
+                return Err(format!(
+                    "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner 2"
+                ));
+            }
+            if !fdb_on(TAPS[1], back) {
+                return Err(format!(
+                    "after the failover the bridge never learned the guest MAC on {} (the backup's tap): RARP / frames from the new primary missing",
+                    TAPS[1]
+                ));
+            }
+            let first = st
+                .acks
+                .iter()
+                .find(|t| **t >= back)
+                .ok_or("no reply after istgt's restart")?;
+            let fo = *first - back;
+            if fo >= BLIP_FAILOVER_MAX {
+                return Err(format!(
+                    "failover took {} from istgt's return to the first reply, want < {}",
+                    secs(fo),
+                    secs(BLIP_FAILOVER_MAX)
+                ));
+            }
+            let attempts = b
+                .serial
+                .lines()
+                .filter(|l| l.contains(RETRYING))
+                .filter_map(|l| num(l, "(attempt "))
+                .max()
+                .unwrap_or(0);
+            Ok(format!(
+                "({}; {retries} retry line(s) and {failed} failed arbitration logins before the restart, last line at attempt {attempts}; backup `{}`; {live}; {writes} disk writes by the new primary; failover {} (istgt listening -> first reply from the new primary; primary's kill -> that reply {}), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
+                st.notes.join("; "),
+                won_line.trim(),
+                secs(fo),
+                secs(*first - second),
                 gen(&flag),
             ))
         }
     }
 }
 
-/// A backup that halted for good (LOST, storage unreachable) before its
+/// The first line of `serial` showing a live backup or its guest's output
+/// (a backup without storage must show none).
+fn not_live(serial: &str) -> Option<&str> {
+    serial.lines().find(|l| {
+        l.starts_with("guest: ")
+            || [
+                "LIVE under",
+                "WON the test-and-set",
+                "announced the guest MAC",
+            ]
+            .iter()
+            .any(|m| l.contains(m))
+    })
+}
+
+/// No reply reached the client more than 1 s (replies in flight) after
+/// the primary's kill at `second` (and before `until`, if given).
+fn no_late_replies(st: &Story, second: Instant, until: Option<Instant>) -> Result<(), String> {
+    let late = st
+        .acks
+        .iter()
+        .filter(|t| **t > second + Duration::from_secs(1) && until.is_none_or(|u| **t < u))
+        .count();
+    if late == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{late} replies reached the client more than 1 s after the primary was killed{}",
+            if until.is_some() {
+                " and before istgt was back"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
+/// A backup that went live: its LIVE line, the RARP and the re-issued
+/// disk requests; a summary.
+fn backup_live(serial: &str) -> Result<String, String> {
+    let live = line_with(serial, "ft: backup: LIVE under generation 1")?;
+    line_with(
+        serial,
+        &format!("ft: backup: announced the guest MAC {GUEST_MAC} (RARP)"),
+    )?;
+    let re = line_with(serial, "ft: backup: re-issued ")?;
+    Ok(format!(
+        "backup LIVE under generation 1, RARP sent, re-issued {} pending disk request(s); {}",
+        num(re, "re-issued ").unwrap_or(0),
+        live.split_once("generation 1: ")
+            .map_or("", |x| x.1)
+            .split(" (")
+            .next()
+            .unwrap_or("")
+    ))
+}
+
+/// A backup that halted for good (LOST the test-and-set) before its
 /// replay reached the guest's end closes with `verdict=HALTED` and `ft:
 /// replay: HALTED before the end of the log`: its replay was cut short,
 /// every entry up to there met. Only that case, after the halt line and
-/// with no divergence anywhere, is accepted.
+/// with no divergence anywhere, is accepted. Unreachable storage is no
+/// halt (the node retries until storage is back, or until the runner
+/// stops it: then there is no closing line at all).
 fn replay_cut_short(serial: &str) -> bool {
-    let halt = ["LOST the test-and-set", "shared storage unreachable"]
-        .iter()
-        .filter_map(|m| serial.find(m))
-        .min();
+    let halt = serial.find("LOST the test-and-set");
     match (
         halt,
         serial.find("ft: replay: HALTED before the end of the log"),
@@ -1581,19 +1910,23 @@ impl Client {
     }
 }
 
-/// `ftkv-client <ip:port> steady|failover|outage <sets> <salt>`: `sets`
-/// SETs, then (steady, failover) a GET of each and SHUTDOWN, or (outage)
-/// GETs round and round until no reply came for 45 s. Prints `ack <n>`
-/// per reply, `retry ...` per re-sent request, then a summary.
+/// `ftkv-client <ip:port> steady|failover|outage|blip <sets> <salt>`:
+/// `sets` SETs, then (steady, failover) a GET of each and SHUTDOWN, or
+/// (outage) GETs round and round until no reply came for 45 s. `blip`
+/// (retrying like failover) splits the SETs in two batches: the first
+/// half, GETs of it round and round for at least [`BLIP_READS`] (whole
+/// rounds), the second half, then a GET of all and SHUTDOWN.
+/// Prints `ack <n>` per reply, `retry ...` per re-sent request, then a
+/// summary.
 fn client_main(args: &[String]) -> Result<String, String> {
-    let usage = "usage: ftkv-client <ip:port> steady|failover|outage <sets> <salt>";
+    let usage = "usage: ftkv-client <ip:port> steady|failover|outage|blip <sets> <salt>";
     let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let mode = args.get(2).map(String::as_str).ok_or(usage)?;
     let sets: usize = args.get(3).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let salt: u64 = args.get(4).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let (retry, read_timeout, give_up) = match mode {
         "steady" => (false, 60, 120),
-        "failover" => (true, 30, 150),
+        "failover" | "blip" => (true, 30, 150),
         "outage" => (true, 10, 45),
         _ => return Err(usage.into()),
     };
@@ -1610,18 +1943,56 @@ fn client_main(args: &[String]) -> Result<String, String> {
         connects: 0,
         max_gap: Duration::ZERO,
     };
-    let t = Instant::now();
-    for i in 0..sets {
+    let set = |c: &mut Client, i: usize| -> Result<(), String> {
         let got = c
             .ask(&format!("SET k{i:04} {}", value(i, salt)))
             .map_err(|e| format!("SET k{i:04} ({i} acknowledged): {}", e.text()))?;
         if got != "OK" {
             return Err(format!("SET k{i:04}: `{got}`"));
         }
-    }
-    let set_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
+        Ok(())
+    };
+    let get = |c: &mut Client, i: usize| -> Result<(), String> {
+        let got = c
+            .ask(&format!("GET k{i:04}"))
+            .map_err(|e| format!("GET k{i:04}: {}", e.text()))?;
+        if got != value(i, salt) {
+            return Err(format!(
+                "GET k{i:04}: `{got}`, want `{}` (its SET was acknowledged)",
+                value(i, salt)
+            ));
+        }
+        Ok(())
+    };
+    // `blip`: the first batch of SETs and its GETs come first.
+    let first = if mode == "blip" { sets / 2 } else { 0 };
+    let mut set_s = 0.0;
+    let mut get_s = 0.0;
     let mut gets = 0usize;
+    if first > 0 {
+        let t = Instant::now();
+        for i in 0..first {
+            set(&mut c, i)?;
+        }
+        set_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        loop {
+            for i in 0..first {
+                get(&mut c, i)?;
+                gets += 1;
+            }
+            if t.elapsed() >= BLIP_READS {
+                break;
+            }
+        }
+        get_s += t.elapsed().as_secs_f64();
+    }
+    let t = Instant::now();
+    for i in first..sets {
+        set(&mut c, i)?;
+    }
+    set_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let summary = |c: &Client, gets: usize, get_s: f64| {
         format!(
             "requests={} sets={sets} acked_sets={sets} gets={gets} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={}",
@@ -1654,18 +2025,10 @@ fn client_main(args: &[String]) -> Result<String, String> {
         ));
     }
     for i in 0..sets {
-        let got = c
-            .ask(&format!("GET k{i:04}"))
-            .map_err(|e| format!("GET k{i:04}: {}", e.text()))?;
-        if got != value(i, salt) {
-            return Err(format!(
-                "GET k{i:04}: `{got}`, want `{}` (its SET was acknowledged)",
-                value(i, salt)
-            ));
-        }
+        get(&mut c, i)?;
         gets += 1;
     }
-    let get_s = t.elapsed().as_secs_f64();
+    let get_s = get_s + t.elapsed().as_secs_f64();
     let got = c
         .ask("SHUTDOWN")
         .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
@@ -1824,6 +2187,13 @@ mod tests {
         // No halt line: not accepted.
         let no_halt = "ft: replay: HALTED before the end of the log: 3 entries applied\n";
         assert!(!replay_cut_short(no_halt));
+        // Unreachable storage is retried, not a halt: not accepted.
+        let retrying = format!(
+            "ft: backup: shared storage unreachable: no one may go live; retrying every 100 ms (attempt 1)\n{}",
+            halted.lines().skip(2).collect::<Vec<_>>().join("\n")
+        );
+        assert!(retrying.contains(RETRYING));
+        assert!(!replay_cut_short(&retrying));
     }
 
     #[test]
@@ -1835,5 +2205,7 @@ mod tests {
         assert_eq!(num("re-issued 3 pending", "re-issued "), Some(3));
         assert_eq!(word(l, "verdict="), Some("IDENTICAL"));
         assert_eq!(num(l, "nothing="), None);
+        let blk = "guestio: blk requests=432 ok=432 errors=0 needs_reset=0 bad_accesses=0 | disk reads=0 writes=100 flushes=100 read=0KiB written=50KiB";
+        assert_eq!(num(blk, " writes="), Some(100));
     }
 }
