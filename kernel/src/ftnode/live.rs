@@ -431,13 +431,13 @@ impl<N: Nic + 'static> Node<N> {
 
     /// The shared LUN as the node's storage, for one call.
     fn storage(&mut self) -> LunStorage<'_, N> {
-        LunStorage {
-            transport: &mut self.arb,
-            clock: self.clock,
-            address: self.lun.as_ref(),
-            me: self.ncfg.session.me,
-            role: role_name(self.role),
-        }
+        LunStorage::new(
+            &mut self.arb,
+            self.clock,
+            self.lun.as_ref(),
+            self.ncfg.session.me,
+            role_name(self.role),
+        )
     }
 
     /// The session's generation (DESIGN.md §1.7): the shared LUN's flag,
@@ -700,31 +700,34 @@ impl<N: Nic + 'static> Node<N> {
     fn tick(&mut self, now_us: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
         let before = self.ft.state();
         let silent_ms = now_us.saturating_sub(self.heard_us) / 1000;
-        let mut storage = LunStorage {
-            transport: &mut self.arb,
-            clock: self.clock,
-            address: self.lun.as_ref(),
-            me: self.ncfg.session.me,
-            role: role_name(self.role),
-        };
+        let role = role_name(self.role);
+        // Said before the arbitration it leads to, if it does.
+        let announce = matches!(before, NodeState::Paired | NodeState::Following).then(|| {
+            alloc::format!(
+                "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
+                self.cfg.timeout_ms
+            )
+        });
+        let quiet = matches!(self.ft.last_verdict, Some(Verdict::Unreachable))
+            && !(self.ft.arbitrations + 1).is_multiple_of(10);
+        let mut storage = LunStorage::new(
+            &mut self.arb,
+            self.clock,
+            self.lun.as_ref(),
+            self.ncfg.session.me,
+            role,
+        );
+        storage.announce = announce;
+        storage.quiet = quiet;
         let fx = self.ft.tick(now_us * 1000, guest_ns, at, &mut storage);
-        self.after_decision(before, silent_ms);
+        self.after_decision();
         self.apply(fx);
         self.settle_state()
     }
 
-    /// Says what the node decided since `before`: a failure detected (the
-    /// peer silent for `silent_ms` when it was), an arbitration's outcome.
-    fn after_decision(&mut self, before: NodeState, silent_ms: u64) {
+    /// Says what an arbitration decided.
+    fn after_decision(&mut self) {
         let role = role_name(self.role);
-        if matches!(before, NodeState::Paired | NodeState::Following)
-            && self.ft.arbitrations > self.arbitrations_seen
-        {
-            println!(
-                "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
-                self.cfg.timeout_ms
-            );
-        }
         if self.ft.arbitrations == self.arbitrations_seen {
             return;
         }
@@ -1282,18 +1285,17 @@ impl<N: Nic + 'static> Node<N> {
     /// arbitrates; the guest starts alone only after winning; lost means
     /// never; storage unreachable is retried (no one may go live meanwhile).
     fn start_alone(&mut self) {
-        let before = self.ft.state();
-        let mut storage = LunStorage {
-            transport: &mut self.arb,
-            clock: self.clock,
-            address: self.lun.as_ref(),
-            me: self.ncfg.session.me,
-            role: role_name(self.role),
-        };
+        let mut storage = LunStorage::new(
+            &mut self.arb,
+            self.clock,
+            self.lun.as_ref(),
+            self.ncfg.session.me,
+            role_name(self.role),
+        );
         let fx = self
             .ft
             .abandon_join(self.clock.micros() * 1000, &mut storage);
-        self.after_decision(before, 0);
+        self.after_decision();
         self.apply(fx);
         loop {
             if let Err(why) = self.settle_state() {

@@ -39,15 +39,42 @@ pub struct LunStorage<'a, N: Nic> {
     pub address: Option<&'a LunAddress>,
     pub me: NodeId,
     pub role: &'static str,
+    /// Printed before the first operation, if one happens (the failure the
+    /// node is about to arbitrate on).
+    pub announce: Option<String>,
+    /// A retry during an outage: say nothing unless something changes.
+    pub quiet: bool,
 }
 
-impl<N: Nic> LunStorage<'_, N> {
+impl<'a, N: Nic> LunStorage<'a, N> {
+    /// `me`'s view of the LUN at `address` over `transport`.
+    pub fn new(
+        transport: &'a mut SharedTransport<N>,
+        clock: Clock,
+        address: Option<&'a LunAddress>,
+        me: NodeId,
+        role: &'static str,
+    ) -> Self {
+        LunStorage {
+            transport,
+            clock,
+            address,
+            me,
+            role,
+            announce: None,
+            quiet: false,
+        }
+    }
+
     /// Logs in, runs `op` on the flag, logs out; says what failed.
     fn with<R>(
         &mut self,
         op: impl FnOnce(&mut LunFlag<'_, Initiator<Lent<'_, N>, Clock>>) -> Result<R, FtError>,
     ) -> Result<R, FtError> {
         let role = self.role;
+        if let Some(line) = self.announce.take() {
+            println!("{line}");
+        }
         let Some(addr) = self.address else {
             return Err(FtError::StorageUnreachable);
         };
@@ -64,13 +91,18 @@ impl<N: Nic> LunStorage<'_, N> {
         // over a second to answer a login from a namespace (measured with
         // tcpdump at join): give the login room, the retry bounds it.
         cfg.login_timeout_ms = LOGIN_TIMEOUT_MS;
+        // The node retries the whole operation on its own schedule; one
+        // connection attempt per operation keeps it from blocking seconds.
+        cfg.max_reconnects = 0;
         let mut ini = match Initiator::login(Lent(self.transport), self.clock, cfg, addr.lun) {
             Ok(i) => i,
             Err(e) => {
-                println!(
-                    "ft: {role}: iSCSI login to {} failed: {e}: storage unreachable",
-                    endpoint(addr.portal)
-                );
+                if !self.quiet {
+                    println!(
+                        "ft: {role}: iSCSI login to {} failed: {e}",
+                        endpoint(addr.portal)
+                    );
+                }
                 return Err(FtError::StorageUnreachable);
             }
         };
@@ -93,7 +125,11 @@ impl<N: Nic> SharedStorage for LunStorage<'_, N> {
     }
 
     fn try_acquire(&mut self, expected: u64, me: NodeId) -> Result<FlagRecord, FtError> {
-        if let Some(a) = self.address {
+        if let Some(line) = self.announce.take() {
+            println!("{line}");
+        }
+        if self.quiet {
+        } else if let Some(a) = self.address {
             println!(
                 "ft: {}: arbitrating on the shared LUN at {} lun {} (flag at lba {FLAG_LBA}): expecting generation {expected}",
                 self.role,
