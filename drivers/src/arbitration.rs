@@ -19,6 +19,71 @@
 //! [`SharedStorage`](ft::arbitration::SharedStorage), so that
 //! [`ft::arbitration::arbitrate`] (with its own-win recognition) runs on a
 //! real LUN.
+//!
+//! # Fencing (SCSI-3 persistent reservations, SPC-4 §5.12)
+//!
+//! Every I_T nexus of node `n` (its flag session and its guest disk
+//! session: different ISIDs are different nexuses) registers
+//! [`reservation_key`]`(n)` with REGISTER AND IGNORE EXISTING KEY; the
+//! first node to register also RESERVEs the LUN Write Exclusive –
+//! Registrants Only ([`FENCE_TYPE`]): registered nexuses read and write,
+//! every other one only reads. The winner of the flag then PREEMPTs AND
+//! ABORTs the loser's key ([`LunFlag`]'s `fence`): all of the loser's
+//! nexuses are unregistered, and its writes, COMPARE AND WRITEs and
+//! SYNCHRONIZE CACHEs (also a WRITE its initiator re-issues after a
+//! reconnect) end with RESERVATION CONFLICT ([`Error::ReservationConflict`]).
+//! Registrations are only made at join: a preempted nexus can register
+//! again (REGISTER with reservation key 0, or REGISTER AND IGNORE EXISTING
+//! KEY, both GOOD), so a node must never register after it could have been
+//! fenced.
+//!
+//! ## What istgt 0.4 (Debian 0.4~20111008) does (`tests/istgt.rs`)
+//!
+//! - Types: RESERVE accepts 1, 3, 5, 6, 7 and 8, scope LU only. Write
+//!   Exclusive – Registrants Only (5) works as SPC-4 says: reads from
+//!   anyone, writes/CAW/SYNCHRONIZE CACHE only from registered nexuses.
+//!   (Exclusive Access – Registrants Only is type 6, not 7; it would also
+//!   refuse an unregistered node's read of the flag, so 5 it is.) RESERVE
+//!   while a reservation exists is GOOD only from the holder's key *and*
+//!   initiator port, RESERVATION CONFLICT otherwise (so `register` reads
+//!   the reservation first). "Holder" when checking a command means "a
+//!   nexus registered with the holder's key".
+//! - APTPL: REGISTER with APTPL=1 is CHECK CONDITION ILLEGAL REQUEST
+//!   0x26/0x00; registrations and the reservation live in memory only and
+//!   are gone after an istgt restart (writes are then unfenced until the
+//!   nodes register again).
+//! - PREEMPT [AND ABORT] of a key that is not registered: GOOD (SPC-4 says
+//!   RESERVATION CONFLICT; `fence` handles both). From a nexus that is not
+//!   registered: RESERVATION CONFLICT. No UNIT ATTENTION is set for the
+//!   preempted nexuses.
+//! - ABORT: only when the preempted key holds the reservation, and then
+//!   only the tasks of the initiator port that made the RESERVE (not of
+//!   every nexus registered with that key): tasks still queued for the LU
+//!   are dropped without a response, a task waiting for Data-Out is
+//!   failed. Preempting a key that does not hold the reservation aborts
+//!   nothing, and a command of the loser already past its reservation
+//!   check completes. (This point is read from
+//!   `istgt_lu_disk_queue_clear_internal` and the PREEMPT code, not
+//!   exercised; as far as the source shows, one LU thread runs the queued
+//!   commands in order, so a PREEMPT would wait behind a loser's write
+//!   that is waiting for its data.) What protects the disk is that every command checks the
+//!   registration when it starts: a later command, or a command re-issued
+//!   after a reconnect, conflicts.
+//! - **Bug:** removing a registration that is not the last entry of its
+//!   table (PREEMPT, also the unregister step of REGISTER AND IGNORE
+//!   EXISTING KEY) moves the initiator ports of the later entries down one
+//!   slot but leaves the keys where they were, and skips the entry it
+//!   moved. With `[k1:p1, k2:p2, k3:p3]`, p3 preempting k1 leaves
+//!   `[k1:p2, k2:p3]` (p1 correctly cut off, but READ KEYS still lists
+//!   k1, and p2 now carries k1); a second PREEMPT of k1 then unregisters
+//!   the bystander p2. With two nexuses per node (`[A:flag, B:flag,
+//!   A:disk, B:disk]`), B fencing A leaves A's disk session registered.
+//!   Fencing on istgt 0.4 is therefore only reliable when the loser's
+//!   registrations are the last entries of the table. `fence` checks the
+//!   table with READ KEYS before (a loser already gone is not preempted
+//!   again) and after the PREEMPT, and a fence that did not take is
+//!   [`Error::FenceIneffective`], reported as `FtError::Fenced`: this node
+//!   must not act alone while the loser may still write.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -28,8 +93,11 @@ use ft::FtError;
 
 use crate::error::{Error, Result};
 use crate::iscsi::{Clock, Initiator, Transport};
+use crate::scsi::{PrKeys, PrOutAction, PrOutParams, PrReservation, PrType, SenseKey};
 
-/// The three block operations arbitration needs (an iSCSI LUN, or a fake).
+/// The block operations arbitration needs (an iSCSI LUN, or a fake), and
+/// the persistent reservation commands fencing needs, all from one I_T
+/// nexus (one iSCSI session's initiator port).
 pub trait FlagDisk {
     fn read_block(&mut self, lba: u64) -> Result<Vec<u8>>;
     fn write_block(&mut self, lba: u64, data: &[u8]) -> Result<()>;
@@ -37,6 +105,21 @@ pub trait FlagDisk {
     /// the block differs from `compare`.
     fn compare_and_write(&mut self, lba: u64, compare: &[u8], write: &[u8]) -> Result<()>;
     fn flush(&mut self) -> Result<()>;
+
+    /// PERSISTENT RESERVE OUT (SPC-4 §6.16). A disk without persistent
+    /// reservations answers [`Error::Unsupported`].
+    fn reserve_out(&mut self, action: PrOutAction, ty: PrType, params: &PrOutParams) -> Result<()> {
+        let _ = (action, ty, params);
+        Err(Error::Unsupported("persistent reservations"))
+    }
+    /// PERSISTENT RESERVE IN READ KEYS (SPC-4 §6.15.2).
+    fn read_keys(&mut self) -> Result<PrKeys> {
+        Err(Error::Unsupported("persistent reservations"))
+    }
+    /// PERSISTENT RESERVE IN READ RESERVATION (SPC-4 §6.15.3).
+    fn read_reservation(&mut self) -> Result<PrReservation> {
+        Err(Error::Unsupported("persistent reservations"))
+    }
 }
 
 impl<T: Transport, C: Clock> FlagDisk for Initiator<T, C> {
@@ -52,7 +135,32 @@ impl<T: Transport, C: Clock> FlagDisk for Initiator<T, C> {
     fn flush(&mut self) -> Result<()> {
         self.synchronize_cache()
     }
+    fn reserve_out(&mut self, action: PrOutAction, ty: PrType, params: &PrOutParams) -> Result<()> {
+        self.persistent_reserve_out(action, ty, params)
+    }
+    fn read_keys(&mut self) -> Result<PrKeys> {
+        Initiator::read_keys(self)
+    }
+    fn read_reservation(&mut self) -> Result<PrReservation> {
+        Initiator::read_reservation(self)
+    }
 }
+
+/// `"FT"` in the top two bytes of every reservation key.
+pub const KEY_PREFIX: u64 = 0x4654_0000_0000_0000;
+
+/// The reservation key of `node`: [`KEY_PREFIX`] XOR its id, so
+/// `0x4654_0000_0000_0002` for node 2 (distinct ids have distinct keys;
+/// 0, "no key", only for the nonsensical id `KEY_PREFIX`). Every I_T
+/// nexus of a node (its flag session and its data session) registers this
+/// key, so that one PREEMPT of it cuts all of them off.
+pub fn reservation_key(node: NodeId) -> u64 {
+    KEY_PREFIX ^ node.0
+}
+
+/// The reservation type fencing uses: Write Exclusive – Registrants Only
+/// (every registered nexus writes, every other one only reads).
+pub const FENCE_TYPE: PrType = PrType::WRITE_EXCLUSIVE_REGISTRANTS_ONLY;
 
 /// Outcome of an acquisition attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +279,18 @@ pub enum FlagStep {
     Read,
     /// The COMPARE AND WRITE itself.
     CompareAndWrite,
+    /// REGISTER AND IGNORE EXISTING KEY of our key.
+    Register,
+    /// READ RESERVATION (during `register`).
+    ReadReservation,
+    /// RESERVE Write Exclusive – Registrants Only.
+    Reserve,
+    /// PREEMPT AND ABORT of the loser's key.
+    Preempt,
+    /// READ KEYS (before and after the PREEMPT AND ABORT).
+    ReadKeys,
+    /// The check after the PREEMPT AND ABORT.
+    Verify,
 }
 
 impl fmt::Display for FlagStep {
@@ -178,6 +298,12 @@ impl fmt::Display for FlagStep {
         f.write_str(match self {
             FlagStep::Read => "reading the flag",
             FlagStep::CompareAndWrite => "COMPARE AND WRITE",
+            FlagStep::Register => "PERSISTENT RESERVE OUT REGISTER AND IGNORE EXISTING KEY",
+            FlagStep::ReadReservation => "PERSISTENT RESERVE IN READ RESERVATION",
+            FlagStep::Reserve => "PERSISTENT RESERVE OUT RESERVE",
+            FlagStep::Preempt => "PERSISTENT RESERVE OUT PREEMPT AND ABORT",
+            FlagStep::ReadKeys => "PERSISTENT RESERVE IN READ KEYS",
+            FlagStep::Verify => "checking the fence with READ KEYS",
         })
     }
 }
@@ -212,10 +338,23 @@ impl<'a, D: FlagDisk + ?Sized> LunFlag<'a, D> {
         }
     }
 
-    /// Records `e` and maps it to `ft`'s error.
+    /// Records `e` and maps it to `ft`'s error: a corrupt block is
+    /// [`FtError::FlagCorrupt`], RESERVATION CONFLICT [`FtError::Fenced`],
+    /// a device without persistent reservations (or reserved in a way we
+    /// cannot use) [`FtError::FencingUnsupported`], anything else
+    /// [`FtError::StorageUnreachable`].
     fn fail(&mut self, step: FlagStep, e: Error) -> FtError {
-        let mapped = match e {
+        let mapped = match &e {
             Error::CorruptRecord(why) => FtError::FlagCorrupt(why),
+            Error::ReservationConflict | Error::FenceIneffective(_) => FtError::Fenced,
+            Error::Unsupported(_) | Error::ForeignReservation { .. } => FtError::FencingUnsupported,
+            // INVALID COMMAND OPERATION CODE (SPC-4 table 49, ASC 0x20):
+            // a target without PERSISTENT RESERVE IN/OUT.
+            Error::Scsi { sense: Some(s), .. }
+                if s.key == SenseKey::ILLEGAL_REQUEST && s.asc == 0x20 =>
+            {
+                FtError::FencingUnsupported
+            }
             _ => FtError::StorageUnreachable,
         };
         self.last_error = Some((step, e));
@@ -257,265 +396,129 @@ impl<D: FlagDisk + ?Sized> SharedStorage for LunFlag<'_, D> {
             Err(e) => Err(self.fail(FlagStep::CompareAndWrite, reachability(e))),
         }
     }
+
+    /// REGISTER AND IGNORE EXISTING KEY of [`reservation_key`]`(me)` from
+    /// this nexus, then, unless the LUN is already reserved Write
+    /// Exclusive – Registrants Only (by anyone: under that type every
+    /// registrant may write), RESERVE it so with our key. A RESERVE that
+    /// conflicts because the peer reserved in between is fine if the
+    /// reservation read back is of our type. Another reservation type is
+    /// [`FtError::FencingUnsupported`] ([`Error::ForeignReservation`]).
+    fn register(&mut self, me: NodeId) -> core::result::Result<(), FtError> {
+        self.last_error = None;
+        let key = reservation_key(me);
+        if key == 0 {
+            let why = "node id gives reservation key 0";
+            self.last_error = Some((FlagStep::Register, Error::InvalidArgument(why)));
+            return Err(FtError::WrongState(why));
+        }
+        let register = PrOutParams {
+            service_action_key: key,
+            ..PrOutParams::default()
+        };
+        self.disk
+            .reserve_out(
+                PrOutAction::RegisterAndIgnoreExistingKey,
+                PrType::NONE,
+                &register,
+            )
+            .map_err(|e| self.fail(FlagStep::Register, reachability(e)))?;
+        if self.reserved_for_fencing()? {
+            return Ok(());
+        }
+        let reserve = PrOutParams {
+            reservation_key: key,
+            ..PrOutParams::default()
+        };
+        match self
+            .disk
+            .reserve_out(PrOutAction::Reserve, FENCE_TYPE, &reserve)
+        {
+            Ok(()) => Ok(()),
+            Err(Error::ReservationConflict) if self.reserved_for_fencing()? => Ok(()),
+            Err(e) => Err(self.fail(FlagStep::Reserve, reachability(e))),
+        }
+    }
+
+    /// Cuts `loser` off: PREEMPT AND ABORT of [`reservation_key`]`(loser)`
+    /// by our key, type Write Exclusive – Registrants Only. Every nexus
+    /// registered with the loser's key is unregistered, so its later
+    /// writes (and COMPARE AND WRITEs) fail with RESERVATION CONFLICT; if
+    /// the loser held the reservation, we hold it now.
+    ///
+    /// READ KEYS comes first and last:
+    /// - before: the loser's key gone and ours present is Ok without a
+    ///   PREEMPT (idempotent; a repeated PREEMPT on istgt 0.4 would remove
+    ///   a bystander, see the module docs);
+    /// - after a GOOD PREEMPT: the loser's key must be gone and ours
+    ///   present. If not, the target did not do what it answered
+    ///   ([`Error::FenceIneffective`]); the loser may still write, so this
+    ///   is [`FtError::Fenced`]: we must not act alone, and a retry would
+    ///   only damage the table further.
+    ///
+    /// A RESERVATION CONFLICT means this nexus is not registered: we were
+    /// preempted ourselves, [`FtError::Fenced`]. Transport failures are
+    /// [`FtError::StorageUnreachable`] (retry).
+    fn fence(&mut self, me: NodeId, loser: NodeId) -> core::result::Result<(), FtError> {
+        self.last_error = None;
+        if me == loser {
+            return Err(FtError::WrongState("a node cannot fence itself"));
+        }
+        let (ours, theirs) = (reservation_key(me), reservation_key(loser));
+        let fenced = |k: &PrKeys| k.contains(ours) && !k.contains(theirs);
+        if fenced(&self.keys()?) {
+            return Ok(());
+        }
+        let p = PrOutParams {
+            reservation_key: ours,
+            service_action_key: theirs,
+            ..PrOutParams::default()
+        };
+        self.disk
+            .reserve_out(PrOutAction::PreemptAndAbort, FENCE_TYPE, &p)
+            .map_err(|e| self.fail(FlagStep::Preempt, reachability(e)))?;
+        let after = self.keys()?;
+        if fenced(&after) {
+            return Ok(());
+        }
+        let why = if after.contains(ours) {
+            "the preempted key is still registered"
+        } else {
+            "our own key is gone"
+        };
+        Err(self.fail(FlagStep::Verify, Error::FenceIneffective(why)))
+    }
+}
+
+impl<D: FlagDisk + ?Sized> LunFlag<'_, D> {
+    /// READ KEYS.
+    fn keys(&mut self) -> core::result::Result<PrKeys, FtError> {
+        let r = self.disk.read_keys();
+        r.map_err(|e| self.fail(FlagStep::ReadKeys, reachability(e)))
+    }
+
+    /// Whether the LUN is reserved Write Exclusive – Registrants Only;
+    /// `Err` for another type or a failed READ RESERVATION.
+    fn reserved_for_fencing(&mut self) -> core::result::Result<bool, FtError> {
+        let r = self
+            .disk
+            .read_reservation()
+            .map_err(|e| self.fail(FlagStep::ReadReservation, reachability(e)))?;
+        match r.reservation {
+            None => Ok(false),
+            Some(r) if r.ty == FENCE_TYPE => Ok(true),
+            Some(r) => Err(self.fail(
+                FlagStep::ReadReservation,
+                Error::ForeignReservation {
+                    key: r.key,
+                    ty: r.ty.0,
+                },
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use alloc::vec;
-    use ft::arbitration::{arbitrate, Verdict};
-
-    /// An in-memory disk with CAW semantics and switches to fail.
-    struct Mem {
-        blocks: Vec<[u8; 512]>,
-        down: bool,
-        /// Apply the next CAW but report ConnectionClosed (lost reply).
-        lose_reply: bool,
-        /// Another node's CAW lands just before ours: this block is
-        /// written first (a racer between our read and our CAW).
-        interloper: Option<[u8; 512]>,
-        /// The next CAW fails with this error without writing.
-        caw_error: Option<Error>,
-    }
-    impl FlagDisk for Mem {
-        fn read_block(&mut self, lba: u64) -> Result<Vec<u8>> {
-            if self.down {
-                return Err(Error::ConnectionClosed);
-            }
-            Ok(self.blocks[lba as usize].to_vec())
-        }
-        fn write_block(&mut self, lba: u64, data: &[u8]) -> Result<()> {
-            if self.down {
-                return Err(Error::Timeout);
-            }
-            self.blocks[lba as usize].copy_from_slice(data);
-            Ok(())
-        }
-        fn compare_and_write(&mut self, lba: u64, c: &[u8], w: &[u8]) -> Result<()> {
-            if self.down {
-                return Err(Error::StorageUnreachable);
-            }
-            if let Some(e) = self.caw_error.take() {
-                return Err(e);
-            }
-            if let Some(b) = self.interloper.take() {
-                self.blocks[lba as usize] = b;
-            }
-            if self.blocks[lba as usize][..] != *c {
-                return Err(Error::Miscompare);
-            }
-            self.blocks[lba as usize].copy_from_slice(w);
-            if core::mem::take(&mut self.lose_reply) {
-                return Err(Error::ConnectionClosed);
-            }
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    fn mem() -> Mem {
-        Mem {
-            blocks: vec![[0; 512]; 4],
-            down: false,
-            lose_reply: false,
-            interloper: None,
-            caw_error: None,
-        }
-    }
-
-    fn rec(generation: u64, owner: u64) -> FlagRecord {
-        FlagRecord::new(generation, NodeId(owner))
-    }
-
-    #[test]
-    fn init_writes_ft_block_and_corruption_is_detected() {
-        let mut d = mem();
-        let a = Arbiter::new(2);
-        assert_eq!(a.init(&mut d, NodeId(0)), Ok(rec(0, 0)));
-        assert_eq!(d.blocks[2], rec(0, 0).to_block());
-        let good = d.blocks[2];
-        for i in 0..512 {
-            d.blocks[2] = good;
-            d.blocks[2][i] ^= 0x10;
-            assert!(
-                matches!(a.read(&mut d), Err(Error::CorruptRecord(_))),
-                "byte {i}"
-            );
-        }
-        d.blocks[2] = [0; 512];
-        assert!(a.read(&mut d).is_err(), "blank disk is not a record");
-        assert_eq!(
-            a.try_acquire_from(&mut d, rec(u64::MAX, 1), NodeId(2)),
-            Err(Error::CorruptRecord("generation exhausted"))
-        );
-    }
-
-    #[test]
-    fn acquire_win_lose_and_stale() {
-        let mut d = mem();
-        let a = Arbiter::new(3);
-        assert!(matches!(a.read(&mut d), Err(Error::CorruptRecord(_))));
-        let r0 = a.init(&mut d, NodeId(0)).unwrap();
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(1)),
-            Ok(Acquire::Won(rec(1, 1)))
-        );
-        // Node 2 with the stale generation loses and learns the winner.
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(2)),
-            Ok(Acquire::Lost(rec(1, 1)))
-        );
-        // A raw CAW with the stale record miscompares too.
-        assert_eq!(
-            a.try_acquire_from(&mut d, r0, NodeId(2)),
-            Ok(Acquire::Lost(rec(1, 1)))
-        );
-        assert_eq!(
-            a.try_acquire(&mut d, 1, NodeId(2)),
-            Ok(Acquire::Won(rec(2, 2)))
-        );
-        assert_eq!(d.blocks[3], rec(2, 2).to_block());
-    }
-
-    #[test]
-    fn lost_reply_then_retry_is_still_a_win() {
-        let mut d = mem();
-        let a = Arbiter::new(0);
-        let r0 = a.init(&mut d, NodeId(0)).unwrap();
-        d.lose_reply = true;
-        assert_eq!(
-            a.try_acquire_from(&mut d, r0, NodeId(5)),
-            Err(Error::StorageUnreachable)
-        );
-        assert_eq!(
-            a.try_acquire_from(&mut d, r0, NodeId(5)),
-            Ok(Acquire::Won(rec(1, 5)))
-        );
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(5)),
-            Ok(Acquire::Won(rec(1, 5)))
-        );
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(6)),
-            Ok(Acquire::Lost(rec(1, 5)))
-        );
-    }
-
-    #[test]
-    fn unreachable_and_corrupt_are_distinct() {
-        let mut d = mem();
-        let a = Arbiter::new(1);
-        a.init(&mut d, NodeId(0)).unwrap();
-        d.down = true;
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(1)),
-            Err(Error::StorageUnreachable)
-        );
-        assert_eq!(a.init(&mut d, NodeId(0)), Err(Error::StorageUnreachable));
-        d.down = false;
-        d.blocks[1][100] = 1;
-        assert_eq!(
-            a.try_acquire(&mut d, 0, NodeId(1)),
-            Err(Error::CorruptRecord("reserved bytes set"))
-        );
-    }
-
-    #[test]
-    fn lun_flag_is_shared_storage() {
-        let mut d = mem();
-        let a = Arbiter::new(1);
-        a.init(&mut d, NodeId(0)).unwrap();
-        let mut s = LunFlag::new(&mut d, a);
-        assert_eq!(s.read_flag(), Ok(rec(0, 0)));
-        assert_eq!(s.try_acquire(0, NodeId(1)), Ok(rec(1, 1)));
-        assert_eq!(s.last_error, None);
-        assert_eq!(s.disk.blocks[1], rec(1, 1).to_block());
-        // A stale generation: the current record, nothing written.
-        assert_eq!(
-            s.try_acquire(0, NodeId(2)),
-            Err(FtError::Miscompare { current: rec(1, 1) })
-        );
-        assert_eq!(s.disk.blocks[1], rec(1, 1).to_block());
-        // A racer's CAW lands between our read and ours: MISCOMPARE, and
-        // the record read back names the racer.
-        s.disk.interloper = Some(rec(2, 3).to_block());
-        assert_eq!(
-            s.try_acquire(1, NodeId(2)),
-            Err(FtError::Miscompare { current: rec(2, 3) })
-        );
-        assert_eq!(s.last_error, None);
-        assert_eq!(s.read_flag(), Ok(rec(2, 3)));
-    }
-
-    #[test]
-    fn lun_flag_errors_map_to_ft() {
-        let mut d = mem();
-        let a = Arbiter::new(0);
-        let mut s = LunFlag::new(&mut d, a);
-        // A blank block is corrupt, not unreachable.
-        assert!(matches!(s.read_flag(), Err(FtError::FlagCorrupt(_))));
-        assert!(matches!(
-            s.last_error,
-            Some((FlagStep::Read, Error::CorruptRecord(_)))
-        ));
-        a.init(&mut *s.disk, NodeId(0)).unwrap();
-        s.disk.down = true;
-        assert_eq!(s.read_flag(), Err(FtError::StorageUnreachable));
-        assert_eq!(
-            s.try_acquire(0, NodeId(1)),
-            Err(FtError::StorageUnreachable)
-        );
-        assert_eq!(
-            s.last_error,
-            Some((FlagStep::Read, Error::StorageUnreachable))
-        );
-        s.disk.down = false;
-        // A SCSI error on the CAW leaves the flag unusable: unreachable.
-        let scsi = Error::Scsi {
-            status: 0x08,
-            sense: None,
-        };
-        s.disk.caw_error = Some(scsi.clone());
-        assert_eq!(
-            s.try_acquire(0, NodeId(1)),
-            Err(FtError::StorageUnreachable)
-        );
-        assert_eq!(s.last_error, Some((FlagStep::CompareAndWrite, scsi)));
-        assert_eq!(s.read_flag(), Ok(rec(0, 0)));
-        assert_eq!(s.last_error, None);
-        s.disk.blocks[0] = rec(u64::MAX, 1).to_block();
-        assert_eq!(
-            s.try_acquire(u64::MAX, NodeId(2)),
-            Err(FtError::FlagCorrupt("generation exhausted"))
-        );
-    }
-
-    /// `ft::arbitration::arbitrate` over a LUN: one winner, the loser
-    /// learns it, a lost reply is still the sender's win, an unreachable
-    /// LUN lets no one go live.
-    #[test]
-    fn arbitrate_over_lun_flag() {
-        let mut d = mem();
-        let a = Arbiter::new(0);
-        a.init(&mut d, NodeId(0)).unwrap();
-        d.lose_reply = true;
-        let mut s = LunFlag::new(&mut d, a);
-        assert_eq!(
-            s.try_acquire(0, NodeId(2)),
-            Err(FtError::StorageUnreachable)
-        );
-        assert_eq!(
-            s.last_error,
-            Some((FlagStep::CompareAndWrite, Error::StorageUnreachable))
-        );
-        // The CAW landed: retrying from generation 0 is node 2's win.
-        assert_eq!(arbitrate(&mut s, 0, NodeId(2)), Verdict::Won(rec(1, 2)));
-        assert_eq!(arbitrate(&mut s, 0, NodeId(1)), Verdict::Lost(rec(1, 2)));
-        assert_eq!(arbitrate(&mut s, 1, NodeId(1)), Verdict::Won(rec(2, 1)));
-        assert_eq!(s.disk.blocks[0], rec(2, 1).to_block());
-        s.disk.down = true;
-        assert_eq!(arbitrate(&mut s, 2, NodeId(2)), Verdict::Unreachable);
-    }
-}
+mod pr_tests;
+#[cfg(test)]
+mod tests;

@@ -45,6 +45,20 @@ pub enum Error {
     /// COMPARE AND WRITE found different data (SBC-3 §5.2: sense key
     /// MISCOMPARE, ASC 0x1D MISCOMPARE DURING VERIFY OPERATION).
     Miscompare,
+    /// Status RESERVATION CONFLICT (0x18, SAM-5 §5.3.1): a persistent
+    /// reservation refused the command to this I_T nexus (for a write under
+    /// Write Exclusive – Registrants Only: the nexus is not registered,
+    /// e.g. because another node preempted its key).
+    ReservationConflict,
+    /// The LUN is reserved with a type fencing cannot work with (SPC-4
+    /// §6.16.2 table 225 type, holder's key).
+    ForeignReservation { key: u64, ty: u8 },
+    /// A PREEMPT answered GOOD but READ KEYS shows the preempted key still
+    /// registered or ours gone (istgt 0.4 corrupts its registration table
+    /// when it removes an entry that is not the last one).
+    FenceIneffective(&'static str),
+    /// The device (or a fake of it) does not implement this operation.
+    Unsupported(&'static str),
     /// A response (e.g. INQUIRY, READ CAPACITY) too short or inconsistent.
     MalformedResponse(&'static str),
     /// The arbitration block does not hold a valid record (magic/CRC/version).
@@ -85,6 +99,13 @@ impl fmt::Display for Error {
                 None => write!(f, "SCSI status {status:#04x}"),
             },
             Error::Miscompare => write!(f, "COMPARE AND WRITE miscompare"),
+            Error::ReservationConflict => write!(f, "SCSI status 0x18 RESERVATION CONFLICT"),
+            Error::ForeignReservation { key, ty } => write!(
+                f,
+                "LUN reserved with type {ty:#x} by key {key:#018x}, not Write Exclusive - Registrants Only"
+            ),
+            Error::FenceIneffective(what) => write!(f, "fencing did not take effect: {what}"),
+            Error::Unsupported(what) => write!(f, "not supported: {what}"),
             Error::MalformedResponse(what) => write!(f, "malformed SCSI response: {what}"),
             Error::CorruptRecord(what) => write!(f, "corrupt arbitration record: {what}"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),

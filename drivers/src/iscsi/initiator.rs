@@ -8,7 +8,17 @@ use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
 use crate::iscsi::session::{Event, Session, SessionConfig, TaskId, TaskResult};
-use crate::scsi::{Command, Inquiry, ReadCapacity16, SenseKey};
+use crate::scsi::{
+    Command, Inquiry, PrInAction, PrKeys, PrOutAction, PrOutParams, PrReservation, PrType,
+    ReadCapacity16, SenseKey,
+};
+
+/// ALLOCATION LENGTH of READ KEYS: 511 keys. istgt 0.4 answers CHECK
+/// CONDITION without sense to a PERSISTENT RESERVE IN that asks for more
+/// than its 8 KiB data buffer.
+const PR_KEYS_ALLOC: u16 = 4096;
+/// ALLOCATION LENGTH of READ RESERVATION (header and one descriptor).
+const PR_RESERVATION_ALLOC: u16 = 24;
 
 /// A reliable byte stream to the target's portal (TCP).
 pub trait Transport {
@@ -159,7 +169,8 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         }
     }
 
-    /// Executes and maps a non-GOOD status to the typed error.
+    /// Executes and maps a non-GOOD status to the typed error (RESERVATION
+    /// CONFLICT is [`Error::ReservationConflict`] for every command).
     /// A CHECK CONDITION with UNIT ATTENTION (e.g. power on/reset after a
     /// login, SPC-4 §5.14) means the command was not executed: it is
     /// re-issued, a few times at most.
@@ -218,6 +229,40 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
     pub fn compare_and_write(&mut self, lba: u64, compare: &[u8], write: &[u8]) -> Result<()> {
         let cmd = Command::compare_and_write(lba, compare, write, self.block_size)?;
         self.execute_checked(cmd).map(|_| ())
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 §6.16) with the basic parameter
+    /// list. A refusal is [`Error::ReservationConflict`].
+    pub fn persistent_reserve_out(
+        &mut self,
+        action: PrOutAction,
+        ty: PrType,
+        params: &PrOutParams,
+    ) -> Result<()> {
+        self.execute_checked(Command::persistent_reserve_out(action, ty, params))
+            .map(|_| ())
+    }
+
+    /// PERSISTENT RESERVE IN READ KEYS (SPC-4 §6.15.2): the registered keys.
+    pub fn read_keys(&mut self) -> Result<PrKeys> {
+        let cmd = Command::persistent_reserve_in(PrInAction::ReadKeys, PR_KEYS_ALLOC);
+        PrKeys::parse(&self.execute_checked(cmd)?)
+    }
+
+    /// PERSISTENT RESERVE IN READ RESERVATION (SPC-4 §6.15.3).
+    pub fn read_reservation(&mut self) -> Result<PrReservation> {
+        let cmd = Command::persistent_reserve_in(PrInAction::ReadReservation, PR_RESERVATION_ALLOC);
+        PrReservation::parse(&self.execute_checked(cmd)?)
+    }
+
+    /// Registers this I_T nexus with `key` whatever it had before
+    /// (REGISTER AND IGNORE EXISTING KEY, APTPL 0).
+    pub fn register_key(&mut self, key: u64) -> Result<()> {
+        let p = PrOutParams {
+            service_action_key: key,
+            ..PrOutParams::default()
+        };
+        self.persistent_reserve_out(PrOutAction::RegisterAndIgnoreExistingKey, PrType::NONE, &p)
     }
 
     /// Logs out (§11.14) and returns the transport. The target closes the

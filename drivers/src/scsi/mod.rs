@@ -4,11 +4,14 @@
 //! Transport independent: a [`Command`] is a CDB plus a data direction;
 //! the iSCSI session carries it (RFC 7143 §11.3) and returns a status and
 //! sense bytes, which [`check_status`] turns into the crate's `Error`.
+//! Persistent reservations (SPC-4 §5.12) are in [`pr`].
 
 pub mod cdb;
+pub mod pr;
 pub mod sense;
 
 pub use cdb::{Command, DataDir, Inquiry, ReadCapacity16};
+pub use pr::{PrInAction, PrKeys, PrOutAction, PrOutParams, PrReservation, PrType, Reservation};
 pub use sense::{Sense, SenseKey};
 
 use crate::error::{Error, Result};
@@ -27,11 +30,14 @@ pub mod status {
 
 /// Maps a completed command's status and sense bytes to `Ok(())` or a
 /// typed error: MISCOMPARE (sense key 0x0E, ASC 0x1D) becomes
-/// [`Error::Miscompare`], other failures [`Error::Scsi`]. Sense bytes that
-/// do not parse on a CHECK CONDITION are an error of their own.
+/// [`Error::Miscompare`], RESERVATION CONFLICT (status 0x18, whatever
+/// the command) [`Error::ReservationConflict`], other failures
+/// [`Error::Scsi`]. Sense bytes that do not parse on a CHECK CONDITION
+/// are an error of their own.
 pub fn check_status(status: u8, sense: &[u8]) -> Result<()> {
     match status {
         status::GOOD | status::CONDITION_MET => Ok(()),
+        status::RESERVATION_CONFLICT => Err(Error::ReservationConflict),
         status::CHECK_CONDITION => {
             let s = Sense::decode(sense)?;
             if s.is_miscompare() {
@@ -75,6 +81,15 @@ mod tests {
             check_status(2, &[]),
             Err(Error::MalformedSense(_))
         ));
+        assert_eq!(
+            check_status(status::RESERVATION_CONFLICT, &[]),
+            Err(Error::ReservationConflict)
+        );
+        assert_eq!(
+            check_status(0x18, &ill),
+            Err(Error::ReservationConflict),
+            "sense bytes do not change a conflict"
+        );
         assert_eq!(
             check_status(status::BUSY, &[]),
             Err(Error::Scsi {
