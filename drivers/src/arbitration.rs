@@ -466,9 +466,20 @@ impl<D: FlagDisk + ?Sized> SharedStorage for LunFlag<'_, D> {
         }
         let (ours, theirs) = (reservation_key(me), reservation_key(loser));
         let fenced = |k: &PrKeys| k.contains(ours) && !k.contains(theirs);
-        if fenced(&self.keys()?) {
+        let before = self.keys()?;
+        if fenced(&before) {
             return Ok(());
         }
+        // What the table must hold afterwards: exactly the registrations
+        // it had, minus the loser's (a count, not just a set: istgt can
+        // leave a session of the loser registered under another key).
+        let mut want: Vec<u64> = before
+            .keys
+            .iter()
+            .copied()
+            .filter(|&k| k != theirs)
+            .collect();
+        want.sort_unstable();
         let p = PrOutParams {
             reservation_key: ours,
             service_action_key: theirs,
@@ -477,14 +488,35 @@ impl<D: FlagDisk + ?Sized> SharedStorage for LunFlag<'_, D> {
         self.disk
             .reserve_out(PrOutAction::PreemptAndAbort, FENCE_TYPE, &p)
             .map_err(|e| self.fail(FlagStep::Preempt, reachability(e)))?;
+        // istgt 0.4 compacts its registration table by moving sessions down
+        // and leaving the keys in place: with our nexus after the loser's,
+        // ours ends up under the loser's key (and a third one would stay
+        // registered). Registering this nexus again with our own key puts
+        // it right; with one nexus per node (the kernel's layout when the
+        // guest disk is on the LUN) the table is then exactly ours.
+        let again = PrOutParams {
+            service_action_key: ours,
+            ..PrOutParams::default()
+        };
+        self.disk
+            .reserve_out(
+                PrOutAction::RegisterAndIgnoreExistingKey,
+                PrType::NONE,
+                &again,
+            )
+            .map_err(|e| self.fail(FlagStep::Register, reachability(e)))?;
         let after = self.keys()?;
-        if fenced(&after) {
+        let mut have = after.keys.clone();
+        have.sort_unstable();
+        if fenced(&after) && have == want {
             return Ok(());
         }
-        let why = if after.contains(ours) {
+        let why = if !after.contains(ours) {
+            "our own key is gone"
+        } else if after.contains(theirs) {
             "the preempted key is still registered"
         } else {
-            "our own key is gone"
+            "the registrations left are not ours alone (a session of the loser may still be registered)"
         };
         Err(self.fail(FlagStep::Verify, Error::FenceIneffective(why)))
     }

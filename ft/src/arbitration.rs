@@ -199,6 +199,12 @@ pub fn arbitrate<S: SharedStorage + ?Sized>(
             Verdict::Won(current)
         }
         Err(FtError::Miscompare { current }) => Verdict::Lost(current),
+        // The storage refused us (our reservation was preempted): someone
+        // else won a later generation.
+        Err(FtError::Fenced) => match storage.read_flag() {
+            Ok(current) => Verdict::Lost(current),
+            Err(_) => Verdict::Unreachable,
+        },
         Err(_) => Verdict::Unreachable,
     }
 }
@@ -296,6 +302,21 @@ mod tests {
             self.0 = FlagRecord::new(expected + 1, me);
             Ok(self.0)
         }
+    }
+
+    #[test]
+    fn a_fenced_node_has_lost() {
+        struct Preempted(FlagRecord);
+        impl SharedStorage for Preempted {
+            fn read_flag(&mut self) -> Result<FlagRecord, FtError> {
+                Ok(self.0)
+            }
+            fn try_acquire(&mut self, _: u64, _: NodeId) -> Result<FlagRecord, FtError> {
+                Err(FtError::Fenced)
+            }
+        }
+        let f = FlagRecord::new(5, NodeId(2));
+        assert_eq!(arbitrate(&mut Preempted(f), 4, NodeId(1)), Verdict::Lost(f));
     }
 
     #[test]

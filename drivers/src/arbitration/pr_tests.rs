@@ -490,30 +490,30 @@ fn fence_errors_map_to_ft() {
     );
 }
 
-/// istgt 0.4's table corruption: the fence answers GOOD but READ KEYS
-/// shows it did not take; that is refused (Fenced), never Ok.
+/// istgt 0.4's table corruption (sessions move down, keys stay): with two
+/// nexuses per node the fence cannot be made whole and is refused
+/// (Fenced), never Ok; with one nexus per node re-registering the winner's
+/// own nexus after the preempt puts the table right whichever registered
+/// first, and the loser's writes conflict.
 #[test]
 fn a_fence_the_target_botched_is_not_ok() {
-    // Two nexuses per node ([A:flag, A:data, B:flag, B:data]): whoever
-    // fences, the table comes out wrong.
-    for (winner, loser, flag, why) in [
-        (A, B, FLAG_A, "the preempted key is still registered"),
-        (B, A, FLAG_B, "our own key is gone"),
-    ] {
+    for (winner, loser, flag) in [(A, B, FLAG_A), (B, A, FLAG_B)] {
         let lun = Lun::new();
         lun.borrow_mut().shift_bug = true;
         joined(&lun);
         let mut f = nexus(&lun, flag);
         let mut s = LunFlag::new(&mut f, Arbiter::new(0));
         assert_eq!(s.fence(winner, loser), Err(FtError::Fenced));
-        assert_eq!(
-            s.last_error,
-            Some((FlagStep::Verify, Error::FenceIneffective(why)))
+        assert!(
+            matches!(
+                s.last_error,
+                Some((FlagStep::Verify, Error::FenceIneffective(_)))
+            ),
+            "{:?}",
+            s.last_error
         );
     }
-    // One nexus per node: fencing the last registration is clean, the
-    // first one is not.
-    for (winner, loser, flag, ok) in [(A, B, FLAG_A, true), (B, A, FLAG_B, false)] {
+    for (winner, loser, wport, lport) in [(A, B, FLAG_A, FLAG_B), (B, A, FLAG_B, FLAG_A)] {
         let lun = Lun::new();
         lun.borrow_mut().shift_bug = true;
         Arbiter::new(0)
@@ -525,8 +525,14 @@ fn a_fence_the_target_botched_is_not_ok() {
                 .register(node)
                 .unwrap();
         }
-        let mut f = nexus(&lun, flag);
-        let r = LunFlag::new(&mut f, Arbiter::new(0)).fence(winner, loser);
-        assert_eq!(r.is_ok(), ok, "{winner:?} fences {loser:?}: {r:?}");
+        let mut w = nexus(&lun, wport);
+        let r = LunFlag::new(&mut w, Arbiter::new(0)).fence(winner, loser);
+        assert_eq!(r, Ok(()), "{winner:?} fences {loser:?}");
+        assert_eq!(w.write_block(1, &[1; 512]), Ok(()), "the winner writes");
+        assert_eq!(
+            nexus(&lun, lport).write_block(1, &[2; 512]),
+            Err(Error::ReservationConflict),
+            "{loser:?} is cut off"
+        );
     }
 }

@@ -101,9 +101,10 @@ fn io_output_id(n: u64) -> u64 {
 /// What the run loop calls while an FT pair runs.
 pub trait Live {
     /// The guest is built and about to run: join the session (read the
-    /// generation from the LUN, connect or listen). Joining only now keeps
-    /// a long guest setup from looking like a dead peer.
-    fn join(&mut self);
+    /// generation from the LUN, register this node's reservation key for
+    /// the flag's and `io`'s disk sessions, connect or listen). Joining
+    /// only now keeps a long guest setup from looking like a dead peer.
+    fn join(&mut self, io: &mut GuestIo);
     /// Top of every run-loop iteration, the guest at `at` with guest time
     /// `guest_ns`; `lines` are guest console lines captured since the last
     /// call (primary); `io`: the guest's devices, whose outputs the
@@ -136,7 +137,8 @@ pub trait Live {
         io: &mut GuestIo,
     ) -> Option<u64>;
     /// Backup: the replayer holds nothing to run to; poll until it does.
-    fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String>;
+    /// `io`: the guest's devices (their disk session may carry the flag).
+    fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String>;
     /// Primary, after the guest exited and the final checkpoint was
     /// recorded: ship the rest, release held lines on the backup's acks,
     /// end the session. `false` if the backup never acknowledged the end.
@@ -327,9 +329,10 @@ impl<N: Nic + 'static> Node<N> {
         sc.join_timeout_ns = config.net.timeout_secs * 1_000_000_000;
         let mut ncfg = NodeConfig::new(sc, peer_id);
         ncfg.reconnect_interval_ns = RECONNECT_MS * 1_000_000;
-        // Fencing needs persistent reservations from the initiator: not
-        // wired into the guest disk's data path yet.
-        ncfg.fencing = false;
+        // Fencing (SCSI-3 persistent reservations on the shared LUN): both
+        // nodes register; the winner of the flag preempts the loser. Only
+        // a guest disk on the LUN has writes to fence.
+        ncfg.fencing = config.disk == kernel::config::DiskChoice::Iscsi;
         let now_us = net.clock.micros();
         let sock = net.add_tcp(TCP_BUFFER);
         let probe_sock = match (role, pair.probe) {
@@ -429,22 +432,11 @@ impl<N: Nic + 'static> Node<N> {
         self.cfg.timeout_ms * 1000
     }
 
-    /// The shared LUN as the node's storage, for one call.
-    fn storage(&mut self) -> LunStorage<'_, N> {
-        LunStorage::new(
-            &mut self.arb,
-            self.clock,
-            self.lun.as_ref(),
-            self.ncfg.session.me,
-            role_name(self.role),
-        )
-    }
-
     /// The session's generation (DESIGN.md §1.7): the shared LUN's flag,
     /// read at join; a configured `ft_generation` that differs is refused.
     /// Without a LUN, the configured one (or 0). Storage unreachable is
     /// retried until `net_timeout`.
-    fn session_generation(&mut self) -> u64 {
+    fn session_generation(&mut self, io: &mut GuestIo) -> u64 {
         let role = role_name(self.role);
         if self.lun.is_none() {
             let g = self.cfg.generation.unwrap_or(0);
@@ -461,7 +453,15 @@ impl<N: Nic + 'static> Node<N> {
             tries += 1;
             let configured = self.cfg.generation;
             let ncfg = self.ncfg;
-            match session_generation(&mut self.storage(), configured, &ncfg) {
+            let mut storage = LunStorage::new(
+                &mut self.arb,
+                self.clock,
+                self.lun.as_ref(),
+                ncfg.session.me,
+                role,
+                io.shared_lun(),
+            );
+            match session_generation(&mut storage, configured, &ncfg) {
                 Ok(g) => {
                     println!("ft: {role}: session generation {g}, read from the shared LUN's flag");
                     return g;
@@ -486,6 +486,34 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
+    /// Fencing (DESIGN.md §1.7): registers this node's reservation key on
+    /// the shared LUN through the guest disk's session (and reserves the
+    /// LUN Write Exclusive – Registrants Only if nobody has). A LUN that
+    /// cannot fence stops the join: a stalled node's late writes could
+    /// land after the new primary's.
+    fn register(&mut self, io: &mut GuestIo) {
+        let role = role_name(self.role);
+        let key = drivers::arbitration::reservation_key(self.ncfg.session.me);
+        let ft = &self.ft;
+        let registered = ft.register(&mut LunStorage::new(
+            &mut self.arb,
+            self.clock,
+            self.lun.as_ref(),
+            self.ncfg.session.me,
+            role,
+            io.shared_lun(),
+        ));
+        match registered {
+            Ok(()) => println!(
+                "ft: {role}: registered reservation key {key:#018x} on the guest disk's session, which also carries the flag (fencing: Write Exclusive - Registrants Only)"
+            ),
+            Err(e) => {
+                println!("ft: {role}: cannot register on the shared LUN for fencing: {e}; not starting the guest");
+                exit(exitcode::FAILURE);
+            }
+        }
+    }
+
     /// Polls the stack for `us` microseconds (nothing else to do).
     fn idle_us(&mut self, us: u64) {
         let until = self.now_us() + us;
@@ -497,13 +525,16 @@ impl<N: Nic + 'static> Node<N> {
     /// Primary: connect to the backup (retrying while it boots, at most
     /// `net_timeout`) and say Hello; no backup means the node arbitrates
     /// to run alone. Backup: listen for the primary.
-    fn join_session(&mut self) {
-        let generation = self.session_generation();
+    fn join_session(&mut self, io: &mut GuestIo) {
+        let generation = self.session_generation(io);
         let node_role = match self.role {
             Role::Primary => NodeRole::Primary,
             Role::Backup => NodeRole::Backup,
         };
         self.ft = FtNode::new(self.ncfg, node_role, generation, self.now_us() * 1000);
+        if self.ncfg.fencing {
+            self.register(io);
+        }
         self.heard_us = self.now_us();
         let ep = endpoint(self.peer);
         match self.role {
@@ -526,7 +557,7 @@ impl<N: Nic + 'static> Node<N> {
                             println!(
                                 "ft: primary: no backup joined at {ep} within net_timeout ({e}): arbitrating to run alone"
                             );
-                            self.start_alone();
+                            self.start_alone(io);
                             return;
                         }
                     }
@@ -697,7 +728,13 @@ impl<N: Nic + 'static> Node<N> {
     /// The node's timers (heartbeat, acks, lag, failure detection, and the
     /// arbitration, fencing and go-live that follow a failure) at `now_us`;
     /// reports what the node decided. `Err`: it halted for good.
-    fn tick(&mut self, now_us: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
+    fn tick(
+        &mut self,
+        now_us: u64,
+        guest_ns: u64,
+        at: ExecPoint,
+        io: Option<&mut GuestIo>,
+    ) -> Result<(), String> {
         let before = self.ft.state();
         let silent_ms = now_us.saturating_sub(self.heard_us) / 1000;
         let role = role_name(self.role);
@@ -716,6 +753,7 @@ impl<N: Nic + 'static> Node<N> {
             self.lun.as_ref(),
             self.ncfg.session.me,
             role,
+            io.and_then(|io| io.shared_lun()),
         );
         storage.announce = announce;
         storage.quiet = quiet;
@@ -734,12 +772,21 @@ impl<N: Nic + 'static> Node<N> {
         let attempts = self.ft.arbitrations - self.arbitrations_seen;
         self.arbitrations_seen = self.ft.arbitrations;
         match self.ft.last_verdict {
-            Some(Verdict::Won(f)) => println!(
-                "ft: {role}: WON the test-and-set: flag generation {} -> {} owner {}",
-                f.generation - 1,
-                f.generation,
-                f.owner.0
-            ),
+            Some(Verdict::Won(f)) => {
+                println!(
+                    "ft: {role}: WON the test-and-set: flag generation {} -> {} owner {}",
+                    f.generation - 1,
+                    f.generation,
+                    f.owner.0
+                );
+                if self.ncfg.fencing {
+                    println!(
+                        "ft: {role}: fenced node {} off the shared disk (PREEMPT AND ABORT of key {:#018x}; verified with READ KEYS)",
+                        self.ncfg.peer.0,
+                        drivers::arbitration::reservation_key(self.ncfg.peer)
+                    );
+                }
+            }
             Some(Verdict::Unreachable) if self.lun.is_none() => {}
             // The first attempt of an outage, then every tenth.
             Some(Verdict::Unreachable)
@@ -1143,7 +1190,7 @@ impl<N: Nic + 'static> Node<N> {
 
     /// Backup: received records to the replayer, applied position and
     /// backlog back to the node; the node's timers.
-    fn feed(&mut self, replayer: &mut Replayer) -> Result<(), String> {
+    fn feed(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
         let heard_us = self.heard_us;
         let Some(b) = self.ft.backup_mut() else {
             return self.settle_state();
@@ -1209,7 +1256,7 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.last_tick_us = now_us;
         let before = self.ft.state();
-        self.tick(now_us, 0, ExecPoint::default())?;
+        self.tick(now_us, 0, ExecPoint::default(), Some(io))?;
         if before != NodeState::Draining && self.ft.state() == NodeState::Draining {
             // Nothing more will arrive: stop listening for the primary.
             self.net_abort_log();
@@ -1245,9 +1292,15 @@ impl<N: Nic + 'static> Node<N> {
     /// won test-and-set mean the guest runs on alone (DESIGN.md §1.7):
     /// the held outputs are released (the node says so) and new ones
     /// leave at once. `Err`: lost, fenced or no storage at all (halt).
-    fn primary_tick(&mut self, now_ns: u64, guest_ns: u64, at: ExecPoint) -> Result<(), String> {
+    fn primary_tick(
+        &mut self,
+        now_ns: u64,
+        guest_ns: u64,
+        at: ExecPoint,
+        io: Option<&mut GuestIo>,
+    ) -> Result<(), String> {
         let was_alone = self.ft.state() == NodeState::Alone;
-        self.tick(now_ns / 1000, guest_ns, at)?;
+        self.tick(now_ns / 1000, guest_ns, at, io)?;
         if !was_alone && self.ft.state() == NodeState::Alone {
             self.net_abort_log();
             println!(
@@ -1284,13 +1337,14 @@ impl<N: Nic + 'static> Node<N> {
     /// Primary whose backup never joined (DESIGN.md §1.1): the node
     /// arbitrates; the guest starts alone only after winning; lost means
     /// never; storage unreachable is retried (no one may go live meanwhile).
-    fn start_alone(&mut self) {
+    fn start_alone(&mut self, io: &mut GuestIo) {
         let mut storage = LunStorage::new(
             &mut self.arb,
             self.clock,
             self.lun.as_ref(),
             self.ncfg.session.me,
             role_name(self.role),
+            io.shared_lun(),
         );
         let fx = self
             .ft
@@ -1311,7 +1365,7 @@ impl<N: Nic + 'static> Node<N> {
             }
             self.idle_us(1000);
             let now = self.now_us();
-            if let Err(why) = self.tick(now, 0, ExecPoint::default()) {
+            if let Err(why) = self.tick(now, 0, ExecPoint::default(), Some(io)) {
                 println!("ft: {why}; not starting the guest");
                 exit(exitcode::FAILURE);
             }
@@ -1369,8 +1423,8 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl<N: Nic + 'static> Live for Node<N> {
-    fn join(&mut self) {
-        self.join_session();
+    fn join(&mut self, io: &mut GuestIo) {
+        self.join_session(io);
     }
 
     fn keepalive(&mut self) {
@@ -1379,7 +1433,9 @@ impl<N: Nic + 'static> Live for Node<N> {
         if self.ft.state() == NodeState::Paired && now >= self.last_tick_us + 1000 {
             self.last_tick_us = now;
             // A failure found here shows again where the caller next polls.
-            let _ = self.primary_tick(now * 1000, self.last_guest_ns, self.last_at);
+            // No guest disk at hand: an arbitration this asks for fails
+            // here and is retried at the next poll.
+            let _ = self.primary_tick(now * 1000, self.last_guest_ns, self.last_at, None);
         }
     }
 
@@ -1394,6 +1450,17 @@ impl<N: Nic + 'static> Live for Node<N> {
         self.first_guest_ns.get_or_insert(guest_ns);
         self.last_guest_ns = guest_ns;
         self.last_at = at;
+        if io.disk_fenced() && self.halted.is_none() {
+            // A write met RESERVATION CONFLICT: the peer won and cut this
+            // node off the shared disk; nothing more may leave it.
+            println!(
+                "ft: {}: the shared disk refused a write: RESERVATION CONFLICT (this node was fenced)",
+                role_name(self.role)
+            );
+            let fx = self.ft.on_fenced();
+            self.apply(fx);
+            return self.settle_state();
+        }
         match tape {
             Tape::Record(_) => {
                 self.ship_recorded(tape, guest_ns)?;
@@ -1432,7 +1499,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                     return Ok(());
                 }
                 self.last_tick_us = now;
-                self.primary_tick(now * 1000, guest_ns, at)?;
+                self.primary_tick(now * 1000, guest_ns, at, Some(io))?;
                 self.pump(false);
                 // A lagging backup slows the guest down: wait for acks
                 // while the node says so (its one throttle rule).
@@ -1443,7 +1510,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                         self.throttles += 1;
                     }
                     self.pump(true);
-                    self.primary_tick(self.now_us() * 1000, guest_ns, at)?;
+                    self.primary_tick(self.now_us() * 1000, guest_ns, at, Some(io))?;
                 }
                 self.emit_ready(io);
                 self.status(guest_ns, 0);
@@ -1451,7 +1518,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             Tape::Replay(replayer) => {
                 self.keep_discarded(lines);
                 self.pump(false);
-                self.feed(replayer)?;
+                self.feed(replayer, io)?;
                 self.status(guest_ns, 0);
             }
             Tape::Off => {
@@ -1526,10 +1593,10 @@ impl<N: Nic + 'static> Live for Node<N> {
         Some(self.max_guest_tsc)
     }
 
-    fn wait(&mut self, replayer: &mut Replayer) -> Result<(), String> {
+    fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
         loop {
             self.pump(true);
-            self.feed(replayer)?;
+            self.feed(replayer, io)?;
             let won = matches!(self.ft.state(), NodeState::Draining | NodeState::Alone);
             if won || !replayer.must_wait() {
                 return Ok(());
@@ -1609,7 +1676,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             let now = self.now_us();
             if now >= self.last_tick_us + 1000 {
                 self.last_tick_us = now;
-                if let Err(why) = self.primary_tick(now * 1000, guest_ns, self.last_at) {
+                if let Err(why) = self.primary_tick(now * 1000, guest_ns, self.last_at, Some(io)) {
                     println!("ft: {why}");
                     return false;
                 }

@@ -75,6 +75,17 @@ pub trait BlockBackend {
     fn stats(&self) -> DiskStats;
     /// One line for the hypervisor's log.
     fn describe(&self) -> String;
+    /// Whether the shared disk refused this node (RESERVATION CONFLICT:
+    /// another node preempted its key, DESIGN.md §1.7 fencing).
+    fn fenced(&self) -> bool {
+        false
+    }
+    /// A disk shared with the FT peer: its session, for the flag and the
+    /// reservation (one I_T nexus per node). A disk in this hypervisor's
+    /// RAM is nobody else's: `None`.
+    fn shared_lun(&mut self) -> Option<&mut dyn drivers::arbitration::FlagDisk> {
+        None
+    }
 }
 
 /// A disk held in hypervisor RAM, zeroed at boot (`disk=ram:<size>`), or a

@@ -14,10 +14,19 @@
 //! that the target did not acknowledge. The initiator blocks per command
 //! (polling the network meanwhile), so `poll` bounds how much it carries
 //! out per call ([`IscsiDisk::BUDGET`]) to keep the guest running.
+//!
+//! Fencing (DESIGN.md §1.7, SPC-4 persistent reservations): an FT node
+//! uses this very session for its flag and its reservation
+//! ([`BlockBackend::shared_lun`]: one I_T nexus per node, so that one
+//! PREEMPT cuts all of it off); once the peer preempted its key, a command
+//! fails with RESERVATION CONFLICT: the request completes `IOERR`, the
+//! backend is [`BlockBackend::fenced`] and carries out nothing more (the
+//! node halts the guest for good).
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use drivers::arbitration::FlagDisk;
 use drivers::iscsi::{Clock, Initiator, Transport};
 
 use super::disk::{BlockBackend, BlockRequest, DiskStats};
@@ -27,25 +36,58 @@ use crate::devices::virtio::{BlockStatus, GuestInput};
 /// LUN blocks reserved for arbitration before the guest's region.
 pub const RESERVED_BLOCKS: u64 = 8;
 
+/// Why a LUN command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LunError {
+    /// RESERVATION CONFLICT: this nexus's key was preempted (fenced).
+    Fenced(String),
+    /// Anything else (transport, sense data).
+    Failed(String),
+}
+
+impl LunError {
+    fn text(self) -> String {
+        match self {
+            LunError::Fenced(s) | LunError::Failed(s) => s,
+        }
+    }
+}
+
 /// What the backend needs of a LUN (an iSCSI session; a fake in tests).
 pub trait Lun {
-    fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, String>;
-    fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), String>;
-    fn flush(&mut self) -> Result<(), String>;
+    fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, LunError>;
+    fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), LunError>;
+    fn flush(&mut self) -> Result<(), LunError>;
+    /// The same session for the flag and persistent reservations (`None`:
+    /// a LUN that has none, e.g. a fake).
+    fn flag_disk(&mut self) -> Option<&mut dyn FlagDisk> {
+        None
+    }
+}
+
+fn lun_error(what: String, e: drivers::Error) -> LunError {
+    let text = alloc::format!("{what}: {e}");
+    match e {
+        drivers::Error::ReservationConflict => LunError::Fenced(text),
+        _ => LunError::Failed(text),
+    }
 }
 
 impl<T: Transport, C: Clock> Lun for Initiator<T, C> {
-    fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, String> {
+    fn read(&mut self, lba: u64, blocks: u32) -> Result<Vec<u8>, LunError> {
         self.read16(lba, blocks)
-            .map_err(|e| alloc::format!("READ(16) lba {lba}: {e}"))
+            .map_err(|e| lun_error(alloc::format!("READ(16) lba {lba}"), e))
     }
-    fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), String> {
+    fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), LunError> {
         self.write16(lba, data)
-            .map_err(|e| alloc::format!("WRITE(16) lba {lba}: {e}"))
+            .map_err(|e| lun_error(alloc::format!("WRITE(16) lba {lba}"), e))
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), LunError> {
         self.synchronize_cache()
-            .map_err(|e| alloc::format!("SYNCHRONIZE CACHE(16): {e}"))
+            .map_err(|e| lun_error("SYNCHRONIZE CACHE(16)".into(), e))
+    }
+    fn flag_disk(&mut self) -> Option<&mut dyn FlagDisk> {
+        Some(self)
     }
 }
 
@@ -59,6 +101,8 @@ pub struct IscsiDisk<L: Lun> {
     describe: String,
     /// The last command error, for the log.
     pub last_error: Option<String>,
+    /// A command met RESERVATION CONFLICT: this node is fenced.
+    fenced: bool,
 }
 
 impl<L: Lun> IscsiDisk<L> {
@@ -75,6 +119,7 @@ impl<L: Lun> IscsiDisk<L> {
             stats: DiskStats::default(),
             describe: what,
             last_error: None,
+            fenced: false,
         }
     }
 
@@ -97,7 +142,7 @@ impl<L: Lun> IscsiDisk<L> {
 
     fn carry_out(&mut self, req: BlockRequest) -> GuestInput {
         let id = req.id();
-        let r: Result<Vec<u8>, String> = match req {
+        let r: Result<Vec<u8>, LunError> = match req {
             BlockRequest::Read { sector, len, .. } => {
                 self.stats.reads += 1;
                 match self.lba(sector, u64::from(len)) {
@@ -105,7 +150,9 @@ impl<L: Lun> IscsiDisk<L> {
                     Some((lba, n)) => self.lun.read(lba, n).inspect(|d| {
                         self.stats.bytes_read += d.len() as u64;
                     }),
-                    None => Err(alloc::format!("read outside the disk at sector {sector}")),
+                    None => Err(LunError::Failed(alloc::format!(
+                        "read outside the disk at sector {sector}"
+                    ))),
                 }
             }
             BlockRequest::Write { sector, data, .. } => {
@@ -117,7 +164,9 @@ impl<L: Lun> IscsiDisk<L> {
                         self.stats.bytes_written += len;
                         Vec::new()
                     }),
-                    None => Err(alloc::format!("write outside the disk at sector {sector}")),
+                    None => Err(LunError::Failed(alloc::format!(
+                        "write outside the disk at sector {sector}"
+                    ))),
                 }
             }
             BlockRequest::Flush { .. } => {
@@ -133,7 +182,8 @@ impl<L: Lun> IscsiDisk<L> {
             },
             Err(e) => {
                 self.stats.errors += 1;
-                self.last_error = Some(e);
+                self.fenced |= matches!(e, LunError::Fenced(_));
+                self.last_error = Some(e.text());
                 GuestInput::BlockDone {
                     id,
                     status: BlockStatus::IoErr,
@@ -155,6 +205,10 @@ impl<L: Lun> BlockBackend for IscsiDisk<L> {
 
     fn poll(&mut self, done: &mut Vec<GuestInput>) {
         for _ in 0..Self::BUDGET {
+            if self.fenced {
+                // Nothing more reaches the LUN from a fenced node.
+                break;
+            }
             let Some(req) = self.queued.pop_front() else {
                 break;
             };
@@ -169,6 +223,14 @@ impl<L: Lun> BlockBackend for IscsiDisk<L> {
 
     fn stats(&self) -> DiskStats {
         self.stats
+    }
+
+    fn fenced(&self) -> bool {
+        self.fenced
+    }
+
+    fn shared_lun(&mut self) -> Option<&mut dyn FlagDisk> {
+        self.lun.flag_disk()
     }
 
     fn describe(&self) -> String {
@@ -188,42 +250,47 @@ mod tests {
     /// A LUN in memory that can be told to fail.
     struct FakeLun {
         blocks: Vec<u8>,
-        fail: bool,
+        /// `Some(false)`: the target is gone; `Some(true)`: this node is
+        /// fenced (RESERVATION CONFLICT).
+        fail: Option<bool>,
         flushes: u32,
         log: Vec<(char, u64)>,
     }
 
-    impl Lun for FakeLun {
-        fn read(&mut self, lba: u64, n: u32) -> Result<Vec<u8>, String> {
-            self.log.push(('r', lba));
-            if self.fail {
-                return Err("target gone".into());
+    impl FakeLun {
+        fn check(&self) -> Result<(), LunError> {
+            match self.fail {
+                Some(true) => Err(LunError::Fenced("RESERVATION CONFLICT".into())),
+                Some(false) => Err(LunError::Failed("target gone".into())),
+                None => Ok(()),
             }
+        }
+    }
+
+    impl Lun for FakeLun {
+        fn read(&mut self, lba: u64, n: u32) -> Result<Vec<u8>, LunError> {
+            self.log.push(('r', lba));
+            self.check()?;
             let s = lba as usize * 512;
             Ok(self.blocks[s..s + n as usize * 512].to_vec())
         }
-        fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), String> {
+        fn write(&mut self, lba: u64, data: Vec<u8>) -> Result<(), LunError> {
             self.log.push(('w', lba));
-            if self.fail {
-                return Err("target gone".into());
-            }
+            self.check()?;
             let s = lba as usize * 512;
             self.blocks[s..s + data.len()].copy_from_slice(&data);
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), String> {
+        fn flush(&mut self) -> Result<(), LunError> {
             self.flushes += 1;
-            if self.fail {
-                return Err("target gone".into());
-            }
-            Ok(())
+            self.check()
         }
     }
 
     fn disk(lun_blocks: u64) -> IscsiDisk<FakeLun> {
         let lun = FakeLun {
             blocks: vec![0; lun_blocks as usize * 512],
-            fail: false,
+            fail: None,
             flushes: 0,
             log: Vec::new(),
         };
@@ -305,7 +372,7 @@ mod tests {
             d.lun.log.is_empty(),
             "nothing outside the region reached the LUN"
         );
-        d.lun.fail = true;
+        d.lun.fail = Some(false);
         d.submit(BlockRequest::Write {
             id: 4,
             sector: 0,
@@ -318,6 +385,37 @@ mod tests {
         assert_eq!(status(&done[1]), (5, BlockStatus::IoErr, 0));
         assert_eq!(d.stats().errors, 5);
         assert!(d.last_error.as_deref().unwrap().contains("target gone"));
+        assert!(!d.fenced(), "a target outage is not a fence");
+    }
+
+    #[test]
+    fn a_fenced_node_stops_writing() {
+        let mut d = disk(64);
+        d.lun.fail = Some(true);
+        for id in 1..=3 {
+            d.submit(BlockRequest::Write {
+                id,
+                sector: id,
+                data: vec![7; 512],
+            });
+        }
+        let mut done = Vec::new();
+        d.poll(&mut done);
+        assert_eq!(done.len(), 1, "nothing after the conflict");
+        assert_eq!(status(&done[0]), (1, BlockStatus::IoErr, 0));
+        assert!(d.fenced());
+        assert!(d
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("RESERVATION CONFLICT"));
+        // Even with the LUN answering again, the rest never goes out.
+        d.lun.fail = None;
+        d.poll(&mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(d.in_flight(), 2);
+        assert_eq!(d.lun.log, [('w', RESERVED_BLOCKS + 1)]);
+        assert!(d.shared_lun().is_none(), "the fake has no reservations");
     }
 
     #[test]

@@ -253,6 +253,19 @@ impl GuestIo {
         self.disk
     }
 
+    /// Whether the shared disk refused this node: another node preempted
+    /// its reservation (DESIGN.md §1.7 fencing); it must halt.
+    pub fn disk_fenced(&self) -> bool {
+        self.disk.fenced()
+    }
+
+    /// The guest disk's session on the shared LUN, if the disk is there:
+    /// the FT node arbitrates and fences through it (one I_T nexus per
+    /// node, DESIGN.md §1.7).
+    pub fn shared_lun(&mut self) -> Option<&mut dyn drivers::arbitration::FlagDisk> {
+        self.disk.shared_lun()
+    }
+
     /// The slot's device, for the bus.
     pub fn mmio_device(&mut self, slot: Slot) -> &mut dyn MmioDevice {
         match slot {

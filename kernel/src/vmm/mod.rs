@@ -167,7 +167,7 @@ pub fn run(
     // FT pair: the guest is built; join the session only now, so that a
     // long setup never looks like a dead peer (DESIGN.md §1.6).
     if let Some(l) = live.as_deref_mut() {
-        l.join();
+        l.join(&mut machine.devices.io);
     }
     let t0 = machine::host_tsc();
     let mut ended = run_loop(
@@ -834,7 +834,7 @@ fn run_loop(
                         m.skip_to(not_before);
                         continue;
                     }
-                    if let Err(why) = l.wait(replayer) {
+                    if let Err(why) = l.wait(replayer, &mut m.devices.io) {
                         return Ended {
                             end: End::Live(why),
                             exits,

@@ -1,14 +1,21 @@
 //! The shared LUN as the FT node's storage (DESIGN.md §1.7): an adapter
 //! that gives `ft::node::Node` the [`SharedStorage`] it arbitrates, joins
-//! and fences on, over the hypervisor's iSCSI initiator. Each operation
-//! logs in on the node's own iSCSI transport, carries out one
-//! [`LunFlag`] operation (read the flag, COMPARE AND WRITE, register,
-//! preempt) and logs out: arbitration is rare, and a session that stays
-//! open would have to be kept alive through storage outages.
+//! and fences on, over the hypervisor's iSCSI initiator.
+//!
+//! When the guest's disk is on the LUN (`disk=iscsi`), every operation
+//! goes through the guest disk's own session ([`LunStorage::shared`]):
+//! one I_T nexus per node, registered once at join, so that the winner's
+//! one PREEMPT cuts the loser's data path and its flag path off together
+//! (istgt 0.4 cannot preempt a key registered by several nexuses of a
+//! node correctly: `drivers::arbitration`). Otherwise (the flag only, no
+//! data to fence) each operation logs in on the node's own transport,
+//! carries out one [`LunFlag`] operation and logs out: arbitration is
+//! rare, and a session that stays open would have to be kept alive
+//! through storage outages.
 use super::{endpoint, Lent};
 use crate::net::transport::{Clock, SharedTransport};
 use alloc::string::String;
-use drivers::arbitration::{Arbiter, LunFlag};
+use drivers::arbitration::{Arbiter, FlagDisk, LunFlag};
 use drivers::iscsi::Initiator;
 use drivers::nic::Nic;
 use ft::arbitration::{FlagRecord, NodeId, SharedStorage};
@@ -44,16 +51,21 @@ pub struct LunStorage<'a, N: Nic> {
     pub announce: Option<String>,
     /// A retry during an outage: say nothing unless something changes.
     pub quiet: bool,
+    /// The guest disk's session on the LUN, when there is one: used for
+    /// everything instead of a login of the node's own.
+    pub shared: Option<&'a mut dyn FlagDisk>,
 }
 
 impl<'a, N: Nic> LunStorage<'a, N> {
-    /// `me`'s view of the LUN at `address` over `transport`.
+    /// `me`'s view of the LUN at `address`: through the guest disk's
+    /// session `shared` if there is one, else over `transport`.
     pub fn new(
         transport: &'a mut SharedTransport<N>,
         clock: Clock,
         address: Option<&'a LunAddress>,
         me: NodeId,
         role: &'static str,
+        shared: Option<&'a mut dyn FlagDisk>,
     ) -> Self {
         LunStorage {
             transport,
@@ -63,17 +75,26 @@ impl<'a, N: Nic> LunStorage<'a, N> {
             role,
             announce: None,
             quiet: false,
+            shared,
         }
     }
 
     /// Logs in, runs `op` on the flag, logs out; says what failed.
     fn with<R>(
         &mut self,
-        op: impl FnOnce(&mut LunFlag<'_, Initiator<Lent<'_, N>, Clock>>) -> Result<R, FtError>,
+        op: impl FnOnce(&mut LunFlag<'_, dyn FlagDisk + '_>) -> Result<R, FtError>,
     ) -> Result<R, FtError> {
         let role = self.role;
         if let Some(line) = self.announce.take() {
             println!("{line}");
+        }
+        if let Some(disk) = self.shared.as_deref_mut() {
+            let mut flag = LunFlag::new(disk, Arbiter::new(FLAG_LBA));
+            let r = op(&mut flag);
+            if let (Err(_), Some((step, e))) = (&r, &flag.last_error) {
+                println!("ft: {role}: {step} failed: {e}");
+            }
+            return r;
         }
         let Some(addr) = self.address else {
             return Err(FtError::StorageUnreachable);
@@ -106,7 +127,8 @@ impl<'a, N: Nic> LunStorage<'a, N> {
                 return Err(FtError::StorageUnreachable);
             }
         };
-        let mut flag = LunFlag::new(&mut ini, Arbiter::new(FLAG_LBA));
+        let disk: &mut dyn FlagDisk = &mut ini;
+        let mut flag = LunFlag::new(disk, Arbiter::new(FLAG_LBA));
         let r = op(&mut flag);
         if let (Err(_), Some((step, e))) = (&r, &flag.last_error) {
             // "reading the flag failed: …" or "COMPARE AND WRITE failed: …"
