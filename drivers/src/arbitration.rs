@@ -106,6 +106,12 @@ pub trait FlagDisk {
     fn compare_and_write(&mut self, lba: u64, compare: &[u8], write: &[u8]) -> Result<()>;
     fn flush(&mut self) -> Result<()>;
 
+    /// Makes a session that failed for good usable again (log in anew on
+    /// the same nexus); nothing to do for a disk without sessions.
+    fn revive(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// PERSISTENT RESERVE OUT (SPC-4 §6.16). A disk without persistent
     /// reservations answers [`Error::Unsupported`].
     fn reserve_out(&mut self, action: PrOutAction, ty: PrType, params: &PrOutParams) -> Result<()> {
@@ -134,6 +140,9 @@ impl<T: Transport, C: Clock> FlagDisk for Initiator<T, C> {
     }
     fn flush(&mut self) -> Result<()> {
         self.synchronize_cache()
+    }
+    fn revive(&mut self) -> Result<()> {
+        Initiator::revive(self)
     }
     fn reserve_out(&mut self, action: PrOutAction, ty: PrType, params: &PrOutParams) -> Result<()> {
         self.persistent_reserve_out(action, ty, params)
@@ -466,9 +475,19 @@ impl<D: FlagDisk + ?Sized> SharedStorage for LunFlag<'_, D> {
         }
         let (ours, theirs) = (reservation_key(me), reservation_key(loser));
         let fenced = |k: &PrKeys| k.contains(ours) && !k.contains(theirs);
-        let before = self.keys()?;
+        let mut before = self.keys()?;
         if fenced(&before) {
             return Ok(());
+        }
+        if !before.contains(ours) && !before.contains(theirs) {
+            // Neither key: the target lost its registrations (istgt keeps
+            // none across a restart: no APTPL). Register again, which
+            // reserves the LUN again; the loser stays out.
+            self.register(me)?;
+            before = self.keys()?;
+            if fenced(&before) {
+                return Ok(());
+            }
         }
         // What the table must hold afterwards: exactly the registrations
         // it had, minus the loser's (a count, not just a set: istgt can

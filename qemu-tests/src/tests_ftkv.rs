@@ -82,6 +82,42 @@
 //!   client completes and every acknowledged SET reads back from the LUN.
 //!   The failover time is istgt's return (its portal listening) -> the
 //!   first reply after it, and must be under 60 s of wall time.
+//! * `ft-zombie-primary` (issue 14): two runs on fresh rigs and LUNs,
+//!   (a) then (b) (`FTKV_ZOMBIE=a|b` runs one). The client (mode
+//!   `overwrite`) overwrites 4 keys round robin, SET `n` writing key `n %
+//!   4` with `value(n)` (`v<n>-...`: `n` is the version), and records per
+//!   key the last version answered `OK`. 40 replies in (every key
+//!   overwritten 10 times; a SET is then in flight) the primary is cut
+//!   off: (a) only its iSCSI path, policy-routing blackhole rules for TCP
+//!   10.0.4.11 <-> 10.0.4.1:3260 in the namespace (`local` rule moved to
+//!   preference 100, early demux off; `../shared/notes/machine.md`), so
+//!   the primary stalls inside its synchronous disk command and sends no
+//!   heartbeat; (b) all its links, its bridge port `tapfk1` disabled
+//!   (`bridge link set ... state 0`: port isolation would still let it
+//!   reach the bridge's own address, and a tap set down makes Bochs's
+//!   writes to it fail). The cut holds until the backup printed LIVE, the
+//!   new primary answered 8 more SETs (every key overwritten twice more)
+//!   and 3 s passed; then the client stops writing (`stop` on its stdin;
+//!   its `stopped` line) and the paths come back (rules deleted and
+//!   sysctls restored, port forwarding again): a late write of the old
+//!   primary would now be the last one on its sector. The runner watches
+//!   the old primary for up to 60 s, then the client GETs each key (the
+//!   last acknowledged version) and sends SHUTDOWN. A tcpdump on
+//!   `tapfk1` records every frame of the guest MAC leaving the old
+//!   primary. Judged: both nodes registered their reservation keys
+//!   (`0x4654000000000001`/`...02`); the backup WON (generation 0 -> 1
+//!   owner 2, also on the LUN file), fenced node 1 (PREEMPT AND ABORT),
+//!   went LIVE (RARP, re-issue) and ran the guest to its exit 0; the old
+//!   primary printed, only after its paths came back, `the shared disk
+//!   refused a write: RESERVATION CONFLICT` or `LOST the test-and-set`,
+//!   and `hypervisor: guest stopped` (or its Bochs exited), and never
+//!   WON, ALONE or LIVE; no frame of the guest left `tapfk1` after the
+//!   backup's LIVE line was seen and the bridge never learned the guest
+//!   MAC there again; each key on the LUN holds a value the client sent
+//!   for it whose version is at least the key's last acknowledged one
+//!   (the client answers every SET before the next, so in practice
+//!   exactly that one). Reported: versions, cut length, failover time
+//!   (cut -> first reply after a >= 500 ms gap), reaction time.
 use crate::emulator::{BootSpec, Outcome, Run};
 use crate::ftrig::ROLES;
 use crate::istgt::Istgt;
@@ -122,7 +158,11 @@ const OUTAGE_GAP: Duration = Duration::from_millis(500);
 /// Serial lines after which a node serves no more (it may stay up). A
 /// node that finds the shared storage unreachable does not halt: it
 /// retries the arbitration until storage is back ([`RETRYING`]).
-const HALTED: [&str; 2] = ["LOST the test-and-set", "FTVISOR-EXIT"];
+const HALTED: [&str; 3] = [
+    "LOST the test-and-set",
+    "fenced off the shared disk",
+    "FTVISOR-EXIT",
+];
 /// The backup's line at its first failed arbitration of an outage and at
 /// every tenth (`ft: backup: shared storage unreachable: no one may go
 /// live; retrying every 100 ms (attempt N)`).
@@ -141,6 +181,37 @@ const BLIP_FAILOVER_MAX: Duration = Duration::from_secs(60);
 /// the second (the faults land in there: while istgt is down the guest
 /// must not write, a failed write ends the KV service).
 const BLIP_READS: Duration = Duration::from_secs(8);
+/// `ft-zombie-primary` (`overwrite` client): the keys overwritten round
+/// robin (`k0000..k0003`; SET number `n` writes key `n % 4` with
+/// [`value`]`(n)`, so `n` is that key's version), the most SETs the
+/// client sends before the runner stops it, and the reply after which
+/// the primary is cut off.
+const ZOMBIE_KEYS: usize = 4;
+const ZOMBIE_MAX_SETS: usize = 100_000;
+const ZOMBIE_CUT_AFTER: usize = 40;
+/// After the backup's LIVE line: at least this many more replies (every
+/// key overwritten twice by the new primary) and this much time before
+/// the client is told to stop writing.
+const ZOMBIE_SETS_AFTER_LIVE: usize = 2 * ZOMBIE_KEYS;
+const ZOMBIE_AFTER_LIVE: Duration = Duration::from_secs(3);
+/// Bounds: the cut -> the backup's LIVE line; the LIVE line -> the
+/// replies above; `stop` -> the client's `stopped`; the paths back ->
+/// the old primary halted (then the runner goes on and judges).
+const ZOMBIE_LIVE_MAX: Duration = Duration::from_secs(120);
+const ZOMBIE_SERVE_MAX: Duration = Duration::from_secs(120);
+const ZOMBIE_STOP_MAX: Duration = Duration::from_secs(60);
+const ZOMBIE_HALT_MAX: Duration = Duration::from_secs(60);
+/// How long the runner still watches after the old primary halted
+/// (a late write of a zombie would land in there).
+const ZOMBIE_GRACE: Duration = Duration::from_secs(2);
+/// The primary's hypervisor and the iSCSI portal (istgt) in the rig.
+const PRIMARY_IP: &str = "10.0.4.11";
+const PORTAL_IP: &str = "10.0.4.1";
+const PORTAL_PORT: &str = "3260";
+/// The old primary's lines after the paths came back: fenced (its write
+/// refused) or beaten at the flag.
+const FENCED: &str = "ft: primary: the shared disk refused a write: RESERVATION CONFLICT";
+const ZOMBIE_REACTIONS: [&str; 2] = [FENCED, "ft: primary: LOST the test-and-set"];
 
 /// The pair's hypervisor command line (`role=`, `peer=`, `ip=`,
 /// `iscsi_node=` are added per node).
@@ -207,6 +278,13 @@ pub fn tests() -> Vec<E2eTest> {
             run_storage_blip,
             "FT pair under client load; istgt stopped, then the primary's Bochs SIGKILLed; istgt restarted on the same LUN once the backup was seen retrying: the backup then wins (generation +1), goes live, announces the MAC; the client completes and every acknowledged SET reads back; failover time from istgt's return (< 60 s)",
         ),
+        t(
+            "ft-zombie-primary",
+            pair!("37"),
+            420,
+            run_zombie,
+            "FT pair; the client overwrites 4 keys with increasing versions; the primary's iSCSI path only (run a), then all its links (run b) cut past the failure timeout: the backup wins (generation +1, preempting the primary's reservation key) and goes live; after the paths come back the old primary's writes are refused (RESERVATION CONFLICT) or it loses, and it halts; no frame from it after the go-live; the LUN holds every key's last acknowledged version",
+        ),
     ]
 }
 
@@ -223,6 +301,12 @@ enum Fault {
     /// Kill istgt, then (2 s later) the primary; restart istgt once the
     /// backup is seen retrying the arbitration.
     StorageBlip,
+    /// Cut only the primary's iSCSI traffic (policy routing), restore it
+    /// once the backup is live and the client stopped writing.
+    ZombieIscsi,
+    /// Cut all the primary's links (its bridge port disabled), restore
+    /// them likewise.
+    ZombieLinks,
 }
 
 impl Fault {
@@ -230,13 +314,19 @@ impl Fault {
     fn storage(self) -> bool {
         matches!(self, Fault::StorageDown | Fault::StorageBlip)
     }
+
+    /// `ft-zombie-primary`: the primary is cut off, not killed.
+    fn zombie(self) -> bool {
+        matches!(self, Fault::ZombieIscsi | Fault::ZombieLinks)
+    }
 }
 
 /// What one run does.
 #[derive(Debug, Clone)]
 struct Plan {
     fault: Fault,
-    /// `ftkv-client` mode: `steady`, `failover`, `outage` or `blip`.
+    /// `ftkv-client` mode: `steady`, `failover`, `outage`, `blip` or
+    /// `overwrite`.
     mode: &'static str,
     sets: usize,
     /// The fault fires `delay` after the `at_ack`-th reply.
@@ -354,6 +444,47 @@ fn run_storage_blip(t: &E2eTest, root: &Path) -> Outcome {
     scenario(t, root, &plan)
 }
 
+/// `ft-zombie-primary`: run (a), the primary's iSCSI path cut, then run
+/// (b), all its links cut, each on a fresh rig and LUN
+/// (`FTKV_ZOMBIE=a` or `b` runs one).
+fn run_zombie(t: &E2eTest, root: &Path) -> Outcome {
+    let only = std::env::var("FTKV_ZOMBIE").unwrap_or_default();
+    let phases = [
+        ("a", Fault::ZombieIscsi, "its iSCSI path cut", 15),
+        ("b", Fault::ZombieLinks, "all its links cut", 16),
+    ];
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for (tag, fault, what, seed) in phases {
+        if !only.is_empty() && only != tag {
+            continue;
+        }
+        let mut plan = Plan::new(fault, "overwrite", ZOMBIE_MAX_SETS, seed);
+        // Every key has been overwritten ten times before the cut.
+        plan.at_ack = ZOMBIE_CUT_AFTER;
+        plan.tag = format!("-{tag}");
+        let t0 = Instant::now();
+        let took = |t0: Instant| format!("{:.0} s", t0.elapsed().as_secs_f64());
+        match scenario(t, root, &plan) {
+            Outcome::Pass(note) => passed.push(format!("run {tag} ({what}; {}): {note}", took(t0))),
+            Outcome::Fail(why) => failed.push(format!(
+                "run {tag} ({what}; {}; rerun alone with FTKV_ZOMBIE={tag}): {why}",
+                took(t0)
+            )),
+            Outcome::Skip(why) => return Outcome::Skip(why),
+        }
+    }
+    if failed.is_empty() {
+        Outcome::Pass(passed.join("\n"))
+    } else {
+        let mut s = failed.join("\n\n");
+        if !passed.is_empty() {
+            s.push_str(&format!("\n\n(passed: {})", passed.join("\n")));
+        }
+        Outcome::Fail(s)
+    }
+}
+
 // ------------------------------------------------------------ the run
 
 /// What happened on the host side while the pair ran.
@@ -383,6 +514,48 @@ struct Story {
     status: Vec<(usize, Result<String, String>)>,
     /// Nodes the runner had to stop at the end (and why).
     stopped: Vec<String>,
+    /// `ft-zombie-primary`.
+    zombie: Zombie,
+}
+
+/// `ft-zombie-primary`: the steps of the cut and what was seen.
+#[derive(Default)]
+struct Zombie {
+    /// How to undo the cut (while it is in place).
+    cut: Option<Cut>,
+    /// Replies the client had when the primary was cut off (the SET with
+    /// that number was the one in flight).
+    acks_at_cut: usize,
+    /// The backup's LIVE line seen: when, the same as seconds since the
+    /// Unix epoch (for the capture's timestamps), and the client's
+    /// replies by then.
+    live: Option<(Instant, f64)>,
+    acks_at_live: usize,
+    /// `stop` sent to the client, its `stopped` line seen.
+    stop_sent: Option<Instant>,
+    client_stopped: Option<Instant>,
+    /// The paths back; the old primary's serial at that moment.
+    restored: Option<Instant>,
+    primary_at_restore: String,
+    /// The old primary's first line of [`ZOMBIE_REACTIONS`] after the
+    /// restore, and its halt (line or its Bochs gone), when seen.
+    reaction: Option<(Instant, String)>,
+    halt: Option<(Instant, String)>,
+    /// `finish` sent to the client (GETs and SHUTDOWN follow).
+    finish_sent: Option<Instant>,
+    /// tcpdump of the guest MAC's frames coming out of the primary's tap
+    /// (its text output), or why there is none.
+    capture: Option<PathBuf>,
+    capture_error: Option<String>,
+}
+
+/// A cut in place and what restores it.
+enum Cut {
+    /// Policy-routing blackhole rules; the early-demux sysctls' values
+    /// before the cut.
+    Iscsi { early_demux: [String; 2] },
+    /// The primary's bridge port disabled.
+    Links,
 }
 
 struct FdbSample {
@@ -586,6 +759,9 @@ fn conduct(
         std::thread::sleep(Duration::from_millis(200));
     }
     st.ready = Some(Instant::now());
+    if plan.fault.zombie() {
+        start_capture(ctx, st);
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ctx.ns.name])
@@ -597,11 +773,18 @@ fn conduct(
             &plan.sets.to_string(),
             &plan.salt.to_string(),
         ])
-        .stdin(Stdio::null())
+        .stdin(if plan.fault.zombie() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting the client: {e}"))?;
+    // `overwrite`: the runner tells the client when to stop writing and
+    // when to finish.
+    let mut client_in = child.stdin.take();
     let out = child.stdout.take().ok_or("no client stdout")?;
     let mut err = child.stderr.take().ok_or("no client stderr")?;
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
@@ -628,6 +811,9 @@ fn conduct(
                     st.acks.push(at);
                 } else if l.starts_with("retry ") {
                     st.retries.push(l);
+                } else if l.starts_with("stopped ") {
+                    st.zombie.client_stopped = Some(at);
+                    st.notes.push(format!("client: {l}"));
                 } else {
                     last = l;
                 }
@@ -664,6 +850,11 @@ fn conduct(
                 break Err(e);
             }
         }
+        if plan.fault.zombie() {
+            if let Err(e) = zombie_step(ctx, st, now, &mut client_in) {
+                break Err(e);
+            }
+        }
         if now >= next_fdb {
             st.fdb.push(ctx.fdb());
             next_fdb = now + Duration::from_secs(1);
@@ -687,6 +878,7 @@ fn conduct(
     if result.is_err() {
         let _ = child.kill();
     }
+    drop(client_in);
     let status = child.wait().map_err(|e| e.to_string())?;
     let _ = reader.join();
     let stderr = err_reader.join().unwrap_or_default();
@@ -813,6 +1005,34 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
             ctx.target.kill(ctx.ns);
             format!("SIGKILLed istgt after reply #{n}")
         }
+        Fault::ZombieIscsi | Fault::ZombieLinks => {
+            let (cut, what) = if plan.fault == Fault::ZombieIscsi {
+                let early_demux = cut_iscsi(ctx.ns)?;
+                (
+                    Cut::Iscsi { early_demux },
+                    format!(
+                        "cut only the primary's iSCSI path ({PRIMARY_IP} <-> {PORTAL_IP}:{PORTAL_PORT}, policy-routing blackhole rules)"
+                    ),
+                )
+            } else {
+                bridge_port_state(&ctx.ns.name, TAPS[0], "0")
+                    .map_err(|e| format!("cutting the primary's links: {e}"))?;
+                (
+                    Cut::Links,
+                    format!(
+                        "cut all the primary's links ({} disabled on the bridge)",
+                        TAPS[0]
+                    ),
+                )
+            };
+            st.zombie.cut = Some(cut);
+            st.zombie.acks_at_cut = n;
+            format!(
+                "{what} {} ms after reply #{n} (SET #{n}, k{:04} v{n}, in flight)",
+                plan.delay.as_millis(),
+                n % ZOMBIE_KEYS
+            )
+        }
     };
     st.fault_at = Some(Instant::now());
     st.notes.push(note);
@@ -879,6 +1099,544 @@ fn wind_down(ctx: &Ctx, st: &mut Story, done: &AtomicBool, failed: bool) {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+// ------------------------------------------------------------ ft-zombie-primary
+
+/// Starts tcpdump on the primary's tap for frames from the guest MAC
+/// going into the bridge (what the old primary's guest sends); a capture
+/// that cannot start is noted and judged by the bridge's forwarding
+/// database alone.
+fn start_capture(ctx: &mut Ctx, st: &mut Story) {
+    let Some(dir) = ctx.serials[0].parent().and_then(Path::parent) else {
+        st.zombie.capture_error = Some("no build directory".into());
+        return;
+    };
+    let name = ctx.serials[0]
+        .parent()
+        .and_then(Path::file_name)
+        .map_or("primary".into(), |n| n.to_string_lossy().to_string());
+    let file = dir.join(format!("{name}.{}.tcpdump.txt", TAPS[0]));
+    let args = [
+        "-i", TAPS[0], "-nn", "-e", "-tt", "-l", "-Q", "in", "ether", "src", GUEST_MAC,
+    ];
+    match ctx.ns.spawn(Path::new("tcpdump"), &args, &file) {
+        Ok(_) => {
+            // Listening before the load starts (it says so on stderr).
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                if text.contains("listening on") {
+                    st.zombie.capture = Some(file);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            st.zombie.capture_error = Some(format!(
+                "tcpdump did not say `listening on` within 5 s ({})",
+                file.display()
+            ));
+        }
+        Err(e) => st.zombie.capture_error = Some(format!("tcpdump: {e}")),
+    }
+}
+
+/// `sysctl` inside the namespace; its stdout.
+fn ns_sysctl(ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sysctl"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("sysctl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "`sysctl {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+const EARLY_DEMUX: [&str; 2] = ["net.ipv4.tcp_early_demux", "net.ipv4.ip_early_demux"];
+
+/// Run (a): cuts only the primary's TCP traffic to and from istgt with
+/// policy routing inside the namespace (`../shared/notes/machine.md`: no
+/// iptables here): the `local` rule moves from preference 0 to 100, early
+/// demux is turned off (an established socket would otherwise skip the
+/// input route lookup), and two blackhole rules at preference 10 and 11
+/// drop `PRIMARY_IP -> PORTAL:3260` and `PORTAL:3260 -> PRIMARY_IP`.
+/// Returns the early-demux values to restore.
+fn cut_iscsi(ns: &Netns) -> Result<[String; 2], String> {
+    let before = [
+        ns_sysctl(ns, &["-n", EARLY_DEMUX[0]])?,
+        ns_sysctl(ns, &["-n", EARLY_DEMUX[1]])?,
+    ];
+    ip_rules(
+        ns,
+        &["add pref 100 lookup local", "del pref 0 lookup local"],
+    )?;
+    for key in EARLY_DEMUX {
+        ns_sysctl(ns, &["-qw", &format!("{key}=0")])?;
+    }
+    ip_rules(
+        ns,
+        &[
+            &format!(
+                "add pref 10 from {PRIMARY_IP} to {PORTAL_IP} ipproto tcp dport {PORTAL_PORT} blackhole"
+            ),
+            &format!(
+                "add pref 11 from {PORTAL_IP} to {PRIMARY_IP} ipproto tcp sport {PORTAL_PORT} blackhole"
+            ),
+        ],
+    )?;
+    Ok(before)
+}
+
+/// Undoes [`cut_iscsi`]: the blackhole rules go, `local` is back at
+/// preference 0, early demux as it was.
+fn restore_iscsi(ns: &Netns, early_demux: &[String; 2]) -> Result<(), String> {
+    ip_rules(
+        ns,
+        &[
+            "del pref 10",
+            "del pref 11",
+            "add pref 0 lookup local",
+            "del pref 100 lookup local",
+        ],
+    )?;
+    for (key, v) in EARLY_DEMUX.iter().zip(early_demux) {
+        ns_sysctl(ns, &["-qw", &format!("{key}={v}")])?;
+    }
+    Ok(())
+}
+
+/// `ip rule <each>` in the namespace, in order.
+fn ip_rules(ns: &Netns, rules: &[&str]) -> Result<(), String> {
+    for r in rules {
+        let mut args = vec!["rule"];
+        args.extend(r.split_whitespace());
+        ns.ip(&args).map_err(|e| format!("`ip rule {r}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `bridge link set dev <port> state <state>` (0 disabled: no frame in or
+/// out of the port; 3 forwarding).
+fn bridge_port_state(ns: &str, port: &str, state: &str) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "bridge", "link", "set", "dev", port])
+        .args(["state", state])
+        .output()
+        .map_err(|e| format!("bridge: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`bridge link set dev {port} state {state}`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn tell_client(client: &mut Option<std::process::ChildStdin>, word: &str) -> Result<(), String> {
+    let w = client.as_mut().ok_or("the client has no stdin")?;
+    w.write_all(format!("{word}\n").as_bytes())
+        .and_then(|_| w.flush())
+        .map_err(|e| format!("telling the client `{word}`: {e}"))
+}
+
+fn wall_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `ft-zombie-primary`, once the primary is cut off: waits for the
+/// backup's LIVE line and for the new primary to overwrite every key
+/// twice, tells the client to stop writing, restores the paths once it
+/// stopped (so that a late write of the old primary would be the last
+/// one on its sector), watches the old primary react and halt, then
+/// lets the client read the keys back and shut down.
+fn zombie_step(
+    ctx: &mut Ctx,
+    st: &mut Story,
+    now: Instant,
+    client: &mut Option<std::process::ChildStdin>,
+) -> Result<(), String> {
+    let Some(cut_at) = st.fault_at else {
+        return Ok(());
+    };
+    let acks = st.acks.len();
+    let z = &mut st.zombie;
+    let Some((live, _)) = z.live else {
+        let b = ctx.serial(1);
+        if b.contains("ft: backup: LIVE under generation") {
+            z.live = Some((now, wall_secs()));
+            z.acks_at_live = acks;
+            st.notes.push(format!(
+                "the backup's LIVE line seen {} after the cut (reply #{acks})",
+                secs(now - cut_at)
+            ));
+        } else if let Some(l) = b.lines().find(|l| l.contains("LOST the test-and-set")) {
+            return Err(format!("the backup lost the flag: `{l}`"));
+        } else if bochs_pid(&ctx.bochsrc[1]).is_none() {
+            return Err("the backup's Bochs ended before it went live".into());
+        } else if now > cut_at + ZOMBIE_LIVE_MAX {
+            return Err(format!(
+                "no `ft: backup: LIVE under generation` line within {} of the cut",
+                secs(ZOMBIE_LIVE_MAX)
+            ));
+        }
+        return Ok(());
+    };
+    let Some(stop_sent) = z.stop_sent else {
+        if acks >= z.acks_at_live + ZOMBIE_SETS_AFTER_LIVE && now >= live + ZOMBIE_AFTER_LIVE {
+            tell_client(client, "stop")?;
+            z.stop_sent = Some(now);
+        } else if now > live + ZOMBIE_SERVE_MAX {
+            return Err(format!(
+                "the new primary answered {} SET(s) within {} of going live, want {ZOMBIE_SETS_AFTER_LIVE}",
+                acks - z.acks_at_live,
+                secs(ZOMBIE_SERVE_MAX)
+            ));
+        }
+        return Ok(());
+    };
+    let Some(restored) = z.restored else {
+        if z.client_stopped.is_some() {
+            z.primary_at_restore = ctx.serial(0);
+            match z.cut.take() {
+                Some(Cut::Iscsi { early_demux }) => restore_iscsi(ctx.ns, &early_demux)?,
+                Some(Cut::Links) => bridge_port_state(&ctx.ns.name, TAPS[0], "3")
+                    .map_err(|e| format!("restoring the primary's links: {e}"))?,
+                None => return Err("no cut to restore".into()),
+            }
+            let back = Instant::now();
+            z.restored = Some(back);
+            st.notes.push(format!(
+                "paths restored {} after the cut ({} after the LIVE line; the client had stopped writing after reply #{acks})",
+                secs(back - cut_at),
+                secs(back - live)
+            ));
+        } else if now > stop_sent + ZOMBIE_STOP_MAX {
+            return Err(format!(
+                "the client did not stop writing within {} of `stop`",
+                secs(ZOMBIE_STOP_MAX)
+            ));
+        }
+        return Ok(());
+    };
+    if z.finish_sent.is_some() {
+        return Ok(());
+    }
+    let p = ctx.serial(0);
+    let new = p.get(z.primary_at_restore.len()..).unwrap_or("");
+    if z.reaction.is_none() {
+        if let Some(l) = new
+            .lines()
+            .find(|l| ZOMBIE_REACTIONS.iter().any(|m| l.contains(m)))
+        {
+            z.reaction = Some((now, l.trim().to_string()));
+        }
+    }
+    if z.halt.is_none() {
+        if let Some(l) = new
+            .lines()
+            .find(|l| l.contains("hypervisor: guest stopped") || l.contains("FTVISOR-EXIT"))
+        {
+            z.halt = Some((now, l.trim().to_string()));
+        } else if bochs_pid(&ctx.bochsrc[0]).is_none() {
+            z.halt = Some((now, "its Bochs exited".into()));
+        }
+    }
+    let settled = z
+        .halt
+        .as_ref()
+        .is_some_and(|(t, _)| now >= *t + ZOMBIE_GRACE);
+    if settled || now >= restored + ZOMBIE_HALT_MAX {
+        tell_client(client, "finish")?;
+        z.finish_sent = Some(now);
+    }
+    Ok(())
+}
+
+/// Frames of the capture (`tcpdump -tt` lines: seconds since the epoch
+/// first) at or after `from` (seconds since the epoch), and the number
+/// before it.
+fn capture_split(text: &str, from: f64) -> (usize, Vec<String>) {
+    let mut before = 0;
+    let mut after = Vec::new();
+    for l in text.lines() {
+        let Some(ts) = l
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if ts < from {
+            before += 1;
+        } else {
+            after.push(l.to_string());
+        }
+    }
+    (before, after)
+}
+
+/// The `overwrite` client's per-key record: `last=k0000:v12,k0001:-,...`
+/// (the last acknowledged version of each key, `-` for none).
+fn parse_last(summary: &str) -> Result<Vec<Option<u64>>, String> {
+    let list = word(summary, "last=").ok_or("no `last=` in the client's summary")?;
+    let v: Vec<Option<u64>> = list
+        .split(',')
+        .enumerate()
+        .map(|(k, item)| {
+            let (key, ver) = item.split_once(':').ok_or(())?;
+            if key != format!("k{k:04}") {
+                return Err(());
+            }
+            match ver {
+                "-" => Ok(None),
+                v => v
+                    .strip_prefix('v')
+                    .and_then(|n| n.parse().ok())
+                    .map(Some)
+                    .ok_or(()),
+            }
+        })
+        .collect::<Result<_, ()>>()
+        .map_err(|()| format!("bad `last={list}`"))?;
+    if v.len() == ZOMBIE_KEYS {
+        Ok(v)
+    } else {
+        Err(format!("`last={list}`: want {ZOMBIE_KEYS} keys"))
+    }
+}
+
+/// The rule for an overwritten key on the LUN: its value is one the
+/// client sent for it (`value(n)` with `n % keys` its index and `n <
+/// sent`) and its version `n` is at least the last one acknowledged.
+/// Returns each key's version on the LUN.
+fn check_versions(
+    table: &BTreeMap<String, String>,
+    last: &[Option<u64>],
+    sent: u64,
+    salt: u64,
+) -> Result<Vec<Option<u64>>, String> {
+    let mut found = Vec::new();
+    let mut bad = Vec::new();
+    for (k, acked) in last.iter().enumerate() {
+        let key = format!("k{k:04}");
+        let Some(v) = table.get(&key) else {
+            if let Some(a) = acked {
+                bad.push(format!("{key}: not on the LUN (v{a} was acknowledged)"));
+            }
+            found.push(None);
+            continue;
+        };
+        let n = v
+            .strip_prefix('v')
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| {
+                *n < sent && *n as usize % last.len() == k && *v == value(*n as usize, salt)
+            });
+        match (n, acked) {
+            (None, _) => bad.push(format!(
+                "{key}: `{v}` on the LUN is no value the client sent for it"
+            )),
+            (Some(n), Some(a)) if n < *a => bad.push(format!(
+                "{key}: v{n} on the LUN, older than v{a}, its last acknowledged version (a stale write landed)"
+            )),
+            (Some(_), _) => {}
+        }
+        found.push(n);
+    }
+    if bad.is_empty() {
+        Ok(found)
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// `ft-zombie-primary`'s verdict.
+fn judge_zombie(
+    plan: &Plan,
+    st: &Story,
+    p: &Run,
+    b: &Run,
+    client: &str,
+    flag: Flag,
+    table: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let z = &st.zombie;
+    let cut_at = st.fault_at.ok_or("the primary was never cut off")?;
+    let (live_at, live_wall) = z.live.ok_or("the backup's LIVE line was never seen")?;
+    let restored = z.restored.ok_or("the paths were never restored")?;
+    if !client.starts_with("done ") {
+        return Err(format!("client: `{client}` (want `done ...`)"));
+    }
+    let sent = num(client, "sent=").ok_or(format!("no `sent=` in `{client}`"))?;
+    let last = parse_last(client)?;
+    // First the LUN (a stale write of the old primary shows here): every
+    // key at (at least) its last acknowledged version.
+    let on_lun = check_versions(table, &last, sent, plan.salt)?;
+    // The backup won, went live and ran the guest to its end.
+    let won_line = line_with(&b.serial, "ft: backup: WON the test-and-set")?;
+    let want_won = "flag generation 0 -> 1 owner 2";
+    if !won_line.contains(want_won) {
+        return Err(format!("backup: `{won_line}`, want `{want_won}`"));
+    }
+    let live = backup_live(&b.serial)?;
+    // Both registered their reservation keys; the backup fenced the
+    // primary's before going live.
+    for (run, role, key) in [(p, "primary", 1), (b, "backup", 2)] {
+        line_with(
+            &run.serial,
+            &format!(
+                "ft: {role}: registered reservation key {:#018x}",
+                0x4654_0000_0000_0000u64 | key
+            ),
+        )?;
+    }
+    let fence_line = line_with(&b.serial, "ft: backup: fenced node 1 off the shared disk")?;
+    if b.exit_code != Some(0) {
+        return Err(format!(
+            "the backup: exit code {:?} ({}), want 0",
+            b.exit_code, b.ended
+        ));
+    }
+    if flag != Flag::new(1, NodeId(2)) {
+        return Err(format!(
+            "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner 2"
+        ));
+    }
+    // The old primary: never won, never alone; refused or beaten after
+    // the paths came back, then halted.
+    for bad in ["WON the test-and-set", "ALONE under", "LIVE under"] {
+        if let Some(l) = p.serial.lines().find(|l| l.contains(bad)) {
+            return Err(format!("the old primary printed `{}`", l.trim()));
+        }
+    }
+    if let Some(l) = z
+        .primary_at_restore
+        .lines()
+        .find(|l| ZOMBIE_REACTIONS.iter().any(|m| l.contains(m)))
+    {
+        return Err(format!(
+            "the old primary reacted before its paths came back: `{}`",
+            l.trim()
+        ));
+    }
+    let after = p.serial.get(z.primary_at_restore.len()..).unwrap_or("");
+    let reaction = after
+        .lines()
+        .find(|l| ZOMBIE_REACTIONS.iter().any(|m| l.contains(m)))
+        .ok_or_else(|| {
+            format!(
+                "after its paths came back the old primary printed neither `{FENCED}` nor `LOST the test-and-set`"
+            )
+        })?;
+    let halted = after
+        .lines()
+        .find(|l| l.contains("hypervisor: guest stopped"))
+        .map(str::trim)
+        .or(p.exit_code.map(|_| "its Bochs exited"))
+        .ok_or("the old primary did not halt (no `hypervisor: guest stopped` line, its Bochs did not exit)")?;
+    let how = if reaction.contains(FENCED) {
+        "fenced (RESERVATION CONFLICT)"
+    } else {
+        "LOST the test-and-set"
+    };
+    let reacted_in = z.reaction.as_ref().map_or("?".into(), |(t, _)| {
+        secs(t.saturating_duration_since(restored))
+    });
+    // No frame of the guest from the old primary's tap after the go-live.
+    let capture = match (&z.capture, &z.capture_error) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let (before, late) = capture_split(&text, live_wall);
+            if before == 0 {
+                return Err(format!(
+                    "the capture on {} saw no guest frame before the go-live ({}): it did not work",
+                    TAPS[0],
+                    f.display()
+                ));
+            }
+            if !late.is_empty() {
+                return Err(format!(
+                    "{} guest frame(s) left the old primary's tap {} after the backup's go-live, first: `{}` ({})",
+                    late.len(),
+                    TAPS[0],
+                    late[0],
+                    f.display()
+                ));
+            }
+            format!(
+                "capture on {}: {before} guest frames before the go-live, none after",
+                TAPS[0]
+            )
+        }
+        (None, e) => format!(
+            "no capture ({}): judged by the bridge alone",
+            e.as_deref().unwrap_or("?")
+        ),
+    };
+    let fdb_from = |tap: &str, from: Instant| {
+        st.fdb
+            .iter()
+            .filter(|s| s.at >= from && s.ports.iter().any(|p| p == tap))
+            .count()
+    };
+    let on_old = fdb_from(TAPS[0], live_at + Duration::from_secs(1));
+    if on_old > 0 {
+        return Err(format!(
+            "the bridge learned the guest MAC on {} (the old primary's tap) in {on_old} sample(s) after the go-live",
+            TAPS[0]
+        ));
+    }
+    if fdb_from(TAPS[1], live_at) == 0 {
+        return Err(format!(
+            "after the go-live the bridge never learned the guest MAC on {} (the backup's tap)",
+            TAPS[1]
+        ));
+    }
+    let versions = last
+        .iter()
+        .zip(&on_lun)
+        .enumerate()
+        .map(|(k, (a, l))| {
+            let v = |x: &Option<u64>| x.map_or("-".into(), |n| format!("v{n}"));
+            format!("k{k:04} acked {} LUN {}", v(a), v(l))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let in_flight = z.acks_at_cut;
+    let (fo, _) = failover(&st.acks, cut_at).ok_or("no reply after the cut")?;
+    let ready = st.ready.ok_or("never ready")?;
+    let end = st.client_end.ok_or("the client never ended")?;
+    let stopped = if st.stopped.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", st.stopped.join("; "))
+    };
+    Ok(format!(
+        "({}; backup `{}`, `{}`; {live}; old primary {how} {reacted_in} after the paths came back: `{}`, halted: `{halted}`; {capture}; guest MAC never on {} after the go-live; failover {} (cut -> first reply from the new primary), cut held {}; SET #{in_flight} (k{:04} v{in_flight}) was in flight at the cut; {sent} SETs sent and acknowledged in {}, {} retries, {} reconnects; LUN: {versions}; flag {}{stopped})",
+        st.notes.join("; "),
+        won_line.trim(),
+        fence_line.trim(),
+        reaction.trim(),
+        TAPS[0],
+        secs(fo),
+        secs(restored - cut_at),
+        in_flight % ZOMBIE_KEYS,
+        secs(end - ready),
+        num(client, "retries=").unwrap_or(0),
+        num(client, "reconnects=").unwrap_or(0),
+        format_args!("generation 0 -> {} (owner {})", flag.generation, flag.owner.0),
+    ))
 }
 
 // ------------------------------------------------------------ judging
@@ -1003,6 +1761,9 @@ fn judge(
     };
     let flag = flag?;
     let table = table?;
+    if plan.fault.zombie() {
+        return judge_zombie(plan, st, p, b, client, flag, &table);
+    }
     let acked = num(client, "acked_sets=").ok_or(format!("client summary: `{client}`"))? as usize;
     check_lun(&table, acked, plan.salt)?;
     let on_lun = format!("{acked} acknowledged SETs all on the LUN");
@@ -1273,14 +2034,23 @@ fn judge(
                     "no `{RETRYING}` line on the backup before istgt's restart"
                 ));
             }
-            // It retried: at least one more failed attempt after the first.
-            let failed = before
+            // It retried: the retry lines count its attempts ("attempt N").
+            let attempts = before
                 .lines()
-                .filter(|l| l.starts_with("ft: backup: iSCSI login to") && l.contains(" failed"))
-                .count();
-            if failed < 2 {
+                .filter(|l| l.contains(RETRYING))
+                .filter_map(|l| {
+                    l.split("(attempt ")
+                        .nth(1)?
+                        .split(')')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
+            if attempts < 2 {
                 return Err(format!(
-                    "{failed} failed iSCSI login(s) for the arbitration on the backup before istgt's restart, want at least 2 (a retry)"
+                    "the backup's arbitration reached attempt {attempts} before istgt's restart, want at least 2 (a retry)"
                 ));
             }
             if let Some(l) = not_live(before) {
@@ -1356,7 +2126,7 @@ fn judge(
                 .max()
                 .unwrap_or(0);
             Ok(format!(
-                "({}; {retries} retry line(s) and {failed} failed arbitration logins before the restart, last line at attempt {attempts}; backup `{}`; {live}; {writes} disk writes by the new primary; failover {} (istgt listening -> first reply from the new primary; primary's kill -> that reply {}), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
+                "({}; {retries} retry line(s) before the restart, last line at attempt {attempts}; backup `{}`; {live}; {writes} disk writes by the new primary; failover {} (istgt listening -> first reply from the new primary; primary's kill -> that reply {}), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
                 st.notes.join("; "),
                 won_line.trim(),
                 secs(fo),
@@ -1364,6 +2134,7 @@ fn judge(
                 gen(&flag),
             ))
         }
+        Fault::ZombieIscsi | Fault::ZombieLinks => unreachable!("judged by judge_zombie"),
     }
 }
 
@@ -1910,23 +2681,24 @@ impl Client {
     }
 }
 
-/// `ftkv-client <ip:port> steady|failover|outage|blip <sets> <salt>`:
-/// `sets` SETs, then (steady, failover) a GET of each and SHUTDOWN, or
-/// (outage) GETs round and round until no reply came for 45 s. `blip`
-/// (retrying like failover) splits the SETs in two batches: the first
-/// half, GETs of it round and round for at least [`BLIP_READS`] (whole
-/// rounds), the second half, then a GET of all and SHUTDOWN.
+/// `ftkv-client <ip:port> steady|failover|outage|blip|overwrite <sets>
+/// <salt>`: `sets` SETs, then (steady, failover) a GET of each and
+/// SHUTDOWN, or (outage) GETs round and round until no reply came for 45
+/// s. `blip` (retrying like failover) splits the SETs in two batches: the
+/// first half, GETs of it round and round for at least [`BLIP_READS`]
+/// (whole rounds), the second half, then a GET of all and SHUTDOWN.
+/// `overwrite` (retrying like failover): see [`overwrite`].
 /// Prints `ack <n>` per reply, `retry ...` per re-sent request, then a
 /// summary.
 fn client_main(args: &[String]) -> Result<String, String> {
-    let usage = "usage: ftkv-client <ip:port> steady|failover|outage|blip <sets> <salt>";
+    let usage = "usage: ftkv-client <ip:port> steady|failover|outage|blip|overwrite <sets> <salt>";
     let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let mode = args.get(2).map(String::as_str).ok_or(usage)?;
     let sets: usize = args.get(3).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let salt: u64 = args.get(4).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let (retry, read_timeout, give_up) = match mode {
         "steady" => (false, 60, 120),
-        "failover" | "blip" => (true, 30, 150),
+        "failover" | "blip" | "overwrite" => (true, 30, 150),
         "outage" => (true, 10, 45),
         _ => return Err(usage.into()),
     };
@@ -1943,6 +2715,9 @@ fn client_main(args: &[String]) -> Result<String, String> {
         connects: 0,
         max_gap: Duration::ZERO,
     };
+    if mode == "overwrite" {
+        return overwrite(&mut c, sets, salt);
+    }
     let set = |c: &mut Client, i: usize| -> Result<(), String> {
         let got = c
             .ask(&format!("SET k{i:04} {}", value(i, salt)))
@@ -2036,6 +2811,91 @@ fn client_main(args: &[String]) -> Result<String, String> {
         return Err(format!("SHUTDOWN: `{got}`"));
     }
     Ok(format!("done {}", summary(&c, gets, get_s)))
+}
+
+/// The `overwrite` client (`ft-zombie-primary`): SET number `n` (from 0)
+/// writes key `k%04d` of `n % ZOMBIE_KEYS` with [`value`]`(n)` (so `n` is
+/// that key's version), one request at a time, re-sent through an outage
+/// like `failover`; before each SET it looks for `stop` on stdin (stdin
+/// closed counts as `stop`; at most `sets` are sent). Then it prints
+/// `stopped sent=<n> last=k0000:v<n>,...` (per key the last version whose
+/// SET got `OK`, `-` for none: every SET sent was answered), waits for
+/// `finish` on stdin, GETs every key (it must hold that version) and
+/// sends SHUTDOWN. The summary ends with the same `sent=` and `last=`.
+fn overwrite(c: &mut Client, sets: usize, salt: u64) -> Result<String, String> {
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(l.trim().to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut last: [Option<usize>; ZOMBIE_KEYS] = [None; ZOMBIE_KEYS];
+    let mut sent = 0usize;
+    let t = Instant::now();
+    while sent < sets {
+        match rx.try_recv() {
+            Ok(l) if l == "stop" => break,
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Ok(_) | Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let k = sent % ZOMBIE_KEYS;
+        let got = c
+            .ask(&format!("SET k{k:04} {}", value(sent, salt)))
+            .map_err(|e| format!("SET k{k:04} v{sent}: {}", e.text()))?;
+        if got != "OK" {
+            return Err(format!("SET k{k:04} v{sent}: `{got}`"));
+        }
+        last[k] = Some(sent);
+        sent += 1;
+    }
+    let set_s = t.elapsed().as_secs_f64();
+    let last_s = last
+        .iter()
+        .enumerate()
+        .map(|(k, v)| format!("k{k:04}:{}", v.map_or("-".into(), |n| format!("v{n}"))))
+        .collect::<Vec<_>>()
+        .join(",");
+    println!("stopped sent={sent} last={last_s}");
+    loop {
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(l) if l == "finish" => break,
+            Ok(_) => {}
+            // Closed or silent: go on.
+            Err(_) => break,
+        }
+    }
+    // The wait is no silence of the server's.
+    c.last_reply = Instant::now();
+    let t = Instant::now();
+    for (k, v) in last.iter().enumerate() {
+        let got = c
+            .ask(&format!("GET k{k:04}"))
+            .map_err(|e| format!("GET k{k:04}: {}", e.text()))?;
+        let want = v.map_or("NOTFOUND".into(), |n| value(n, salt));
+        if got != want {
+            return Err(format!(
+                "GET k{k:04}: `{got}`, want `{want}` (its last acknowledged version)"
+            ));
+        }
+    }
+    let get_s = t.elapsed().as_secs_f64();
+    let got = c
+        .ask("SHUTDOWN")
+        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
+    if got != "BYE" {
+        return Err(format!("SHUTDOWN: `{got}`"));
+    }
+    Ok(format!(
+        "done requests={} sets={sent} acked_sets={sent} gets={ZOMBIE_KEYS} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={} sent={sent} last={last_s}",
+        c.replies,
+        c.retries,
+        c.connects.saturating_sub(1),
+        sent as f64 / set_s.max(1e-9),
+        ZOMBIE_KEYS as f64 / get_s.max(1e-9),
+        c.max_gap.as_millis()
+    ))
 }
 
 #[cfg(test)]
@@ -2194,6 +3054,65 @@ mod tests {
         );
         assert!(retrying.contains(RETRYING));
         assert!(!replay_cut_short(&retrying));
+    }
+
+    #[test]
+    fn overwritten_keys_on_the_lun() {
+        let salt = 9;
+        let mut t: BTreeMap<String, String> = (8..12)
+            .map(|n: usize| (format!("k{:04}", n % 4), value(n, salt)))
+            .collect();
+        // k0001: v9 was sent after the last acknowledged v5 (allowed).
+        let last = [Some(8), Some(5), Some(10), Some(11)];
+        assert_eq!(
+            check_versions(&t, &last, 12, salt),
+            Ok(vec![Some(8), Some(9), Some(10), Some(11)])
+        );
+        let bad = |t: &BTreeMap<String, String>| check_versions(t, &last, 12, salt).unwrap_err();
+        t.insert("k0002".into(), value(6, salt));
+        let e = bad(&t);
+        assert!(e.contains("k0002: v6") && e.contains("stale"), "{e}");
+        // Never sent, another key's version, another run's value.
+        for v in [
+            value(14, salt),
+            value(9, salt),
+            value(10, salt + 1),
+            "x".into(),
+        ] {
+            t.insert("k0002".into(), v);
+            assert!(bad(&t).contains("no value the client sent"));
+        }
+        t.remove("k0002");
+        assert!(bad(&t).contains("k0002: not on the LUN"));
+        // A key never acknowledged may be absent.
+        let none = [Some(8), Some(5), None, Some(11)];
+        assert_eq!(
+            check_versions(&t, &none, 12, salt),
+            Ok(vec![Some(8), Some(9), None, Some(11)])
+        );
+    }
+
+    #[test]
+    fn overwrite_summary_and_capture() {
+        let s = "done requests=90 sets=86 acked_sets=86 sent=86 last=k0000:v84,k0001:v85,k0002:-,k0003:v83";
+        assert_eq!(num(s, "sent="), Some(86));
+        assert_eq!(parse_last(s), Ok(vec![Some(84), Some(85), None, Some(83)]));
+        for bad in [
+            "last=k0001:v1,k0000:v0,k0002:v2,k0003:v3",
+            "last=k0000:v0,k0001:v1,k0002:v2",
+            "last=k0000:x0,k0001:v1,k0002:v2,k0003:v3",
+            "sent=3",
+        ] {
+            assert!(parse_last(bad).is_err(), "{bad}");
+        }
+        let cap = "tcpdump: listening on tapfk1, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n\
+            1700000000.100000 52:54:00:f7:00:01 > 52:54:00:aa:bb:cc, ethertype IPv4 (0x0800), length 56: 10.0.4.20.7000 > 10.0.4.1.40000: Flags [P.], length 2\n\
+            1700000005.500000 52:54:00:f7:00:01 > 52:54:00:aa:bb:cc, ethertype IPv4 (0x0800), length 56: 10.0.4.20.7000 > 10.0.4.1.40000: Flags [P.], length 2\n";
+        let (before, after) = capture_split(cap, 1_700_000_003.0);
+        assert_eq!(before, 1);
+        assert_eq!(after.len(), 1);
+        assert!(after[0].starts_with("1700000005.5"));
+        assert_eq!(capture_split(cap, 1_800_000_000.0).1.len(), 0);
     }
 
     #[test]

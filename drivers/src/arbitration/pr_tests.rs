@@ -536,3 +536,38 @@ fn a_fence_the_target_botched_is_not_ok() {
         );
     }
 }
+
+/// A target that lost every registration (istgt restarted: no APTPL):
+/// the winner's fence registers again (and reserves), the loser stays out.
+#[test]
+fn a_fence_after_the_target_forgot_every_registration() {
+    let lun = Lun::new();
+    Arbiter::new(0)
+        .init(&mut nexus(&lun, FLAG_A), NodeId(0))
+        .unwrap();
+    for (node, port) in [(A, FLAG_A), (B, FLAG_B)] {
+        let mut n = nexus(&lun, port);
+        LunFlag::new(&mut n, Arbiter::new(0))
+            .register(node)
+            .unwrap();
+    }
+    {
+        let mut l = lun.borrow_mut();
+        l.registrations.clear();
+        l.reservation = None;
+    }
+    let mut b = nexus(&lun, FLAG_B);
+    assert_eq!(LunFlag::new(&mut b, Arbiter::new(0)).fence(B, A), Ok(()));
+    assert_eq!(b.write_block(1, &[1; 512]), Ok(()));
+    assert_eq!(
+        nexus(&lun, FLAG_A).write_block(1, &[2; 512]),
+        Err(Error::ReservationConflict),
+        "the loser is out"
+    );
+    // Preempted (the loser's key present, ours gone): that is a fence of us.
+    let mut a = nexus(&lun, FLAG_A);
+    assert_eq!(
+        LunFlag::new(&mut a, Arbiter::new(0)).fence(A, B),
+        Err(FtError::Fenced)
+    );
+}

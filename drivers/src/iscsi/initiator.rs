@@ -84,6 +84,20 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         &self.session
     }
 
+    /// A session that failed for good (the target stayed unreachable past
+    /// its reconnect budget) logs in anew: a fresh session with the same
+    /// initiator name and ISID, so the same I_T nexus (a persistent
+    /// reservation registered by it still holds). Ok at once if the
+    /// session has not failed.
+    pub fn revive(&mut self) -> Result<()> {
+        if !self.session.is_failed() {
+            return Ok(());
+        }
+        self.session = Session::new(self.session.config().clone());
+        self.run_until(|e| matches!(e, Event::LoggedIn { .. }))
+            .map(|_| ())
+    }
+
     /// The transport (e.g. to inspect or tweak it in tests).
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport

@@ -305,6 +305,8 @@ pub struct Node<N: Nic> {
     last_at: ExecPoint,
     /// Backup: log connections reset by `ft_test_reset=` so far.
     test_resets: u64,
+    /// When a storage-outage retry was last reported (µs).
+    retry_noted_us: u64,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -421,6 +423,7 @@ impl<N: Nic + 'static> Node<N> {
             log_received: 0,
             last_at: ExecPoint::default(),
             test_resets: 0,
+            retry_noted_us: 0,
         }
     }
 
@@ -746,7 +749,7 @@ impl<N: Nic + 'static> Node<N> {
             )
         });
         let quiet = matches!(self.ft.last_verdict, Some(Verdict::Unreachable))
-            && !(self.ft.arbitrations + 1).is_multiple_of(10);
+            && !self.note_retry(self.ft.arbitrations + 1);
         let mut storage = LunStorage::new(
             &mut self.arb,
             self.clock,
@@ -761,6 +764,14 @@ impl<N: Nic + 'static> Node<N> {
         self.after_decision();
         self.apply(fx);
         self.settle_state()
+    }
+
+    /// Whether arbitration attempt `n` during a storage outage is worth a
+    /// line: the first, every tenth, and any a second or more after the
+    /// last one said (attempts through a session that retries its own
+    /// connections take seconds each).
+    fn note_retry(&self, n: u64) -> bool {
+        n == 1 || n.is_multiple_of(10) || self.now_us() >= self.retry_noted_us + 1_000_000
     }
 
     /// Says what an arbitration decided.
@@ -789,9 +800,8 @@ impl<N: Nic + 'static> Node<N> {
             }
             Some(Verdict::Unreachable) if self.lun.is_none() => {}
             // The first attempt of an outage, then every tenth.
-            Some(Verdict::Unreachable)
-                if self.ft.arbitrations == 1 || self.ft.arbitrations.is_multiple_of(10) =>
-            {
+            Some(Verdict::Unreachable) if self.note_retry(self.ft.arbitrations) => {
+                self.retry_noted_us = self.now_us();
                 println!(
                     "ft: {role}: shared storage unreachable: no one may go live; retrying every {} ms (attempt {}{})",
                     self.ncfg.session.arbitration_retry_ns / 1_000_000,

@@ -183,6 +183,10 @@ impl Session {
     pub fn is_failed(&self) -> bool {
         self.phase == Phase::Failed
     }
+    /// The configuration the session was made with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
     /// Between connections (waiting for [`Session::wants_connect`]).
     pub fn is_disconnected(&self) -> bool {
         matches!(self.phase, Phase::Disconnected { .. })

@@ -89,6 +89,14 @@ impl<'a, N: Nic> LunStorage<'a, N> {
             println!("{line}");
         }
         if let Some(disk) = self.shared.as_deref_mut() {
+            // After an outage longer than its reconnect budget the session
+            // has failed for good: log in again on the same nexus.
+            if let Err(e) = disk.revive() {
+                if !self.quiet {
+                    println!("ft: {role}: iSCSI login (guest disk's session) failed: {e}");
+                }
+                return Err(FtError::StorageUnreachable);
+            }
             let mut flag = LunFlag::new(disk, Arbiter::new(FLAG_LBA));
             let r = op(&mut flag);
             if let (Err(_), Some((step, e))) = (&r, &flag.last_error) {
