@@ -5,7 +5,7 @@ set -euo pipefail
 
 BOCHS_PREFIX="${FTVISOR_BOCHS_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/ftvisor/bochs-3.0}"
 PKGS=(qemu-system-x86 grub-pc-bin grub-common xorriso mtools bochsbios vgabios
-      istgt libiscsi-bin iproute2 cpio build-essential)
+      istgt libiscsi-bin iproute2 cpio build-essential tcpdump)
 
 say() { printf '[deps] %s\n' "$*"; }
 
