@@ -490,6 +490,20 @@ fn fence_errors_map_to_ft() {
     );
 }
 
+/// Both nodes joined with one nexus each (the kernel's layout when the
+/// guest disk is on the LUN): the flag initialised, A then B registered.
+fn joined_one_nexus_each(lun: &Rc<RefCell<Lun>>) {
+    Arbiter::new(0)
+        .init(&mut nexus(lun, FLAG_A), NodeId(0))
+        .unwrap();
+    for (node, port) in [(A, FLAG_A), (B, FLAG_B)] {
+        let mut n = nexus(lun, port);
+        LunFlag::new(&mut n, Arbiter::new(0))
+            .register(node)
+            .unwrap();
+    }
+}
+
 /// istgt 0.4's table corruption (sessions move down, keys stay): with two
 /// nexuses per node the fence cannot be made whole and is refused
 /// (Fenced), never Ok; with one nexus per node re-registering the winner's
@@ -516,15 +530,7 @@ fn a_fence_the_target_botched_is_not_ok() {
     for (winner, loser, wport, lport) in [(A, B, FLAG_A, FLAG_B), (B, A, FLAG_B, FLAG_A)] {
         let lun = Lun::new();
         lun.borrow_mut().shift_bug = true;
-        Arbiter::new(0)
-            .init(&mut nexus(&lun, FLAG_A), NodeId(0))
-            .unwrap();
-        for (node, port) in [(A, FLAG_A), (B, FLAG_B)] {
-            let mut n = nexus(&lun, port);
-            LunFlag::new(&mut n, Arbiter::new(0))
-                .register(node)
-                .unwrap();
-        }
+        joined_one_nexus_each(&lun);
         let mut w = nexus(&lun, wport);
         let r = LunFlag::new(&mut w, Arbiter::new(0)).fence(winner, loser);
         assert_eq!(r, Ok(()), "{winner:?} fences {loser:?}");
@@ -542,15 +548,7 @@ fn a_fence_the_target_botched_is_not_ok() {
 #[test]
 fn a_fence_after_the_target_forgot_every_registration() {
     let lun = Lun::new();
-    Arbiter::new(0)
-        .init(&mut nexus(&lun, FLAG_A), NodeId(0))
-        .unwrap();
-    for (node, port) in [(A, FLAG_A), (B, FLAG_B)] {
-        let mut n = nexus(&lun, port);
-        LunFlag::new(&mut n, Arbiter::new(0))
-            .register(node)
-            .unwrap();
-    }
+    joined_one_nexus_each(&lun);
     {
         let mut l = lun.borrow_mut();
         l.registrations.clear();
