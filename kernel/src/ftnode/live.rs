@@ -63,7 +63,7 @@ use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
 use kernel::exitcode;
-use kernel::ftnode::{guest_identity, mbit_per_s, IdHex, LagMeter, OutputGate, StatusLine};
+use kernel::ftnode::{guest_identity, mbit_per_s, IdHex, LagMeter, OutputGate};
 use kernel::guestio::{GuestIo, Slot};
 use vmx::caps::{PmuInfo, VmxCaps};
 
@@ -84,6 +84,10 @@ const RECONNECT_MS: u64 = 200;
 
 #[path = "live/lun.rs"]
 mod lun;
+#[path = "live/probe.rs"]
+mod probe;
+#[path = "live/status.rs"]
+mod status;
 use lun::{LunAddress, LunStorage};
 
 /// Output ids (DESIGN.md §1.4): console line *n* (1, 2, ...) is output
@@ -983,120 +987,6 @@ impl<N: Nic + 'static> Node<N> {
         true
     }
 
-    /// Backup with `ft_probe=`: serves the probe listener. A connection
-    /// from the allowed host gets a `Backup` of its own that checks its
-    /// bytes exactly like the primary's (framing, CRC32C, session hello,
-    /// order); the first error, a close in the middle of a record, a
-    /// close before any hello or a valid hello (a session is already
-    /// running) refuses it with the reason and resets it. The session
-    /// with the primary never sees these bytes.
-    fn pump_probe(&mut self, now: u64) {
-        let (Some(h), Some(allowed)) = (self.probe_sock, self.cfg.probe) else {
-            return;
-        };
-        let rc = self.net.clone();
-        let (open, state, remote) = {
-            let mut net = rc.borrow_mut();
-            let s = net.tcp(h);
-            (s.is_open(), s.state(), s.remote_endpoint())
-        };
-        if !open {
-            // Listen only while a session runs: before it, every
-            // connection must reach the main listener (the primary's).
-            if self.connected && rc.borrow_mut().tcp(h).listen(self.peer.port).is_err() {
-                println!("ft: backup: error: cannot listen for probes");
-                self.probe_sock = None;
-            }
-            return;
-        }
-        if matches!(state, tcp::State::Listen | tcp::State::SynReceived) {
-            return;
-        }
-        if self.probe.is_none() {
-            let [a, b, c, d] = allowed;
-            match remote {
-                Some(ep) if ep.addr == IpAddress::v4(a, b, c, d) => {
-                    println!("ft: backup: probe connection from {ep} (ft_probe): validating it; the session with the primary goes on");
-                    let mut v = Backup::new(self.ncfg.session, self.ft.generation(), now * 1000);
-                    v.on_connected(now * 1000);
-                    self.probe = Some((ep, v));
-                }
-                other => {
-                    let why = alloc::format!(
-                        "not the configured peer {} nor the ft_probe host",
-                        endpoint(self.peer).addr
-                    );
-                    self.refuse_probe(other, &why);
-                    return;
-                }
-            }
-        }
-        let mut buf = [0u8; 2048];
-        loop {
-            let n = {
-                let mut net = rc.borrow_mut();
-                let s = net.tcp(h);
-                if !s.can_recv() {
-                    break;
-                }
-                match s.recv_slice(&mut buf) {
-                    Ok(n) if n > 0 => n,
-                    _ => break,
-                }
-            };
-            let Some((ep, v)) = self.probe.as_mut() else {
-                return;
-            };
-            let ep = *ep;
-            let fx = v.on_bytes(now * 1000, &buf[..n]);
-            let refused = fx.into_iter().find_map(|e| match e {
-                Effect::ResetConnection(err) => Some(alloc::format!("{err}")),
-                _ => None,
-            });
-            if let Some(why) = refused {
-                self.refuse_probe(Some(ep), &why);
-                return;
-            }
-            if v.hello_seen() {
-                let why = alloc::format!(
-                    "valid session hello, but a session with the primary at {} is already running",
-                    endpoint(self.peer).addr
-                );
-                self.refuse_probe(Some(ep), &why);
-                return;
-            }
-        }
-        let may_recv = rc.borrow_mut().tcp(h).may_recv();
-        if !may_recv {
-            let Some((ep, v)) = self.probe.as_ref() else {
-                return;
-            };
-            let (ep, left) = (*ep, v.buffered());
-            let why = if left > 0 {
-                alloc::format!(
-                    "truncated record: the connection closed with {left} bytes of an incomplete record"
-                )
-            } else {
-                "the connection closed before a session hello".into()
-            };
-            self.refuse_probe(Some(ep), &why);
-        }
-    }
-
-    fn refuse_probe(&mut self, from: Option<IpEndpoint>, why: &str) {
-        self.probes_refused += 1;
-        match from {
-            Some(ep) => println!("ft: backup: REFUSED a probe connection from {ep}: {why}"),
-            None => println!("ft: backup: REFUSED a probe connection: {why}"),
-        }
-        self.probe = None;
-        if let Some(h) = self.probe_sock {
-            self.net.borrow_mut().tcp(h).abort();
-            // Let the reset out; the listener reopens at the next pump.
-            self.net.borrow_mut().poll();
-        }
-    }
-
     /// Primary: hands new recorder entries to the state machine.
     fn ship_recorded(&mut self, tape: &Tape, guest_ns: u64) -> Result<(), String> {
         let (Tape::Record(r), Some(_)) = (tape, self.ft.primary()) else {
@@ -1118,84 +1008,6 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.apply(fx);
         Ok(())
-    }
-
-    fn status(&mut self, guest_ns: u64, discarded: u64) {
-        let now = self.now_us();
-        if now < self.status_due_us {
-            return;
-        }
-        self.status_due_us = now + self.cfg.status_ms * 1000;
-        let rate = mbit_per_s(self.status_bytes, now - self.status_us);
-        self.status_bytes = 0;
-        self.status_us = now;
-        println!("{}", self.status_line(guest_ns, discarded, rate));
-    }
-
-    fn status_line(
-        &self,
-        guest_ns: u64,
-        discarded: u64,
-        rate: kernel::ftnode::Centi,
-    ) -> StatusLine {
-        let now = self.now_us();
-        let heard_ms = now.saturating_sub(self.heard_us) / 1000;
-        let state = match (self.role, self.ft.state()) {
-            (_, NodeState::Paired) => "paired",
-            (_, NodeState::Following) => "following",
-            (_, NodeState::Arbitrating) => "arbitrating",
-            (_, NodeState::Draining) => "draining",
-            (Role::Primary, NodeState::Alone) => "alone",
-            // Won, still replaying what it received: not live yet.
-            (Role::Backup, NodeState::Alone) if !self.live => "draining",
-            (Role::Backup, NodeState::Alone) => "live",
-            (_, NodeState::Halted) => "ended",
-        };
-        let generation = self.ft.generation();
-        match (self.ft.primary(), self.ft.backup()) {
-            (Some(p), _) if self.role == Role::Primary => StatusLine {
-                role: "primary",
-                state,
-                generation,
-                seq: p.last_seq(),
-                acked: p.acked(),
-                applied: p.applied(),
-                lag_entries: p.last_seq() - p.applied(),
-                lag_us: self.lag.last_us.max(self.lag.pending_age_us(now)),
-                lag_guest_us: p.lag_ns(guest_ns) / 1000,
-                rate,
-                heard_ms,
-                held: self.gate.waiting() as u64,
-                released: self.gate.released,
-                discarded: 0,
-            },
-            // A backup (gone live: its log ended where it went live).
-            (_, backup) => {
-                let (seq, applied) = match backup {
-                    Some(b) => (b.received(), b.applied()),
-                    None => {
-                        let a = self.golive.as_ref().map_or(0, |g| g.last_applied);
-                        (a, a)
-                    }
-                };
-                StatusLine {
-                    role: "backup",
-                    state,
-                    generation,
-                    seq,
-                    acked: applied,
-                    applied,
-                    lag_entries: seq - applied,
-                    lag_us: 0,
-                    lag_guest_us: 0,
-                    rate,
-                    heard_ms,
-                    held: 0,
-                    released: 0,
-                    discarded,
-                }
-            }
-        }
     }
 
     /// Backup: received records to the replayer, applied position and
@@ -1386,41 +1198,6 @@ impl<N: Nic + 'static> Node<N> {
     fn emit_ready(&mut self, io: &mut GuestIo) {
         for (slot, out) in self.ready.drain(..) {
             io.emit(slot, out);
-        }
-    }
-
-    /// The status port (`ft_status_port=`, DESIGN.md §6): every connection
-    /// gets one JSON line and is closed.
-    fn serve_status(&mut self, guest_ns: u64) {
-        let Some(h) = self.status_sock else {
-            return;
-        };
-        let rc = self.net.clone();
-        let state = rc.borrow_mut().tcp(h).state();
-        match state {
-            tcp::State::Closed if rc.borrow_mut().tcp(h).listen(self.cfg.status_port).is_err() => {
-                println!(
-                    "ft: error: cannot listen on the status port {}",
-                    self.cfg.status_port
-                );
-                self.status_sock = None;
-            }
-            tcp::State::Established => {
-                let now = self.now_us();
-                let rate = mbit_per_s(self.status_bytes, now.saturating_sub(self.status_us).max(1));
-                let mut line = self.status_line(guest_ns, 0, rate).json();
-                line.push('\n');
-                let mut net = rc.borrow_mut();
-                let s = net.tcp(h);
-                if s.send_slice(line.as_bytes()).is_ok() {
-                    s.close();
-                } else {
-                    s.abort();
-                }
-            }
-            tcp::State::CloseWait => rc.borrow_mut().tcp(h).close(),
-            tcp::State::TimeWait => rc.borrow_mut().tcp(h).abort(),
-            _ => {}
         }
     }
 }
