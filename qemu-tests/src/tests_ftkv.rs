@@ -86,38 +86,44 @@
 //!   (a) then (b) (`FTKV_ZOMBIE=a|b` runs one). The client (mode
 //!   `overwrite`) overwrites 4 keys round robin, SET `n` writing key `n %
 //!   4` with `value(n)` (`v<n>-...`: `n` is the version), and records per
-//!   key the last version answered `OK`. 40 replies in (every key
-//!   overwritten 10 times; a SET is then in flight) the primary is cut
-//!   off: (a) only its iSCSI path, policy-routing blackhole rules for TCP
-//!   10.0.4.11 <-> 10.0.4.1:3260 in the namespace (`local` rule moved to
-//!   preference 100, early demux off; `../shared/notes/machine.md`), so
-//!   the primary stalls inside its synchronous disk command and sends no
-//!   heartbeat; (b) all its links, its bridge port `tapfk1` disabled
-//!   (`bridge link set ... state 0`: port isolation would still let it
-//!   reach the bridge's own address, and a tap set down makes Bochs's
-//!   writes to it fail). The cut holds until the backup printed LIVE, the
-//!   new primary answered 8 more SETs (every key overwritten twice more)
-//!   and 3 s passed; then the client stops writing (`stop` on its stdin;
-//!   its `stopped` line) and the paths come back (rules deleted and
-//!   sysctls restored, port forwarding again): a late write of the old
-//!   primary would now be the last one on its sector. The runner watches
-//!   the old primary for up to 60 s, then the client GETs each key (the
-//!   last acknowledged version) and sends SHUTDOWN. A tcpdump on
-//!   `tapfk1` records every frame of the guest MAC leaving the old
-//!   primary. Judged: both nodes registered their reservation keys
-//!   (`0x4654000000000001`/`...02`); the backup WON (generation 0 -> 1
-//!   owner 2, also on the LUN file), fenced node 1 (PREEMPT AND ABORT),
-//!   went LIVE (RARP, re-issue) and ran the guest to its exit 0; the old
-//!   primary printed, only after its paths came back, `the shared disk
-//!   refused a write: RESERVATION CONFLICT` or `LOST the test-and-set`,
-//!   and `hypervisor: guest stopped` (or its Bochs exited), and never
-//!   WON, ALONE or LIVE; no frame of the guest left `tapfk1` after the
-//!   backup's LIVE line was seen and the bridge never learned the guest
-//!   MAC there again; each key on the LUN holds a value the client sent
-//!   for it whose version is at least the key's last acknowledged one
-//!   (the client answers every SET before the next, so in practice
-//!   exactly that one). Reported: versions, cut length, failover time
-//!   (cut -> first reply after a >= 500 ms gap), reaction time.
+//!   key the last version answered `OK`. After 40 replies (every key
+//!   overwritten 10 times) the runner pauses the client between two SETs
+//!   (`pause` on its stdin, its `paused` line), cuts only the primary's
+//!   iSCSI path (policy-routing blackhole rules for TCP 10.0.4.11 <->
+//!   10.0.4.1:3260 in the namespace: `local` rule moved to preference
+//!   100, early demux off; `../shared/notes/machine.md`) and lets the
+//!   client send the next SET (`resume`): that SET's write is in flight
+//!   and has not reached istgt, and the primary stalls inside its
+//!   synchronous disk command (no heartbeat). (a) stays so; in (b) 0.2 s
+//!   later all the primary's links go too: its bridge port `tapfk1` is
+//!   disabled (`bridge link set ... state 0`; port isolation would still
+//!   let it reach the bridge's own address, and a tap set down makes
+//!   Bochs's writes to it fail). The cut holds until the backup printed
+//!   LIVE, the new primary answered 8 more SETs (every key overwritten
+//!   twice more) and 3 s passed (`FTKV_ZOMBIE_HOLD=<s>`); then the
+//!   client stops writing (`stop`,
+//!   its `stopped` line) and the paths come back (rules deleted, sysctls
+//!   restored, port forwarding again): the old primary's pending write,
+//!   if it went through now, would be the last one on its sector. The
+//!   runner watches the old primary for up to 60 s (2 s more once it
+//!   halted), then the client GETs each key (its last acknowledged
+//!   version) and sends SHUTDOWN. A tcpdump on `tapfk1` records every
+//!   frame of the guest MAC leaving the old primary. Judged: each key on
+//!   the LUN file holds a value the client sent for it whose version is
+//!   at least the key's last acknowledged one (the client answers every
+//!   SET before the next, so in practice exactly that one); both nodes
+//!   registered their reservation keys (`0x4654000000000001`/`...02`);
+//!   the backup WON (generation 0 -> 1 owner 2, also on the LUN file),
+//!   fenced node 1 (PREEMPT AND ABORT), went LIVE (RARP, re-issue) and
+//!   ran the guest to its exit 0; the old primary printed, only after
+//!   its paths came back, `the shared disk refused a write: RESERVATION
+//!   CONFLICT` or `LOST the test-and-set`, then `hypervisor: guest
+//!   stopped` (or its Bochs exited), and never WON, ALONE or LIVE; no
+//!   frame of the guest left `tapfk1` after the backup's LIVE line was
+//!   seen and the bridge never learned the guest MAC there again.
+//!   Reported: versions, cut lengths, failover time (iSCSI cut -> first
+//!   reply after a >= 500 ms gap), the old primary's reaction time and
+//!   disk counters.
 use crate::emulator::{BootSpec, Outcome, Run};
 use crate::ftrig::ROLES;
 use crate::istgt::Istgt;
@@ -190,10 +196,19 @@ const ZOMBIE_KEYS: usize = 4;
 const ZOMBIE_MAX_SETS: usize = 100_000;
 const ZOMBIE_CUT_AFTER: usize = 40;
 /// After the backup's LIVE line: at least this many more replies (every
-/// key overwritten twice by the new primary) and this much time before
-/// the client is told to stop writing.
+/// key overwritten twice by the new primary) and this much time
+/// (`FTKV_ZOMBIE_HOLD=<s>` overrides) before the client is told to stop
+/// writing and the paths come back.
 const ZOMBIE_SETS_AFTER_LIVE: usize = 2 * ZOMBIE_KEYS;
 const ZOMBIE_AFTER_LIVE: Duration = Duration::from_secs(3);
+
+fn zombie_hold() -> Duration {
+    std::env::var("FTKV_ZOMBIE_HOLD")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| (0.0..=600.0).contains(s))
+        .map_or(ZOMBIE_AFTER_LIVE, Duration::from_secs_f64)
+}
 /// Bounds: the cut -> the backup's LIVE line; the LIVE line -> the
 /// replies above; `stop` -> the client's `stopped`; the paths back ->
 /// the old primary halted (then the runner goes on and judges).
@@ -204,6 +219,11 @@ const ZOMBIE_HALT_MAX: Duration = Duration::from_secs(60);
 /// How long the runner still watches after the old primary halted
 /// (a late write of a zombie would land in there).
 const ZOMBIE_GRACE: Duration = Duration::from_secs(2);
+/// Run (b): the primary's links are cut this long after its iSCSI path
+/// (time for the client's next SET to reach it and pin its write; the
+/// backup's failure timeout is 3 s of its own clock, about 0.6 s of wall
+/// time here).
+const ZOMBIE_PIN: Duration = Duration::from_millis(200);
 /// The primary's hypervisor and the iSCSI portal (istgt) in the rig.
 const PRIMARY_IP: &str = "10.0.4.11";
 const PORTAL_IP: &str = "10.0.4.1";
@@ -521,8 +541,15 @@ struct Story {
 /// `ft-zombie-primary`: the steps of the cut and what was seen.
 #[derive(Default)]
 struct Zombie {
-    /// How to undo the cut (while it is in place).
-    cut: Option<Cut>,
+    /// `pause` sent to the client, its `paused` line seen (it sends no
+    /// SET until `resume`).
+    pause_sent: Option<Instant>,
+    client_paused: Option<Instant>,
+    /// The early-demux sysctls' values before the iSCSI cut (while it is
+    /// in place).
+    early_demux: Option<[String; 2]>,
+    /// Run (b): when the primary's bridge port was disabled.
+    links_cut: Option<Instant>,
     /// Replies the client had when the primary was cut off (the SET with
     /// that number was the one in flight).
     acks_at_cut: usize,
@@ -547,15 +574,6 @@ struct Zombie {
     /// (its text output), or why there is none.
     capture: Option<PathBuf>,
     capture_error: Option<String>,
-}
-
-/// A cut in place and what restores it.
-enum Cut {
-    /// Policy-routing blackhole rules; the early-demux sysctls' values
-    /// before the cut.
-    Iscsi { early_demux: [String; 2] },
-    /// The primary's bridge port disabled.
-    Links,
 }
 
 struct FdbSample {
@@ -811,6 +829,8 @@ fn conduct(
                     st.acks.push(at);
                 } else if l.starts_with("retry ") {
                     st.retries.push(l);
+                } else if l.starts_with("paused ") {
+                    st.zombie.client_paused = Some(at);
                 } else if l.starts_with("stopped ") {
                     st.zombie.client_stopped = Some(at);
                     st.notes.push(format!("client: {l}"));
@@ -822,7 +842,11 @@ fn conduct(
             Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
         }
         let now = Instant::now();
-        if plan.fault != Fault::None && trigger.is_none() && st.acks.len() >= plan.at_ack {
+        if plan.fault != Fault::None
+            && !plan.fault.zombie()
+            && trigger.is_none()
+            && st.acks.len() >= plan.at_ack
+        {
             trigger = Some(now + plan.delay);
         }
         if st.fault_at.is_none() && trigger.is_some_and(|at| now >= at) {
@@ -851,7 +875,7 @@ fn conduct(
             }
         }
         if plan.fault.zombie() {
-            if let Err(e) = zombie_step(ctx, st, now, &mut client_in) {
+            if let Err(e) = zombie_step(ctx, plan, st, now, &mut client_in) {
                 break Err(e);
             }
         }
@@ -1005,34 +1029,8 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
             ctx.target.kill(ctx.ns);
             format!("SIGKILLed istgt after reply #{n}")
         }
-        Fault::ZombieIscsi | Fault::ZombieLinks => {
-            let (cut, what) = if plan.fault == Fault::ZombieIscsi {
-                let early_demux = cut_iscsi(ctx.ns)?;
-                (
-                    Cut::Iscsi { early_demux },
-                    format!(
-                        "cut only the primary's iSCSI path ({PRIMARY_IP} <-> {PORTAL_IP}:{PORTAL_PORT}, policy-routing blackhole rules)"
-                    ),
-                )
-            } else {
-                bridge_port_state(&ctx.ns.name, TAPS[0], "0")
-                    .map_err(|e| format!("cutting the primary's links: {e}"))?;
-                (
-                    Cut::Links,
-                    format!(
-                        "cut all the primary's links ({} disabled on the bridge)",
-                        TAPS[0]
-                    ),
-                )
-            };
-            st.zombie.cut = Some(cut);
-            st.zombie.acks_at_cut = n;
-            format!(
-                "{what} {} ms after reply #{n} (SET #{n}, k{:04} v{n}, in flight)",
-                plan.delay.as_millis(),
-                n % ZOMBIE_KEYS
-            )
-        }
+        // Cut by zombie_step, at a SET boundary.
+        Fault::ZombieIscsi | Fault::ZombieLinks => return Ok(()),
     };
     st.fault_at = Some(Instant::now());
     st.notes.push(note);
@@ -1261,15 +1259,50 @@ fn wall_secs() -> f64 {
 /// lets the client read the keys back and shut down.
 fn zombie_step(
     ctx: &mut Ctx,
+    plan: &Plan,
     st: &mut Story,
     now: Instant,
     client: &mut Option<std::process::ChildStdin>,
 ) -> Result<(), String> {
-    let Some(cut_at) = st.fault_at else {
-        return Ok(());
-    };
     let acks = st.acks.len();
     let z = &mut st.zombie;
+    let Some(pause_sent) = z.pause_sent else {
+        if acks >= plan.at_ack {
+            tell_client(client, "pause")?;
+            z.pause_sent = Some(now);
+        }
+        return Ok(());
+    };
+    let Some(cut_at) = st.fault_at else {
+        if z.client_paused.is_some() {
+            // Between two SETs: the next one's write is pinned in flight.
+            z.early_demux = Some(cut_iscsi(ctx.ns)?);
+            tell_client(client, "resume")?;
+            let at = Instant::now();
+            st.fault_at = Some(at);
+            z.acks_at_cut = acks;
+            st.notes.push(format!(
+                "cut the primary's iSCSI path ({PRIMARY_IP} <-> {PORTAL_IP}:{PORTAL_PORT}, policy-routing blackhole rules) after reply #{acks} with the client paused, then let it send SET #{acks} (k{:04} v{acks}): its write is in flight",
+                acks % ZOMBIE_KEYS
+            ));
+        } else if now > pause_sent + ZOMBIE_STOP_MAX {
+            return Err(format!(
+                "the client did not pause within {} of `pause`",
+                secs(ZOMBIE_STOP_MAX)
+            ));
+        }
+        return Ok(());
+    };
+    if plan.fault == Fault::ZombieLinks && z.links_cut.is_none() && now >= cut_at + ZOMBIE_PIN {
+        bridge_port_state(&ctx.ns.name, TAPS[0], "0")
+            .map_err(|e| format!("cutting the primary's links: {e}"))?;
+        z.links_cut = Some(now);
+        st.notes.push(format!(
+            "cut all the primary's links ({} disabled on the bridge) {} later",
+            TAPS[0],
+            secs(now - cut_at)
+        ));
+    }
     let Some((live, _)) = z.live else {
         let b = ctx.serial(1);
         if b.contains("ft: backup: LIVE under generation") {
@@ -1292,10 +1325,10 @@ fn zombie_step(
         return Ok(());
     };
     let Some(stop_sent) = z.stop_sent else {
-        if acks >= z.acks_at_live + ZOMBIE_SETS_AFTER_LIVE && now >= live + ZOMBIE_AFTER_LIVE {
+        if acks >= z.acks_at_live + ZOMBIE_SETS_AFTER_LIVE && now >= live + zombie_hold() {
             tell_client(client, "stop")?;
             z.stop_sent = Some(now);
-        } else if now > live + ZOMBIE_SERVE_MAX {
+        } else if now > live + zombie_hold() + ZOMBIE_SERVE_MAX {
             return Err(format!(
                 "the new primary answered {} SET(s) within {} of going live, want {ZOMBIE_SETS_AFTER_LIVE}",
                 acks - z.acks_at_live,
@@ -1307,11 +1340,11 @@ fn zombie_step(
     let Some(restored) = z.restored else {
         if z.client_stopped.is_some() {
             z.primary_at_restore = ctx.serial(0);
-            match z.cut.take() {
-                Some(Cut::Iscsi { early_demux }) => restore_iscsi(ctx.ns, &early_demux)?,
-                Some(Cut::Links) => bridge_port_state(&ctx.ns.name, TAPS[0], "3")
-                    .map_err(|e| format!("restoring the primary's links: {e}"))?,
-                None => return Err("no cut to restore".into()),
+            let early_demux = z.early_demux.take().ok_or("no cut to restore")?;
+            restore_iscsi(ctx.ns, &early_demux)?;
+            if z.links_cut.is_some() {
+                bridge_port_state(&ctx.ns.name, TAPS[0], "3")
+                    .map_err(|e| format!("restoring the primary's links: {e}"))?;
             }
             let back = Instant::now();
             z.restored = Some(back);
@@ -1614,6 +1647,26 @@ fn judge_zombie(
         .collect::<Vec<_>>()
         .join(", ");
     let in_flight = z.acks_at_cut;
+    let links = match (plan.fault, z.links_cut) {
+        (Fault::ZombieLinks, Some(l)) => format!(
+            ", all its links {} (from {} before the backup's LIVE line was seen)",
+            secs(restored - l),
+            secs(live_at.saturating_duration_since(l))
+        ),
+        (Fault::ZombieLinks, None) => return Err("the primary's links were never cut".into()),
+        _ => String::new(),
+    };
+    // The old primary's disk: the write it had in flight was refused.
+    let disk = after
+        .lines()
+        .find(|l| l.starts_with("guestio: blk "))
+        .map_or("no `guestio: blk` line".into(), |l| {
+            format!(
+                "its disk: writes={} errors={}",
+                num(l, " writes=").unwrap_or(0),
+                num(l, " errors=").unwrap_or(0)
+            )
+        });
     let (fo, _) = failover(&st.acks, cut_at).ok_or("no reply after the cut")?;
     let ready = st.ready.ok_or("never ready")?;
     let end = st.client_end.ok_or("the client never ended")?;
@@ -1623,7 +1676,7 @@ fn judge_zombie(
         format!("; {}", st.stopped.join("; "))
     };
     Ok(format!(
-        "({}; backup `{}`, `{}`; {live}; old primary {how} {reacted_in} after the paths came back: `{}`, halted: `{halted}`; {capture}; guest MAC never on {} after the go-live; failover {} (cut -> first reply from the new primary), cut held {}; SET #{in_flight} (k{:04} v{in_flight}) was in flight at the cut; {sent} SETs sent and acknowledged in {}, {} retries, {} reconnects; LUN: {versions}; flag {}{stopped})",
+        "({}; backup `{}`, `{}`; {live}; old primary {how} {reacted_in} after the paths came back: `{}`, halted: `{halted}`, {disk}; {capture}; guest MAC never on {} after the go-live; failover {} (cut -> first reply from the new primary), iSCSI path cut {}{links}; SET #{in_flight} (k{:04} v{in_flight}) was in flight at the cut; {sent} SETs sent and acknowledged in {}, {} retries, {} reconnects; LUN: {versions}; flag {}{stopped})",
         st.notes.join("; "),
         won_line.trim(),
         fence_line.trim(),
@@ -2816,7 +2869,8 @@ fn client_main(args: &[String]) -> Result<String, String> {
 /// The `overwrite` client (`ft-zombie-primary`): SET number `n` (from 0)
 /// writes key `k%04d` of `n % ZOMBIE_KEYS` with [`value`]`(n)` (so `n` is
 /// that key's version), one request at a time, re-sent through an outage
-/// like `failover`; before each SET it looks for `stop` on stdin (stdin
+/// like `failover`; before each SET it looks at stdin: `pause` (it prints
+/// `paused sent=<n>` and sends nothing until `resume`) or `stop` (stdin
 /// closed counts as `stop`; at most `sets` are sent). Then it prints
 /// `stopped sent=<n> last=k0000:v<n>,...` (per key the last version whose
 /// SET got `OK`, `-` for none: every SET sent was answered), waits for
@@ -2834,9 +2888,20 @@ fn overwrite(c: &mut Client, sets: usize, salt: u64) -> Result<String, String> {
     let mut last: [Option<usize>; ZOMBIE_KEYS] = [None; ZOMBIE_KEYS];
     let mut sent = 0usize;
     let t = Instant::now();
-    while sent < sets {
+    'sets: while sent < sets {
         match rx.try_recv() {
             Ok(l) if l == "stop" => break,
+            Ok(l) if l == "pause" => {
+                println!("paused sent={sent}");
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(120)) {
+                        Ok(l) if l == "resume" => break,
+                        Ok(l) if l == "stop" => break 'sets,
+                        Ok(_) => {}
+                        Err(_) => break 'sets,
+                    }
+                }
+            }
             Err(mpsc::TryRecvError::Disconnected) => break,
             Ok(_) | Err(mpsc::TryRecvError::Empty) => {}
         }
