@@ -764,6 +764,7 @@ impl<N: Nic + 'static> Node<N> {
         );
         storage.announce = announce;
         storage.quiet = quiet;
+        storage.only_shared = self.ncfg.fencing;
         let fx = self.ft.tick(now_us * 1000, guest_ns, at, &mut storage);
         self.after_decision();
         self.apply(fx);

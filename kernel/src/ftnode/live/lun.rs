@@ -54,6 +54,11 @@ pub struct LunStorage<'a, N: Nic> {
     /// The guest disk's session on the LUN, when there is one: used for
     /// everything instead of a login of the node's own.
     pub shared: Option<&'a mut dyn FlagDisk>,
+    /// Fencing is on: only the registered (guest disk's) session may act
+    /// on the LUN; without it at hand, storage counts as unreachable (a
+    /// login of our own is an unregistered nexus: its COMPARE AND WRITE
+    /// would conflict and read as a loss).
+    pub only_shared: bool,
 }
 
 impl<'a, N: Nic> LunStorage<'a, N> {
@@ -75,6 +80,7 @@ impl<'a, N: Nic> LunStorage<'a, N> {
             role,
             announce: None,
             quiet: false,
+            only_shared: false,
             shared,
         }
     }
@@ -104,7 +110,7 @@ impl<'a, N: Nic> LunStorage<'a, N> {
             }
             return r;
         }
-        let Some(addr) = self.address else {
+        let Some(addr) = self.address.filter(|_| !self.only_shared) else {
             return Err(FtError::StorageUnreachable);
         };
         let me = self.me.0;
