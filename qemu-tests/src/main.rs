@@ -9,6 +9,7 @@
 //! ```text
 //! qemu-tests list                 # every test and the emulator it needs
 //! qemu-tests run [FILTER]         # run tests whose name contains FILTER
+//!                                 # (no FILTER: all but the `long` ones)
 //! qemu-tests boot <emu> [cmdline] [module[=args]]...
 //!                                 # boot once, stream serial (make run-guest)
 //! qemu-tests demo                 # the FT pair demo (make run, demo.rs)
@@ -27,6 +28,7 @@ mod tests;
 mod tests_ft;
 mod tests_ftkv;
 mod tests_guestio;
+mod tests_join;
 mod tests_kv;
 mod tests_linux;
 mod tests_linuxft;
@@ -76,8 +78,13 @@ fn main() -> ExitCode {
                     Ok(()) => "available".to_string(),
                     Err(why) => format!("missing: {why}"),
                 };
+                let long = if t.long {
+                    " [long: not in the default run]"
+                } else {
+                    ""
+                };
                 println!(
-                    "{:<28} {:<9} {}  [{}]",
+                    "{:<28} {:<9} {}  [{}]{long}",
                     t.name,
                     t.emulator.name(),
                     t.about,
@@ -94,10 +101,17 @@ fn main() -> ExitCode {
                 .find(|a| !a.starts_with("--"))
                 .cloned()
                 .unwrap_or_default();
-            let selected: Vec<_> = tests::all()
+            // Without a filter (the default run), `long` tests are left out.
+            let (selected, left_out): (Vec<_>, Vec<_>) = tests::all()
                 .into_iter()
                 .filter(|t| t.name.contains(filter.as_str()))
-                .collect();
+                .partition(|t| !filter.is_empty() || !t.long);
+            for t in &left_out {
+                println!(
+                    "LEFT OUT {:<24} long; run it with `make e2e T={}`",
+                    t.name, t.name
+                );
+            }
             if selected.is_empty() {
                 eprintln!("qemu-tests: no test matches `{filter}` (see `make e2e-list`)");
                 return ExitCode::from(2);

@@ -31,6 +31,9 @@ pub struct E2eTest {
     /// Runs the test instead of the single boot below (after the
     /// emulator's availability check).
     pub custom: Option<CustomRun>,
+    /// Too long for the default run (`make test`, `make e2e` without `T`):
+    /// left out of it, run when a filter names it.
+    pub long: bool,
 }
 
 impl E2eTest {
@@ -48,6 +51,7 @@ impl E2eTest {
             check: None,
             kernel: None,
             custom: None,
+            long: false,
         }
     }
 
@@ -278,6 +282,7 @@ pub fn all() -> Vec<E2eTest> {
     .chain(crate::tests_linuxft::tests())
     .chain(crate::tests_ft::tests())
     .chain(crate::tests_ftkv::tests())
+    .chain(crate::tests_join::tests())
     .collect()
 }
 
