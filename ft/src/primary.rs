@@ -67,6 +67,9 @@ pub struct Primary {
     /// When the first connection came up (the backup listens by then, so
     /// its ack of the Hello is owed within the failure timeout).
     first_connect_ns: Option<u64>,
+    /// The guest ended and its final checkpoint is logged: nothing more
+    /// is appended (no heartbeat may follow the final checkpoint).
+    log_closed: bool,
 }
 
 impl Primary {
@@ -93,7 +96,15 @@ impl Primary {
             started: false,
             created_ns: now,
             first_connect_ns: None,
+            log_closed: false,
         }
+    }
+
+    /// The guest ended and its last entry (the final checkpoint) is
+    /// appended: from now on no heartbeat or entry follows it, while the
+    /// acks and the failure detector go on until [`Primary::shutdown`].
+    pub fn close_log(&mut self) {
+        self.log_closed = true;
     }
 
     /// Whether the backup ever acknowledged (the session started).
@@ -362,6 +373,7 @@ impl Primary {
                     return out;
                 }
                 if self.connected
+                    && !self.log_closed
                     && now.saturating_sub(self.last_append_ns) >= self.cfg.heartbeat_interval_ns
                 {
                     let hb = LogEntry::Heartbeat { at, guest_time_ns };

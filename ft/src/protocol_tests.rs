@@ -355,6 +355,17 @@ fn external_engine_takes_records_acks_applied_and_shutdown_ends_the_log() {
 }
 
 #[test]
+fn nothing_follows_the_final_checkpoint() {
+    let (mut p, _b, _) = pair();
+    assert!(
+        !sent(&p.tick(20 * MS, 0, pt(1))).is_empty(),
+        "idle: heartbeat"
+    );
+    p.close_log();
+    assert!(sent(&p.tick(40 * MS, 0, pt(1))).is_empty(), "closed: none");
+}
+
+#[test]
 fn one_throttle_rule_covers_a_guest_clock_slower_than_the_hosts() {
     let (mut p, _b, _) = pair();
     // The guest's clock barely moves (Bochs): no guest-time lag at all.

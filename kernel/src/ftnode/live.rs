@@ -123,9 +123,10 @@ pub trait Live {
         io: &mut GuestIo,
     ) -> Result<(), String>;
     /// Long hypervisor work between run-loop iterations (hashing guest
-    /// RAM at the end): keep the log channel alive (acks, heartbeats,
-    /// failure detection) so the peer never takes the pause for a death.
-    fn keepalive(&mut self);
+    /// RAM at the end, the guest stopped at `at`): keep the log channel
+    /// alive (acks, heartbeats at `at`, failure detection) so the peer
+    /// never takes the pause for a death.
+    fn keepalive(&mut self, at: ExecPoint);
     /// Just before VM entry: ship what this iteration recorded.
     fn before_entry(&mut self, tape: &mut Tape, guest_ns: u64);
     /// Backup, when the replayer holds nothing more to run to: after a
@@ -1215,7 +1216,8 @@ impl<N: Nic + 'static> Live for Node<N> {
         self.join_session(io);
     }
 
-    fn keepalive(&mut self) {
+    fn keepalive(&mut self, at: ExecPoint) {
+        self.last_at = at;
         self.pump(false);
         let now = self.now_us();
         if self.ft.state() == NodeState::Paired && now >= self.last_tick_us + 1000 {
@@ -1441,9 +1443,13 @@ impl<N: Nic + 'static> Live for Node<N> {
             }
         }
         self.apply(fx);
-        let Some(p) = self.ft.primary() else {
+        let Some(p) = self.ft.primary_mut() else {
             return false;
         };
+        // The final checkpoint is the log's last entry: no heartbeat may
+        // follow it while the acks are awaited (the backup checks a final
+        // checkpoint only as the last record).
+        p.close_log();
         let last = p.last_seq();
         // Lines flushed after the guest's last exit: covered by the final
         // checkpoint's record.

@@ -241,7 +241,7 @@ pub fn run(
     };
     let rec_hash = final_hash(&vmcs, &regs, &machine, || {
         if let Some(l) = live.as_deref_mut() {
-            l.keepalive();
+            l.keepalive(final_at);
         }
     });
     recorder.push(&ft::log::LogEntry::Checkpoint {
