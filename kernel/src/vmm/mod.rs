@@ -189,6 +189,20 @@ pub fn run(
     }
     print_numbers(&ended, counter.as_deref(), host_ticks, &machine, &tape);
     if let Tape::Replay(mut replayer) = tape {
+        // FT backup whose guest ended while the primary's log is still
+        // open (the primary may still be hashing its RAM for the final
+        // checkpoint): the end is judged against the whole log, so wait
+        // for it (its Goodbye ends the stream; a failure ends the wait).
+        if let (Some(l), End::Stop(Stop::GuestExit { .. })) = (live.as_deref_mut(), &ended.end) {
+            // `wait` returns once the guest could run on (the stream ended,
+            // or a record past the exit arrived: a divergence the verdict
+            // names) or the node decided otherwise.
+            if replayer.stream_open() {
+                if let Err(why) = l.wait(&mut replayer, &mut machine.devices.io) {
+                    println!("ft: backup: the log did not end after the guest's exit: {why}");
+                }
+            }
+        }
         // ---- replay of a log recorded by another boot ----
         let verdict = replay_verdict(
             &ended,
