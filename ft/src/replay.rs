@@ -212,6 +212,12 @@ impl Replayer {
             }
     }
 
+    /// Whether every record still held is soft (heartbeats, output
+    /// markers): nothing left that the guest must meet.
+    pub fn only_soft_left(&self) -> bool {
+        self.records[self.pos..].iter().all(|r| is_soft(&r.entry))
+    }
+
     /// Sequence number of the last record applied (0: none).
     pub fn applied_seq(&self) -> u64 {
         self.applied_seq
@@ -594,6 +600,28 @@ mod tests {
         let mut bad = r.bytes.clone();
         bad[20] ^= 1;
         assert!(Replayer::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn only_soft_records_left() {
+        let mut r = Replayer::streaming();
+        assert!(r.only_soft_left(), "nothing held");
+        r.push(Record {
+            seq: 1,
+            entry: LogEntry::Heartbeat {
+                at: pt(5, 0x10, 0),
+                guest_time_ns: 1,
+            },
+        });
+        assert!(r.only_soft_left());
+        r.push(Record {
+            seq: 2,
+            entry: LogEntry::Checkpoint {
+                at: pt(5, 0x10, 0),
+                state_hash: 7,
+            },
+        });
+        assert!(!r.only_soft_left(), "a checkpoint must be met");
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub trait Live {
         lines: &mut Option<Vec<String>>,
         io: &mut GuestIo,
     ) -> Option<u64>;
+    /// Backup: still following the primary (no failure detected).
+    fn following(&self) -> bool;
     /// Backup: the replayer holds nothing to run to; poll until it does.
     /// `io`: the guest's devices (their disk session may carry the flag).
     fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String>;
@@ -1214,6 +1216,10 @@ fn role_name(r: Role) -> &'static str {
 impl<N: Nic + 'static> Live for Node<N> {
     fn join(&mut self, io: &mut GuestIo) {
         self.join_session(io);
+    }
+
+    fn following(&self) -> bool {
+        self.ft.state() == NodeState::Following
     }
 
     fn keepalive(&mut self, at: ExecPoint) {

@@ -194,12 +194,14 @@ pub fn run(
         // checkpoint): the end is judged against the whole log, so wait
         // for it (its Goodbye ends the stream; a failure ends the wait).
         if let (Some(l), End::Stop(Stop::GuestExit { .. })) = (live.as_deref_mut(), &ended.end) {
-            // `wait` returns once the guest could run on (the stream ended,
-            // or a record past the exit arrived: a divergence the verdict
-            // names) or the node decided otherwise.
-            if replayer.stream_open() {
+            // Heartbeats at the final point keep arriving while the primary
+            // hashes; anything else (the final checkpoint, or a record past
+            // the exit: a divergence the verdict names) or a failure ends
+            // the wait.
+            while replayer.stream_open() && replayer.only_soft_left() && l.following() {
                 if let Err(why) = l.wait(&mut replayer, &mut machine.devices.io) {
                     println!("ft: backup: the log did not end after the guest's exit: {why}");
+                    break;
                 }
             }
         }
