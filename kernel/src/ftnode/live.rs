@@ -1395,6 +1395,9 @@ impl<N: Nic + 'static> Live for Node<N> {
             self.feed(replayer, io)?;
             let won = matches!(self.ft.state(), NodeState::Draining | NodeState::Alone);
             if won || !replayer.must_wait() {
+                // Let the acks this feed produced out before the caller
+                // goes off to run (or hash) for a while.
+                self.pump(true);
                 return Ok(());
             }
             self.status(self.last_guest_ns, 0);

@@ -206,6 +206,8 @@ pub fn run(
             }
         }
         // ---- replay of a log recorded by another boot ----
+        // An FT backup keeps acknowledging while it hashes its RAM.
+        let at_end = final_point(&ended, &vmcs, &regs, counter.as_deref()).unwrap_or_default();
         let verdict = replay_verdict(
             &ended,
             &vmcs,
@@ -213,6 +215,11 @@ pub fn run(
             &machine,
             counter.as_deref(),
             &mut replayer,
+            || {
+                if let Some(l) = live.as_deref_mut() {
+                    l.keepalive(at_end);
+                }
+            },
         );
         print_applied(&replayer, &machine, "");
         // An FT backup halted for good (lost the test-and-set, storage
@@ -363,6 +370,7 @@ pub fn run(
         &machine,
         Some(&*counter),
         &mut replayer,
+        || {},
     );
     print_applied(&replayer, &machine, " discarded");
     match verdict {
@@ -416,11 +424,12 @@ fn replay_verdict(
     machine: &Machine,
     counter: Option<&dyn ExecCounter>,
     replayer: &mut Replayer,
+    keepalive: impl FnMut(),
 ) -> Result<(ExecPoint, u64), Divergence> {
     match (&ended.end, final_point(ended, vmcs, regs, counter)) {
         (End::Diverged(d), _) => Err(d.clone()),
         (_, Some(at)) => {
-            let hash = final_hash(vmcs, regs, machine, || {});
+            let hash = final_hash(vmcs, regs, machine, keepalive);
             replayer.finish(at, hash).map(|_| (at, hash))
         }
         (_, None) => Err(Divergence {
