@@ -1535,17 +1535,7 @@ fn judge_zombie(
         )?;
     }
     let fence_line = line_with(&b.serial, "ft: backup: fenced node 1 off the shared disk")?;
-    if b.exit_code != Some(0) {
-        return Err(format!(
-            "the backup: exit code {:?} ({}), want 0",
-            b.exit_code, b.ended
-        ));
-    }
-    if flag != Flag::new(1, NodeId(2)) {
-        return Err(format!(
-            "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner 2"
-        ));
-    }
+    backup_ran_on_under_one_step(b, flag)?;
     // The old primary: never won, never alone; refused or beaten after
     // the paths came back, then halted.
     for bad in ["WON the test-and-set", "ALONE under", "LIVE under"] {
@@ -2141,17 +2131,7 @@ fn judge(
                     plan.sets / 2
                 ));
             }
-            if b.exit_code != Some(0) {
-                return Err(format!(
-                    "the backup: exit code {:?} ({}), want 0",
-                    b.exit_code, b.ended
-                ));
-            }
-            if flag != Flag::new(1, NodeId(2)) {
-                return Err(format!(
-                    "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner 2"
-                ));
-            }
+            backup_ran_on_under_one_step(b, flag)?;
             if !fdb_on(TAPS[1], back) {
                 return Err(format!(
                     "after the failover the bridge never learned the guest MAC on {} (the backup's tap): RARP / frames from the new primary missing",
@@ -2246,6 +2226,23 @@ fn backup_live(serial: &str) -> Result<String, String> {
             .next()
             .unwrap_or("")
     ))
+}
+
+/// The backup that won ran the guest to its end (exit 0), and the flag on
+/// the LUN moved exactly one step, to generation 1 owned by node 2.
+fn backup_ran_on_under_one_step(b: &Run, flag: Flag) -> Result<(), String> {
+    if b.exit_code != Some(0) {
+        return Err(format!(
+            "the backup: exit code {:?} ({}), want 0",
+            b.exit_code, b.ended
+        ));
+    }
+    if flag != Flag::new(1, NodeId(2)) {
+        return Err(format!(
+            "flag on the LUN {flag:?}, want generation 1 (exactly one step) owner 2"
+        ));
+    }
+    Ok(())
 }
 
 /// A backup that halted for good (LOST the test-and-set) before its
