@@ -1,7 +1,20 @@
-//! A blocking initiator: drives a [`Session`] over a [`Transport`] with a
-//! [`Clock`], one command at a time. The kernel implements `Transport` on a
-//! smoltcp TCP socket; [`tcp::TcpTransport`] implements it on
-//! `std::net::TcpStream` (feature `std`) for host tests.
+//! An initiator: drives a [`Session`] over a [`Transport`] with a
+//! [`Clock`]. The kernel implements `Transport` on a smoltcp TCP socket;
+//! [`tcp::TcpTransport`] implements it on `std::net::TcpStream` (feature
+//! `std`) for host tests.
+//!
+//! Two ways to run commands, on the same session:
+//! - blocking ([`Initiator::execute`] and the helpers): one command, the
+//!   caller waits for its status (login, arbitration, persistent
+//!   reservations);
+//! - asynchronous ([`Initiator::start`], [`Initiator::pump`],
+//!   [`Initiator::finished`]): many commands in flight, each call returns
+//!   at once (a guest disk inside a run loop that must keep its heartbeats
+//!   going, DESIGN.md §1.7). A connection is opened without waiting too
+//!   ([`Transport::start_reconnect`]).
+//!
+//! A blocking call made while asynchronous commands are in flight keeps
+//! their completions for [`Initiator::finished`].
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -30,7 +43,40 @@ pub trait Transport {
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
     /// Drops the current connection (if any) and opens a new one.
     fn reconnect(&mut self) -> Result<()>;
+    /// Receives what is there without waiting (`Ok(0)`: nothing yet).
+    fn recv_now(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.recv(buf)
+    }
+    /// Drops the current connection and starts opening a new one;
+    /// [`Transport::poll_connect`] says when it is up. By default the
+    /// blocking [`Transport::reconnect`].
+    fn start_reconnect(&mut self) -> Result<()> {
+        self.reconnect()
+    }
+    /// `Ok(true)`: the connection started by [`Transport::start_reconnect`]
+    /// is up; `Ok(false)`: still opening; `Err`: it failed.
+    fn poll_connect(&mut self) -> Result<bool> {
+        Ok(true)
+    }
 }
+
+/// An asynchronous command and the session task that carries it now.
+struct Started {
+    /// The session's task (a new one after a UNIT ATTENTION re-issue).
+    task: TaskId,
+    /// The handle [`Initiator::start`] returned.
+    handle: TaskId,
+    cmd: Command,
+    attentions: u8,
+}
+
+/// UNIT ATTENTIONs a command may meet before its error is returned.
+const MAX_ATTENTIONS: u8 = 4;
+/// Completions kept for [`Initiator::take_events`] at most (the oldest
+/// are dropped beyond).
+const MAX_KEPT_EVENTS: usize = 64;
+/// Receive calls per [`Initiator::pump`] at most.
+const RECV_ROUNDS: usize = 32;
 
 /// Milliseconds since an arbitrary origin, plus a way to wait.
 pub trait Clock {
@@ -48,6 +94,10 @@ pub struct Initiator<T: Transport, C: Clock> {
     block_size: u32,
     events: VecDeque<Event>,
     rx: Vec<u8>,
+    /// A connection is being opened ([`Transport::start_reconnect`]).
+    connecting: bool,
+    started: Vec<Started>,
+    finished: VecDeque<(TaskId, Result<Vec<u8>>)>,
 }
 
 impl<T: Transport, C: Clock> Initiator<T, C> {
@@ -73,6 +123,9 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
             block_size: 512,
             events: VecDeque::new(),
             rx: alloc::vec![0; 64 * 1024],
+            connecting: false,
+            started: Vec::new(),
+            finished: VecDeque::new(),
         };
         match me.run_until(|e| matches!(e, Event::LoggedIn { .. })) {
             Ok(_) => Ok(me),
@@ -93,6 +146,14 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         if !self.session.is_failed() {
             return Ok(());
         }
+        // What the old session still reports (its failed tasks) is
+        // routed before it goes; nothing started survives it.
+        self.drain_session(self.clock.now_ms());
+        for s in self.started.drain(..) {
+            self.finished
+                .push_back((s.handle, Err(Error::StorageUnreachable)));
+        }
+        self.connecting = false;
         self.session = Session::new(self.session.config().clone());
         self.run_until(|e| matches!(e, Event::LoggedIn { .. }))
             .map(|_| ())
@@ -126,12 +187,15 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
             let now = self.clock.now_ms();
             self.session.poll(now);
             while let Some(ev) = self.session.next_event() {
+                let Some(ev) = self.route(ev, now) else {
+                    continue;
+                };
                 if want(&ev) {
                     return Ok(ev);
                 }
                 match ev {
                     Event::Failed(e) => return Err(e),
-                    other => self.events.push_back(other),
+                    other => self.keep(other),
                 }
             }
             if self.session.is_failed() {
@@ -140,37 +204,173 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
             if self.session.is_logged_out() {
                 return Err(Error::NotLoggedIn);
             }
-            if self.session.wants_connect(now) {
-                match self.transport.reconnect() {
-                    Ok(()) => self.session.connected(now),
-                    Err(e) => self.session.connect_failed(e, now),
+            self.step(true, now);
+        }
+    }
+
+    /// One round of I/O after the session's timers ran: the connection
+    /// being opened, a new one if the session wants it, then transmit and
+    /// receive. `wait`: a blocking caller (receive waits a short poll
+    /// interval, a disconnected session sleeps to its next deadline);
+    /// otherwise nothing waits.
+    fn step(&mut self, wait: bool, now: u64) {
+        if self.session.is_failed() || self.session.is_logged_out() {
+            return;
+        }
+        if self.connecting {
+            match self.transport.poll_connect() {
+                Ok(true) => {
+                    self.connecting = false;
+                    self.session.connected(now);
                 }
-                continue;
+                Ok(false) => return,
+                Err(e) => {
+                    self.connecting = false;
+                    self.session.connect_failed(e, now);
+                    return;
+                }
             }
-            if self.session.is_disconnected() {
+        }
+        if self.session.wants_connect(now) {
+            match self.transport.start_reconnect() {
+                Ok(()) => self.connecting = true,
+                Err(e) => self.session.connect_failed(e, now),
+            }
+            return;
+        }
+        if self.session.is_disconnected() {
+            if wait {
                 if let Some(t) = self.session.next_deadline() {
                     self.clock.sleep_until(t);
                 }
-                continue;
             }
-            while !self.session.transmit().is_empty() {
-                match self.transport.send(self.session.transmit()) {
-                    Ok(n) => self.session.consume_transmit(n),
-                    Err(e) => {
-                        self.session.connection_lost(e, now);
-                        break;
-                    }
-                }
-            }
-            if self.session.is_disconnected() {
-                continue;
-            }
-            match self.transport.recv(&mut self.rx) {
-                Ok(0) => {}
-                Ok(n) => self.session.receive(&self.rx[..n], self.clock.now_ms()),
-                Err(e) => self.session.connection_lost(e, self.clock.now_ms()),
+            return;
+        }
+        while !self.session.transmit().is_empty() {
+            match self.transport.send(self.session.transmit()) {
+                Ok(0) => break,
+                Ok(n) => self.session.consume_transmit(n),
+                Err(e) => return self.session.connection_lost(e, now),
             }
         }
+        let rounds = if wait { 1 } else { RECV_ROUNDS };
+        for _ in 0..rounds {
+            let r = if wait {
+                self.transport.recv(&mut self.rx)
+            } else {
+                self.transport.recv_now(&mut self.rx)
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => self.session.receive(&self.rx[..n], self.clock.now_ms()),
+                Err(e) => return self.session.connection_lost(e, self.clock.now_ms()),
+            }
+        }
+    }
+
+    /// An event for an asynchronous command is consumed here (a UNIT
+    /// ATTENTION re-issues the command, SPC-4 §5.14: it was not
+    /// executed); any other event is handed back.
+    fn route(&mut self, ev: Event, now: u64) -> Option<Event> {
+        let Event::TaskComplete { id, .. } = &ev else {
+            return Some(ev);
+        };
+        let Some(i) = self.started.iter().position(|s| s.task == *id) else {
+            return Some(ev);
+        };
+        let Event::TaskComplete { result, .. } = ev else {
+            return None;
+        };
+        let s = self.started.swap_remove(i);
+        let out = match result.and_then(|r| r.check().map(|()| r.data)) {
+            Err(Error::Scsi {
+                sense: Some(sense), ..
+            }) if sense.key == SenseKey::UNIT_ATTENTION && s.attentions < MAX_ATTENTIONS => {
+                match self.session.submit(self.lun, s.cmd.clone(), now) {
+                    Ok(task) => {
+                        self.started.push(Started {
+                            task,
+                            attentions: s.attentions + 1,
+                            ..s
+                        });
+                        return None;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            r => r,
+        };
+        self.finished.push_back((s.handle, out));
+        None
+    }
+
+    fn keep(&mut self, ev: Event) {
+        if self.events.len() >= MAX_KEPT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+    }
+
+    /// Routes every event the session has queued.
+    fn drain_session(&mut self, now: u64) {
+        while let Some(ev) = self.session.next_event() {
+            if let Some(ev) = self.route(ev, now) {
+                self.keep(ev);
+            }
+        }
+    }
+
+    /// Starts `cmd` without waiting; its outcome comes out of
+    /// [`Initiator::finished`] under the handle returned (GOOD: the
+    /// Data-In; otherwise the typed error, as [`Initiator::execute_checked`]
+    /// maps it). Nothing moves until [`Initiator::pump`] (or a blocking
+    /// call) runs.
+    pub fn start(&mut self, cmd: Command) -> Result<TaskId> {
+        let now = self.clock.now_ms();
+        let task = self.session.submit(self.lun, cmd.clone(), now)?;
+        self.started.push(Started {
+            task,
+            handle: task,
+            cmd,
+            attentions: 0,
+        });
+        Ok(task)
+    }
+
+    /// READ(16) of `blocks` blocks at `lba`, started ([`Initiator::start`]).
+    pub fn start_read16(&mut self, lba: u64, blocks: u32) -> Result<TaskId> {
+        self.start(Command::read16(lba, blocks, self.block_size)?)
+    }
+
+    /// WRITE(16) of `data` at `lba`, started ([`Initiator::start`]).
+    pub fn start_write16(&mut self, lba: u64, data: Vec<u8>) -> Result<TaskId> {
+        self.start(Command::write16(lba, data, self.block_size)?)
+    }
+
+    /// SYNCHRONIZE CACHE(16) of the whole LUN, started.
+    pub fn start_synchronize_cache(&mut self) -> Result<TaskId> {
+        self.start(Command::synchronize_cache16(0, 0))
+    }
+
+    /// Moves the session along without waiting: timers, the connection
+    /// (opened without blocking), what is to send, what has arrived.
+    pub fn pump(&mut self) {
+        let now = self.clock.now_ms();
+        self.session.poll(now);
+        self.drain_session(now);
+        self.step(false, now);
+        self.drain_session(self.clock.now_ms());
+    }
+
+    /// The next asynchronous command that finished, with its handle.
+    pub fn finished(&mut self) -> Option<(TaskId, Result<Vec<u8>>)> {
+        self.finished.pop_front()
+    }
+
+    /// Asynchronous commands started and not yet returned by
+    /// [`Initiator::finished`].
+    pub fn outstanding(&self) -> usize {
+        self.started.len() + self.finished.len()
     }
 
     /// Executes one command and waits for its status.

@@ -63,6 +63,19 @@ impl Transport for TcpTransport {
         }
     }
 
+    fn recv_now(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let s = self.stream.as_mut().ok_or(Error::ConnectionClosed)?;
+        s.set_nonblocking(true).map_err(io)?;
+        let r = s.read(buf);
+        s.set_nonblocking(false).map_err(io)?;
+        match r {
+            Ok(0) => Err(Error::ConnectionClosed),
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
+            Err(e) => Err(io(e)),
+        }
+    }
+
     fn reconnect(&mut self) -> Result<()> {
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(std::net::Shutdown::Both);

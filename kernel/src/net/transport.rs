@@ -177,6 +177,9 @@ pub struct SharedTransport<N: Nic> {
     portal: IpEndpoint,
     /// Connections opened so far.
     pub connects: u32,
+    /// When the connection being opened ([`Transport::start_reconnect`])
+    /// is given up (TSC microseconds).
+    connect_deadline: u64,
 }
 
 impl<N: Nic> SharedTransport<N> {
@@ -188,6 +191,7 @@ impl<N: Nic> SharedTransport<N> {
             handle,
             portal,
             connects: 0,
+            connect_deadline: 0,
         }
     }
 }
@@ -216,5 +220,33 @@ impl<N: Nic> Transport for SharedTransport<N> {
         self.net
             .borrow_mut()
             .connect(self.handle, self.portal, CONNECT_TIMEOUT_MS)
+    }
+
+    fn recv_now(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.net.borrow_mut().recv_some(self.handle, buf, 0)
+    }
+
+    fn start_reconnect(&mut self) -> Result<()> {
+        self.connects += 1;
+        let mut net = self.net.borrow_mut();
+        net.start_connect(self.handle, self.portal)?;
+        self.connect_deadline = net.clock.micros() + CONNECT_TIMEOUT_MS * 1000;
+        net.poll();
+        Ok(())
+    }
+
+    fn poll_connect(&mut self) -> Result<bool> {
+        let mut net = self.net.borrow_mut();
+        net.poll();
+        match net.tcp(self.handle).state() {
+            tcp::State::Established => Ok(true),
+            tcp::State::Closed | tcp::State::TimeWait => Err(Error::ConnectionClosed),
+            _ if net.clock.micros() > self.connect_deadline => {
+                net.tcp(self.handle).abort();
+                net.poll();
+                Err(Error::Timeout)
+            }
+            _ => Ok(false),
+        }
     }
 }
