@@ -212,6 +212,7 @@ impl Backup {
             generation,
             guest_id,
             protocol_version,
+            machine,
         } = rec.entry
         {
             if cluster_id != self.cfg.cluster_id {
@@ -222,6 +223,13 @@ impl Backup {
             }
             if protocol_version != PROTOCOL_VERSION {
                 return Err(FtError::SessionMismatch("protocol version"));
+            }
+            if let Some((field, primary, ours)) = self.cfg.machine.first_difference(&machine) {
+                return Err(FtError::MachineMismatch {
+                    field,
+                    primary,
+                    ours,
+                });
             }
             if generation != self.generation
                 && !self.cfg.mutated(crate::Mutation::NoGenerationCheck)
@@ -251,6 +259,14 @@ impl Backup {
         self.received = rec.seq;
         self.last_heard_ns = now;
         match rec.entry {
+            LogEntry::Goodbye {
+                reason: GoodbyeReason::StorageLost,
+            } => {
+                // The primary lost the shared disk and stepped down: its
+                // failure, known now rather than after the timeout; the
+                // next tick arbitrates (the node carries arbitrations).
+                self.goodbye = Some(GoodbyeReason::StorageLost);
+            }
             LogEntry::GoLive { .. } | LogEntry::Goodbye { .. } => {
                 // The primary holds the flag or ended the session: fenced.
                 if let LogEntry::Goodbye { reason } = rec.entry {
@@ -458,8 +474,10 @@ impl Backup {
             BackupState::Following => {
                 // Armed once the session started; before, only the join
                 // timeout (a primary still building its guest is not dead).
+                let stepped_down = self.goodbye == Some(GoodbyeReason::StorageLost);
                 let silent = if self.started {
-                    now.saturating_sub(self.last_heard_ns) >= self.cfg.failure_timeout_ns
+                    stepped_down
+                        || now.saturating_sub(self.last_heard_ns) >= self.cfg.failure_timeout_ns
                 } else {
                     now.saturating_sub(self.created_ns) >= self.cfg.join_timeout_ns
                 };

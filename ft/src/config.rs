@@ -11,6 +11,9 @@ pub struct SessionConfig {
     pub cluster_id: u64,
     /// Identifies the protected guest.
     pub guest_id: [u8; 16],
+    /// The machine the guest runs on; a backup refuses a primary whose
+    /// Hello names another.
+    pub machine: crate::log::MachineId,
     /// This node.
     pub me: NodeId,
     /// Send a heartbeat when the log has been idle this long.
@@ -56,11 +59,14 @@ pub enum Mutation {
     NoFencing,
     /// The primary never reconnects a dropped log connection.
     NoReconnect,
+    /// A paired primary cut off from the shared disk keeps the session
+    /// instead of stepping down for its backup.
+    NoStorageStepDown,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name.
-    pub const ALL: [(Mutation, &'static str); 9] = [
+    pub const ALL: [(Mutation, &'static str); 10] = [
         (Mutation::None, "none"),
         (Mutation::NoOutputRule, "no-output-rule"),
         (Mutation::NoTestAndSet, "no-test-and-set"),
@@ -70,6 +76,7 @@ impl Mutation {
         (Mutation::NoOwnWin, "no-own-win"),
         (Mutation::NoFencing, "no-fencing"),
         (Mutation::NoReconnect, "no-reconnect"),
+        (Mutation::NoStorageStepDown, "no-storage-step-down"),
     ];
 }
 
@@ -92,6 +99,13 @@ impl SessionConfig {
         Self {
             cluster_id,
             guest_id,
+            machine: crate::log::MachineId {
+                guest_mem: 0,
+                disk: 0,
+                disk_sectors: 0,
+                nic: 0,
+                cpu: 0,
+            },
             me,
             heartbeat_interval_ns: 10_000_000,
             failure_timeout_ns: 2_000_000_000,

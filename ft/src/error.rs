@@ -33,6 +33,13 @@ pub enum FtError {
     OutOfOrder { expected: u64, got: u64 },
     /// The session hello names another cluster, guest, generation or version.
     SessionMismatch(&'static str),
+    /// The primary's Hello names another machine (`field` of
+    /// [`crate::log::MachineId`]): the primary's value, this node's.
+    MachineMismatch {
+        field: &'static str,
+        primary: u64,
+        ours: u64,
+    },
     /// A record arrived that is not valid in the receiver's current state.
     UnexpectedEntry { kind: u8 },
     /// The peer acknowledged a position it was never sent.
@@ -96,6 +103,14 @@ impl fmt::Display for FtError {
                 )
             }
             Self::SessionMismatch(what) => write!(f, "session hello mismatch: {what}"),
+            Self::MachineMismatch {
+                field,
+                primary,
+                ours,
+            } => write!(
+                f,
+                "session hello mismatch: machine {field}: the primary's is {primary} ({primary:#x}), ours {ours} ({ours:#x})"
+            ),
             Self::UnexpectedEntry { kind } => write!(f, "unexpected entry kind {kind:#04x}"),
             Self::AckBeyondLog { acked, appended } => {
                 write!(f, "ack {acked} beyond last appended seq {appended}")

@@ -151,6 +151,8 @@ pub struct Node {
     pub fences: u64,
     /// The outcome of the last arbitration (for messages).
     pub last_verdict: Option<Verdict>,
+    /// Stepped down as primary for lost storage ([`Node::on_disk`]).
+    stepped_down: bool,
 }
 
 impl Node {
@@ -171,6 +173,7 @@ impl Node {
             reconnects: 0,
             fences: 0,
             last_verdict: None,
+            stepped_down: false,
         }
     }
 
@@ -372,6 +375,34 @@ impl Node {
             Session::Backup(b) => b.peer_lost(),
         };
         self.carry(now, fx, storage)
+    }
+
+    /// The guest disk's progress on the shared LUN: `stalled_since` is when
+    /// it last made progress while a request is outstanding (`None`: idle
+    /// or progressing). A paired primary whose disk made no progress for
+    /// the failure timeout steps down for its backup (one-sided storage
+    /// loss: the side that still reaches the disk serves, §1.7); the
+    /// backup's fence then cuts off the write it still has in flight.
+    pub fn on_disk(&mut self, now: u64, stalled_since: Option<u64>) -> Effects {
+        let timeout = self.cfg.session.failure_timeout_ns;
+        match (&mut self.session, stalled_since) {
+            (Session::Primary(p), Some(t))
+                if now.saturating_sub(t) >= timeout
+                    && !self.cfg.session.mutated(Mutation::NoStorageStepDown) =>
+            {
+                let fx = p.step_down();
+                if !fx.is_empty() {
+                    self.stepped_down = true;
+                }
+                fx
+            }
+            _ => Effects::new(),
+        }
+    }
+
+    /// Whether this node stepped down as primary for lost storage.
+    pub fn stepped_down(&self) -> bool {
+        self.stepped_down
     }
 
     /// The shared disk refused this node's write because another node
@@ -591,6 +622,7 @@ mod tests {
                 generation: 4,
                 guest_id: [9; 16],
                 protocol_version: crate::log::PROTOCOL_VERSION,
+                machine: crate::log::MachineId::default(),
             },
             &mut hello,
         )
@@ -604,6 +636,81 @@ mod tests {
         let _ = b.tick(50 * MS, 0, ExecPoint::default(), lun);
         assert_eq!(b.state(), NodeState::Following);
         b
+    }
+
+    /// Feeds every `Send` of `fx` to `to` at `now`; returns its effects.
+    fn deliver(fx: &Effects, to: &mut Node, now: u64) -> Effects {
+        let mut out = Effects::new();
+        for e in fx {
+            if let Effect::Send(bytes) = e {
+                out.extend(to.on_bytes(now, bytes));
+            }
+        }
+        out
+    }
+
+    /// A primary and a backup whose session started (Hello acknowledged).
+    fn started_pair() -> (Node, Node) {
+        let mut p = Node::new(cfg(1), NodeRole::Primary, 4, 0);
+        let mut b = Node::new(cfg(2), NodeRole::Backup, 4, 0);
+        b.on_connected(0);
+        let hello = p.on_connected(0);
+        let ack = deliver(&hello, &mut b, MS);
+        let _ = deliver(&ack, &mut p, 2 * MS);
+        assert!(p.started() && b.started());
+        (p, b)
+    }
+
+    #[test]
+    fn a_primary_whose_disk_stalls_steps_down_and_the_backup_takes_over_at_once() {
+        let mut lun = Lun::new(4);
+        let (mut p, mut b) = started_pair();
+        // Progressing, or stalled for less than the failure timeout: nothing.
+        assert!(p.on_disk(50 * MS, None).is_empty());
+        assert!(p.on_disk(109 * MS, Some(10 * MS)).is_empty());
+        assert_eq!(p.state(), NodeState::Paired);
+        // Stalled for the failure timeout: Goodbye { StorageLost }, halt.
+        let fx = p.on_disk(110 * MS, Some(10 * MS));
+        assert!(
+            matches!(fx.as_slice(), [Effect::Send(_), Effect::Halt]),
+            "{fx:?}"
+        );
+        assert!(p.stepped_down());
+        assert_eq!(p.state(), NodeState::Halted);
+        assert!(p.on_disk(500 * MS, Some(10 * MS)).is_empty(), "once");
+        // The backup heard from the primary 10 ms ago, yet arbitrates on
+        // its next tick (not after its own failure timeout), fences the
+        // primary, drains and goes live.
+        let _ = deliver(&fx, &mut b, 111 * MS);
+        assert_eq!(
+            b.backup().unwrap().goodbye(),
+            Some(crate::log::GoodbyeReason::StorageLost)
+        );
+        let fx = b.tick(112 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(b.arbitrations, 1);
+        assert_eq!(lun.flag, FlagRecord::new(5, NodeId(2)));
+        assert!(!lun.registered.contains(&1), "the primary's key preempted");
+        let fx2 = b.tick(113 * MS, 0, ExecPoint::default(), &mut lun);
+        assert!(
+            fx.iter()
+                .chain(&fx2)
+                .any(|e| matches!(e, Effect::GoLive(_))),
+            "{fx:?} {fx2:?}"
+        );
+        assert_eq!(b.state(), NodeState::Alone);
+    }
+
+    #[test]
+    fn only_a_paired_primary_whose_session_started_steps_down() {
+        // Not started yet (no backup acknowledged): nobody to hand over to.
+        let mut p = Node::new(cfg(1), NodeRole::Primary, 4, 0);
+        assert!(p.on_disk(500 * MS, Some(0)).is_empty());
+        // Alone: nobody either; a backup never steps down.
+        let mut a = Node::new_alone(cfg(1), 4, 0);
+        assert!(a.on_disk(500 * MS, Some(0)).is_empty());
+        let (_, mut b) = started_pair();
+        assert!(b.on_disk(500 * MS, Some(0)).is_empty());
+        assert_eq!(b.state(), NodeState::Following);
     }
 
     #[test]

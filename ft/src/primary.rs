@@ -210,8 +210,9 @@ impl Primary {
             generation: self.generation,
             guest_id: self.cfg.guest_id,
             protocol_version: PROTOCOL_VERSION,
+            machine: self.cfg.machine,
         };
-        // A Hello is 54 bytes; it cannot exceed MAX_PAYLOAD.
+        // A Hello is 80 bytes; it cannot exceed MAX_PAYLOAD.
         let _ = encode_record(0, &hello, &mut bytes);
         for s in self.window.iter_mut().filter(|s| s.seq > self.received) {
             bytes.extend_from_slice(&s.bytes);
@@ -429,6 +430,30 @@ impl Primary {
         if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
             out.push(Effect::Send(bytes));
         }
+        out
+    }
+
+    /// The shared disk has not answered this primary for the failure
+    /// timeout while its backup may still reach it (DESIGN.md §1.7, as
+    /// vSphere FT fails over on a primary's storage loss): step down.
+    /// A `Goodbye { StorageLost }` after the last entry tells the backup
+    /// to take over at once (without the connection, its failure detector
+    /// does it); this side halts. Only a paired primary whose session
+    /// started steps down: alone, there is nobody to hand over to.
+    pub fn step_down(&mut self) -> Effects {
+        let mut out = Effects::new();
+        if self.state != PrimaryState::Paired || !self.started {
+            return out;
+        }
+        self.state = PrimaryState::Halted;
+        let mut bytes = Vec::new();
+        let bye = LogEntry::Goodbye {
+            reason: GoodbyeReason::StorageLost,
+        };
+        if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
+            out.push(Effect::Send(bytes));
+        }
+        out.push(Effect::Halt);
         out
     }
 

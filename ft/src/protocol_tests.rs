@@ -135,7 +135,8 @@ fn bad_session_and_gaps_reset_the_connection_and_duplicates_are_skipped() {
         cluster_id: 7,
         generation: 2,
         guest_id: [1; 16],
-        protocol_version: 1,
+        protocol_version: crate::log::PROTOCOL_VERSION,
+        machine: crate::log::MachineId::default(),
     };
     encode_record(0, &hello, &mut wrong).unwrap();
     assert!(matches!(
@@ -144,6 +145,29 @@ fn bad_session_and_gaps_reset_the_connection_and_duplicates_are_skipped() {
             "generation"
         ))]
     ));
+    // Another machine (issue 14): refused naming the field and both values.
+    let mut b = Backup::new(cfg(2), 2, 0);
+    b.on_connected(0);
+    let mut other = Vec::new();
+    let hello = LogEntry::Hello {
+        cluster_id: 7,
+        generation: 2,
+        guest_id: [1; 16],
+        protocol_version: crate::log::PROTOCOL_VERSION,
+        machine: crate::log::MachineId {
+            guest_mem: 64 << 20,
+            ..Default::default()
+        },
+    };
+    encode_record(0, &hello, &mut other).unwrap();
+    let fx = b.on_bytes(0, &other);
+    let [Effect::ResetConnection(e)] = &fx[..] else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(
+        alloc::format!("{e}"),
+        "session hello mismatch: machine guest memory bytes: the primary's is 67108864 (0x4000000), ours 0 (0x0)"
+    );
 
     let (mut p, mut b, mut bytes) = pair();
     let (_, fx) = p

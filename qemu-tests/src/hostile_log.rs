@@ -1,10 +1,10 @@
-//! `qemu-tests hostile-log <addr:port> <cluster> <guest-id-hex> <generation>`:
+//! `qemu-tests hostile-log <addr:port> <cluster> <guest-id-hex> <generation> <machine-hex>`:
 //! the attacker of `ft-hostile-log`, run inside the pair's namespace from
 //! the backup's `ft_probe=` address. One TCP connection per case to the
 //! backup's log port; each sends one kind of bad input and must be reset
 //! by the backup (which logs the reason). Prints one `case NAME: ...`
 //! line per case; fails if a connection was not reset in time.
-use ft::log::{encode_record, ExecPoint, LogEntry, PROTOCOL_VERSION};
+use ft::log::{encode_record, ExecPoint, LogEntry, MachineId, PROTOCOL_VERSION};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ pub fn cases(
     cluster: u64,
     guest_id: [u8; 16],
     generation: u64,
+    machine: MachineId,
 ) -> Vec<(&'static str, Vec<u8>, bool)> {
-    let hello = |generation| {
+    let hello_on = |generation, machine| {
         let mut b = Vec::new();
         encode_record(
             0,
@@ -25,11 +26,18 @@ pub fn cases(
                 generation,
                 guest_id,
                 protocol_version: PROTOCOL_VERSION,
+                machine,
             },
             &mut b,
         )
         .expect("a hello encodes");
         b
+    };
+    let hello = |generation| hello_on(generation, machine);
+    // The same guest on a machine with twice the memory.
+    let bigger = MachineId {
+        guest_mem: machine.guest_mem * 2,
+        ..machine
     };
     let mut bad_crc = hello(generation);
     let last = bad_crc.len() - 1;
@@ -54,6 +62,7 @@ pub fn cases(
         ("truncated", truncated, true),
         ("bad-crc", bad_crc, false),
         ("old-generation", hello(generation.wrapping_sub(1)), false),
+        ("other-machine", hello_on(generation, bigger), false),
         ("entry-before-hello", heartbeat, false),
         ("second-primary", hello(generation), false),
     ]
@@ -99,7 +108,8 @@ fn one(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<String, Strin
 
 /// The subcommand: every case in turn.
 pub fn main(args: &[String]) -> Result<String, String> {
-    let usage = "usage: hostile-log <addr:port> <cluster> <guest-id-hex> <generation>";
+    let usage =
+        "usage: hostile-log <addr:port> <cluster> <guest-id-hex> <generation> <machine-hex>";
     let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let cluster: u64 = args.get(2).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let hex = args.get(3).ok_or(usage)?;
@@ -111,8 +121,17 @@ pub fn main(args: &[String]) -> Result<String, String> {
     for (i, b) in guest_id.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| usage)?;
     }
+    let mhex = args.get(5).ok_or(usage)?;
+    if mhex.len() != 2 * MachineId::LEN {
+        return Err(usage.into());
+    }
+    let mut m = [0u8; MachineId::LEN];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&mhex[2 * i..2 * i + 2], 16).map_err(|_| usage)?;
+    }
+    let machine = MachineId::from_bytes(&m);
     let mut out = Vec::new();
-    for (name, bytes, half_close) in cases(cluster, guest_id, generation) {
+    for (name, bytes, half_close) in cases(cluster, guest_id, generation, machine) {
         match one(addr, &bytes, half_close) {
             Ok(how) => out.push(format!("case {name}: {} bytes sent, {how}", bytes.len())),
             Err(e) => return Err(format!("{}; case {name}: {e}", out.join("; "))),

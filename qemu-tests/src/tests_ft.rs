@@ -89,7 +89,7 @@ pub fn tests() -> Vec<E2eTest> {
             ..E2eTest::new(
                 "ft-hostile-log",
                 Emulator::Bochs,
-                "FT pair in lockstep while a host in the namespace (the backup's ft_probe) connects to the backup's log port with garbage, a truncated record, a bad CRC, an old-generation hello, an entry before the hello and a second primary's hello: each reset with its reason; the pair still ends identical",
+                "FT pair in lockstep while a host in the namespace (the backup's ft_probe) connects to the backup's log port with garbage, a truncated record, a bad CRC, an old-generation hello, a hello from another machine (twice the memory), an entry before the hello and a second primary's hello: each reset with its reason; the pair still ends identical",
             )
         },
         E2eTest {
@@ -521,7 +521,7 @@ const PROBE_REFUSAL: &str = "ft: backup: REFUSED a probe connection from ";
 
 /// `ft-hostile-log`'s cases (as `qemu-tests hostile-log` sends them) and
 /// the reason the backup must log for each.
-const HOSTILE: [(&str, &str); 6] = [
+const HOSTILE: [(&str, &str); 7] = [
     ("garbage", "bad record magic 0x47"),
     (
         "truncated",
@@ -529,6 +529,10 @@ const HOSTILE: [(&str, &str); 6] = [
     ),
     ("bad-crc", "CRC32C mismatch"),
     ("old-generation", "session hello mismatch: generation"),
+    (
+        "other-machine",
+        "session hello mismatch: machine guest memory bytes: the primary's is",
+    ),
     ("entry-before-hello", "unexpected entry kind 0x06"),
     (
         "second-primary",
@@ -566,7 +570,16 @@ fn run_hostile(t: &E2eTest, root: &Path) -> Outcome {
                             .and_then(|r| r.split_whitespace().next())
                             .ok_or("no guest id on the backup's serial")?
                             .to_string();
-                        Netns::helper(&ns_name, &["hostile-log", "10.0.4.12:7700", "9", &id, "3"])
+                        let machine = text
+                            .lines()
+                            .find(|l| l.starts_with("ft: backup: machine "))
+                            .and_then(|l| l.split_whitespace().nth(3))
+                            .ok_or("no machine on the backup's serial")?
+                            .to_string();
+                        Netns::helper(
+                            &ns_name,
+                            &["hostile-log", "10.0.4.12:7700", "9", &id, "3", &machine],
+                        )
                     });
                     spec.interact = Some(attack);
                 }

@@ -82,8 +82,8 @@
 //!   client completes and every acknowledged SET reads back from the LUN.
 //!   The failover time is istgt's return (its portal listening) -> the
 //!   first reply after it, and must be under 60 s of wall time.
-//! * `ft-zombie-primary` (issue 14): two runs on fresh rigs and LUNs,
-//!   (a) then (b) (`FTKV_ZOMBIE=a|b` runs one). The client (mode
+//! * `ft-zombie-primary` (issue 14): three runs on fresh rigs and LUNs,
+//!   (a), (b), (c) (`FTKV_ZOMBIE=a|b|c` runs one). The client (mode
 //!   `overwrite`) overwrites 4 keys round robin, SET `n` writing key `n %
 //!   4` with `value(n)` (`v<n>-...`: `n` is the version), and records per
 //!   key the last version answered `OK`. After 40 replies (every key
@@ -93,9 +93,14 @@
 //!   10.0.4.1:3260 in the namespace: `local` rule moved to preference
 //!   100, early demux off; `../shared/notes/machine.md`) and lets the
 //!   client send the next SET (`resume`): that SET's write is in flight
-//!   and has not reached istgt, and the primary stalls inside its
-//!   synchronous disk command (no heartbeat). (a) stays so; in (b) 0.2 s
-//!   later all the primary's links go too: its bridge port `tapfk1` is
+//!   and has not reached istgt. The guest disk is asynchronous: the
+//!   primary keeps its log alive, and steps down once its disk made no
+//!   progress for the failure timeout (its Goodbye sends the backup to
+//!   take over at once). (a) stays so; in (c) 0.2 s later the primary's
+//!   Bochs is frozen (SIGSTOP; its instruction-driven clock stands still,
+//!   so it cannot step down: a stalled host whose write waits) and
+//!   resumed (SIGCONT) when the paths come back; in (b) 0.2 s later all
+//!   the primary's links go too: its bridge port `tapfk1` is
 //!   disabled (`bridge link set ... state 0`; port isolation would still
 //!   let it reach the bridge's own address, and a tap set down makes
 //!   Bochs's writes to it fail). The cut holds until the backup printed
@@ -117,7 +122,8 @@
 //!   fenced node 1 (PREEMPT AND ABORT), went LIVE (RARP, re-issue) and
 //!   ran the guest to its exit 0; the old primary printed, only after
 //!   its paths came back, `the shared disk refused a write: RESERVATION
-//!   CONFLICT` or `LOST the test-and-set`, then `hypervisor: guest
+//!   CONFLICT` or `LOST the test-and-set` (or, at any time, that it
+//!   stepped down for its stalled disk), then `hypervisor: guest
 //!   stopped` (or its Bochs exited), and never WON, ALONE or LIVE; no
 //!   frame of the guest left `tapfk1` after the backup's LIVE line was
 //!   seen and the bridge never learned the guest MAC there again.
@@ -232,6 +238,24 @@ const PORTAL_PORT: &str = "3260";
 /// refused) or beaten at the flag.
 const FENCED: &str = "ft: primary: the shared disk refused a write: RESERVATION CONFLICT";
 const ZOMBIE_REACTIONS: [&str; 2] = [FENCED, "ft: primary: LOST the test-and-set"];
+/// The old primary's line when its disk stalled for the failure timeout
+/// while paired: it steps down for the backup (issue 14, one-sided
+/// storage loss), possibly before its paths come back.
+const STEPPED_DOWN: &str = "ft: primary: the shared disk made no progress for";
+
+/// The old primary's serial from its reaction on: from its step-down
+/// line if it stepped down, else what it printed after the paths came
+/// back (`at_restore`: its serial then).
+fn zombie_tail<'a>(serial: &'a str, at_restore: &str) -> &'a str {
+    match serial.find(STEPPED_DOWN) {
+        Some(i) => &serial[i..],
+        None => serial.get(at_restore.len()..).unwrap_or(""),
+    }
+}
+
+fn zombie_reaction(line: &str) -> bool {
+    line.contains(STEPPED_DOWN) || ZOMBIE_REACTIONS.iter().any(|m| line.contains(m))
+}
 
 /// The pair's hypervisor command line (`role=`, `peer=`, `ip=`,
 /// `iscsi_node=` are added per node).
@@ -303,7 +327,7 @@ pub fn tests() -> Vec<E2eTest> {
             pair!("37"),
             420,
             run_zombie,
-            "FT pair; the client overwrites 4 keys with increasing versions; the primary's iSCSI path only (run a), then all its links (run b) cut past the failure timeout: the backup wins (generation +1, preempting the primary's reservation key) and goes live; after the paths come back the old primary's writes are refused (RESERVATION CONFLICT) or it loses, and it halts; no frame from it after the go-live; the LUN holds every key's last acknowledged version",
+            "FT pair; the client overwrites 4 keys with increasing versions; with a write in flight the primary's iSCSI path only (run a), all its links (run b), or its iSCSI path and then its whole Bochs (SIGSTOP, run c) are cut past the failure timeout: the backup wins (generation +1, preempting the primary's reservation key) and goes live; the old primary steps down when its disk stalls while paired, or once the paths come back its write is refused (RESERVATION CONFLICT) or it loses; it halts; no frame from it after the go-live; the LUN holds every key's last acknowledged version",
         ),
     ]
 }
@@ -327,6 +351,11 @@ enum Fault {
     /// Cut all the primary's links (its bridge port disabled), restore
     /// them likewise.
     ZombieLinks,
+    /// Freeze the primary's Bochs (SIGSTOP) with its write pinned behind
+    /// the iSCSI cut, resume it (SIGCONT) with the paths: a stalled host.
+    /// Its clock (Bochs's, instruction-driven) stands still meanwhile, so
+    /// it cannot step down: only the fence stops its write.
+    ZombieFreeze,
 }
 
 impl Fault {
@@ -337,7 +366,10 @@ impl Fault {
 
     /// `ft-zombie-primary`: the primary is cut off, not killed.
     fn zombie(self) -> bool {
-        matches!(self, Fault::ZombieIscsi | Fault::ZombieLinks)
+        matches!(
+            self,
+            Fault::ZombieIscsi | Fault::ZombieLinks | Fault::ZombieFreeze
+        )
     }
 }
 
@@ -472,6 +504,7 @@ fn run_zombie(t: &E2eTest, root: &Path) -> Outcome {
     let phases = [
         ("a", Fault::ZombieIscsi, "its iSCSI path cut", 15),
         ("b", Fault::ZombieLinks, "all its links cut", 16),
+        ("c", Fault::ZombieFreeze, "its Bochs frozen", 17),
     ];
     let mut passed = Vec::new();
     let mut failed = Vec::new();
@@ -631,6 +664,18 @@ impl Ctx<'_> {
             Err(format!("kill -KILL {pid} failed"))
         }
     }
+}
+
+/// Sends `SIG<sig>` to the Bochs started with `bochsrc`.
+fn signal_bochs(bochsrc: &str, sig: &str) -> Result<(), String> {
+    let pid = bochs_pid(bochsrc).ok_or("its Bochs is not running")?;
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    st.success()
+        .then_some(())
+        .ok_or_else(|| format!("kill -{sig} {pid} failed"))
 }
 
 /// The pid of the Bochs started with `bochsrc` (its absolute path).
@@ -1030,7 +1075,7 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
             format!("SIGKILLed istgt after reply #{n}")
         }
         // Cut by zombie_step, at a SET boundary.
-        Fault::ZombieIscsi | Fault::ZombieLinks => return Ok(()),
+        Fault::ZombieIscsi | Fault::ZombieLinks | Fault::ZombieFreeze => return Ok(()),
     };
     st.fault_at = Some(Instant::now());
     st.notes.push(note);
@@ -1293,6 +1338,14 @@ fn zombie_step(
         }
         return Ok(());
     };
+    if plan.fault == Fault::ZombieFreeze && z.links_cut.is_none() && now >= cut_at + ZOMBIE_PIN {
+        signal_bochs(&ctx.bochsrc[0], "STOP").map_err(|e| format!("freezing the primary: {e}"))?;
+        z.links_cut = Some(now);
+        st.notes.push(format!(
+            "froze the primary's Bochs (SIGSTOP) {} later",
+            secs(now - cut_at)
+        ));
+    }
     if plan.fault == Fault::ZombieLinks && z.links_cut.is_none() && now >= cut_at + ZOMBIE_PIN {
         bridge_port_state(&ctx.ns.name, TAPS[0], "0")
             .map_err(|e| format!("cutting the primary's links: {e}"))?;
@@ -1342,9 +1395,12 @@ fn zombie_step(
             z.primary_at_restore = ctx.serial(0);
             let early_demux = z.early_demux.take().ok_or("no cut to restore")?;
             restore_iscsi(ctx.ns, &early_demux)?;
-            if z.links_cut.is_some() {
-                bridge_port_state(&ctx.ns.name, TAPS[0], "3")
-                    .map_err(|e| format!("restoring the primary's links: {e}"))?;
+            match (plan.fault, z.links_cut) {
+                (Fault::ZombieLinks, Some(_)) => bridge_port_state(&ctx.ns.name, TAPS[0], "3")
+                    .map_err(|e| format!("restoring the primary's links: {e}"))?,
+                (Fault::ZombieFreeze, Some(_)) => signal_bochs(&ctx.bochsrc[0], "CONT")
+                    .map_err(|e| format!("resuming the primary: {e}"))?,
+                _ => {}
             }
             let back = Instant::now();
             z.restored = Some(back);
@@ -1365,12 +1421,9 @@ fn zombie_step(
         return Ok(());
     }
     let p = ctx.serial(0);
-    let new = p.get(z.primary_at_restore.len()..).unwrap_or("");
+    let new = zombie_tail(&p, &z.primary_at_restore);
     if z.reaction.is_none() {
-        if let Some(l) = new
-            .lines()
-            .find(|l| ZOMBIE_REACTIONS.iter().any(|m| l.contains(m)))
-        {
+        if let Some(l) = new.lines().find(|l| zombie_reaction(l)) {
             z.reaction = Some((now, l.trim().to_string()));
         }
     }
@@ -1543,6 +1596,8 @@ fn judge_zombie(
             return Err(format!("the old primary printed `{}`", l.trim()));
         }
     }
+    // Refused or beaten only once its paths came back; a step-down (its
+    // disk stalled while paired) comes whenever the timeout runs out.
     if let Some(l) = z
         .primary_at_restore
         .lines()
@@ -1553,15 +1608,12 @@ fn judge_zombie(
             l.trim()
         ));
     }
-    let after = p.serial.get(z.primary_at_restore.len()..).unwrap_or("");
-    let reaction = after
-        .lines()
-        .find(|l| ZOMBIE_REACTIONS.iter().any(|m| l.contains(m)))
-        .ok_or_else(|| {
-            format!(
-                "after its paths came back the old primary printed neither `{FENCED}` nor `LOST the test-and-set`"
-            )
-        })?;
+    let after = zombie_tail(&p.serial, &z.primary_at_restore);
+    let reaction = after.lines().find(|l| zombie_reaction(l)).ok_or_else(|| {
+        format!(
+            "the old primary printed neither `{STEPPED_DOWN}` nor, after its paths came back, `{FENCED}` or `LOST the test-and-set`"
+        )
+    })?;
     let halted = after
         .lines()
         .find(|l| l.contains("hypervisor: guest stopped"))
@@ -1570,12 +1622,21 @@ fn judge_zombie(
         .ok_or("the old primary did not halt (no `hypervisor: guest stopped` line, its Bochs did not exit)")?;
     let how = if reaction.contains(FENCED) {
         "fenced (RESERVATION CONFLICT)"
+    } else if reaction.contains(STEPPED_DOWN) {
+        "stepped down for its backup (its disk stalled)"
     } else {
         "LOST the test-and-set"
     };
-    let reacted_in = z.reaction.as_ref().map_or("?".into(), |(t, _)| {
-        secs(t.saturating_duration_since(restored))
-    });
+    let reacted_in = if reaction.contains(STEPPED_DOWN) {
+        "while cut off, before the paths came back".to_string()
+    } else {
+        z.reaction.as_ref().map_or("?".into(), |(t, _)| {
+            format!(
+                "{} after the paths came back",
+                secs(t.saturating_duration_since(restored))
+            )
+        })
+    };
     // No frame of the guest from the old primary's tap after the go-live.
     let capture = match (&z.capture, &z.capture_error) {
         (Some(f), _) => {
@@ -1644,6 +1705,12 @@ fn judge_zombie(
             secs(live_at.saturating_duration_since(l))
         ),
         (Fault::ZombieLinks, None) => return Err("the primary's links were never cut".into()),
+        (Fault::ZombieFreeze, Some(l)) => format!(
+            ", its Bochs frozen {} (from {} before the backup's LIVE line was seen)",
+            secs(restored - l),
+            secs(live_at.saturating_duration_since(l))
+        ),
+        (Fault::ZombieFreeze, None) => return Err("the primary was never frozen".into()),
         _ => String::new(),
     };
     // The old primary's disk: the write it had in flight was refused.
@@ -1666,7 +1733,7 @@ fn judge_zombie(
         format!("; {}", st.stopped.join("; "))
     };
     Ok(format!(
-        "({}; backup `{}`, `{}`; {live}; old primary {how} {reacted_in} after the paths came back: `{}`, halted: `{halted}`, {disk}; {capture}; guest MAC never on {} after the go-live; failover {} (cut -> first reply from the new primary), iSCSI path cut {}{links}; SET #{in_flight} (k{:04} v{in_flight}) was in flight at the cut; {sent} SETs sent and acknowledged in {}, {} retries, {} reconnects; LUN: {versions}; flag {}{stopped})",
+        "({}; backup `{}`, `{}`; {live}; old primary {how} {reacted_in}: `{}`, halted: `{halted}`, {disk}; {capture}; guest MAC never on {} after the go-live; failover {} (cut -> first reply from the new primary), iSCSI path cut {}{links}; SET #{in_flight} (k{:04} v{in_flight}) was in flight at the cut; {sent} SETs sent and acknowledged in {}, {} retries, {} reconnects; LUN: {versions}; flag {}{stopped})",
         st.notes.join("; "),
         won_line.trim(),
         fence_line.trim(),
@@ -2167,7 +2234,9 @@ fn judge(
                 gen(&flag),
             ))
         }
-        Fault::ZombieIscsi | Fault::ZombieLinks => unreachable!("judged by judge_zombie"),
+        Fault::ZombieIscsi | Fault::ZombieLinks | Fault::ZombieFreeze => {
+            unreachable!("judged by judge_zombie")
+        }
     }
 }
 

@@ -70,12 +70,19 @@ fn describe(r: &Record) -> String {
             generation,
             guest_id,
             protocol_version,
+            machine,
         } => format!(
-            "cluster {cluster_id} generation {generation} protocol {protocol_version} guest {}",
+            "cluster {cluster_id} generation {generation} protocol {protocol_version} guest {} machine: {}",
             guest_id
                 .iter()
                 .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+                .collect::<String>(),
+            machine
+                .fields()
+                .iter()
+                .map(|(k, v)| format!("{k} {v:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         LogEntry::Interrupt { vector, .. } => format!("vector {vector:#x}"),
         LogEntry::NetFrame { vector, frame, .. } => {

@@ -110,8 +110,12 @@ fn main() -> ExitCode {
         total.log_bytes
     );
     println!(
-        "  reconnects {}, stale joins refused {}, disk writes {} (refused from fenced nodes {})",
-        total.reconnects, total.refused, total.writes, total.fenced_writes
+        "  reconnects {}, stale joins refused {}, disk writes {} (refused from fenced nodes {}), primaries stepped down for a stalled disk {}",
+        total.reconnects, total.refused, total.writes, total.fenced_writes, total.step_downs
+    );
+    println!(
+        "  records of exactly the maximum payload {}, one byte over refused {}",
+        total.max_records, total.oversize_refused
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 
 use crc::{Crc, Table, CRC_32_ISCSI};
 
-use super::entry::{DiskStatus, ExecPoint, GoodbyeReason, LogEntry, NonDetSource, Record};
+use super::entry::{
+    DiskStatus, ExecPoint, GoodbyeReason, LogEntry, MachineId, NonDetSource, Record,
+};
 use super::{HEADER_LEN, LOG_FORMAT_VERSION, MAX_PAYLOAD, RECORD_MAGIC, TRAILER_LEN};
 use crate::FtError;
 
@@ -58,11 +60,13 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             generation,
             guest_id,
             protocol_version,
+            machine,
         } => {
             put_u64(out, *cluster_id);
             put_u64(out, *generation);
             out.extend_from_slice(guest_id);
             out.extend_from_slice(&protocol_version.to_le_bytes());
+            out.extend_from_slice(&machine.to_bytes());
         }
         LogEntry::Interrupt { at, vector } => {
             put_point(out, at);
@@ -125,6 +129,7 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             GoodbyeReason::Shutdown => 0,
             GoodbyeReason::Halted => 1,
             GoodbyeReason::Superseded => 2,
+            GoodbyeReason::StorageLost => 3,
         }),
         LogEntry::Checkpoint { at, state_hash } => {
             put_point(out, at);
@@ -258,6 +263,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
             generation: r.u64()?,
             guest_id: r.array()?,
             protocol_version: r.u16()?,
+            machine: MachineId::from_bytes(&r.array()?),
         },
         0x02 => LogEntry::Interrupt {
             at: r.point()?,
@@ -324,6 +330,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
                 0 => GoodbyeReason::Shutdown,
                 1 => GoodbyeReason::Halted,
                 2 => GoodbyeReason::Superseded,
+                3 => GoodbyeReason::StorageLost,
                 _ => return Err(r.bad("unknown goodbye reason")),
             },
         },

@@ -56,6 +56,93 @@ pub enum DiskStatus {
     Unsupported,
 }
 
+/// The machine a node runs its guest on, as far as a pair must agree
+/// (issue 14; DESIGN.md §1.1 "both sides start the same guest from the
+/// same state"): sent in the Hello, and a backup refuses a primary whose
+/// machine differs, naming the field. Two nodes with different memory
+/// would diverge; with a different disk or NIC wiring the backup would go
+/// live on another disk or network than the guest had; with another
+/// virtual CPU the guest would see other CPUID answers. The counter
+/// backend is not part of it: every backend counts the same unit (guest
+/// instructions, `vmx::counter`), so a pair may mix them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MachineId {
+    /// Guest RAM in bytes.
+    pub guest_mem: u64,
+    /// The guest disk's backend: 0 none, 1 RAM, 2 the shared iSCSI LUN.
+    pub disk: u8,
+    /// The guest disk's capacity in 512-byte sectors.
+    pub disk_sectors: u64,
+    /// The guest NIC's wiring: 0 none, 1 loopback, 2 bridged to the
+    /// hypervisor's NIC.
+    pub nic: u8,
+    /// The virtual CPU: a hash of the CPUID answers the guest gets.
+    pub cpu: u64,
+}
+
+impl MachineId {
+    /// Encoded length in the Hello.
+    pub const LEN: usize = 26;
+
+    /// The fields with their names, in wire order.
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        [
+            ("guest memory bytes", self.guest_mem),
+            ("disk backend", u64::from(self.disk)),
+            ("disk sectors", self.disk_sectors),
+            ("NIC wiring", u64::from(self.nic)),
+            ("virtual CPU", self.cpu),
+        ]
+    }
+
+    /// Little-endian wire form.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..8].copy_from_slice(&self.guest_mem.to_le_bytes());
+        b[8] = self.disk;
+        b[9..17].copy_from_slice(&self.disk_sectors.to_le_bytes());
+        b[17] = self.nic;
+        b[18..26].copy_from_slice(&self.cpu.to_le_bytes());
+        b
+    }
+
+    /// From the wire form.
+    pub fn from_bytes(b: &[u8; Self::LEN]) -> Self {
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        Self {
+            guest_mem: u64_at(0),
+            disk: b[8],
+            disk_sectors: u64_at(9),
+            nic: b[17],
+            cpu: u64_at(18),
+        }
+    }
+
+    /// The first field in which `theirs` differs from `self`: its name,
+    /// their value, ours.
+    pub fn first_difference(&self, theirs: &MachineId) -> Option<(&'static str, u64, u64)> {
+        self.fields()
+            .into_iter()
+            .zip(theirs.fields())
+            .find(|(a, b)| a.1 != b.1)
+            .map(|(ours, th)| (ours.0, th.1, ours.1))
+    }
+}
+
+impl core::fmt::Display for MachineId {
+    /// Hex of the wire form (what `qemu-tests hostile-log` takes back).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for b in self.to_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a peer ended the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GoodbyeReason {
@@ -65,6 +152,10 @@ pub enum GoodbyeReason {
     Halted,
     /// The sender was superseded by a newer generation.
     Superseded,
+    /// The primary lost its path to the shared disk and stepped down
+    /// (DESIGN.md §1.7): the backup, which may still reach it, takes over
+    /// at once, as after the primary's failure.
+    StorageLost,
 }
 
 /// One entry in the log. Kinds with an [`ExecPoint`] are replayed by the
@@ -78,6 +169,8 @@ pub enum LogEntry {
         generation: u64,
         guest_id: [u8; 16],
         protocol_version: u16,
+        /// The machine the guest runs on ([`MachineId`]).
+        machine: MachineId,
     },
     /// An interrupt with no data (timer, device status).
     Interrupt { at: ExecPoint, vector: u8 },

@@ -29,7 +29,7 @@ pub mod export;
 mod stream;
 
 pub use codec::{decode_record, encode_record, encoded_len};
-pub use entry::{DiskStatus, ExecPoint, GoodbyeReason, LogEntry, NonDetSource, Record};
+pub use entry::{DiskStatus, ExecPoint, GoodbyeReason, LogEntry, MachineId, NonDetSource, Record};
 pub use stream::StreamDecoder;
 
 /// First byte of every record.
@@ -37,7 +37,9 @@ pub const RECORD_MAGIC: u8 = 0xF7;
 /// The record format version this build writes and accepts.
 pub const LOG_FORMAT_VERSION: u8 = 1;
 /// The FT protocol version announced in [`LogEntry::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: the Hello carries the machine ([`MachineId`]); `Goodbye` has the
+/// `StorageLost` reason (a primary stepping down).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Fixed header bytes before the payload.
 pub const HEADER_LEN: usize = 16;
 /// CRC trailer bytes after the payload.

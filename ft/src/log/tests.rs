@@ -15,6 +15,13 @@ pub(crate) fn samples() -> Vec<LogEntry> {
             generation: 3,
             guest_id: [9; 16],
             protocol_version: PROTOCOL_VERSION,
+            machine: crate::log::MachineId {
+                guest_mem: 192 << 20,
+                disk: 2,
+                disk_sectors: 131_064,
+                nic: 2,
+                cpu: 0x0123_4567_89ab_cdef,
+            },
         },
         LogEntry::Interrupt { at, vector: 0x20 },
         LogEntry::NetFrame {
@@ -92,6 +99,9 @@ pub(crate) fn samples() -> Vec<LogEntry> {
         },
         LogEntry::Goodbye {
             reason: GoodbyeReason::Superseded,
+        },
+        LogEntry::Goodbye {
+            reason: GoodbyeReason::StorageLost,
         },
         LogEntry::Checkpoint {
             at,

@@ -157,6 +157,12 @@ pub struct Stats {
     pub writes: u64,
     /// Data writes refused because the writer was fenced.
     pub fenced_writes: u64,
+    /// Primaries that stepped down for a stalled shared disk.
+    pub step_downs: u64,
+    /// Records of exactly the maximum payload logged.
+    pub max_records: u64,
+    /// Frames one byte too large for a record, refused by the primary.
+    pub oversize_refused: u64,
     /// Log connections re-established after a drop.
     pub reconnects: u64,
 }
@@ -179,6 +185,9 @@ impl Stats {
         self.refused += s.refused;
         self.writes += s.writes;
         self.fenced_writes += s.fenced_writes;
+        self.step_downs += s.step_downs;
+        self.max_records += s.max_records;
+        self.oversize_refused += s.oversize_refused;
         self.reconnects += s.reconnects;
     }
 }

@@ -43,6 +43,9 @@ fn campaign(shard: u64) {
     assert!(total.writes > per * 10, "too few disk writes: {total:?}");
     assert!(total.fenced_writes > 0, "no zombie write fenced: {total:?}");
     assert!(total.reconnects > per / 10, "too few reconnects: {total:?}");
+    assert!(total.step_downs > 0, "no primary stepped down: {total:?}");
+    assert!(total.max_records > 0, "no record at the size limit: {total:?}");
+    assert!(total.oversize_refused > 0, "no oversize record refused: {total:?}");
 }
 
 #[test]
@@ -151,6 +154,11 @@ fn mutation_no_fencing_is_caught() {
 #[test]
 fn mutation_no_reconnect_is_caught() {
     caught(Mutation::NoReconnect, &[Invariant::NoFalseFailover]);
+}
+
+#[test]
+fn mutation_no_storage_step_down_is_caught() {
+    caught(Mutation::NoStorageStepDown, &[Invariant::Liveness]);
 }
 
 #[test]

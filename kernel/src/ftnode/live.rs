@@ -63,7 +63,9 @@ use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
 use kernel::exitcode;
-use kernel::ftnode::{guest_identity, mbit_per_s, IdHex, LagMeter, OutputGate};
+use kernel::ftnode::{
+    guest_identity, machine_identity, mbit_per_s, DiskStall, IdHex, LagMeter, OutputGate,
+};
 use kernel::guestio::{GuestIo, Slot};
 use vmx::caps::{PmuInfo, VmxCaps};
 
@@ -314,6 +316,11 @@ pub struct Node<N: Nic> {
     test_resets: u64,
     /// When a storage-outage retry was last reported (µs).
     retry_noted_us: u64,
+    /// Primary: since when the guest disk has owed requests without
+    /// progress (the node judges it: one-sided storage loss).
+    disk_stall: DiskStall,
+    /// Backup: the primary's step-down was reported.
+    step_down_noted: bool,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -333,6 +340,8 @@ impl<N: Nic + 'static> Node<N> {
             Role::Backup => (NodeId(2), NodeId(1)),
         };
         let mut sc = SessionConfig::new(pair.cluster, guest_id, me);
+        // Memory and disk size are filled in at join (the guest is built).
+        sc.machine = machine_identity(config, 0, 0);
         sc.heartbeat_interval_ns = pair.heartbeat_ms * 1_000_000;
         sc.failure_timeout_ns = pair.timeout_ms * 1_000_000;
         sc.join_timeout_ns = config.net.timeout_secs * 1_000_000_000;
@@ -431,6 +440,8 @@ impl<N: Nic + 'static> Node<N> {
             last_at: ExecPoint::default(),
             test_resets: 0,
             retry_noted_us: 0,
+            disk_stall: DiskStall::default(),
+            step_down_noted: false,
         }
     }
 
@@ -536,6 +547,19 @@ impl<N: Nic + 'static> Node<N> {
     /// `net_timeout`) and say Hello; no backup means the node arbitrates
     /// to run alone. Backup: listen for the primary.
     fn join_session(&mut self, io: &mut GuestIo) {
+        let m = &mut self.ncfg.session.machine;
+        m.guest_mem = io.ram_bytes();
+        m.disk_sectors = io.disk_sectors();
+        let m = *m;
+        println!(
+            "ft: {}: machine {m} ({})",
+            role_name(self.role),
+            m.fields()
+                .iter()
+                .map(|(k, v)| alloc::format!("{k} {v:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let generation = self.session_generation(io);
         let node_role = match self.role {
             Role::Primary => NodeRole::Primary,
@@ -720,7 +744,11 @@ impl<N: Nic + 'static> Node<N> {
                             f.generation,
                             f.owner.0
                         ),
-                        _ if self.ft.backup().is_some_and(|b| b.goodbye().is_none()) => {
+                        _ if self.ft.stepped_down() => {
+                    "primary: stepped down for the backup: the shared disk stopped answering this node; halting the guest for good"
+                        .into()
+                }
+                _ if self.ft.backup().is_some_and(|b| b.goodbye().is_none()) => {
                             "backup: fenced by the primary's go-live: halting the guest for good"
                                 .into()
                         }
@@ -823,6 +851,29 @@ impl<N: Nic + 'static> Node<N> {
 
     /// What the node's state means for the hypervisor: a halt stops the
     /// guest; a node without any shared LUN cannot arbitrate at all.
+    /// Primary: shows the node how the guest disk progresses; a paired
+    /// primary whose disk stopped answering steps down (its Goodbye is
+    /// flushed for up to 200 ms) and halts.
+    fn judge_disk(&mut self, now_us: u64, io: &GuestIo) -> Result<(), String> {
+        let owed = io.disk_in_flight();
+        let since = self.disk_stall.observe(now_us, owed, io.stats().disk_done);
+        let fx = self.ft.on_disk(now_us * 1000, since.map(|t| t * 1000));
+        if fx.is_empty() {
+            return Ok(());
+        }
+        println!(
+            "ft: primary: the shared disk made no progress for {} ms with {owed} request(s) owed (failure timeout {} ms): stepping down for the backup, which takes over (Goodbye StorageLost)",
+            now_us.saturating_sub(since.unwrap_or(now_us)) / 1000,
+            self.cfg.timeout_ms
+        );
+        self.apply(fx);
+        let until = self.now_us() + 200_000;
+        while self.out_off < self.outbox.len() && self.now_us() < until {
+            self.pump(true);
+        }
+        self.settle_state()
+    }
+
     fn settle_state(&mut self) -> Result<(), String> {
         if let Some(why) = &self.halted {
             return Err(why.clone());
@@ -1054,7 +1105,16 @@ impl<N: Nic + 'static> Node<N> {
         } else {
             replayer.remaining()
         });
-        if b.goodbye().is_some() && replayer.stream_open() {
+        let stepped_down = b.goodbye() == Some(GoodbyeReason::StorageLost);
+        if stepped_down && !self.step_down_noted {
+            // The node arbitrates on its next tick, at once.
+            self.step_down_noted = true;
+            println!(
+                "ft: backup: the primary stepped down after seq {}: it lost the shared disk; taking over",
+                b.received().saturating_sub(1)
+            );
+        }
+        if b.goodbye().is_some() && !stepped_down && replayer.stream_open() {
             match b.goodbye() {
                 Some(GoodbyeReason::Shutdown) => {
                     println!(
@@ -1070,7 +1130,7 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-        if b.goodbye().is_some() {
+        if b.goodbye().is_some() && !stepped_down {
             // An orderly end: nothing to decide any more.
             return Ok(());
         }
@@ -1297,6 +1357,7 @@ impl<N: Nic + 'static> Live for Node<N> {
                 self.last_tick_us = now;
                 self.primary_tick(now * 1000, guest_ns, at, Some(io))?;
                 self.pump(false);
+                self.judge_disk(now, io)?;
                 // A lagging backup slows the guest down: wait for acks
                 // while the node says so (its one throttle rule).
                 let mut waited = false;

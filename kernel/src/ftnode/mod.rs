@@ -52,6 +52,81 @@ pub fn guest_identity(image: &[u8], initrd: Option<&[u8]>, cmdline: &str) -> [u8
     id
 }
 
+/// CPUID leaves of the virtual CPU model whose answers make up its
+/// identity (`vmx::exit::cpuid::model`; unknown leaves answer zeros).
+const CPU_LEAVES: [u32; 14] = [
+    0,
+    1,
+    6,
+    0x15,
+    0x16,
+    0x4000_0000,
+    0x4000_0001,
+    0x4000_0010,
+    0x8000_0000,
+    0x8000_0001,
+    0x8000_0002,
+    0x8000_0003,
+    0x8000_0004,
+    0x8000_0008,
+];
+
+/// This node's machine for the session Hello (issue 14): guest RAM, the
+/// disk's backend and capacity, the NIC's wiring (from `config`), and a
+/// hash of the CPUID answers of the virtual CPU this build gives the guest.
+pub fn machine_identity(
+    config: &crate::config::Config,
+    ram_bytes: u64,
+    disk_sectors: u64,
+) -> ft::log::MachineId {
+    use crate::config::{DiskChoice, GuestNetChoice};
+    let mut cpu = 0xCBF2_9CE4_8422_2325u64;
+    for leaf in CPU_LEAVES {
+        for r in vmx::exit::cpuid::model(leaf, 0) {
+            cpu = fnv(cpu, &r.to_le_bytes());
+        }
+    }
+    ft::log::MachineId {
+        guest_mem: ram_bytes,
+        disk: match config.disk {
+            DiskChoice::None => 0,
+            DiskChoice::Ram { .. } => 1,
+            DiskChoice::Iscsi => 2,
+        },
+        disk_sectors,
+        nic: match config.guest_net {
+            GuestNetChoice::None => 0,
+            GuestNetChoice::Loopback => 1,
+            GuestNetChoice::Bridge => 2,
+        },
+        cpu,
+    }
+}
+
+/// Since when the guest disk has made no progress while it owes requests
+/// (what `ft::node::Node::on_disk` judges: a paired primary whose disk is
+/// stuck for the failure timeout steps down, DESIGN.md §1.7).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskStall {
+    done: u64,
+    progress_us: u64,
+}
+
+impl DiskStall {
+    /// At `now_us` the backend holds `in_flight` requests and has
+    /// completed `done` in all: `Some(t)` when requests are outstanding and
+    /// nothing completed since `t` (the last completion, or the last
+    /// observation with nothing outstanding); `None` otherwise.
+    pub fn observe(&mut self, now_us: u64, in_flight: usize, done: u64) -> Option<u64> {
+        if in_flight == 0 || done != self.done {
+            self.done = done;
+            self.progress_us = now_us;
+            return None;
+        }
+        Some(self.progress_us)
+    }
+}
+
 /// Hex of a guest id, for messages.
 pub struct IdHex<'a>(pub &'a [u8; 16]);
 
@@ -280,6 +355,51 @@ impl StatusLine {
 mod tests {
     use super::*;
     use alloc::string::ToString;
+
+    #[test]
+    fn machine_identity_tells_configurations_apart() {
+        use crate::config::Config;
+        let c = Config::parse("disk=ram:1M guest_net=loopback").unwrap();
+        let a = machine_identity(&c, 64 << 20, 2048);
+        assert_eq!(a, machine_identity(&c, 64 << 20, 2048), "deterministic");
+        assert_eq!((a.disk, a.nic, a.guest_mem), (1, 1, 64 << 20));
+        assert_ne!(a.cpu, 0);
+        let field = |b: ft::log::MachineId| a.first_difference(&b).map(|d| d.0);
+        assert_eq!(
+            field(machine_identity(&c, 128 << 20, 2048)),
+            Some("guest memory bytes")
+        );
+        assert_eq!(
+            field(machine_identity(&c, 64 << 20, 4096)),
+            Some("disk sectors")
+        );
+        let iscsi = Config::parse("disk=iscsi guest_net=bridge").unwrap();
+        assert_eq!(
+            field(machine_identity(&iscsi, 64 << 20, 2048)),
+            Some("disk backend")
+        );
+        let none = Config::parse("disk=ram:1M").unwrap();
+        assert_eq!(
+            field(machine_identity(&none, 64 << 20, 2048)),
+            Some("NIC wiring")
+        );
+    }
+
+    #[test]
+    fn disk_stall_counts_from_the_last_progress() {
+        let mut s = DiskStall::default();
+        assert_eq!(s.observe(100, 0, 0), None, "idle");
+        assert_eq!(
+            s.observe(200, 2, 0),
+            Some(100),
+            "owed since it was last idle"
+        );
+        assert_eq!(s.observe(900, 2, 0), Some(100));
+        assert_eq!(s.observe(1000, 1, 1), None, "a completion is progress");
+        assert_eq!(s.observe(5000, 1, 1), Some(1000));
+        assert_eq!(s.observe(6000, 0, 1), None);
+        assert_eq!(s.observe(7000, 3, 1), Some(6000));
+    }
 
     #[test]
     fn identity_covers_image_and_cmdline() {

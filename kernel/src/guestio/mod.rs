@@ -149,6 +149,8 @@ pub struct IoStats {
     pub refused: u64,
     /// Outputs discarded instead of routed (replay, FT backup).
     pub discarded: u64,
+    /// Completions the disk backend delivered.
+    pub disk_done: u64,
 }
 
 /// The guest's virtio devices and their backends.
@@ -179,6 +181,8 @@ pub struct GuestIo {
     /// submission order; re-issued when the backends are attached again
     /// (an FT backup going live, §1.7).
     pending_blk: alloc::collections::BTreeMap<u64, GuestOutput>,
+    /// Guest RAM the devices address.
+    ram_bytes: u64,
 }
 
 /// What [`GuestIo::go_live`] did.
@@ -228,6 +232,7 @@ impl GuestIo {
             gate_queue: Vec::new(),
             held_outside: 0,
             pending_blk: Default::default(),
+            ram_bytes,
         }
     }
 
@@ -246,6 +251,16 @@ impl GuestIo {
             GuestNetChoice::Loopback => Box::new(Loopback::default()),
         };
         Self::new(ram_bytes, disk, wire)
+    }
+
+    /// Guest RAM in bytes.
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    /// The guest disk's capacity in 512-byte sectors.
+    pub fn disk_sectors(&self) -> u64 {
+        self.disk.capacity_sectors()
     }
 
     /// The disk backend, for building a [`GuestIo`] with another wire.
@@ -449,6 +464,7 @@ impl GuestIo {
         let mut frames = Vec::new();
         self.wire.poll(&mut frames);
         let n = done.len() + frames.len();
+        self.stats.disk_done += done.len() as u64;
         for d in done {
             seen(Slot::Blk, &d);
             let _ = self.input(Slot::Blk, d, ram, irq);
@@ -459,6 +475,15 @@ impl GuestIo {
             let _ = self.input(Slot::Net, f, ram, irq);
         }
         n
+    }
+
+    /// Requests the disk backend holds (queued or on the medium).
+    pub fn disk_in_flight(&self) -> usize {
+        if self.detached {
+            0
+        } else {
+            self.disk.in_flight()
+        }
     }
 
     /// Whether a backend still owes the guest an input.

@@ -98,7 +98,8 @@ impl Sim<'_> {
                     continue;
                 }
                 let detail = format!(
-                    "node {c} crashed at {} ms; survivor node {s} not live by {} ms (flag generation {} of node {})",
+                    "node {c} {} at {} ms; survivor node {s} not live by {} ms (flag generation {} of node {})",
+                    o.cause,
                     o.since / STEP_NS,
                     o.deadline / STEP_NS,
                     flag.generation,

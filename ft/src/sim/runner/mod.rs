@@ -29,6 +29,9 @@ mod disk;
 const STEP_NS: u64 = 1_000_000;
 const UNITS_PER_STEP: u64 = STEP_NS / NS_PER_UNIT;
 const TIMER_UNITS: u64 = 1_000; // a timer interrupt every 10 ms of guest time
+/// The largest frame a `NetFrame` record carries: its payload (point 24
+/// bytes, vector 1, the frame) is then exactly `MAX_PAYLOAD`.
+const MAX_FRAME: usize = crate::log::MAX_PAYLOAD - 25;
 
 enum Role {
     /// Booting: joins at `Sim::start_at`.
@@ -75,11 +78,15 @@ struct SimNode {
     inflight: VecDeque<(u64, usize, u64)>,
     /// Arbitrations this node had made at the last check.
     arbitrations_seen: u64,
+    /// A liveness obligation was taken for this node's stalled disk.
+    stall_owed: bool,
 }
 
 struct Obligation {
     survivor: usize,
     crashed: usize,
+    /// What happened to `crashed` ("crashed", "lost its storage").
+    cause: &'static str,
     since: u64,
     deadline: u64,
     generation: u64,
@@ -133,6 +140,7 @@ impl<'c> Sim<'c> {
             pre_released: BTreeSet::new(),
             inflight: VecDeque::new(),
             arbitrations_seen: 0,
+            stall_owed: false,
         };
         let configured_generation = faults.configured_generation;
         let mut storage = StorageServer::new(NodeId(1));
@@ -401,6 +409,7 @@ impl<'c> Sim<'c> {
             self.obligations.push(Obligation {
                 survivor: s,
                 crashed: i,
+                cause: "crashed",
                 since: now,
                 deadline: now + timeout + replay_ns + slack,
                 generation,
@@ -498,7 +507,15 @@ impl<'c> Sim<'c> {
     fn clients(&mut self) -> Result<(), Violation> {
         let now = self.now();
         if self.rng.chance(self.cfg.requests_per_mille) {
-            let len = self.rng.range(8, 64) as usize;
+            // Records at the size limits (issue 14): now and then a frame
+            // whose record payload is exactly MAX_PAYLOAD (it must travel,
+            // be acknowledged and replayed like any), or one byte more
+            // (the primary must refuse it with an error, never panic).
+            let len = match self.rng.range(0, 10_000) {
+                0 => MAX_FRAME,
+                1 => MAX_FRAME + 1,
+                _ => self.rng.range(8, 64) as usize,
+            };
             let frame: Vec<u8> = (0..len).map(|_| self.rng.next_u64() as u8).collect();
             let at = now + self.rng.range(0, 5 * STEP_NS);
             let pos = self.requests.partition_point(|(t, _)| *t <= at);
@@ -527,9 +544,22 @@ impl<'c> Sim<'c> {
                 vector: 0x30,
                 frame: frame.clone(),
             };
-            let (_, fx) = p
-                .record(t, gt, entry)
-                .map_err(|e| protocol(now, "record frame", &e))?;
+            let before = p.last_seq();
+            let fx = match p.record(t, gt, entry) {
+                Ok((_, fx)) => fx,
+                Err(FtError::TooLarge(_)) if frame.len() > MAX_FRAME => {
+                    // Refused whole: nothing logged, the guest never sees it.
+                    if p.last_seq() != before {
+                        return Err(protocol(now, "oversize frame", &FtError::WrongState("logged")));
+                    }
+                    self.stats.oversize_refused += 1;
+                    continue;
+                }
+                Err(e) => return Err(protocol(now, "record frame", &e)),
+            };
+            if frame.len() == MAX_FRAME {
+                self.stats.max_records += 1;
+            }
             n.guest.inject_frame(&frame);
             self.apply(i, fx)?;
         }
@@ -675,10 +705,22 @@ impl<'c> Sim<'c> {
             }
         }
         let before = node.state();
+        // The guest disk: a released write that should have landed and
+        // has not is stalled since it was due (the node's clock).
+        let now = self.now;
+        let stalled = n
+            .inflight
+            .front()
+            .filter(|w| w.0 <= now)
+            .map(|w| t.saturating_sub(now - w.0));
+        let mut fx = node.on_disk(t, stalled);
+        if node.stepped_down() && matches!(before, NodeState::Paired) {
+            self.stats.step_downs += 1;
+        }
         let mut view = self
             .storage
             .view(reachable, &mut self.rng, self.cfg.mutation);
-        let fx = node.tick(t, gt, n.guest.point(), &mut view);
+        fx.extend(node.tick(t, gt, n.guest.point(), &mut view));
         let made = node.arbitrations - n.arbitrations_seen;
         n.arbitrations_seen = node.arbitrations;
         self.stats.arbitrations += made;
@@ -686,7 +728,57 @@ impl<'c> Sim<'c> {
         if made > 0 && matches!(before, NodeState::Paired | NodeState::Following) {
             self.check_failover_justified(i)?;
         }
-        self.apply(i, fx)
+        self.apply(i, fx)?;
+        self.owe_for_stalled_disk(i);
+        Ok(())
+    }
+
+    /// A paired primary whose disk writes have been stuck for longer than
+    /// the failure timeout (its clock may run slow: 3% more) while its
+    /// backup follows and reaches the storage: the backup owes going live
+    /// (one-sided storage loss, DESIGN.md §1.7), by the crash deadline plus
+    /// one more failure timeout (the step-down's Goodbye may be lost).
+    fn owe_for_stalled_disk(&mut self, i: usize) {
+        let now = self.now();
+        let s = 1 - i;
+        let stuck_for = self.nodes[i]
+            .inflight
+            .front()
+            .filter(|w| w.0 <= now)
+            .map_or(0, |w| now - w.0);
+        if stuck_for == 0 {
+            self.nodes[i].stall_owed = false;
+            return;
+        }
+        let limit = self.cfg.failure_timeout_ns * 103 / 100 + 2 * STEP_NS;
+        let paired =
+            |n: Option<&Node>, st: NodeState| n.is_some_and(|n| n.state() == st && n.started());
+        if self.nodes[i].stall_owed
+            || stuck_for < limit
+            || !paired(self.nodes[i].role.node(), NodeState::Paired)
+            || !paired(self.nodes[s].role.node(), NodeState::Following)
+            || !self.storage_reachable(s)
+            || self.frozen(s)
+        {
+            return;
+        }
+        self.nodes[i].stall_owed = true;
+        let lag_units = self.nodes[i]
+            .guest
+            .counter()
+            .saturating_sub(self.nodes[s].guest.counter());
+        let replay_ns = lag_units * NS_PER_UNIT * 1000 / self.faults.speed_per_mille[s];
+        let timeout = self.cfg.failure_timeout_ns * 1_000_000 / self.faults.clocks[s].0;
+        let slack =
+            self.cfg.heartbeat_ns + self.faults.max_delay_ns + 3 * self.cfg.retry_ns + 10 * STEP_NS;
+        self.obligations.push(Obligation {
+            survivor: s,
+            crashed: i,
+            cause: "lost its storage",
+            since: now,
+            deadline: now + timeout + replay_ns + slack,
+            generation: self.pair_generation,
+        });
     }
 
     fn apply(&mut self, i: usize, fx: Effects) -> Result<(), Violation> {
