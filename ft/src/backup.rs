@@ -2,22 +2,20 @@
 //! §1.8; seeds/002 "the backup goes live", seeds/003 on lagging one entry).
 //!
 //! Bytes from the primary go to [`Backup::on_bytes`], which verifies order
-//! and CRC and acknowledges. The replay engine asks
-//! [`Backup::replay_limit`] how far the guest may run (up to the point of
-//! the next received entry: the backup lags one entry), then takes the
-//! entry due at that point with [`Backup::take_async`],
-//! [`Backup::take_nondet`] or [`Backup::take_output`]. On primary silence
-//! the backup arbitrates; if it wins it drains what it already has and
-//! then emits [`Effect::GoLive`].
+//! and CRC and acknowledges. The one replay engine
+//! ([`crate::replay::Replayer`]) takes the records received
+//! ([`Backup::take_received`], through `crate::node::Node::feed`), lands
+//! on each entry's point itself (the backup lags one entry) and reports
+//! what it applied ([`Backup::set_applied`]) and what it still has to run
+//! to ([`Backup::set_engine_backlog`]). On primary silence the backup
+//! arbitrates; if it wins it drains what it already has and then emits
+//! [`Effect::GoLive`].
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::arbitration::Verdict;
-use crate::log::{
-    encode_record, ExecPoint, GoodbyeReason, LogEntry, NonDetSource, Record, StreamDecoder,
-    PROTOCOL_VERSION,
-};
+use crate::log::{encode_record, GoodbyeReason, LogEntry, Record, StreamDecoder, PROTOCOL_VERSION};
 use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
 
 /// Where the backup is in its life.
@@ -35,19 +33,6 @@ pub enum BackupState {
     Halted,
 }
 
-/// How far the replay engine may run the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayLimit {
-    /// Run up to (and stop at) this point, then take the entry due there.
-    Until(ExecPoint),
-    /// Nothing received yet: do not execute.
-    Wait,
-    /// Live: no log, run freely.
-    Free,
-    /// Halted.
-    Stop,
-}
-
 /// The backup side of an FT session.
 #[derive(Debug)]
 pub struct Backup {
@@ -62,7 +47,6 @@ pub struct Backup {
     last_heard_ns: u64,
     ack_seq: u64,
     last_ack_sent: (u64, u64),
-    pending_disk: BTreeSet<u64>,
     arbitration_pending: bool,
     next_arbitration_ns: u64,
     goodbye: Option<GoodbyeReason>,
@@ -93,7 +77,6 @@ impl Backup {
             last_heard_ns: now,
             ack_seq: 0,
             last_ack_sent: (0, 0),
-            pending_disk: BTreeSet::new(),
             arbitration_pending: false,
             next_arbitration_ns: now,
             goodbye: None,
@@ -337,135 +320,6 @@ impl Backup {
         self.applied = self.applied.max(seq.min(self.received));
     }
 
-    /// How far the guest may execute now.
-    pub fn replay_limit(&self) -> ReplayLimit {
-        match self.state {
-            BackupState::Live => ReplayLimit::Free,
-            BackupState::Halted => ReplayLimit::Stop,
-            _ => match self.queue.front().and_then(|r| r.entry.exec_point()) {
-                Some(p) => ReplayLimit::Until(p),
-                None => ReplayLimit::Wait,
-            },
-        }
-    }
-
-    fn pop_due(&mut self, at: ExecPoint) -> Result<Option<Record>, FtError> {
-        let Some(front) = self.queue.front() else {
-            return Ok(None);
-        };
-        let seq = front.seq;
-        let Some(p) = front.entry.exec_point() else {
-            return Err(FtError::Divergence {
-                seq,
-                reason: "entry without point queued",
-            });
-        };
-        if p.counter > at.counter {
-            return Ok(None);
-        }
-        if p.counter < at.counter {
-            return Err(FtError::Divergence {
-                seq,
-                reason: "guest ran past the entry's point",
-            });
-        }
-        if p != at {
-            return Err(FtError::Divergence {
-                seq,
-                reason: "RIP/RCX differ at the entry's counter",
-            });
-        }
-        self.applied = seq;
-        Ok(self.queue.pop_front())
-    }
-
-    /// The guest stands at `at` (the current limit): take the asynchronous
-    /// entry due here (interrupt, frame, disk completion, heartbeat,
-    /// checkpoint) for the engine to inject. `Ok(None)` if none is due.
-    pub fn take_async(&mut self, at: ExecPoint) -> Result<Option<LogEntry>, FtError> {
-        if let Some(front) = self.queue.front() {
-            if matches!(
-                front.entry,
-                LogEntry::NonDet { .. } | LogEntry::OutputMarker { .. }
-            ) && front
-                .entry
-                .exec_point()
-                .is_some_and(|p| p.counter == at.counter)
-            {
-                return Err(FtError::Divergence {
-                    seq: front.seq,
-                    reason: "log has a guest-initiated event where the guest has none",
-                });
-            }
-        }
-        let rec = self.pop_due(at)?;
-        if let Some(Record {
-            entry: LogEntry::DiskCompletion { request_id, .. },
-            ..
-        }) = &rec
-        {
-            self.pending_disk.remove(request_id);
-        }
-        Ok(rec.map(|r| r.entry))
-    }
-
-    /// The guest executes a non-deterministic instruction at `at`: the
-    /// value comes from the log.
-    pub fn take_nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, FtError> {
-        let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
-        let diverged = FtError::Divergence {
-            seq,
-            reason: "expected a non-deterministic result here",
-        };
-        // Check the kind before consuming: a failed take leaves the log as is.
-        let Some(LogEntry::NonDet {
-            source: s, value, ..
-        }) = self.queue.front().map(|r| &r.entry)
-        else {
-            return Err(diverged);
-        };
-        if *s != source {
-            return Err(diverged);
-        }
-        let value = *value;
-        match self.pop_due(at)? {
-            Some(_) => Ok(value),
-            None => Err(diverged),
-        }
-    }
-
-    /// The guest produced output `output_id` at `at`. Returns whether the
-    /// output is real (`true`, live) or discarded (`false`, DESIGN.md §1.5).
-    pub fn take_output(&mut self, at: ExecPoint, output_id: u64) -> Result<bool, FtError> {
-        if self.state == BackupState::Live {
-            return Ok(true);
-        }
-        let seq = self.queue.front().map_or(self.received + 1, |r| r.seq);
-        if !matches!(self.queue.front(), Some(Record { entry: LogEntry::OutputMarker { output_id: id, .. }, .. }) if *id == output_id)
-        {
-            return Err(FtError::Divergence {
-                seq,
-                reason: "expected this output's marker here",
-            });
-        }
-        match self.pop_due(at)? {
-            Some(Record {
-                entry: LogEntry::OutputMarker { output_id: id, .. },
-                ..
-            }) if id == output_id => Ok(false),
-            _ => Err(FtError::Divergence {
-                seq,
-                reason: "expected this output's marker here",
-            }),
-        }
-    }
-
-    /// The guest issued disk request `id`; the backup does not issue it
-    /// (its completion comes from the log) but remembers it for go-live.
-    pub fn note_disk_request(&mut self, id: u64) {
-        self.pending_disk.insert(id);
-    }
-
     /// Timers: ack progress, failure detection, arbitration retries, and
     /// the switch to live once a won backup has drained its log.
     pub fn tick(&mut self, now: u64) -> Effects {
@@ -503,7 +357,6 @@ impl Backup {
                     out.push(Effect::GoLive(GoLive {
                         generation: self.generation,
                         last_applied: self.applied,
-                        reissue_disk: self.pending_disk.iter().copied().collect(),
                     }));
                 }
             }

@@ -11,10 +11,10 @@ pub struct GoLive {
     /// The flag generation this node won.
     pub generation: u64,
     /// Last log sequence applied before going live (0 for a primary).
+    /// The driver re-issues the disk requests the guest is still waiting
+    /// for (their completion never arrived in the log): its device model
+    /// knows them.
     pub last_applied: u64,
-    /// Disk requests the guest issued whose completion never arrived in
-    /// the log: the driver must issue them for real now.
-    pub reissue_disk: Vec<u64>,
 }
 
 /// One instruction to the driver.

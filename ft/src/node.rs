@@ -38,8 +38,9 @@
 
 use crate::arbitration::{arbitrate, FlagRecord, NodeId, SharedStorage, Verdict};
 use crate::backup::{Backup, BackupState};
-use crate::log::ExecPoint;
+use crate::log::{ExecPoint, GoodbyeReason, Record};
 use crate::primary::{Primary, PrimaryState};
+use crate::replay::Replayer;
 use crate::{Effect, Effects, FtError, Mutation, SessionConfig};
 
 /// A node's side of the pair.
@@ -49,6 +50,21 @@ pub enum NodeRole {
     Primary,
     /// Replays the log, ready to take over.
     Backup,
+}
+
+/// How the primary's log stands for a backup's replay engine
+/// ([`Node::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEnd {
+    /// More may come (also after the primary stepped down: the node takes
+    /// over by itself).
+    Open,
+    /// The primary ended the session in order (`Goodbye { Shutdown }`):
+    /// the log is complete, replay it to the end.
+    Complete,
+    /// The primary ended it otherwise (it lost the flag, or was
+    /// superseded): this side halts.
+    Ended(GoodbyeReason),
 }
 
 /// Everything a node is configured with.
@@ -375,6 +391,37 @@ impl Node {
             Session::Backup(b) => b.peer_lost(),
         };
         self.carry(now, fx, storage)
+    }
+
+    /// Backup: hands the records received since the last call to
+    /// `replayer` (the one replay engine, DESIGN.md §1.3), showing each to
+    /// `seen` first; tells the session what the engine applied (the acks
+    /// carry it) and what it still has to run to (a won backup goes live
+    /// only once that is nothing: a trailing checkpoint waits, being only
+    /// a check); ends the stream when the primary ended the log in order.
+    /// A primary node has nothing to feed: [`LogEnd::Open`].
+    pub fn feed(&mut self, replayer: &mut Replayer, mut seen: impl FnMut(&Record)) -> LogEnd {
+        let Session::Backup(b) = &mut self.session else {
+            return LogEnd::Open;
+        };
+        for r in b.take_received() {
+            seen(&r);
+            replayer.push(r);
+        }
+        b.set_applied(replayer.applied_seq());
+        b.set_engine_backlog(if replayer.must_wait() {
+            0
+        } else {
+            replayer.remaining()
+        });
+        match b.goodbye() {
+            None | Some(GoodbyeReason::StorageLost) => LogEnd::Open,
+            Some(GoodbyeReason::Shutdown) => {
+                replayer.end_stream();
+                LogEnd::Complete
+            }
+            Some(other) => LogEnd::Ended(other),
+        }
     }
 
     /// The guest disk's progress on the shared LUN: `stalled_since` is when

@@ -482,7 +482,6 @@ impl Primary {
                 out.push(Effect::GoLive(GoLive {
                     generation: flag.generation,
                     last_applied: 0,
-                    reissue_disk: Vec::new(),
                 }));
             }
             Verdict::Lost(_) => {

@@ -4,9 +4,10 @@
 use alloc::vec::Vec;
 
 use crate::arbitration::{FlagRecord, NodeId, Verdict};
-use crate::backup::{Backup, BackupState, ReplayLimit};
+use crate::backup::{Backup, BackupState};
 use crate::log::{encode_record, ExecPoint, LogEntry, NonDetSource};
 use crate::primary::{Primary, PrimaryState};
+use crate::replay::{Due, Replayer};
 use crate::{Effect, Effects, FtError, SessionConfig};
 
 const MS: u64 = 1_000_000;
@@ -37,6 +38,17 @@ fn released(fx: &Effects) -> Vec<u64> {
 fn pt(c: u64) -> ExecPoint {
     ExecPoint::new(c, 0x1000 + c, 0)
 }
+
+/// The one replay engine fed what `b` received, and `b` told what it applied.
+fn feed(b: &mut Backup, rp: &mut Replayer) {
+    for r in b.take_received() {
+        rp.push(r);
+    }
+    b.set_applied(rp.applied_seq());
+    b.set_engine_backlog(if rp.must_wait() { 0 } else { rp.remaining() });
+}
+
+const REGS: crate::replay::StateVector = [0; 24];
 
 /// A connected pair whose session started: the Hello was accepted and
 /// acknowledged (the failure detectors are armed). The returned bytes are
@@ -76,20 +88,20 @@ fn output_waits_for_ack_and_backup_lags_one_entry() {
     bytes.extend(sent(&fx1));
     let ack = sent(&b.on_bytes(2 * MS, &bytes));
     assert!(released(&p.on_bytes(2 * MS, &ack)).is_empty());
-    assert_eq!(b.replay_limit(), ReplayLimit::Until(pt(5)));
-    assert_eq!(b.take_nondet(pt(5), NonDetSource::Rdtsc), Ok(99));
-    assert_eq!(
-        b.replay_limit(),
-        ReplayLimit::Wait,
-        "nothing received beyond: the backup waits"
-    );
+    let mut rp = Replayer::streaming();
+    feed(&mut b, &mut rp);
+    assert!(!rp.must_wait());
+    assert_eq!(rp.landing_target(), Some(pt(5)));
+    assert_eq!(rp.nondet(pt(5), NonDetSource::Rdtsc), Ok(99));
+    assert!(rp.must_wait(), "nothing received beyond: the backup waits");
     let ack = sent(&b.on_bytes(3 * MS, &sent(&fx2)));
     assert_eq!(released(&p.on_bytes(3 * MS, &ack)), [0]);
-    assert_eq!(
-        b.take_output(pt(9), 0),
-        Ok(false),
-        "backup output discarded"
+    feed(&mut b, &mut rp);
+    assert!(
+        rp.only_soft_left(),
+        "the output's marker: a point, not a check"
     );
+    assert_eq!(b.applied(), 1);
 }
 
 #[test]
@@ -108,22 +120,27 @@ fn replay_divergence_is_detected() {
         .unwrap();
     bytes.extend(sent(&fx));
     b.on_bytes(MS, &bytes);
-    assert!(matches!(
-        b.take_nondet(pt(4), NonDetSource::Rdrand),
-        Err(FtError::Divergence { .. })
-    ));
-    assert!(matches!(
-        b.take_nondet(pt(5), NonDetSource::Rdtsc),
-        Err(FtError::Divergence { .. })
-    ));
-    assert!(matches!(
-        b.take_async(pt(5)),
-        Err(FtError::Divergence { .. })
-    ));
-    assert!(matches!(
-        b.take_nondet(ExecPoint::new(5, 0, 0), NonDetSource::Rdrand),
-        Err(FtError::Divergence { .. })
-    ));
+    let mut rp = Replayer::streaming();
+    feed(&mut b, &mut rp);
+    assert!(rp.nondet(pt(4), NonDetSource::Rdrand).is_err(), "too early");
+    assert!(
+        rp.nondet(pt(5), NonDetSource::Rdtsc).is_err(),
+        "another source"
+    );
+    assert!(
+        rp.nondet(ExecPoint::new(5, 0, 0), NonDetSource::Rdrand)
+            .is_err(),
+        "another instruction at the counter"
+    );
+    assert!(
+        rp.due(pt(6), &REGS, true).is_err(),
+        "the guest ran past a guest-initiated entry it never made"
+    );
+    assert_eq!(
+        rp.nondet(pt(5), NonDetSource::Rdrand),
+        Ok(1),
+        "a failed take leaves the log"
+    );
 }
 
 #[test]
@@ -231,9 +248,13 @@ fn lagging_backup_throttles_the_primary() {
         "lag {} > {c}",
         p.lag_ns(2000 * MS)
     );
-    while let ReplayLimit::Until(at) = b.replay_limit() {
-        b.take_async(at).unwrap();
+    let mut rp = Replayer::streaming();
+    feed(&mut b, &mut rp);
+    rp.end_stream();
+    for c in 1..=20 {
+        assert_eq!(rp.due(pt(c), &REGS, true), Ok(Due::Inject(32)));
     }
+    feed(&mut b, &mut rp);
     p.on_bytes(22 * MS, &sent(&b.tick(22 * MS)));
     assert!(p
         .tick(22 * MS, 2000 * MS, pt(21))
@@ -277,10 +298,8 @@ fn silent_backup_primary_wins_and_releases_or_loses_and_halts() {
 }
 
 #[test]
-fn silent_primary_backup_drains_then_goes_live_and_reissues_disk_io() {
+fn silent_primary_backup_drains_then_goes_live() {
     let (mut p, mut b, mut bytes) = pair();
-    b.note_disk_request(5);
-    b.note_disk_request(6);
     let done = LogEntry::DiskCompletion {
         at: pt(2),
         vector: 33,
@@ -299,6 +318,10 @@ fn silent_primary_backup_drains_then_goes_live_and_reissues_disk_io() {
         bytes.extend(sent(&fx));
     }
     b.on_bytes(MS, &bytes);
+    let mut rp = Replayer::streaming();
+    feed(&mut b, &mut rp);
+    rp.end_stream();
+    feed(&mut b, &mut rp);
     assert!(b
         .tick(1_000 * MS)
         .iter()
@@ -309,18 +332,16 @@ fn silent_primary_backup_drains_then_goes_live_and_reissues_disk_io() {
     let fx = b.on_verdict(2_001 * MS, Verdict::Won(FlagRecord::new(2, NodeId(2))));
     assert!(fx.is_empty(), "must drain the log before going live");
     assert_eq!(b.state(), BackupState::Draining);
-    b.take_async(pt(2)).unwrap();
-    b.take_async(pt(3)).unwrap();
-    let fx = b.tick(2_002 * MS);
+    assert!(b.tick(2_002 * MS).is_empty(), "two entries still to apply");
+    assert!(matches!(rp.due(pt(2), &REGS, true), Ok(Due::Input(_))));
+    assert_eq!(rp.due(pt(3), &REGS, true), Ok(Due::Inject(32)));
+    feed(&mut b, &mut rp);
+    let fx = b.tick(2_003 * MS);
     let Some(Effect::GoLive(g)) = fx.first() else {
         panic!("{fx:?}")
     };
-    assert_eq!(
-        (g.generation, g.last_applied, &g.reissue_disk[..]),
-        (2, 2, &[6][..])
-    );
-    assert_eq!(b.replay_limit(), ReplayLimit::Free);
-    assert_eq!(b.take_output(pt(9), 1), Ok(true), "live outputs are real");
+    assert_eq!((g.generation, g.last_applied), (2, 2));
+    assert_eq!(b.state(), BackupState::Live);
 }
 
 #[test]

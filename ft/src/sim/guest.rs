@@ -75,6 +75,22 @@ impl SimGuest {
         mix(self.state ^ self.counter.rotate_left(17) ^ self.outputs.len() as u64)
     }
 
+    /// The guest's "registers" for a checkpoint of the one replay engine
+    /// ([`crate::replay::Replayer`] hashes a [`crate::replay::StateVector`]):
+    /// the state hash and the counter, the rest zero.
+    pub fn state_vector(&self) -> crate::replay::StateVector {
+        let mut v = [0u64; 24];
+        v[0] = self.state_hash();
+        v[1] = self.counter;
+        v
+    }
+
+    /// The checkpoint hash of [`Self::state_vector`], as the replay engine
+    /// computes it.
+    pub fn checkpoint_hash(&self) -> u64 {
+        crate::replay::hash_words(crate::replay::HASH_SEED, self.state_vector())
+    }
+
     fn reschedule(&mut self) {
         self.next_event = self.counter + 100 + self.state % 400;
     }

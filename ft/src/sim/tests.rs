@@ -44,8 +44,14 @@ fn campaign(shard: u64) {
     assert!(total.fenced_writes > 0, "no zombie write fenced: {total:?}");
     assert!(total.reconnects > per / 10, "too few reconnects: {total:?}");
     assert!(total.step_downs > 0, "no primary stepped down: {total:?}");
-    assert!(total.max_records > 0, "no record at the size limit: {total:?}");
-    assert!(total.oversize_refused > 0, "no oversize record refused: {total:?}");
+    assert!(
+        total.max_records > 0,
+        "no record at the size limit: {total:?}"
+    );
+    assert!(
+        total.oversize_refused > 0,
+        "no oversize record refused: {total:?}"
+    );
 }
 
 #[test]

@@ -57,7 +57,7 @@ use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
 use ft::arbitration::{NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
-use ft::node::{session_generation, Node as FtNode, NodeConfig, NodeRole, NodeState};
+use ft::node::{session_generation, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState};
 use ft::replay::{Recorder, Replayer, Tape};
 use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
@@ -1069,10 +1069,12 @@ impl<N: Nic + 'static> Node<N> {
     /// backlog back to the node; the node's timers.
     fn feed(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
         let heard_us = self.heard_us;
-        let Some(b) = self.ft.backup_mut() else {
-            return self.settle_state();
-        };
-        for r in b.take_received() {
+        let was_open = replayer.stream_open();
+        let (marker_rx, max_guest_tsc) = (&mut self.marker_rx, &mut self.max_guest_tsc);
+        // The node hands the records to the replay engine; this adapter
+        // only watches them go by: the guest time they show (the go-live
+        // time floor) and when console lines' markers arrived.
+        let end = self.ft.feed(replayer, |r| {
             let t = match &r.entry {
                 ft::log::LogEntry::NonDet {
                     source:
@@ -1085,54 +1087,44 @@ impl<N: Nic + 'static> Node<N> {
                 ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
                 ft::log::LogEntry::OutputMarker { output_id, .. } if output_id % 2 == 1 => {
                     // A console line's marker, by line number.
-                    self.marker_rx.insert(output_id.div_ceil(2), heard_us);
-                    if self.marker_rx.len() > KEEP_LINES {
-                        self.marker_rx.pop_first();
+                    marker_rx.insert(output_id.div_ceil(2), heard_us);
+                    if marker_rx.len() > KEEP_LINES {
+                        marker_rx.pop_first();
                     }
                     0
                 }
                 _ => 0,
             };
-            self.max_guest_tsc = self.max_guest_tsc.max(t);
-            replayer.push(r);
-        }
-        b.set_applied(replayer.applied_seq());
-        self.log_received = b.received();
-        // What the replayer still has to run to before a won backup may go
-        // live (a trailing checkpoint is only a check: it waits).
-        b.set_engine_backlog(if replayer.must_wait() {
-            0
-        } else {
-            replayer.remaining()
+            *max_guest_tsc = (*max_guest_tsc).max(t);
         });
-        let stepped_down = b.goodbye() == Some(GoodbyeReason::StorageLost);
-        if stepped_down && !self.step_down_noted {
+        let Some(b) = self.ft.backup() else {
+            return self.settle_state();
+        };
+        self.log_received = b.received();
+        let last = b.received().saturating_sub(1);
+        match end {
+            LogEnd::Complete => {
+                if was_open {
+                    println!(
+                        "ft: backup: the primary ended the session after seq {last}; replaying to the end"
+                    );
+                }
+                // An orderly end: nothing to decide any more.
+                return Ok(());
+            }
+            LogEnd::Ended(why) => {
+                return Err(alloc::format!(
+                    "backup: the primary said goodbye ({why:?}): halting the guest for good"
+                ))
+            }
+            LogEnd::Open => {}
+        }
+        if b.goodbye() == Some(GoodbyeReason::StorageLost) && !self.step_down_noted {
             // The node arbitrates on its next tick, at once.
             self.step_down_noted = true;
             println!(
-                "ft: backup: the primary stepped down after seq {}: it lost the shared disk; taking over",
-                b.received().saturating_sub(1)
+                "ft: backup: the primary stepped down after seq {last}: it lost the shared disk; taking over"
             );
-        }
-        if b.goodbye().is_some() && !stepped_down && replayer.stream_open() {
-            match b.goodbye() {
-                Some(GoodbyeReason::Shutdown) => {
-                    println!(
-                        "ft: backup: the primary ended the session after seq {}; replaying to the end",
-                        b.received().saturating_sub(1)
-                    );
-                    replayer.end_stream();
-                }
-                other => {
-                    return Err(alloc::format!(
-                        "backup: the primary said goodbye ({other:?}): halting the guest for good"
-                    ))
-                }
-            }
-        }
-        if b.goodbye().is_some() && !stepped_down {
-            // An orderly end: nothing to decide any more.
-            return Ok(());
         }
         // The node's timers at most every millisecond: reception is
         // acknowledged at once by `on_bytes` (the output rule waits on it).

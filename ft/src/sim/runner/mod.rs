@@ -16,11 +16,11 @@ use super::storage::StorageServer;
 use super::world::World;
 use super::{Invariant, Mutation, SeedReport, SimConfig, Stats, Violation};
 use crate::arbitration::NodeId;
-use crate::backup::ReplayLimit;
 use crate::io::Transport;
 use crate::log::{LogEntry, NonDetSource};
-use crate::node::{session_generation, Node, NodeConfig, NodeRole, NodeState};
+use crate::node::{session_generation, LogEnd, Node, NodeConfig, NodeRole, NodeState};
 use crate::primary::PrimaryState;
+use crate::replay::{Due, Replayer};
 use crate::{Effect, Effects, FtError, SessionConfig};
 
 mod checks;
@@ -80,6 +80,8 @@ struct SimNode {
     arbitrations_seen: u64,
     /// A liveness obligation was taken for this node's stalled disk.
     stall_owed: bool,
+    /// Backup: the one replay engine (the kernel's), fed by the node.
+    replayer: Option<Replayer>,
 }
 
 struct Obligation {
@@ -141,6 +143,7 @@ impl<'c> Sim<'c> {
             inflight: VecDeque::new(),
             arbitrations_seen: 0,
             stall_owed: false,
+            replayer: None,
         };
         let configured_generation = faults.configured_generation;
         let mut storage = StorageServer::new(NodeId(1));
@@ -550,7 +553,11 @@ impl<'c> Sim<'c> {
                 Err(FtError::TooLarge(_)) if frame.len() > MAX_FRAME => {
                     // Refused whole: nothing logged, the guest never sees it.
                     if p.last_seq() != before {
-                        return Err(protocol(now, "oversize frame", &FtError::WrongState("logged")));
+                        return Err(protocol(
+                            now,
+                            "oversize frame",
+                            &FtError::WrongState("logged"),
+                        ));
                     }
                     self.stats.oversize_refused += 1;
                     continue;
@@ -602,7 +609,7 @@ impl<'c> Sim<'c> {
                         let at = n.guest.point();
                         let entry = LogEntry::Checkpoint {
                             at,
-                            state_hash: n.guest.state_hash(),
+                            state_hash: n.guest.checkpoint_hash(),
                         };
                         let (_, f) = p
                             .record(now, gt, entry)
@@ -641,54 +648,66 @@ impl<'c> Sim<'c> {
         }
     }
 
+    /// The backup replays with the kernel's engine: the node feeds the
+    /// received records to a [`Replayer`], which lands on each asynchronous
+    /// entry's point, answers each RDTSC and checks each checkpoint; the
+    /// guest's outputs are discarded (DESIGN.md §1.5).
     fn run_backup(&mut self, i: usize) -> Result<(), Violation> {
         let now = self.now();
         let end =
             self.nodes[i].guest.counter() + UNITS_PER_STEP * self.faults.speed_per_mille[i] / 1000;
+        let replay = |what: alloc::string::String| Violation {
+            invariant: Invariant::Replay,
+            at_ns: now,
+            detail: format!("backup node {i}: {what}"),
+        };
+        let n = &mut self.nodes[i];
+        let Some(node) = n.role.node_mut() else {
+            return Ok(());
+        };
+        let rp = n.replayer.get_or_insert_with(Replayer::streaming);
+        if let LogEnd::Ended(_) = node.feed(rp, |_| {}) {
+            return Ok(()); // the primary lost or was superseded: the node halts
+        }
         loop {
-            let n = &mut self.nodes[i];
-            let Some(b) = n.role.node_mut().and_then(|x| x.backup_mut()) else {
-                return Ok(());
+            if rp.must_wait() {
+                break;
+            }
+            let Some(target) = rp.landing_target() else {
+                break;
             };
-            let ReplayLimit::Until(limit) = b.replay_limit() else {
-                return Ok(());
-            };
-            let replay = |e: FtError| Violation {
-                invariant: Invariant::Replay,
-                at_ns: now,
-                detail: format!("backup node {i}: {e}"),
-            };
-            match n.guest.advance(limit.counter.min(end)) {
-                GuestStop::Reached if n.guest.counter() < limit.counter => return Ok(()),
-                GuestStop::Reached => match b.take_async(n.guest.point()).map_err(replay)? {
-                    Some(LogEntry::NetFrame { frame, .. }) => n.guest.inject_frame(&frame),
-                    Some(LogEntry::Interrupt { .. }) => n.guest.inject_timer(),
-                    Some(LogEntry::Checkpoint { state_hash, .. })
-                        if state_hash != n.guest.state_hash() =>
-                    {
-                        return Err(replay(FtError::Divergence {
-                            seq: b.applied(),
-                            reason: "checkpoint hash differs",
-                        }));
+            match n.guest.advance(target.counter.min(end)) {
+                GuestStop::Reached if n.guest.counter() < target.counter => break,
+                GuestStop::Reached => {
+                    let at = n.guest.point();
+                    let applied = rp.applied_seq();
+                    match rp.due(at, &n.guest.state_vector(), true) {
+                        Err(d) => return Err(replay(format!("{d}"))),
+                        Ok(Due::Inject(_)) => n.guest.inject_timer(),
+                        Ok(Due::Input(LogEntry::NetFrame { frame, .. })) => {
+                            n.guest.inject_frame(&frame)
+                        }
+                        Ok(Due::Input(other)) => {
+                            return Err(replay(format!("unexpected input {other:?}")))
+                        }
+                        // Soft entries passed, or nothing more held here.
+                        Ok(Due::Nothing) if rp.applied_seq() != applied => {}
+                        Ok(Due::Nothing) => break,
                     }
-                    Some(_) => {}
-                    None => {
-                        return Err(replay(FtError::Divergence {
-                            seq: b.applied(),
-                            reason: "nothing due at limit",
-                        }))
-                    }
-                },
+                }
                 GuestStop::NonDet(at) => {
-                    let v = b.take_nondet(at, NonDetSource::Rdtsc).map_err(replay)?;
+                    let v = rp
+                        .nondet(at, NonDetSource::Rdtsc)
+                        .map_err(|d| replay(format!("{d}")))?;
                     n.guest.supply(v);
                 }
-                GuestStop::Output { at, index } => {
-                    // Following: discarded (§1.5); the marker must match.
-                    b.take_output(at, index).map_err(replay)?;
-                }
+                // Following: discarded (§1.5).
+                GuestStop::Output { .. } => {}
             }
         }
+        // What was applied: acks carry it; the backlog gates the go-live.
+        node.feed(rp, |_| {});
+        Ok(())
     }
 
     fn tick(&mut self, i: usize) -> Result<(), Violation> {
@@ -810,6 +829,7 @@ impl<'c> Sim<'c> {
                     if self.owner != i {
                         self.stats.failovers += 1;
                         let n = &mut self.nodes[i];
+                        n.replayer = None;
                         n.next_timer = (n.guest.counter() / TIMER_UNITS + 1) * TIMER_UNITS;
                         n.markers.clear();
                     } else {
@@ -868,6 +888,7 @@ impl<'c> Sim<'c> {
                     self.nodes[s].guest = self.nodes[l].guest.clone();
                     self.nodes[s].role = Role::Node(alloc::boxed::Box::new(backup));
                     self.nodes[s].arbitrations_seen = 0;
+                    self.nodes[s].replayer = None;
                     self.nodes[l].markers.clear();
                     self.session_received = 0;
                     self.drop_link();
