@@ -37,10 +37,22 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SECTOR_SIZE: u64 = 512;
 /// `size_max`: the largest segment the driver should use.
 pub const SIZE_MAX: u32 = 64 * 1024;
-/// `seg_max`: the most data segments per request.
-pub const SEG_MAX: u32 = 32;
-/// The most data one request may carry (`seg_max * size_max`).
+/// `seg_max`: the most data segments per request. 15 keeps a request's
+/// data (960 KiB) inside one FT log record: a read's completion carries
+/// its data, and a record's payload is at most `ft::log::MAX_PAYLOAD`
+/// (1 MiB); with 32 (2 MiB) Linux's 1.25 MiB reads made the recording
+/// primary panic (issue 15).
+pub const SEG_MAX: u32 = 15;
+/// The most data one request may carry (`seg_max * size_max`); a longer
+/// request is refused (`IOERR`) whatever the driver offers.
 pub const MAX_DATA: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
+/// A `DiskCompletion` record's payload besides the data: point (24),
+/// vector, request id (8), status.
+const COMPLETION_OVERHEAD: u64 = 24 + 1 + 8 + 1;
+const _: () = assert!(
+    MAX_DATA + COMPLETION_OVERHEAD <= ft::log::MAX_PAYLOAD as u64,
+    "a disk request's completion must fit one log record"
+);
 /// Bytes of the device ID `GET_ID` returns.
 pub const ID_BYTES: usize = 20;
 

@@ -392,3 +392,22 @@ fn requests_in_flight_can_be_resubmitted_on_go_live() {
     d.dev.device().resubmit(&d.mem, &mut again);
     assert_eq!(again, [first[0].clone(), first[2].clone()]);
 }
+
+/// Issue 15: the largest request the device accepts completes in one FT
+/// log record (its read data rides in the completion), so recording never
+/// meets a completion it cannot log.
+#[test]
+fn the_largest_read_completes_in_one_log_record() {
+    let entry = ft::log::LogEntry::DiskCompletion {
+        at: ft::log::ExecPoint::new(u64::MAX, u64::MAX, u64::MAX),
+        vector: 0x50,
+        request_id: u64::MAX,
+        status: ft::log::DiskStatus::Ok,
+        data: alloc::vec![0xAB; MAX_DATA as usize],
+    };
+    let mut out = Vec::new();
+    ft::log::encode_record(1, &entry, &mut out).expect("the largest completion fits a record");
+    let (back, used) = ft::log::decode_record(&out).expect("and decodes");
+    assert_eq!((back.entry, used), (entry, out.len()));
+    assert_eq!(MAX_DATA, 960 * 1024);
+}
