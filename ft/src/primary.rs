@@ -423,14 +423,17 @@ impl Primary {
             return out;
         }
         self.state = PrimaryState::Halted;
-        let mut bytes = Vec::new();
-        let bye = LogEntry::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        };
-        if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
-            out.push(Effect::Send(bytes));
-        }
+        out.extend(self.goodbye(GoodbyeReason::Shutdown));
         out
+    }
+
+    /// A `Goodbye { reason }` after the last entry, if the connection is
+    /// up (a Goodbye is 17 bytes: encoding cannot fail).
+    fn goodbye(&self, reason: GoodbyeReason) -> Option<Effect> {
+        let mut bytes = Vec::new();
+        let bye = LogEntry::Goodbye { reason };
+        (self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok())
+            .then_some(Effect::Send(bytes))
     }
 
     /// The shared disk has not answered this primary for the failure
@@ -446,13 +449,7 @@ impl Primary {
             return out;
         }
         self.state = PrimaryState::Halted;
-        let mut bytes = Vec::new();
-        let bye = LogEntry::Goodbye {
-            reason: GoodbyeReason::StorageLost,
-        };
-        if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
-            out.push(Effect::Send(bytes));
-        }
+        out.extend(self.goodbye(GoodbyeReason::StorageLost));
         out.push(Effect::Halt);
         out
     }
@@ -486,13 +483,7 @@ impl Primary {
             }
             Verdict::Lost(_) => {
                 self.state = PrimaryState::Halted;
-                let mut bytes = Vec::new();
-                let bye = LogEntry::Goodbye {
-                    reason: GoodbyeReason::Halted,
-                };
-                if self.connected && encode_record(self.next_seq, &bye, &mut bytes).is_ok() {
-                    out.push(Effect::Send(bytes));
-                }
+                out.extend(self.goodbye(GoodbyeReason::Halted));
                 out.push(Effect::Halt);
             }
             Verdict::Unreachable => {

@@ -391,7 +391,6 @@ impl<'c> Sim<'c> {
         let now = self.now();
         let started = self.nodes[s].role.node().is_some_and(Node::started);
         if started && is_in_session(&self.nodes[s].role) && is_in_session(&self.nodes[i].role) {
-            let speed = self.faults.speed_per_mille[s];
             let survivor = self.nodes[s].role.node();
             let generation = self.pair_generation;
             let lag_units = if survivor.and_then(Node::backup).is_some() {
@@ -402,25 +401,32 @@ impl<'c> Sim<'c> {
             } else {
                 0
             };
-            let replay_ns = lag_units * NS_PER_UNIT * 1000 / speed;
-            // Clocks drift: the survivor's timeout may last longer in ours.
-            let timeout = self.cfg.failure_timeout_ns * 1_000_000 / self.faults.clocks[s].0;
-            let slack = self.cfg.heartbeat_ns
-                + self.faults.max_delay_ns
-                + 3 * self.cfg.retry_ns
-                + 10 * STEP_NS;
             self.obligations.push(Obligation {
                 survivor: s,
                 crashed: i,
                 cause: "crashed",
                 since: now,
-                deadline: now + timeout + replay_ns + slack,
+                deadline: now + self.takeover_bound(s, lag_units),
                 generation,
             });
         }
         self.nodes[i].role = Role::Down;
         self.nodes[i].throttled = false;
         self.drop_link();
+    }
+
+    /// How long survivor `s` may take to go live: its failure timeout (on
+    /// its own clock, which may run slow), replaying `lag_units` at its
+    /// speed, a heartbeat, the link's delay, arbitration retries, slack.
+    fn takeover_bound(&self, s: usize, lag_units: u64) -> u64 {
+        let replay_ns = lag_units * NS_PER_UNIT * 1000 / self.faults.speed_per_mille[s];
+        let timeout = self.cfg.failure_timeout_ns * 1_000_000 / self.faults.clocks[s].0;
+        timeout
+            + replay_ns
+            + self.cfg.heartbeat_ns
+            + self.faults.max_delay_ns
+            + 3 * self.cfg.retry_ns
+            + 10 * STEP_NS
     }
 
     fn pair(&self) -> Option<(usize, usize)> {
@@ -786,16 +792,12 @@ impl<'c> Sim<'c> {
             .guest
             .counter()
             .saturating_sub(self.nodes[s].guest.counter());
-        let replay_ns = lag_units * NS_PER_UNIT * 1000 / self.faults.speed_per_mille[s];
-        let timeout = self.cfg.failure_timeout_ns * 1_000_000 / self.faults.clocks[s].0;
-        let slack =
-            self.cfg.heartbeat_ns + self.faults.max_delay_ns + 3 * self.cfg.retry_ns + 10 * STEP_NS;
         self.obligations.push(Obligation {
             survivor: s,
             crashed: i,
             cause: "lost its storage",
             since: now,
-            deadline: now + timeout + replay_ns + slack,
+            deadline: now + self.takeover_bound(s, lag_units),
             generation: self.pair_generation,
         });
     }
