@@ -250,6 +250,15 @@ impl Backup {
                 // next tick arbitrates (the node carries arbitrations).
                 self.goodbye = Some(GoodbyeReason::StorageLost);
             }
+            LogEntry::Goodbye {
+                reason: GoodbyeReason::Shutdown,
+            } => {
+                // An orderly end: the log is complete. Nothing more to
+                // decide (no failure detection); the engine replays it to
+                // the end and judges it (`Node::feed` says so).
+                self.goodbye = Some(GoodbyeReason::Shutdown);
+                self.state = BackupState::Halted;
+            }
             LogEntry::GoLive { .. } | LogEntry::Goodbye { .. } => {
                 // The primary holds the flag or ended the session: fenced.
                 if let LogEntry::Goodbye { reason } = rec.entry {

@@ -62,11 +62,14 @@ pub enum Mutation {
     /// A paired primary cut off from the shared disk keeps the session
     /// instead of stepping down for its backup.
     NoStorageStepDown,
+    /// At the end of a run the primary leaves its log open: heartbeats
+    /// follow the final checkpoint.
+    NoCloseLog,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name.
-    pub const ALL: [(Mutation, &'static str); 10] = [
+    pub const ALL: [(Mutation, &'static str); 11] = [
         (Mutation::None, "none"),
         (Mutation::NoOutputRule, "no-output-rule"),
         (Mutation::NoTestAndSet, "no-test-and-set"),
@@ -77,6 +80,7 @@ impl Mutation {
         (Mutation::NoFencing, "no-fencing"),
         (Mutation::NoReconnect, "no-reconnect"),
         (Mutation::NoStorageStepDown, "no-storage-step-down"),
+        (Mutation::NoCloseLog, "no-close-log"),
     ];
 }
 

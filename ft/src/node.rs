@@ -67,6 +67,22 @@ pub enum LogEnd {
     Ended(GoodbyeReason),
 }
 
+/// Where a primary's end of run stands ([`Node::end_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Not ended, or the backup has not acknowledged the final record yet.
+    Waiting,
+    /// The backup received the whole log: say Goodbye ([`Node::shutdown`]).
+    Acknowledged,
+    /// The backup was lost meanwhile and this node won: it ends alone.
+    Alone,
+    /// The end timeout passed without the ack (the backup has `acked` of
+    /// `last`): the pair ends unprotected.
+    Unacknowledged { acked: u64, last: u64 },
+    /// This node lost or was fenced meanwhile.
+    Halted,
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -79,6 +95,9 @@ pub struct NodeConfig {
     /// Whether the storage fences (SCSI-3 persistent reservations). A
     /// storage that cannot is used without fencing.
     pub fencing: bool,
+    /// At the end of a run, how long the primary waits for the backup's
+    /// ack of the final checkpoint ([`Node::end_log`]).
+    pub end_timeout_ns: u64,
 }
 
 impl NodeConfig {
@@ -89,6 +108,7 @@ impl NodeConfig {
             peer,
             reconnect_interval_ns: 100_000_000,
             fencing: true,
+            end_timeout_ns: 2 * session.failure_timeout_ns,
         }
     }
 
@@ -169,6 +189,9 @@ pub struct Node {
     pub last_verdict: Option<Verdict>,
     /// Stepped down as primary for lost storage ([`Node::on_disk`]).
     stepped_down: bool,
+    /// The end of run: the final record's sequence and the deadline of
+    /// its ack ([`Node::end_log`]).
+    end: Option<(u64, u64)>,
 }
 
 impl Node {
@@ -190,6 +213,7 @@ impl Node {
             fences: 0,
             last_verdict: None,
             stepped_down: false,
+            end: None,
         }
     }
 
@@ -391,6 +415,55 @@ impl Node {
             Session::Backup(b) => b.peer_lost(),
         };
         self.carry(now, fx, storage)
+    }
+
+    /// Primary, at the end of a run: the guest ended and its final record
+    /// (the final checkpoint) is logged. Closes the log (no heartbeat may
+    /// follow that record: the backup checks a final checkpoint only as
+    /// the log's last record) and starts waiting, at most
+    /// `end_timeout_ns`, for the backup's ack of it. The node keeps
+    /// watching the backup meanwhile (`tick`): one that dies now is a
+    /// failure like any other.
+    pub fn end_log(&mut self, now: u64) {
+        let Session::Primary(p) = &mut self.session else {
+            return;
+        };
+        if !self.cfg.mutated(Mutation::NoCloseLog) {
+            p.close_log();
+        }
+        self.end
+            .get_or_insert((p.last_seq(), now + self.cfg.end_timeout_ns));
+    }
+
+    /// Where the end of run stands at `now` (after [`Node::end_log`]).
+    pub fn end_state(&self, now: u64) -> SessionEnd {
+        match self.state() {
+            NodeState::Alone => return SessionEnd::Alone,
+            NodeState::Halted => return SessionEnd::Halted,
+            _ => {}
+        }
+        let (Some((last, deadline)), Session::Primary(p)) = (self.end, &self.session) else {
+            return SessionEnd::Waiting;
+        };
+        if p.acked() >= last {
+            SessionEnd::Acknowledged
+        } else if now > deadline {
+            SessionEnd::Unacknowledged {
+                acked: p.acked(),
+                last,
+            }
+        } else {
+            SessionEnd::Waiting
+        }
+    }
+
+    /// Primary, once [`SessionEnd::Acknowledged`]: tells the backup the
+    /// log is complete (`Goodbye { Shutdown }`); the session is over.
+    pub fn shutdown(&mut self) -> Effects {
+        match &mut self.session {
+            Session::Primary(p) => p.shutdown(),
+            Session::Backup(_) => Effects::new(),
+        }
     }
 
     /// Backup: hands the records received since the last call to
@@ -745,6 +818,66 @@ mod tests {
             "{fx:?} {fx2:?}"
         );
         assert_eq!(b.state(), NodeState::Alone);
+    }
+
+    #[test]
+    fn the_end_of_run_waits_for_the_ack_of_the_final_record_then_says_goodbye() {
+        let (mut p, mut b) = started_pair();
+        let mut lun = Lun::new(4);
+        assert_eq!(p.end_state(0), SessionEnd::Waiting, "not ended");
+        let (_, fx) = p
+            .primary_mut()
+            .unwrap()
+            .record(
+                10 * MS,
+                0,
+                crate::log::LogEntry::Checkpoint {
+                    at: ExecPoint::new(9, 9, 0),
+                    state_hash: 1,
+                },
+            )
+            .unwrap();
+        p.end_log(10 * MS);
+        assert_eq!(p.end_state(11 * MS), SessionEnd::Waiting);
+        // Closed: no heartbeat follows the final record while it waits.
+        let idle = p.tick(60 * MS, 0, ExecPoint::new(9, 9, 0), &mut lun);
+        assert!(
+            !idle.iter().any(|e| matches!(e, Effect::Send(_))),
+            "{idle:?}"
+        );
+        let ack = deliver(&fx, &mut b, 61 * MS);
+        let _ = deliver(&ack, &mut p, 62 * MS);
+        assert_eq!(p.end_state(62 * MS), SessionEnd::Acknowledged);
+        let bye = p.shutdown();
+        let _ = deliver(&bye, &mut b, 63 * MS);
+        assert_eq!(
+            b.backup().unwrap().goodbye(),
+            Some(crate::log::GoodbyeReason::Shutdown)
+        );
+        let mut rp = Replayer::streaming();
+        assert_eq!(b.feed(&mut rp, |_| {}), LogEnd::Complete);
+        assert!(!rp.stream_open(), "the engine replays to the end");
+    }
+
+    #[test]
+    fn an_end_not_acknowledged_in_time_is_reported() {
+        let (mut p, _b) = started_pair();
+        let final_checkpoint = crate::log::LogEntry::Checkpoint {
+            at: ExecPoint::new(9, 9, 0),
+            state_hash: 1,
+        };
+        // Logged, never delivered: the backup never acknowledges it.
+        let _ = p
+            .primary_mut()
+            .unwrap()
+            .record(10 * MS, 0, final_checkpoint);
+        p.end_log(10 * MS);
+        // end_timeout is twice the failure timeout (100 ms here).
+        assert_eq!(p.end_state(210 * MS), SessionEnd::Waiting);
+        assert!(matches!(
+            p.end_state(211 * MS),
+            SessionEnd::Unacknowledged { .. }
+        ));
     }
 
     #[test]

@@ -117,6 +117,10 @@ fn main() -> ExitCode {
         "  records of exactly the maximum payload {}, one byte over refused {}",
         total.max_records, total.oversize_refused
     );
+    println!(
+        "  guests powered off {} (end acknowledged {}, not in time {}; backups met the final checkpoint {})",
+        total.ends, total.ends_acknowledged, total.ends_unacknowledged, total.ends_identical
+    );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

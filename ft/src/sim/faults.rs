@@ -55,6 +55,9 @@ pub struct Faults {
     /// The generation the operator configured for the first join (`None`:
     /// read from the LUN); sometimes stale (DESIGN.md §1.7).
     pub configured_generation: Option<u64>,
+    /// The guest powers off when its counter reaches this (both replicas
+    /// at the same point: the guest decides it).
+    pub exit_counter: Option<u64>,
 }
 
 fn interval(rng: &mut Rng, end: u64, min_len: u64, max_len: u64) -> (u64, u64) {
@@ -117,6 +120,12 @@ impl Faults {
             if rng.chance(300) {
                 f.start_at[node] = rng.range(0, 2 * ft);
             }
+        }
+        // Last, so the schedule above stays what it was for each seed.
+        if rng.chance(400) {
+            // 100 units per ms of guest time at full speed.
+            let ms = cfg.duration_ms;
+            f.exit_counter = Some(100 * rng.range(ms * 5 / 10, ms * 8 / 10));
         }
         f
     }

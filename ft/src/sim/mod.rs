@@ -30,7 +30,12 @@
 //!   fenced, §1.7);
 //! * [`Invariant::NoFalseFailover`]: a node arbitrates only after a real
 //!   failure (a crash, a freeze, a partition, a corrupting link), never for
-//!   a dropped connection it should have reconnected (§1.6).
+//!   a dropped connection it should have reconnected (§1.6);
+//! * [`Invariant::CleanEnd`]: a guest that powers off (at a counter fixed
+//!   per seed, the same for both replicas) with the pair whole and no
+//!   fault near has its end acknowledged; the backup's guest, reaching
+//!   the same point, meets the final checkpoint as the log's last record
+//!   (a [`Invariant::Replay`] failure otherwise).
 //!
 //! A [`Mutation`] plants one bug in the node, its session machines or the
 //! simulated storage (the field that carries it exists only with the
@@ -62,6 +67,9 @@ pub enum Invariant {
     Durability,
     /// A node arbitrated though nothing failed.
     NoFalseFailover,
+    /// The guest powered off with the pair whole and nothing failing, and
+    /// the primary's end was not acknowledged in time.
+    CleanEnd,
     /// A state machine call failed where the protocol says it cannot.
     Protocol,
 }
@@ -159,6 +167,13 @@ pub struct Stats {
     pub fenced_writes: u64,
     /// Primaries that stepped down for a stalled shared disk.
     pub step_downs: u64,
+    /// Guests that powered off on the primary, ends acknowledged by the
+    /// backup, ends not acknowledged (excused by a fault), and backups
+    /// whose replay met the final checkpoint.
+    pub ends: u64,
+    pub ends_acknowledged: u64,
+    pub ends_unacknowledged: u64,
+    pub ends_identical: u64,
     /// Records of exactly the maximum payload logged.
     pub max_records: u64,
     /// Frames one byte too large for a record, refused by the primary.
@@ -186,6 +201,10 @@ impl Stats {
         self.writes += s.writes;
         self.fenced_writes += s.fenced_writes;
         self.step_downs += s.step_downs;
+        self.ends += s.ends;
+        self.ends_acknowledged += s.ends_acknowledged;
+        self.ends_unacknowledged += s.ends_unacknowledged;
+        self.ends_identical += s.ends_identical;
         self.max_records += s.max_records;
         self.oversize_refused += s.oversize_refused;
         self.reconnects += s.reconnects;

@@ -45,6 +45,10 @@ fn campaign(shard: u64) {
     assert!(total.reconnects > per / 10, "too few reconnects: {total:?}");
     assert!(total.step_downs > 0, "no primary stepped down: {total:?}");
     assert!(
+        total.ends_acknowledged > per / 50 && total.ends_identical > per / 50,
+        "too few clean ends: {total:?}"
+    );
+    assert!(
         total.max_records > 0,
         "no record at the size limit: {total:?}"
     );
@@ -165,6 +169,11 @@ fn mutation_no_reconnect_is_caught() {
 #[test]
 fn mutation_no_storage_step_down_is_caught() {
     caught(Mutation::NoStorageStepDown, &[Invariant::Liveness]);
+}
+
+#[test]
+fn mutation_no_close_log_is_caught() {
+    caught(Mutation::NoCloseLog, &[Invariant::Replay]);
 }
 
 #[test]

@@ -57,7 +57,9 @@ use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
 use ft::arbitration::{NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
-use ft::node::{session_generation, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState};
+use ft::node::{
+    session_generation, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState, SessionEnd,
+};
 use ft::replay::{Recorder, Replayer, Tape};
 use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
@@ -347,6 +349,9 @@ impl<N: Nic + 'static> Node<N> {
         sc.join_timeout_ns = config.net.timeout_secs * 1_000_000_000;
         let mut ncfg = NodeConfig::new(sc, peer_id);
         ncfg.reconnect_interval_ns = RECONNECT_MS * 1_000_000;
+        // The final ack may wait behind a backup hashing its RAM for the
+        // verdict (192 MiB for Linux): twice the timeout, 20 s at least.
+        ncfg.end_timeout_ns = (2 * pair.timeout_ms * 1_000_000).max(20_000_000_000);
         // Fencing (SCSI-3 persistent reservations on the shared LUN): both
         // nodes register; the winner of the flag preempts the loser. Only
         // a guest disk on the LUN has writes to fence.
@@ -447,10 +452,6 @@ impl<N: Nic + 'static> Node<N> {
 
     fn now_us(&self) -> u64 {
         self.clock.micros()
-    }
-
-    fn timeout_us(&self) -> u64 {
-        self.cfg.timeout_ms * 1000
     }
 
     /// The session's generation (DESIGN.md §1.7): the shared LUN's flag,
@@ -1505,13 +1506,13 @@ impl<N: Nic + 'static> Live for Node<N> {
             }
         }
         self.apply(fx);
-        let Some(p) = self.ft.primary_mut() else {
+        // The node closes the log (the final checkpoint is its last
+        // entry) and judges the end: acknowledged, alone, or not in time.
+        let now = self.now_us();
+        self.ft.end_log(now * 1000);
+        let Some(p) = self.ft.primary() else {
             return false;
         };
-        // The final checkpoint is the log's last entry: no heartbeat may
-        // follow it while the acks are awaited (the backup checks a final
-        // checkpoint only as the last record).
-        p.close_log();
         let last = p.last_seq();
         // Lines flushed after the guest's last exit: covered by the final
         // checkpoint's record.
@@ -1526,7 +1527,6 @@ impl<N: Nic + 'static> Live for Node<N> {
         // Wait for the backup's ack of the whole log; the node keeps
         // watching it: a backup that dies now is a failure like any other
         // (arbitrate; won: the rest goes out alone; lost: halt).
-        let deadline = now + 2 * self.timeout_us().max(10_000_000);
         loop {
             self.pump(true);
             let now = self.now_us();
@@ -1537,34 +1537,29 @@ impl<N: Nic + 'static> Live for Node<N> {
                     return false;
                 }
             }
-            if self.ft.state() == NodeState::Alone {
-                self.release_all(0, io);
-                println!(
-                    "ft: pair: primary done: alone (the backup was lost at the end); outputs released={} io_released={}",
-                    self.gate.released, self.io_gate.released
-                );
-                return true;
-            }
-            let Some(p) = self.ft.primary() else {
-                return false;
-            };
-            if p.acked() >= last {
-                break;
-            }
-            if now > deadline {
-                println!(
-                    "ft: primary: error: the backup did not acknowledge the end of the log (acked {} of {last})",
-                    p.acked()
-                );
-                return false;
+            match self.ft.end_state(now * 1000) {
+                SessionEnd::Waiting => {}
+                SessionEnd::Acknowledged => break,
+                SessionEnd::Alone => {
+                    self.release_all(0, io);
+                    println!(
+                        "ft: pair: primary done: alone (the backup was lost at the end); outputs released={} io_released={}",
+                        self.gate.released, self.io_gate.released
+                    );
+                    return true;
+                }
+                SessionEnd::Unacknowledged { acked, last } => {
+                    println!(
+                        "ft: primary: error: the backup did not acknowledge the end of the log (acked {acked} of {last})"
+                    );
+                    return false;
+                }
+                SessionEnd::Halted => return false,
             }
         }
         // Everything acknowledged: the lines without a marker go out too.
         self.release_all(last, io);
-        let Some(p) = self.ft.primary_mut() else {
-            return false;
-        };
-        let fx = p.shutdown();
+        let fx = self.ft.shutdown();
         self.apply(fx);
         io.set_gated(false);
         let deadline = self.now_us() + 5_000_000;

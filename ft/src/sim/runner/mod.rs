@@ -18,7 +18,7 @@ use super::{Invariant, Mutation, SeedReport, SimConfig, Stats, Violation};
 use crate::arbitration::NodeId;
 use crate::io::Transport;
 use crate::log::{LogEntry, NonDetSource};
-use crate::node::{session_generation, LogEnd, Node, NodeConfig, NodeRole, NodeState};
+use crate::node::{session_generation, LogEnd, Node, NodeConfig, NodeRole, NodeState, SessionEnd};
 use crate::primary::PrimaryState;
 use crate::replay::{Due, Replayer};
 use crate::{Effect, Effects, FtError, SessionConfig};
@@ -82,6 +82,10 @@ struct SimNode {
     stall_owed: bool,
     /// Backup: the one replay engine (the kernel's), fed by the node.
     replayer: Option<Replayer>,
+    /// Primary: when its guest powered off (true time).
+    ended: Option<u64>,
+    /// Primary: its end was settled (acknowledged, or not in time).
+    shut: bool,
 }
 
 struct Obligation {
@@ -144,6 +148,8 @@ impl<'c> Sim<'c> {
             arbitrations_seen: 0,
             stall_owed: false,
             replayer: None,
+            ended: None,
+            shut: false,
         };
         let configured_generation = faults.configured_generation;
         let mut storage = StorageServer::new(NodeId(1));
@@ -535,7 +541,7 @@ impl<'c> Sim<'c> {
                 break;
             };
             let i = self.owner;
-            if self.frozen(i) {
+            if self.frozen(i) || self.nodes[i].ended.is_some() {
                 continue; // lost: the client retries on its own (not modelled)
             }
             let t = self.node_now(i);
@@ -586,6 +592,10 @@ impl<'c> Sim<'c> {
             budget /= 8;
         }
         let target = self.nodes[i].guest.counter() + budget;
+        let exit = self.faults.exit_counter.unwrap_or(u64::MAX);
+        if self.nodes[i].ended.is_some() {
+            return Ok(()); // the guest powered off
+        }
         loop {
             let value = self.rng.next_u64();
             let self_now = self.now();
@@ -597,9 +607,12 @@ impl<'c> Sim<'c> {
             if p.state() == PrimaryState::Halted {
                 return Ok(());
             }
-            let stop = n.guest.advance(target.min(n.next_timer));
+            let stop = n.guest.advance(target.min(n.next_timer).min(exit));
             let gt = n.guest.guest_time_ns();
             let mut fx = Effects::new();
+            if stop == GuestStop::Reached && n.guest.counter() == exit {
+                return self.end_guest(i);
+            }
             match stop {
                 GuestStop::Reached if n.guest.counter() < n.next_timer => return Ok(()),
                 GuestStop::Reached => {
@@ -654,6 +667,90 @@ impl<'c> Sim<'c> {
         }
     }
 
+    /// The guest of primary `i` powered off at the exit counter: its final
+    /// checkpoint is the log's last record (DESIGN.md §6), the node closes
+    /// the log and waits for the backup's ack of it ([`Node::end_log`]).
+    fn end_guest(&mut self, i: usize) -> Result<(), Violation> {
+        let now = self.now();
+        let t = self.node_now(i);
+        let n = &mut self.nodes[i];
+        let Some(node) = n.role.node_mut() else {
+            return Ok(());
+        };
+        let mut fx = Effects::new();
+        if let Some(p) = node.primary_mut() {
+            let final_checkpoint = LogEntry::Checkpoint {
+                at: n.guest.point(),
+                state_hash: n.guest.checkpoint_hash(),
+            };
+            let (_, f) = p
+                .record(t, n.guest.guest_time_ns(), final_checkpoint)
+                .map_err(|e| protocol(now, "record the final checkpoint", &e))?;
+            fx.extend(f);
+        }
+        node.end_log(t);
+        n.ended = Some(now);
+        self.stats.ends += 1;
+        self.apply(i, fx)
+    }
+
+    /// An ended primary's end of run: once the backup acknowledged the
+    /// final record it says Goodbye; not acknowledged in time is excused
+    /// only by a fault near the end ([`Invariant::CleanEnd`]).
+    fn settle_end(&mut self, i: usize) -> Result<(), Violation> {
+        let (Some(ended), false) = (self.nodes[i].ended, self.nodes[i].shut) else {
+            return Ok(());
+        };
+        let t = self.node_now(i);
+        let Some(node) = self.nodes[i].role.node_mut() else {
+            return Ok(());
+        };
+        match node.end_state(t) {
+            SessionEnd::Waiting => Ok(()),
+            SessionEnd::Acknowledged => {
+                let fx = node.shutdown();
+                self.nodes[i].shut = true;
+                self.stats.ends_acknowledged += 1;
+                self.apply(i, fx)
+            }
+            SessionEnd::Alone | SessionEnd::Halted => {
+                self.nodes[i].shut = true;
+                Ok(())
+            }
+            SessionEnd::Unacknowledged { acked, last } => {
+                self.nodes[i].shut = true;
+                self.stats.ends_unacknowledged += 1;
+                let from = ended.saturating_sub(2 * self.cfg.failure_timeout_ns);
+                if self.end_excused(from) {
+                    return Ok(());
+                }
+                Err(self.violation(
+                    Invariant::CleanEnd,
+                    format!(
+                        "node {i}'s guest powered off at {} ms with the pair whole and nothing failing; the backup acknowledged {acked} of {last} by {} ms",
+                        ended / STEP_NS,
+                        self.now() / STEP_NS
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether anything that can hold up the log overlapped `[from, now]`.
+    fn end_excused(&self, from: u64) -> bool {
+        let now = self.now();
+        let f = &self.faults;
+        (0..2).any(|k| {
+            f.crash[k].is_some_and(|c| c <= now)
+                || super::faults::overlaps(&f.freezes[k], from, now)
+                || super::faults::overlaps(&f.one_way[k], from, now)
+                || f.start_at[k] > from
+        }) || super::faults::overlaps(&f.log_partitions, from, now)
+            || f.drops.iter().any(|&d| from <= d && d <= now)
+            || f.corrupt_per_mille > 0
+            || self.last_repair_ns.is_some()
+    }
+
     /// The backup replays with the kernel's engine: the node feeds the
     /// received records to a [`Replayer`], which lands on each asynchronous
     /// entry's point, answers each RDTSC and checks each checkpoint; the
@@ -675,14 +772,28 @@ impl<'c> Sim<'c> {
         if let LogEnd::Ended(_) = node.feed(rp, |_| {}) {
             return Ok(()); // the primary lost or was superseded: the node halts
         }
+        let exit = self.faults.exit_counter.unwrap_or(u64::MAX);
+        let mut finished = false;
         loop {
+            if n.guest.counter() == exit {
+                // The guest powered off here, as the primary's did: once
+                // the log is complete its last record must be the final
+                // checkpoint, met here (as the kernel's backup judges).
+                if !rp.stream_open() {
+                    rp.finish(n.guest.point(), n.guest.checkpoint_hash())
+                        .map_err(|d| replay(format!("{d}")))?;
+                    finished = true;
+                }
+                break;
+            }
             if rp.must_wait() {
                 break;
             }
             let Some(target) = rp.landing_target() else {
                 break;
             };
-            match n.guest.advance(target.counter.min(end)) {
+            match n.guest.advance(target.counter.min(end).min(exit)) {
+                GuestStop::Reached if n.guest.counter() == exit => {}
                 GuestStop::Reached if n.guest.counter() < target.counter => break,
                 GuestStop::Reached => {
                     let at = n.guest.point();
@@ -696,8 +807,10 @@ impl<'c> Sim<'c> {
                         Ok(Due::Input(other)) => {
                             return Err(replay(format!("unexpected input {other:?}")))
                         }
-                        // Soft entries passed, or nothing more held here.
+                        // Soft entries passed, or nothing more held here
+                        // (at the exit point: judged at the loop's top).
                         Ok(Due::Nothing) if rp.applied_seq() != applied => {}
+                        Ok(Due::Nothing) if n.guest.counter() == exit => {}
                         Ok(Due::Nothing) => break,
                     }
                 }
@@ -713,6 +826,11 @@ impl<'c> Sim<'c> {
         }
         // What was applied: acks carry it; the backlog gates the go-live.
         node.feed(rp, |_| {});
+        if finished {
+            self.stats.ends_identical += 1;
+            self.nodes[i].role = Role::Halted;
+            self.nodes[i].replayer = None;
+        }
         Ok(())
     }
 
@@ -755,7 +873,7 @@ impl<'c> Sim<'c> {
         }
         self.apply(i, fx)?;
         self.owe_for_stalled_disk(i);
-        Ok(())
+        self.settle_end(i)
     }
 
     /// A paired primary whose disk writes have been stuck for longer than
@@ -867,7 +985,9 @@ impl<'c> Sim<'c> {
             {
                 continue;
             }
-            if self.nodes[l].role.node().map(Node::state) != Some(NodeState::Alone) {
+            if self.nodes[l].role.node().map(Node::state) != Some(NodeState::Alone)
+                || self.nodes[l].ended.is_some()
+            {
                 continue;
             }
             let t = self.node_now(l);
