@@ -394,6 +394,18 @@ impl Config {
                 _ => unreachable!("every key above is handled"),
             }
         }
+        // An FT pair's two nodes need two I_T nexuses (two initiator names
+        // and ISIDs): by default the primary is node 1, the backup node 2
+        // (the same id on both made each login reinstate the other's
+        // session).
+        if !iscsi::node_given(iscsi_seen) {
+            if let Some(role) = cfg.pair.role {
+                cfg.iscsi.node = match role {
+                    Role::Primary => 1,
+                    Role::Backup => 2,
+                };
+            }
+        }
         Ok(cfg)
     }
 }

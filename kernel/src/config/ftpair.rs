@@ -220,6 +220,18 @@ mod tests {
         assert_eq!(FtPairConfig::default().validate(), Ok(()));
     }
 
+    /// Issue 15: the two nodes of a pair get two iSCSI node ids (two
+    /// initiator names and ISIDs) unless told otherwise.
+    #[test]
+    fn the_pair_gets_two_iscsi_nodes_by_default() {
+        let node = |line: &str| Config::parse(line).unwrap().iscsi.node;
+        assert_eq!(node("role=primary peer=10.0.4.12"), 1);
+        assert_eq!(node("role=backup peer=10.0.4.11"), 2);
+        assert_eq!(node("role=backup peer=10.0.4.11 iscsi_node=7"), 7);
+        assert_eq!(node("iscsi_node=3 role=primary peer=10.0.4.12"), 3);
+        assert_eq!(node(""), 1, "no pair: node 1");
+    }
+
     #[test]
     fn bad_pair_values_are_named() {
         for (line, option) in [

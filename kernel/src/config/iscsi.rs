@@ -8,7 +8,7 @@
 //! | `iscsi_lun` | logical unit number 0..16383 | `0` |
 //! | `iscsi_op` | `rw` (write, read back, verify, MB/s), `caw` (test-and-set on one node: win, then a stale attempt miscompares), `caw-race` (`iscsi_rounds` synchronised test-and-set rounds against other nodes), `loss` (write through a target outage; verify nothing acknowledged was lost) | `rw` |
 //! | `iscsi_mib` | MiB written by `rw`/`loss` (1..4096) | `64` |
-//! | `iscsi_node` | this node's id: initiator name suffix, ISID, flag owner (1..65535) | `1` |
+//! | `iscsi_node` | this node's id: initiator name suffix, ISID, flag owner (1..65535) | `1`; in an FT pair (`role=`) `1` for the primary, `2` for the backup |
 //! | `iscsi_rounds` | rounds of `caw-race` (1..100000) | `100` |
 //! | `iscsi_sync` | `caw-race`'s round coordinator `a.b.c.d:port` | none |
 use super::{parse_decimal, parse_ipv4};
@@ -93,6 +93,23 @@ pub fn valid_iscsi_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b))
 }
 
+/// The options of this module, in the order of the `seen` bits.
+const KEYS: [&str; 8] = [
+    "iscsi",
+    "iscsi_target",
+    "iscsi_lun",
+    "iscsi_op",
+    "iscsi_mib",
+    "iscsi_node",
+    "iscsi_rounds",
+    "iscsi_sync",
+];
+
+/// Whether `iscsi_node=` was given (`seen`: the bits [`parse_option`] set).
+pub fn node_given(seen: u32) -> bool {
+    seen & (1 << 5) != 0
+}
+
 /// Handles one `key=value` if `key` is an `iscsi*` option: `None` for any
 /// other key. `seen` tracks repeats of these keys.
 pub fn parse_option(
@@ -101,16 +118,6 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 8] = [
-        "iscsi",
-        "iscsi_target",
-        "iscsi_lun",
-        "iscsi_op",
-        "iscsi_mib",
-        "iscsi_node",
-        "iscsi_rounds",
-        "iscsi_sync",
-    ];
     let opt = match super::claim(&KEYS, seen, key, value)? {
         Ok(opt) => opt,
         Err(e) => return Some(Err(e)),
