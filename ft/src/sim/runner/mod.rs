@@ -776,9 +776,26 @@ impl<'c> Sim<'c> {
         let mut finished = false;
         loop {
             if n.guest.counter() == exit {
-                // The guest powered off here, as the primary's did: once
-                // the log is complete its last record must be the final
+                // The guest powered off here, as the primary's did. The
+                // entries due here first (soft ones passed: a won backup
+                // must not count them as replay still to do); once the log
+                // is complete its last record must be the final
                 // checkpoint, met here (as the kernel's backup judges).
+                match rp.due(n.guest.point(), &n.guest.state_vector(), true) {
+                    Err(d) => return Err(replay(format!("{d}"))),
+                    Ok(Due::Inject(_)) => {
+                        n.guest.inject_timer();
+                        continue;
+                    }
+                    Ok(Due::Input(LogEntry::NetFrame { frame, .. })) => {
+                        n.guest.inject_frame(&frame);
+                        continue;
+                    }
+                    Ok(Due::Input(other)) => {
+                        return Err(replay(format!("unexpected input {other:?}")))
+                    }
+                    Ok(Due::Nothing) => {}
+                }
                 if !rp.stream_open() {
                     rp.finish(n.guest.point(), n.guest.checkpoint_hash())
                         .map_err(|d| replay(format!("{d}")))?;
