@@ -125,7 +125,87 @@ pub fn tests() -> Vec<E2eTest> {
                 "FT pair with a shared iSCSI LUN; the primary's Bochs is SIGKILLed after its 4th console line: the backup wins the test-and-set (LUN generation +1), replays what it has, goes live and runs the guest to the end, printing the remaining console lines",
             )
         },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 net_timeout=5 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            modules: vec![(GUEST, "test=replay rounds=10")],
+            timeout: Duration::from_secs(180),
+            custom: Some(run_primary_alone),
+            ..E2eTest::new(
+                "ft-primary-alone",
+                Emulator::Bochs,
+                "a primary whose backup never boots: after net_timeout it arbitrates on the shared LUN, wins (flag generation 0 -> 1 owner 1, read back from the LUN), starts the guest alone and runs it to its end (exit 0, its console output released at once)",
+            )
+        },
     ]
+}
+
+/// `ft-primary-alone`: only the primary boots, with the shared LUN.
+fn run_primary_alone(t: &E2eTest, root: &Path) -> Outcome {
+    let mut ns = match rig("ftalone") {
+        Ok(ns) => ns,
+        Err(o) => return o,
+    };
+    let initial = Flag::new(0, NodeId(0));
+    let target = match crate::ftrig::with_storage_flag(root, t.name, &mut ns, 4 << 20, initial) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let spec = node_spec(t, root, &ns, 1, "");
+    let run = crate::emulator::boot_all(root, vec![(t.emulator, spec)]).pop();
+    let flag = target
+        .read_block(0)
+        .and_then(|b| Flag::from_block(&b).map_err(|e| format!("{e:?}")));
+    drop(target);
+    drop(ns);
+    let p = match run {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Outcome::Fail(e),
+        None => return Outcome::Fail("no run".into()),
+    };
+    let judged = (|| {
+        let gave_up = line_with(&p.serial, "ft: primary: no backup joined")?;
+        let alone = line_with(
+            &p.serial,
+            "ft: primary: ALONE under generation 1: starting the guest without a backup",
+        )?;
+        let won = line_with(&p.serial, "WON the test-and-set")?;
+        let last = line_with(&p.serial, "guest: replay: rounds=10 ")?;
+        line_with(&p.serial, "ft: pair: primary done: alone")?;
+        // Nothing of the guest before the flag was won.
+        let first_guest = p.serial.find("guest: ").unwrap_or(usize::MAX);
+        if p.serial.find(won).is_none_or(|w| w > first_guest) {
+            return Err("guest output before the test-and-set was won".into());
+        }
+        if p.exit_code != Some(0) {
+            return Err(format!("exit code {:?}, want 0", p.exit_code));
+        }
+        let flag = flag?;
+        if (flag.generation, flag.owner) != (1, NodeId(1)) {
+            return Err(format!(
+                "the LUN's flag is generation {} owner {}, want 1 owner 1",
+                flag.generation, flag.owner.0
+            ));
+        }
+        Ok(format!(
+            "(`{}`; `{}`; `{}`; last guest line `{}`; flag on the LUN generation 0 -> 1 owner 1; wall {:.1} s)",
+            gave_up.trim(),
+            won.trim(),
+            alone.trim(),
+            last.trim(),
+            p.wall.as_secs_f64()
+        ))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => {
+            let lines: Vec<&str> = p.serial.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            Outcome::Fail(format!(
+                "{why}\n---- primary ({}): last serial lines ----\n{tail}",
+                p.ended
+            ))
+        }
+    }
 }
 
 const WIRING: crate::ftrig::Wiring = crate::ftrig::Wiring {
