@@ -115,7 +115,8 @@ impl Sim<'_> {
 
     /// Node `i` just arbitrated: something must have failed (DESIGN.md
     /// §1.6: a dropped connection is not a failure). Justified by the
-    /// peer down, frozen, halted, alone or not started, a log partition
+    /// peer down, frozen, halted, alone, arbitrating or draining, or not
+    /// started, a log partition
     /// (both ways or one way), a corrupting link, or a link that dropped
     /// more than once within the detection window.
     pub(super) fn check_failover_justified(&self, i: usize) -> Result<(), Violation> {
@@ -126,6 +127,14 @@ impl Sim<'_> {
         let peer_ok = self.nodes[peer].role.node().is_some_and(Node::in_session)
             && self.faults.start_at[peer] + window < now;
         let crashed = self.faults.crash[peer].is_some_and(|t| t <= now);
+        // The peer already took the pair for broken (it arbitrates, or won
+        // and drains): its silence is not this node's mistake. Seen with
+        // a primary arbitrating through a storage outage after its guest
+        // powered off: its log is closed, nothing keeps the backup fed.
+        let peer_broke_off = self.nodes[peer]
+            .role
+            .node()
+            .is_some_and(|n| matches!(n.state(), NodeState::Arbitrating | NodeState::Draining));
         // One drop must be survived by reconnecting; a link that drops
         // again before a round trip completes delivers nothing at all.
         let drops = self
@@ -136,6 +145,7 @@ impl Sim<'_> {
             .count();
         let excused = !peer_ok
             || crashed
+            || peer_broke_off
             || overlaps(&self.faults.freezes[peer], from, now)
             || overlaps(&self.faults.freezes[i], from, now)
             || overlaps(&self.faults.log_partitions, from, now)
