@@ -60,6 +60,29 @@ pub trait Transport {
     }
 }
 
+/// A borrowed transport is one (an initiator lent a connection for a while):
+/// every method forwards, the non-blocking ones too.
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
+        (**self).send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        (**self).recv(buf)
+    }
+    fn reconnect(&mut self) -> Result<()> {
+        (**self).reconnect()
+    }
+    fn recv_now(&mut self, buf: &mut [u8]) -> Result<usize> {
+        (**self).recv_now(buf)
+    }
+    fn start_reconnect(&mut self) -> Result<()> {
+        (**self).start_reconnect()
+    }
+    fn poll_connect(&mut self) -> Result<bool> {
+        (**self).poll_connect()
+    }
+}
+
 /// An asynchronous command and the session task that carries it now.
 struct Started {
     /// The session's task (a new one after a UNIT ATTENTION re-issue).

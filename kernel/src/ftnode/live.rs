@@ -49,7 +49,6 @@ use crate::net::WithNic;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use drivers::iscsi::Transport;
 use drivers::nic::Nic;
 use drivers::smoltcp::iface::SocketHandle;
 use drivers::smoltcp::socket::tcp;
@@ -1148,21 +1147,6 @@ impl<N: Nic + 'static> Node<N> {
             }
         }
         Ok(())
-    }
-}
-
-/// The node's transport lent to an initiator for one arbitration.
-struct Lent<'a, N: Nic>(&'a mut SharedTransport<N>);
-
-impl<N: Nic> Transport for Lent<'_, N> {
-    fn send(&mut self, bytes: &[u8]) -> drivers::Result<usize> {
-        self.0.send(bytes)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> drivers::Result<usize> {
-        self.0.recv(buf)
-    }
-    fn reconnect(&mut self) -> drivers::Result<()> {
-        self.0.reconnect()
     }
 }
 

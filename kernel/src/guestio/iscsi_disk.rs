@@ -201,8 +201,7 @@ impl<L: Lun> IscsiDisk<L> {
                 read,
             }),
             Err(e) => {
-                let fenced = e == drivers::Error::ReservationConflict;
-                let d = self.failed(id, alloc::format!("{what}: {e}"), fenced);
+                let d = self.refused(id, &what, e);
                 done.push(d);
             }
         }
@@ -225,10 +224,7 @@ impl<L: Lun> IscsiDisk<L> {
                 self.stats.bytes_written += f.len;
                 Self::ok(f.id, Vec::new())
             }
-            Err(e) => {
-                let fenced = e == drivers::Error::ReservationConflict;
-                self.failed(f.id, alloc::format!("{}: {e}", f.what), fenced)
-            }
+            Err(e) => self.refused(f.id, &f.what, e),
         })
     }
 
@@ -238,6 +234,13 @@ impl<L: Lun> IscsiDisk<L> {
             status: BlockStatus::Ok,
             data,
         }
+    }
+
+    /// The LUN refused request `id` (`what`) with `e`; RESERVATION
+    /// CONFLICT means this node was fenced.
+    fn refused(&mut self, id: u64, what: &str, e: drivers::Error) -> GuestInput {
+        let fenced = e == drivers::Error::ReservationConflict;
+        self.failed(id, alloc::format!("{what}: {e}"), fenced)
     }
 
     fn failed(&mut self, id: u64, why: String, fenced: bool) -> GuestInput {

@@ -12,7 +12,7 @@
 //! carries out one [`LunFlag`] operation and logs out: arbitration is
 //! rare, and a session that stays open would have to be kept alive
 //! through storage outages.
-use super::{endpoint, Lent};
+use super::endpoint;
 use crate::net::transport::{Clock, SharedTransport};
 use alloc::string::String;
 use drivers::arbitration::{Arbiter, FlagDisk, LunFlag};
@@ -129,7 +129,7 @@ impl<'a, N: Nic> LunStorage<'a, N> {
         // The node retries the whole operation on its own schedule; one
         // connection attempt per operation keeps it from blocking seconds.
         cfg.max_reconnects = 0;
-        let mut ini = match Initiator::login(Lent(self.transport), self.clock, cfg, addr.lun) {
+        let mut ini = match Initiator::login(&mut *self.transport, self.clock, cfg, addr.lun) {
             Ok(i) => i,
             Err(e) => {
                 if !self.quiet {
