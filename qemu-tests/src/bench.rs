@@ -163,15 +163,18 @@ pub fn bochs_pid(root: &Path, name: &str) -> Option<u32> {
 /// SIGKILLs the Bochs of `name` (see [`bochs_pid`]); its pid.
 pub fn kill_node(root: &Path, name: &str) -> Result<u32, String> {
     let pid = bochs_pid(root, name).ok_or_else(|| format!("no Bochs running for {name}"))?;
+    signal(pid, "KILL").map(|()| pid)
+}
+
+/// `kill -<sig> <pid>`.
+pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
     let st = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{sig}"), &pid.to_string()])
         .status()
         .map_err(|e| format!("kill: {e}"))?;
-    if st.success() {
-        Ok(pid)
-    } else {
-        Err(format!("kill -KILL {pid} failed"))
-    }
+    st.success()
+        .then_some(())
+        .ok_or_else(|| format!("kill -{sig} {pid} failed"))
 }
 
 /// A helper process started by [`spawn_helper`]; killed (SIGKILL, by its

@@ -743,15 +743,7 @@ pub fn kill_bochs_of(name: &str) -> Result<u32, String> {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains("bochs") && cmd.contains(&needle) && !cmd.starts_with("ip ") {
-            let st = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()
-                .map_err(|e| e.to_string())?;
-            return if st.success() {
-                Ok(pid)
-            } else {
-                Err(format!("kill -KILL {pid} failed"))
-            };
+            return crate::bench::signal(pid, "KILL").map(|()| pid);
         }
     }
     Err(format!("no Bochs running with {needle}"))

@@ -652,30 +652,15 @@ impl Ctx<'_> {
     }
 
     fn kill_node(&self, node: usize) -> Result<u32, String> {
-        let pid = bochs_pid(&self.bochsrc[node])
-            .ok_or_else(|| format!("the {}'s Bochs is not running", ROLES[node]))?;
-        let st = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .map_err(|e| e.to_string())?;
-        if st.success() {
-            Ok(pid)
-        } else {
-            Err(format!("kill -KILL {pid} failed"))
-        }
+        signal_bochs(&self.bochsrc[node], "KILL")
+            .map_err(|e| format!("the {}'s Bochs: {e}", ROLES[node]))
     }
 }
 
-/// Sends `SIG<sig>` to the Bochs started with `bochsrc`.
-fn signal_bochs(bochsrc: &str, sig: &str) -> Result<(), String> {
-    let pid = bochs_pid(bochsrc).ok_or("its Bochs is not running")?;
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .map_err(|e| e.to_string())?;
-    st.success()
-        .then_some(())
-        .ok_or_else(|| format!("kill -{sig} {pid} failed"))
+/// Sends `SIG<sig>` to the Bochs started with `bochsrc`; its pid.
+fn signal_bochs(bochsrc: &str, sig: &str) -> Result<u32, String> {
+    let pid = bochs_pid(bochsrc).ok_or("not running")?;
+    crate::bench::signal(pid, sig).map(|()| pid)
 }
 
 /// The pid of the Bochs started with `bochsrc` (its absolute path).
@@ -1086,16 +1071,22 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
 /// only to non-isolated ones (here: the bridge itself, where istgt and the
 /// client live), never to another isolated port.
 fn isolate(ns: &str, port: &str) -> Result<(), String> {
+    bridge_link_set(ns, port, &["isolated", "on"])
+}
+
+/// `bridge link set dev <port> <what...>` in namespace `ns`.
+fn bridge_link_set(ns: &str, port: &str, what: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "bridge", "link", "set", "dev", port])
-        .args(["isolated", "on"])
+        .args(what)
         .output()
         .map_err(|e| format!("bridge: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`bridge link set dev {port} isolated on`: {}",
+            "`bridge link set dev {port} {}`: {}",
+            what.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -1268,19 +1259,7 @@ fn ip_rules(ns: &Netns, rules: &[&str]) -> Result<(), String> {
 /// `bridge link set dev <port> state <state>` (0 disabled: no frame in or
 /// out of the port; 3 forwarding).
 fn bridge_port_state(ns: &str, port: &str, state: &str) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "bridge", "link", "set", "dev", port])
-        .args(["state", state])
-        .output()
-        .map_err(|e| format!("bridge: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`bridge link set dev {port} state {state}`: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    bridge_link_set(ns, port, &["state", state])
 }
 
 fn tell_client(client: &mut Option<std::process::ChildStdin>, word: &str) -> Result<(), String> {
@@ -1339,7 +1318,8 @@ fn zombie_step(
         return Ok(());
     };
     if plan.fault == Fault::ZombieFreeze && z.links_cut.is_none() && now >= cut_at + ZOMBIE_PIN {
-        signal_bochs(&ctx.bochsrc[0], "STOP").map_err(|e| format!("freezing the primary: {e}"))?;
+        signal_bochs(&ctx.bochsrc[0], "STOP")
+            .map_err(|e| format!("freezing the primary's Bochs: {e}"))?;
         z.links_cut = Some(now);
         st.notes.push(format!(
             "froze the primary's Bochs (SIGSTOP) {} later",
@@ -1398,8 +1378,10 @@ fn zombie_step(
             match (plan.fault, z.links_cut) {
                 (Fault::ZombieLinks, Some(_)) => bridge_port_state(&ctx.ns.name, TAPS[0], "3")
                     .map_err(|e| format!("restoring the primary's links: {e}"))?,
-                (Fault::ZombieFreeze, Some(_)) => signal_bochs(&ctx.bochsrc[0], "CONT")
-                    .map_err(|e| format!("resuming the primary: {e}"))?,
+                (Fault::ZombieFreeze, Some(_)) => {
+                    signal_bochs(&ctx.bochsrc[0], "CONT")
+                        .map_err(|e| format!("resuming the primary's Bochs: {e}"))?;
+                }
                 _ => {}
             }
             let back = Instant::now();
