@@ -65,11 +65,14 @@ pub enum Mutation {
     /// At the end of a run the primary leaves its log open: heartbeats
     /// follow the final checkpoint.
     NoCloseLog,
+    /// A backup going live takes every output its guest produced as
+    /// released by the primary and emits none of them (`crate::seam`).
+    NoSeam,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name.
-    pub const ALL: [(Mutation, &'static str); 11] = [
+    pub const ALL: [(Mutation, &'static str); 12] = [
         (Mutation::None, "none"),
         (Mutation::NoOutputRule, "no-output-rule"),
         (Mutation::NoTestAndSet, "no-test-and-set"),
@@ -81,11 +84,11 @@ impl Mutation {
         (Mutation::NoReconnect, "no-reconnect"),
         (Mutation::NoStorageStepDown, "no-storage-step-down"),
         (Mutation::NoCloseLog, "no-close-log"),
+        (Mutation::NoSeam, "no-seam"),
     ];
 }
 
 impl SessionConfig {
-    /// Defaults from DESIGN.md §1.6 and §5.
     /// Whether the simulator switched on deliberate bug `m` (never
     /// outside the simulator).
     pub(crate) fn mutated(&self, _m: Mutation) -> bool {
@@ -99,6 +102,7 @@ impl SessionConfig {
         }
     }
 
+    /// Defaults from DESIGN.md §1.6 and §5.
     pub const fn new(cluster_id: u64, guest_id: [u8; 16], me: NodeId) -> Self {
         Self {
             cluster_id,

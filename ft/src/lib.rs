@@ -17,6 +17,8 @@
 //!   stream) names the next landing target and the entries due there,
 //!   passes soft entries and reports a [`replay::Divergence`] (§1.1–§1.3,
 //!   §6).
+//! * [`seam`]: which outputs a backup going live emits itself because the
+//!   primary may not have released them (§1.4, §1.8).
 //! * [`io`]: the injected [`io::Clock`] and [`io::Transport`] traits.
 //! * `sim` (feature `sim`, and in tests): the deterministic simulator that
 //!   checks these rules under crashes, partitions and storage loss (§4, §6).
@@ -41,6 +43,7 @@ pub mod primary;
 #[cfg(test)]
 mod protocol_tests;
 pub mod replay;
+pub mod seam;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

@@ -41,6 +41,7 @@ use crate::backup::{Backup, BackupState};
 use crate::log::{ExecPoint, GoodbyeReason, Record};
 use crate::primary::{Primary, PrimaryState};
 use crate::replay::Replayer;
+use crate::seam::Seam;
 use crate::{Effect, Effects, FtError, Mutation, SessionConfig};
 
 /// A node's side of the pair.
@@ -192,6 +193,8 @@ pub struct Node {
     /// The end of run: the final record's sequence and the deadline of
     /// its ack ([`Node::end_log`]).
     end: Option<(u64, u64)>,
+    /// Backup: which outputs the primary surely released ([`Node::seam`]).
+    seam: Seam,
 }
 
 impl Node {
@@ -214,6 +217,11 @@ impl Node {
             last_verdict: None,
             stepped_down: false,
             end: None,
+            seam: if cfg.session.mutated(Mutation::NoSeam) {
+                Seam::blind()
+            } else {
+                Seam::new()
+            },
         }
     }
 
@@ -403,20 +411,6 @@ impl Node {
         self.carry(now, fx, storage)
     }
 
-    /// No peer joined in time (the caller's own join wait ran out):
-    /// arbitrate now, on `storage`, to run alone.
-    pub fn abandon_join<S: SharedStorage + ?Sized>(
-        &mut self,
-        now: u64,
-        storage: &mut S,
-    ) -> Effects {
-        let fx = match &mut self.session {
-            Session::Primary(p) => p.peer_lost(),
-            Session::Backup(b) => b.peer_lost(),
-        };
-        self.carry(now, fx, storage)
-    }
-
     /// Primary, at the end of a run: the guest ended and its final record
     /// (the final checkpoint) is logged. Closes the log (no heartbeat may
     /// follow that record: the backup checks a final checkpoint only as
@@ -479,6 +473,7 @@ impl Node {
         };
         for r in b.take_received() {
             seen(&r);
+            self.seam.observe(&r);
             replayer.push(r);
         }
         b.set_applied(replayer.applied_seq());
@@ -518,6 +513,14 @@ impl Node {
             }
             _ => Effects::new(),
         }
+    }
+
+    /// Backup, and after its go-live: which of the outputs its guest
+    /// produced while following the primary surely released, from the
+    /// records fed so far; a backup going live emits the others itself
+    /// (console lines: `crate::seam`).
+    pub fn seam(&self) -> &Seam {
+        &self.seam
     }
 
     /// Whether this node stepped down as primary for lost storage.

@@ -263,7 +263,11 @@ impl Primary {
             PrimaryState::Alone => out.push(Effect::Release(output_id)),
             PrimaryState::Halted => {}
             PrimaryState::Paired | PrimaryState::Arbitrating => {
-                let marker = LogEntry::OutputMarker { at, output_id };
+                let marker = LogEntry::OutputMarker {
+                    at,
+                    output_id,
+                    acked: self.acked(),
+                };
                 let seq = self.append(now, guest_time_ns, &marker, &mut out)?;
                 self.rule.hold(seq, output_id, &mut out);
             }
@@ -377,7 +381,11 @@ impl Primary {
                     && !self.log_closed
                     && now.saturating_sub(self.last_append_ns) >= self.cfg.heartbeat_interval_ns
                 {
-                    let hb = LogEntry::Heartbeat { at, guest_time_ns };
+                    let hb = LogEntry::Heartbeat {
+                        at,
+                        guest_time_ns,
+                        acked: self.acked(),
+                    };
                     // A heartbeat is 52 bytes; encoding cannot fail.
                     let _ = self.append(now, guest_time_ns, &hb, &mut out);
                 }

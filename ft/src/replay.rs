@@ -558,6 +558,7 @@ mod tests {
             entry: LogEntry::Heartbeat {
                 at: pt(15, 0x150, 0),
                 guest_time_ns: 1,
+                acked: 0,
             },
         });
         assert_eq!(s.landing_target(), Some(pt(15, 0x150, 0)));
@@ -611,6 +612,7 @@ mod tests {
             entry: LogEntry::Heartbeat {
                 at: pt(5, 0x10, 0),
                 guest_time_ns: 1,
+                acked: 0,
             },
         });
         assert!(r.only_soft_left());
@@ -647,6 +649,7 @@ mod tests {
             entry: LogEntry::Heartbeat {
                 at: pt(20, 0x200, 5),
                 guest_time_ns: 1,
+                acked: 0,
             },
         });
         assert_eq!(
@@ -658,6 +661,7 @@ mod tests {
             entry: LogEntry::OutputMarker {
                 at: pt(25, 0x250, 0),
                 output_id: 1,
+                acked: 0,
             },
         });
         // Soft entries are passed, never checked: the guest past the
@@ -674,6 +678,7 @@ mod tests {
             entry: LogEntry::Heartbeat {
                 at: pt(3, 0x30, 0),
                 guest_time_ns: 1,
+                acked: 0,
             },
         });
         p2.push(Record {
@@ -681,6 +686,7 @@ mod tests {
             entry: LogEntry::OutputMarker {
                 at: pt(3, 0x30, 0),
                 output_id: 1,
+                acked: 0,
             },
         });
         p2.push(records[3].clone());

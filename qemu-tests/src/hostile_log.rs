@@ -52,6 +52,7 @@ pub fn cases(
                 rcx: 0,
             },
             guest_time_ns: 1,
+            acked: 0,
         },
         &mut heartbeat,
     )

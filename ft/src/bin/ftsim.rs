@@ -100,9 +100,10 @@ fn main() -> ExitCode {
         total.failovers, total.primary_alone, total.halts, total.repairs, total.arbitrations
     );
     println!(
-        "  outputs {} (duplicates {}), liveness obligations met {}, max crash-to-live {} ms, max backup lag {} ms, connection resets {}, log bytes {}",
+        "  outputs {} (duplicates {}, re-emitted at a go-live {}), liveness obligations met {}, max crash-to-live {} ms, max backup lag {} ms, connection resets {}, log bytes {}",
         total.outputs,
         total.duplicates,
+        total.reemitted,
         total.liveness_met,
         total.max_takeover_ns / 1_000_000,
         total.max_lag_ns / 1_000_000,

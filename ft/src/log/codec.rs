@@ -109,13 +109,23 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             out.extend_from_slice(&aux.to_le_bytes());
             put_u64(out, *value);
         }
-        LogEntry::Heartbeat { at, guest_time_ns } => {
+        LogEntry::Heartbeat {
+            at,
+            guest_time_ns,
+            acked,
+        } => {
             put_point(out, at);
             put_u64(out, *guest_time_ns);
+            put_u64(out, *acked);
         }
-        LogEntry::OutputMarker { at, output_id } => {
+        LogEntry::OutputMarker {
+            at,
+            output_id,
+            acked,
+        } => {
             put_point(out, at);
             put_u64(out, *output_id);
+            put_u64(out, *acked);
         }
         LogEntry::Ack { received, applied } => {
             put_u64(out, *received);
@@ -312,10 +322,12 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
         0x06 => LogEntry::Heartbeat {
             at: r.point()?,
             guest_time_ns: r.u64()?,
+            acked: r.u64()?,
         },
         0x07 => LogEntry::OutputMarker {
             at: r.point()?,
             output_id: r.u64()?,
+            acked: r.u64()?,
         },
         0x08 => LogEntry::Ack {
             received: r.u64()?,

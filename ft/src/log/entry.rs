@@ -196,10 +196,22 @@ pub enum LogEntry {
         value: u64,
     },
     /// The log was idle; the primary's guest has reached `at`
-    /// (DESIGN.md §1.6). Lets the backup keep executing.
-    Heartbeat { at: ExecPoint, guest_time_ns: u64 },
+    /// (DESIGN.md §1.6). Lets the backup keep executing. `acked`: as in
+    /// `OutputMarker`.
+    Heartbeat {
+        at: ExecPoint,
+        guest_time_ns: u64,
+        acked: u64,
+    },
     /// The guest produced output `output_id` at `at` (DESIGN.md §1.4).
-    OutputMarker { at: ExecPoint, output_id: u64 },
+    /// `acked`: the backup's acknowledged position the primary had seen
+    /// when it wrote this record, so every output marked at or before it
+    /// had already been released (`crate::seam`).
+    OutputMarker {
+        at: ExecPoint,
+        output_id: u64,
+        acked: u64,
+    },
     /// Backup → primary: highest sequence received and highest applied.
     Ack { received: u64, applied: u64 },
     /// The sender won the flag at `generation` and acts alone.

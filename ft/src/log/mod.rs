@@ -39,7 +39,7 @@ pub const LOG_FORMAT_VERSION: u8 = 1;
 /// The FT protocol version announced in [`LogEntry::Hello`].
 /// 2: the Hello carries the machine ([`MachineId`]); `Goodbye` has the
 /// `StorageLost` reason (a primary stepping down).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Fixed header bytes before the payload.
 pub const HEADER_LEN: usize = 16;
 /// CRC trailer bytes after the payload.

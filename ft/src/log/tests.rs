@@ -81,8 +81,13 @@ pub(crate) fn samples() -> Vec<LogEntry> {
         LogEntry::Heartbeat {
             at,
             guest_time_ns: 99,
+            acked: 7,
         },
-        LogEntry::OutputMarker { at, output_id: 5 },
+        LogEntry::OutputMarker {
+            at,
+            output_id: 5,
+            acked: 3,
+        },
         LogEntry::Ack {
             received: 10,
             applied: 9,
@@ -147,9 +152,10 @@ fn documented_sizes() {
     assert_eq!(
         size(LogEntry::Heartbeat {
             at,
-            guest_time_ns: 0
+            guest_time_ns: 0,
+            acked: 0
         }),
-        20 + 32
+        20 + 40
     );
     assert_eq!(
         size(LogEntry::Ack {

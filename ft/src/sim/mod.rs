@@ -31,6 +31,9 @@
 //! * [`Invariant::NoFalseFailover`]: a node arbitrates only after a real
 //!   failure (a crash, a freeze, a partition, a corrupting link), never for
 //!   a dropped connection it should have reconnected (§1.6);
+//! * [`Invariant::NoLostOutput`]: outputs reach the world without gaps:
+//!   a backup going live emits those of its execution the primary may not
+//!   have released (`crate::seam`), so none the old primary held is lost;
 //! * [`Invariant::CleanEnd`]: a guest that powers off (at a counter fixed
 //!   per seed, the same for both replicas) with the pair whole and no
 //!   fault near has its end acknowledged; the backup's guest, reaching
@@ -70,6 +73,9 @@ pub enum Invariant {
     /// The guest powered off with the pair whole and nothing failing, and
     /// the primary's end was not acknowledged in time.
     CleanEnd,
+    /// An output reached the world while an earlier one never did: an
+    /// output the old primary held was lost at the failover seam.
+    NoLostOutput,
     /// A state machine call failed where the protocol says it cannot.
     Protocol,
 }
@@ -149,6 +155,9 @@ pub struct Stats {
     pub arbitrations: u64,
     /// Outputs delivered to the world (with duplicates).
     pub outputs: u64,
+    /// Outputs a backup emitted at its go-live because the primary may
+    /// not have released them (the seam).
+    pub reemitted: u64,
     /// Duplicate outputs after a failover.
     pub duplicates: u64,
     /// Liveness obligations met.
@@ -192,6 +201,7 @@ impl Stats {
         self.resets += s.resets;
         self.arbitrations += s.arbitrations;
         self.outputs += s.outputs;
+        self.reemitted += s.reemitted;
         self.duplicates += s.duplicates;
         self.liveness_met += s.liveness_met;
         self.max_takeover_ns = self.max_takeover_ns.max(s.max_takeover_ns);

@@ -177,6 +177,11 @@ fn mutation_no_close_log_is_caught() {
 }
 
 #[test]
+fn mutation_no_seam_is_caught() {
+    caught(Mutation::NoSeam, &[Invariant::NoLostOutput]);
+}
+
+#[test]
 fn a_seed_reproduces_exactly() {
     let cfg = SimConfig::default();
     for seed in [1, 77, 4242] {

@@ -6,6 +6,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
+use super::runner::disk::is_write;
 use super::{Invariant, Violation};
 
 /// Outputs that reached the world, by guest output index.
@@ -19,6 +20,8 @@ pub struct World {
     pub delivered: u64,
     /// Duplicates delivered (allowed, DESIGN.md §1.8).
     pub duplicates: u64,
+    /// Outputs 0 .. this one all reached the world.
+    contiguous: usize,
 }
 
 impl World {
@@ -46,6 +49,25 @@ impl World {
                     ),
                 });
             }
+        }
+        // Outputs of one execution reach the world in order: one past
+        // the first never seen means an output was lost.
+        // Disk writes are exempt: one the old primary never released is
+        // re-issued by the device model, which the simulation leaves out.
+        while self.contiguous < i
+            && (self.seen[self.contiguous].is_some() || is_write(outputs[self.contiguous]))
+        {
+            self.contiguous += 1;
+        }
+        if i > self.contiguous {
+            return Err(Violation {
+                invariant: Invariant::NoLostOutput,
+                at_ns: now,
+                detail: format!(
+                    "node {node} released output {i}, but output {} never reached the world",
+                    self.contiguous
+                ),
+            });
         }
         match self.seen[i] {
             Some(c) if c != content => Err(Violation {

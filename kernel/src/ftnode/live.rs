@@ -60,6 +60,7 @@ use ft::node::{
     session_generation, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState, SessionEnd,
 };
 use ft::replay::{Recorder, Replayer, Tape};
+use ft::seam::Unreleased;
 use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
@@ -74,8 +75,10 @@ use vmx::caps::{PmuInfo, VmxCaps};
 const TCP_BUFFER: usize = 256 * 1024;
 /// Poll the NIC at least this often while the guest runs (µs).
 const POLL_US: u64 = 500;
-/// Discarded console lines a backup keeps for its go-live.
-const KEEP_LINES: usize = 64;
+/// Discarded console lines a backup keeps for its go-live at most (those
+/// the primary may not have released: about a second of output, the
+/// throttle's bound); beyond it the oldest are dropped, and counted.
+const KEEP_LINES: usize = 4096;
 /// TCP buffers of the iSCSI connection (arbitration only).
 const ISCSI_BUFFER: usize = 16 * 1024;
 /// TCP buffers of a probe connection (`ft_probe=`).
@@ -84,6 +87,9 @@ const PROBE_BUFFER: usize = 16 * 1024;
 const STATUS_BUFFER: usize = 2048;
 /// A primary without a log connection asks for one this often (ms).
 const RECONNECT_MS: u64 = 200;
+/// A connection attempt without any answer is given up after this (ms);
+/// the node asks for the next one.
+const CONNECT_MS: u64 = 2_000;
 
 #[path = "live/lun.rs"]
 mod lun;
@@ -282,8 +288,13 @@ pub struct Node<N: Nic> {
     throttles: u64,
     /// The log socket holds an established connection the node knows of.
     connected: bool,
-    /// Primary: a reconnect is under way (SYN sent).
-    connecting: bool,
+    /// Primary: a connection attempt is under way (SYN sent) since this
+    /// time (µs).
+    connecting: Option<u64>,
+    /// Primary: connection attempts so far, and whether one ever got
+    /// through (the first connection is the join; later ones reconnect).
+    connect_attempts: u64,
+    ever_connected: bool,
     refusals: u64,
     first_guest_ns: Option<u64>,
     last_guest_ns: u64,
@@ -304,11 +315,11 @@ pub struct Node<N: Nic> {
     /// Backup: the largest guest time the received log showed (RDTSC
     /// values, heartbeats).
     max_guest_tsc: u64,
-    /// Backup: the guest's discarded console lines (output id = line
-    /// number, as the primary counts them), the last `KEEP_LINES`.
-    discarded: alloc::collections::VecDeque<(u64, String)>,
-    /// Backup: when each output marker arrived (output id, µs).
-    marker_rx: alloc::collections::BTreeMap<u64, u64>,
+    /// Backup: the guest's discarded console lines the primary may not
+    /// have released (the node's seam judges), by output id.
+    discarded: alloc::collections::BTreeMap<u64, (u64, String)>,
+    /// Backup: discarded lines dropped beyond `KEEP_LINES`.
+    discarded_dropped: u64,
     /// Backup: the last sequence received from the primary.
     log_received: u64,
     /// The guest's point at the last poll (heartbeats after it stopped).
@@ -426,7 +437,9 @@ impl<N: Nic + 'static> Node<N> {
             status_us: now_us,
             throttles: 0,
             connected: false,
-            connecting: false,
+            connecting: None,
+            connect_attempts: 0,
+            ever_connected: false,
             refusals: 0,
             first_guest_ns: None,
             last_guest_ns: 0,
@@ -439,7 +452,7 @@ impl<N: Nic + 'static> Node<N> {
             arbitrations_seen: 0,
             max_guest_tsc: 0,
             discarded: Default::default(),
-            marker_rx: Default::default(),
+            discarded_dropped: 0,
             log_received: 0,
             last_at: ExecPoint::default(),
             test_resets: 0,
@@ -573,38 +586,32 @@ impl<N: Nic + 'static> Node<N> {
         let ep = endpoint(self.peer);
         match self.role {
             Role::Primary => {
+                // The node decides when to connect (at once, then every
+                // `reconnect_interval` after a refusal) and when to give up
+                // (its join timeout: arbitrate to run alone); the guest
+                // starts once the log connection is up or the node is
+                // alone.
                 println!("ft: primary: connecting to the backup's log port {ep}");
-                let deadline = self.join_deadline_us.max(self.now_us() + 2_000_000);
-                let mut tries = 0u32;
                 loop {
-                    tries += 1;
-                    let connected = self.net.borrow_mut().connect(self.sock, ep, 2_000);
-                    match connected {
-                        Ok(()) => break,
-                        Err(e) if self.now_us() < deadline => {
-                            if tries % 20 == 1 {
-                                println!("ft: primary: backup not reachable yet ({e}); retrying");
-                            }
-                            self.idle_us(200_000);
-                        }
-                        Err(e) => {
-                            println!(
-                                "ft: primary: no backup joined at {ep} within net_timeout ({e}): arbitrating to run alone"
-                            );
-                            self.start_alone(io);
-                            return;
-                        }
+                    self.pump(true);
+                    if self.ft.connected() {
+                        self.pump(true);
+                        return;
                     }
+                    let now = self.now_us();
+                    if let Err(why) = self.tick(now, 0, ExecPoint::default(), Some(io)) {
+                        println!("ft: {why}; not starting the guest");
+                        exit(exitcode::FAILURE);
+                    }
+                    if self.ft.state() == NodeState::Alone {
+                        println!(
+                            "ft: primary: ALONE under generation {}: starting the guest without a backup",
+                            self.ft.generation()
+                        );
+                        return;
+                    }
+                    self.idle_us(1000);
                 }
-                let now = self.now_us();
-                self.connected = true;
-                self.heard_us = now;
-                let fx = self.ft.on_connected(now * 1000);
-                println!(
-                    "ft: primary: log connection to {ep} established after {tries} attempt(s); hello sent; starting the guest"
-                );
-                self.apply(fx);
-                self.pump(true);
             }
             Role::Backup => {
                 self.listen();
@@ -627,16 +634,27 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
-    /// Backup: keeps the guest's discarded console lines (the last few).
+    /// Backup: keeps the guest's discarded console lines the primary may
+    /// not have released (`ft::seam`), for its go-live.
     fn keep_discarded(&mut self, lines: &mut Option<Vec<String>>) {
         if let Some(held) = lines.as_mut() {
             for text in held.drain(..) {
                 self.next_line += 1;
-                self.discarded.push_back((self.next_line, text));
+                let id = line_output_id(self.next_line);
+                if self.ft.seam().judge(id).is_some() {
+                    self.discarded.insert(id, (self.next_line, text));
+                }
                 if self.discarded.len() > KEEP_LINES {
-                    self.discarded.pop_front();
+                    self.discarded.pop_first();
+                    self.discarded_dropped += 1;
+                    if self.discarded_dropped == 1 {
+                        println!("ft: backup: warning: more than {KEEP_LINES} console lines not known to be released by the primary; the oldest are dropped (a go-live now may lose some)");
+                    }
                 }
             }
+        }
+        if let Some(r) = self.ft.seam().released_through() {
+            self.discarded = self.discarded.split_off(&r.saturating_add(1));
         }
     }
 
@@ -778,10 +796,18 @@ impl<N: Nic + 'static> Node<N> {
         let role = role_name(self.role);
         // Said before the arbitration it leads to, if it does.
         let announce = matches!(before, NodeState::Paired | NodeState::Following).then(|| {
-            alloc::format!(
-                "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
-                self.cfg.timeout_ms
-            )
+            if self.role == Role::Primary && !self.ever_connected {
+                alloc::format!(
+                    "ft: primary: no backup joined at {} within net_timeout ({} attempt(s)): arbitrating to run alone",
+                    endpoint(self.peer),
+                    self.connect_attempts
+                )
+            } else {
+                alloc::format!(
+                    "ft: {role}: peer silent for {silent_ms} ms (failure timeout {} ms): arbitrating",
+                    self.cfg.timeout_ms
+                )
+            }
         });
         let quiet = matches!(self.ft.last_verdict, Some(Verdict::Unreachable))
             && !self.note_retry(self.ft.arbitrations + 1);
@@ -920,23 +946,45 @@ impl<N: Nic + 'static> Node<N> {
                     }
                 }
             }
-            Role::Primary if self.connecting => match state {
+            Role::Primary if self.connecting.is_some() => match state {
                 tcp::State::Established => {
-                    self.connecting = false;
+                    self.connecting = None;
                     self.connected = true;
                     self.heard_us = now;
                     let fx = self.ft.on_connected(now * 1000);
-                    println!(
-                        "ft: primary: log connection re-established (reconnect {}); hello sent, resending from seq {}",
-                        self.ft.reconnects,
-                        self.ft.primary().map_or(0, |p| p.acked() + 1)
-                    );
+                    if self.ever_connected {
+                        println!(
+                            "ft: primary: log connection re-established (reconnect {}); hello sent, resending from seq {}",
+                            self.ft.reconnects,
+                            self.ft.primary().map_or(0, |p| p.acked() + 1)
+                        );
+                    } else {
+                        println!(
+                            "ft: primary: log connection to {} established after {} attempt(s); hello sent; starting the guest",
+                            endpoint(self.peer),
+                            self.connect_attempts
+                        );
+                    }
+                    self.ever_connected = true;
                     self.apply(fx);
                 }
                 tcp::State::Closed | tcp::State::TimeWait => {
-                    // Refused or timed out: the node asks again later.
-                    self.connecting = false;
+                    // Refused: the node asks again later.
+                    self.connecting = None;
                     self.ft.on_disconnected(now * 1000);
+                    self.note_unreachable("refused");
+                }
+                _ if self
+                    .connecting
+                    .is_some_and(|t| now >= t + CONNECT_MS * 1000) =>
+                {
+                    // No answer (the backup's NIC is not up yet): a
+                    // transport timeout, not a failure; the node asks
+                    // again later, and judges the silence itself.
+                    rc.borrow_mut().tcp(self.sock).abort();
+                    self.connecting = None;
+                    self.ft.on_disconnected(now * 1000);
+                    self.note_unreachable("no answer");
                 }
                 _ => {}
             },
@@ -1010,13 +1058,25 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-        if self.ft.wants_connection(now * 1000) && !self.connecting {
+        if self.ft.wants_connection(now * 1000) && self.connecting.is_none() {
             let ep = endpoint(self.peer);
             if rc.borrow_mut().start_connect(self.sock, ep).is_ok() {
-                self.connecting = true;
+                self.connecting = Some(now);
+                self.connect_attempts += 1;
             }
         }
         self.pump_probe(now);
+    }
+
+    /// Primary: a connection attempt failed; before the first connection
+    /// (the backup may still be booting) every 20th attempt says so.
+    fn note_unreachable(&self, why: &str) {
+        if !self.ever_connected && self.connect_attempts % 20 == 1 {
+            println!(
+                "ft: primary: backup not reachable yet ({why}, attempt {}); retrying",
+                self.connect_attempts
+            );
+        }
     }
 
     /// Backup with `ft_test_reset=N` (fault injection for
@@ -1068,12 +1128,11 @@ impl<N: Nic + 'static> Node<N> {
     /// Backup: received records to the replayer, applied position and
     /// backlog back to the node; the node's timers.
     fn feed(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
-        let heard_us = self.heard_us;
         let was_open = replayer.stream_open();
-        let (marker_rx, max_guest_tsc) = (&mut self.marker_rx, &mut self.max_guest_tsc);
-        // The node hands the records to the replay engine; this adapter
-        // only watches them go by: the guest time they show (the go-live
-        // time floor) and when console lines' markers arrived.
+        let max_guest_tsc = &mut self.max_guest_tsc;
+        // The node hands the records to the replay engine (and its seam);
+        // this adapter only watches the guest time they show (the go-live
+        // time floor).
         let end = self.ft.feed(replayer, |r| {
             let t = match &r.entry {
                 ft::log::LogEntry::NonDet {
@@ -1085,14 +1144,6 @@ impl<N: Nic + 'static> Node<N> {
                     ..
                 } => *value,
                 ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
-                ft::log::LogEntry::OutputMarker { output_id, .. } if output_id % 2 == 1 => {
-                    // A console line's marker, by line number.
-                    marker_rx.insert(output_id.div_ceil(2), heard_us);
-                    if marker_rx.len() > KEEP_LINES {
-                        marker_rx.pop_first();
-                    }
-                    0
-                }
                 _ => 0,
             };
             *max_guest_tsc = (*max_guest_tsc).max(t);
@@ -1195,44 +1246,6 @@ impl<N: Nic + 'static> Node<N> {
             }
         }
         self.emit_ready(io);
-    }
-
-    /// Primary whose backup never joined (DESIGN.md §1.1): the node
-    /// arbitrates; the guest starts alone only after winning; lost means
-    /// never; storage unreachable is retried (no one may go live meanwhile).
-    fn start_alone(&mut self, io: &mut GuestIo) {
-        let mut storage = LunStorage::new(
-            &mut self.arb,
-            self.clock,
-            self.lun.as_ref(),
-            self.ncfg.session.me,
-            role_name(self.role),
-            io.shared_lun(),
-        );
-        let fx = self
-            .ft
-            .abandon_join(self.clock.micros() * 1000, &mut storage);
-        self.after_decision();
-        self.apply(fx);
-        loop {
-            if let Err(why) = self.settle_state() {
-                println!("ft: {why}; not starting the guest");
-                exit(exitcode::FAILURE);
-            }
-            if self.ft.state() == NodeState::Alone {
-                println!(
-                    "ft: primary: ALONE under generation {}: starting the guest without a backup",
-                    self.ft.generation()
-                );
-                return;
-            }
-            self.idle_us(1000);
-            let now = self.now_us();
-            if let Err(why) = self.tick(now, 0, ExecPoint::default(), Some(io)) {
-                println!("ft: {why}; not starting the guest");
-                exit(exitcode::FAILURE);
-            }
-        }
     }
 
     /// Primary: lets the outputs the backup acknowledged leave, in order.
@@ -1393,25 +1406,24 @@ impl<N: Nic + 'static> Live for Node<N> {
             replayer.remaining(),
             self.max_guest_tsc
         );
-        // Outputs (DESIGN.md §1.4): a line whose marker never arrived was
-        // never released by the primary; one whose marker arrived just
-        // before the primary fell silent may not have been (its ack may
-        // not have reached it). Re-emit both: at least once, a duplicate
-        // at the seam rather than a loss.
-        let window_us = (20 * self.cfg.heartbeat_ms).max(200) * 1000;
-        let since = self.heard_us.saturating_sub(window_us);
-        for (id, text) in core::mem::take(&mut self.discarded) {
-            let why = match self.marker_rx.get(&id) {
-                None => "its marker never reached the backup",
-                Some(&t) if t >= since => {
-                    "its marker arrived in the last window before the silence"
-                }
-                Some(_) => continue,
+        // Console lines at the seam (DESIGN.md §1.4, §1.8; `ft::seam`):
+        // those the primary surely released stay discarded; the others
+        // go out now: at least once, a duplicate at the seam rather than
+        // a loss.
+        for (id, (n, text)) in core::mem::take(&mut self.discarded) {
+            let why = match self.ft.seam().judge(id) {
+                None => continue,
+                Some(Unreleased::MarkerNotReceived) => alloc::format!(
+                    "its marker never reached the backup, so the primary never released it"
+                ),
+                Some(Unreleased::AckNotSeen {
+                    marker_seq,
+                    primary_acked,
+                }) => alloc::format!(
+                    "marker seq {marker_seq} acknowledged, but the primary's last record showed acks only up to {primary_acked}: it may not have released it"
+                ),
             };
-            println!(
-                "ft: backup: output #{id} re-emitted ({why}; window {} ms): the primary may not have released it",
-                window_us / 1000
-            );
+            println!("ft: backup: output #{n} re-emitted ({why})");
             println!("guest: {text}");
         }
         if back.announced {

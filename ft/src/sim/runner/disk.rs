@@ -12,6 +12,11 @@ use crate::sim::storage::DATA_BLOCKS;
 use crate::sim::{Invariant, Violation};
 use crate::FtError;
 
+/// Whether output content `c` is a disk write (not a reply).
+pub(crate) fn is_write(c: u64) -> bool {
+    disk_write(c).is_some()
+}
+
 /// Whether output content `c` is a disk write, and to which block.
 fn disk_write(c: u64) -> Option<usize> {
     c.is_multiple_of(3)

@@ -24,7 +24,7 @@ use crate::replay::{Due, Replayer};
 use crate::{Effect, Effects, FtError, SessionConfig};
 
 mod checks;
-mod disk;
+pub(crate) mod disk;
 
 const STEP_NS: u64 = 1_000_000;
 const UNITS_PER_STEP: u64 = STEP_NS / NS_PER_UNIT;
@@ -72,6 +72,9 @@ struct SimNode {
     markers: BTreeMap<u64, u64>,
     /// Outputs let out early by [`Mutation::NoOutputRule`].
     pre_released: BTreeSet<u64>,
+    /// Backup: outputs its guest produced and discarded that the primary
+    /// may not have released (the node's seam judges); emitted at go-live.
+    discarded: BTreeSet<u64>,
     /// Released disk writes not landed yet: (earliest landing, block,
     /// version). They land in order, later if the node is frozen or cut
     /// off from storage (an initiator re-issuing after a reconnect).
@@ -144,6 +147,7 @@ impl<'c> Sim<'c> {
             timers: 0,
             markers: BTreeMap::new(),
             pre_released: BTreeSet::new(),
+            discarded: BTreeSet::new(),
             inflight: VecDeque::new(),
             arbitrations_seen: 0,
             stall_owed: false,
@@ -837,12 +841,20 @@ impl<'c> Sim<'c> {
                         .map_err(|d| replay(format!("{d}")))?;
                     n.guest.supply(v);
                 }
-                // Following: discarded (§1.5).
-                GuestStop::Output { .. } => {}
+                // Following: discarded (§1.5), kept while the primary may
+                // not have released it.
+                GuestStop::Output { index, .. } => {
+                    if node.seam().judge(index).is_some() {
+                        n.discarded.insert(index);
+                    }
+                }
             }
         }
         // What was applied: acks carry it; the backlog gates the go-live.
         node.feed(rp, |_| {});
+        if let Some(r) = node.seam().released_through() {
+            n.discarded = n.discarded.split_off(&r.saturating_add(1));
+        }
         if finished {
             self.stats.ends_identical += 1;
             self.nodes[i].role = Role::Halted;
@@ -974,6 +986,23 @@ impl<'c> Sim<'c> {
                     }
                     self.met_liveness(i);
                     self.world.go_live(now, i, &self.nodes[i].guest.outputs)?;
+                    // Outputs the old primary may never have released
+                    // leave now, in order (the seam, §1.8). Disk writes
+                    // are not emitted again: the device model re-issues
+                    // the requests its guest still waits for (the kernel's
+                    // `GuestIo::go_live`), which the simulation leaves out.
+                    let discarded = core::mem::take(&mut self.nodes[i].discarded);
+                    for index in discarded {
+                        let n = &self.nodes[i];
+                        let due = !disk::is_write(n.guest.outputs[index as usize])
+                            && n.role
+                                .node()
+                                .is_some_and(|n| n.seam().judge(index).is_some());
+                        if due {
+                            self.stats.reemitted += 1;
+                            self.release(i, index)?;
+                        }
+                    }
                     self.owner = i;
                     self.nodes[i].throttled = false;
                     self.drop_link();
@@ -1028,6 +1057,7 @@ impl<'c> Sim<'c> {
                     self.nodes[s].role = Role::Node(alloc::boxed::Box::new(backup));
                     self.nodes[s].arbitrations_seen = 0;
                     self.nodes[s].replayer = None;
+                    self.nodes[s].discarded.clear();
                     self.nodes[l].markers.clear();
                     self.session_received = 0;
                     self.drop_link();

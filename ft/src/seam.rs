@@ -1,0 +1,208 @@
+//! Outputs at the failover seam (DESIGN.md §1.4, §1.8; issue 14, issue
+//! 15): which of the outputs a backup's guest produced (and discarded)
+//! while it followed must it emit itself when it goes live, because the
+//! primary may never have released them?
+//!
+//! The primary releases output *n* only once the backup acknowledged the
+//! record that marks it, and says in every `OutputMarker` and `Heartbeat`
+//! which acknowledged position it had seen when it wrote the record
+//! (`acked`). Releasing happens as the ack arrives, before anything the
+//! primary writes later, so a record carrying `acked = A` proves that
+//! every output marked at or before `A` was already out. For each output
+//! the backup's guest produced, the backup therefore knows one of three
+//! things:
+//!
+//! * its marker is at or before the largest `acked` received: released
+//!   for sure, never emitted again;
+//! * its marker arrived (and was acknowledged) but no later record showed
+//!   the primary saw that ack: it may or may not be out, so it is emitted
+//!   again (at least once: a duplicate at the seam, never a loss);
+//! * its marker never arrived: the primary never released it (no ack of
+//!   the backup covers it), so it is emitted for the first time.
+//!
+//! Markers are logged in output order, so "released for sure" is a prefix
+//! of the output ids: [`Seam::released_through`]. The seam keeps only the
+//! markers above it; the driver keeps the discarded outputs above it (the
+//! throttle bounds both to about a second of output).
+//!
+//! Which outputs go through the seam is the driver's choice: console lines
+//! (no one retransmits them); not network frames (TCP does), and disk
+//! requests the guest still waits for are re-issued by its device model.
+
+use alloc::collections::BTreeMap;
+
+use crate::log::{LogEntry, Record};
+
+/// Why an output may not have reached the world before the go-live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreleased {
+    /// Its marker never reached the backup: the primary never released it.
+    MarkerNotReceived,
+    /// Its marker (record `marker_seq`) reached the backup, but the
+    /// primary's last word showed acks only up to `primary_acked`: it may
+    /// have been released or not.
+    AckNotSeen { marker_seq: u64, primary_acked: u64 },
+}
+
+/// The backup's view of which outputs the primary released.
+#[derive(Debug, Default)]
+pub struct Seam {
+    /// Markers above the released prefix: output id → record sequence.
+    markers: BTreeMap<u64, u64>,
+    /// The largest `acked` the primary reported.
+    primary_acked: u64,
+    /// Every output id up to this one was released by the primary.
+    released_through: Option<u64>,
+    /// Ignore what the primary reported (mutation `no-seam`: every
+    /// output counts as released).
+    blind: bool,
+}
+
+impl Seam {
+    /// A seam that has seen nothing: every output may be unreleased.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A seam that takes every output as released (a broken backup, for
+    /// the simulator's mutation).
+    pub(crate) fn blind() -> Self {
+        Self {
+            blind: true,
+            ..Self::default()
+        }
+    }
+
+    /// A record of the primary's log reached the backup.
+    pub fn observe(&mut self, record: &Record) {
+        match record.entry {
+            LogEntry::OutputMarker {
+                output_id, acked, ..
+            } => {
+                self.markers.insert(output_id, record.seq);
+                self.primary_saw(acked);
+            }
+            LogEntry::Heartbeat { acked, .. } => self.primary_saw(acked),
+            _ => {}
+        }
+    }
+
+    fn primary_saw(&mut self, acked: u64) {
+        if acked <= self.primary_acked {
+            return;
+        }
+        self.primary_acked = acked;
+        while let Some((&id, &seq)) = self.markers.first_key_value() {
+            if seq > acked {
+                break;
+            }
+            self.markers.pop_first();
+            self.released_through = Some(self.released_through.map_or(id, |r| r.max(id)));
+        }
+    }
+
+    /// Every output id up to this one was released by the primary (the
+    /// driver may forget those).
+    pub fn released_through(&self) -> Option<u64> {
+        if self.blind {
+            return Some(u64::MAX);
+        }
+        self.released_through
+    }
+
+    /// Output `id`, produced by the backup's guest: `None` if the primary
+    /// surely released it; otherwise why it may not have, so that a
+    /// backup going live emits it.
+    pub fn judge(&self, id: u64) -> Option<Unreleased> {
+        if self.released_through().is_some_and(|r| id <= r) {
+            return None;
+        }
+        Some(match self.markers.get(&id) {
+            None => Unreleased::MarkerNotReceived,
+            Some(&marker_seq) => Unreleased::AckNotSeen {
+                marker_seq,
+                primary_acked: self.primary_acked,
+            },
+        })
+    }
+
+    /// Markers kept (above the released prefix).
+    pub fn pending(&self) -> usize {
+        self.markers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::ExecPoint;
+
+    fn marker(seq: u64, output_id: u64, acked: u64) -> Record {
+        Record {
+            seq,
+            entry: LogEntry::OutputMarker {
+                at: ExecPoint::default(),
+                output_id,
+                acked,
+            },
+        }
+    }
+
+    fn heartbeat(seq: u64, acked: u64) -> Record {
+        Record {
+            seq,
+            entry: LogEntry::Heartbeat {
+                at: ExecPoint::default(),
+                guest_time_ns: 0,
+                acked,
+            },
+        }
+    }
+
+    #[test]
+    fn three_verdicts() {
+        let mut s = Seam::new();
+        s.observe(&marker(3, 1, 0));
+        s.observe(&marker(5, 3, 2));
+        s.observe(&marker(8, 5, 3));
+        // Output 1's marker (3) is covered by acked 3: released.
+        assert_eq!(s.judge(1), None);
+        assert_eq!(s.released_through(), Some(1));
+        assert_eq!(
+            s.judge(3),
+            Some(Unreleased::AckNotSeen {
+                marker_seq: 5,
+                primary_acked: 3
+            })
+        );
+        assert_eq!(s.judge(7), Some(Unreleased::MarkerNotReceived));
+        // A heartbeat shows the primary saw ack 8: 3 and 5 are out.
+        s.observe(&heartbeat(9, 8));
+        assert_eq!(s.judge(3), None);
+        assert_eq!(s.judge(5), None);
+        assert_eq!(s.released_through(), Some(5));
+        assert_eq!(s.pending(), 0);
+        assert_eq!(s.judge(7), Some(Unreleased::MarkerNotReceived));
+    }
+
+    #[test]
+    fn stale_acks_of_resent_records_change_nothing() {
+        let mut s = Seam::new();
+        s.observe(&marker(4, 1, 0));
+        s.observe(&heartbeat(6, 4));
+        assert_eq!(s.released_through(), Some(1));
+        // After a reconnect the primary resends older records.
+        s.observe(&marker(4, 1, 0));
+        s.observe(&heartbeat(5, 2));
+        assert_eq!(s.released_through(), Some(1));
+        assert_eq!(s.judge(1), None);
+    }
+
+    #[test]
+    fn nothing_seen_means_nothing_released() {
+        let s = Seam::new();
+        assert_eq!(s.released_through(), None);
+        assert_eq!(s.judge(0), Some(Unreleased::MarkerNotReceived));
+        assert_eq!(Seam::blind().judge(0), None);
+    }
+}
