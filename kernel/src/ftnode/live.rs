@@ -1413,9 +1413,10 @@ impl<N: Nic + 'static> Live for Node<N> {
         for (id, (n, text)) in core::mem::take(&mut self.discarded) {
             let why = match self.ft.seam().judge(id) {
                 None => continue,
-                Some(Unreleased::MarkerNotReceived) => alloc::format!(
+                Some(Unreleased::MarkerNotReceived) => {
                     "its marker never reached the backup, so the primary never released it"
-                ),
+                        .into()
+                }
                 Some(Unreleased::AckNotSeen {
                     marker_seq,
                     primary_acked,
