@@ -38,7 +38,7 @@
 
 use crate::arbitration::{arbitrate, FlagRecord, NodeId, SharedStorage, Verdict};
 use crate::backup::{Backup, BackupState};
-use crate::log::{ExecPoint, GoodbyeReason, Record};
+use crate::log::{ExecPoint, GoodbyeReason, LogEntry, NonDetSource};
 use crate::primary::{Primary, PrimaryState};
 use crate::replay::Replayer;
 use crate::seam::Seam;
@@ -96,6 +96,10 @@ pub struct NodeConfig {
     /// Whether the storage fences (SCSI-3 persistent reservations). A
     /// storage that cannot is used without fencing.
     pub fencing: bool,
+    /// Whether the pair has shared storage at all. Without it nobody can
+    /// win the test-and-set, so a node that would have to arbitrate halts
+    /// at once instead of retrying forever (nobody may go live).
+    pub shared_storage: bool,
     /// At the end of a run, how long the primary waits for the backup's
     /// ack of the final checkpoint ([`Node::end_log`]).
     pub end_timeout_ns: u64,
@@ -109,6 +113,7 @@ impl NodeConfig {
             peer,
             reconnect_interval_ns: 100_000_000,
             fencing: true,
+            shared_storage: true,
             end_timeout_ns: 2 * session.failure_timeout_ns,
         }
     }
@@ -171,6 +176,68 @@ pub fn session_generation<S: SharedStorage + ?Sized>(
     }
 }
 
+/// The outcome of one join attempt ([`join`]).
+#[derive(Debug)]
+pub enum Join {
+    /// The generation was read and this node registered for fencing: the
+    /// node, ready to connect or listen.
+    Joined(alloc::boxed::Box<Node>),
+    /// The shared storage did not answer (or refused the registration):
+    /// try again.
+    Retry(FtError),
+    /// The configured generation is not the LUN's: never start.
+    Refused(FtError),
+    /// Still failing a join timeout after the first attempt: give up; no
+    /// guest may start under a generation nobody could check.
+    GaveUp(FtError),
+}
+
+/// Joins the session (DESIGN.md §1.7): reads the generation from the
+/// shared storage ([`session_generation`]), creates the node of `role`
+/// under it and registers its reservation key ([`Node::register`]).
+/// `since`: when this node's first attempt was; the caller retries on
+/// [`Join::Retry`].
+pub fn join<S: SharedStorage + ?Sized>(
+    storage: &mut S,
+    configured: Option<u64>,
+    cfg: NodeConfig,
+    role: NodeRole,
+    since: u64,
+    now: u64,
+) -> Join {
+    let again = |e: FtError| {
+        if now.saturating_sub(since) >= cfg.session.join_timeout_ns {
+            Join::GaveUp(e)
+        } else {
+            Join::Retry(e)
+        }
+    };
+    let generation = match session_generation(storage, configured, &cfg) {
+        Ok(g) => g,
+        Err(e @ FtError::StaleGeneration { .. }) => return Join::Refused(e),
+        Err(e) => return again(e),
+    };
+    let node = Node::new(cfg, role, generation, now);
+    match node.register(storage) {
+        Ok(()) => Join::Joined(alloc::boxed::Box::new(node)),
+        Err(e) => again(e),
+    }
+}
+
+/// The guest time an entry shows, if any (0: none).
+fn guest_time(e: &LogEntry) -> u64 {
+    match e {
+        LogEntry::NonDet {
+            source:
+                NonDetSource::Rdtsc | NonDetSource::Rdtscp { .. } | NonDetSource::Msr { index: 0x10 },
+            value,
+            ..
+        } => *value,
+        LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
+        _ => 0,
+    }
+}
+
 /// One side of the FT pair.
 #[derive(Debug)]
 pub struct Node {
@@ -195,6 +262,8 @@ pub struct Node {
     end: Option<(u64, u64)>,
     /// Backup: which outputs the primary surely released ([`Node::seam`]).
     seam: Seam,
+    /// Backup: the largest guest time the log showed ([`Node::time_floor`]).
+    time_floor: u64,
 }
 
 impl Node {
@@ -222,6 +291,7 @@ impl Node {
             } else {
                 Seam::new()
             },
+            time_floor: 0,
         }
     }
 
@@ -461,18 +531,19 @@ impl Node {
     }
 
     /// Backup: hands the records received since the last call to
-    /// `replayer` (the one replay engine, DESIGN.md §1.3), showing each to
-    /// `seen` first; tells the session what the engine applied (the acks
+    /// `replayer` (the one replay engine, DESIGN.md §1.3), noting in the
+    /// [`Node::seam`] what the primary released and the guest time they
+    /// show ([`Node::time_floor`]); tells the session what the engine applied (the acks
     /// carry it) and what it still has to run to (a won backup goes live
     /// only once that is nothing: a trailing checkpoint waits, being only
     /// a check); ends the stream when the primary ended the log in order.
     /// A primary node has nothing to feed: [`LogEnd::Open`].
-    pub fn feed(&mut self, replayer: &mut Replayer, mut seen: impl FnMut(&Record)) -> LogEnd {
+    pub fn feed(&mut self, replayer: &mut Replayer) -> LogEnd {
         let Session::Backup(b) = &mut self.session else {
             return LogEnd::Open;
         };
         for r in b.take_received() {
-            seen(&r);
+            self.time_floor = self.time_floor.max(guest_time(&r.entry));
             self.seam.observe(&r);
             replayer.push(r);
         }
@@ -521,6 +592,14 @@ impl Node {
     /// (console lines: `crate::seam`).
     pub fn seam(&self) -> &Seam {
         &self.seam
+    }
+
+    /// Backup: the largest guest time the received log showed (the
+    /// results of RDTSC and of reads of the TSC MSR, and heartbeats' guest
+    /// time; the guest's TSC counts nanoseconds). A backup going live
+    /// never lets its guest's clock run below it (DESIGN.md §1.8).
+    pub fn time_floor(&self) -> u64 {
+        self.time_floor
     }
 
     /// Whether this node stepped down as primary for lost storage.
@@ -598,6 +677,9 @@ impl Node {
         let mut work: alloc::collections::VecDeque<Effect> = fx.into();
         while let Some(e) = work.pop_front() {
             match e {
+                Effect::Arbitrate { .. } if !self.cfg.shared_storage => {
+                    out.extend(self.on_fenced());
+                }
                 Effect::Arbitrate {
                     expected_generation,
                 } => {
@@ -858,7 +940,7 @@ mod tests {
             Some(crate::log::GoodbyeReason::Shutdown)
         );
         let mut rp = Replayer::streaming();
-        assert_eq!(b.feed(&mut rp, |_| {}), LogEnd::Complete);
+        assert_eq!(b.feed(&mut rp), LogEnd::Complete);
         assert!(!rp.stream_open(), "the engine replays to the end");
     }
 
@@ -916,6 +998,76 @@ mod tests {
             session_generation(&mut lun, None, &cfg(1)),
             Err(FtError::StorageUnreachable)
         );
+    }
+
+    #[test]
+    fn join_retries_an_unreachable_lun_until_the_join_timeout_and_registers() {
+        let mut c = cfg(2);
+        c.session.join_timeout_ns = 50 * MS;
+        let mut lun = Lun::new(4);
+        lun.registered.clear();
+        lun.down = true;
+        assert!(matches!(
+            join(&mut lun, None, c, NodeRole::Backup, 0, 10 * MS),
+            Join::Retry(FtError::StorageUnreachable)
+        ));
+        assert!(matches!(
+            join(&mut lun, None, c, NodeRole::Backup, 0, 50 * MS),
+            Join::GaveUp(FtError::StorageUnreachable)
+        ));
+        lun.down = false;
+        assert!(matches!(
+            join(&mut lun, Some(3), c, NodeRole::Backup, 0, 60 * MS),
+            Join::Refused(FtError::StaleGeneration { .. })
+        ));
+        let Join::Joined(n) = join(&mut lun, Some(4), c, NodeRole::Backup, 0, 60 * MS) else {
+            panic!("a reachable LUN of the configured generation joins");
+        };
+        assert_eq!((n.generation(), n.state()), (4, NodeState::Following));
+        assert!(lun.registered.contains(&2), "registered for fencing");
+    }
+
+    #[test]
+    fn a_backup_learns_the_time_floor_and_the_released_outputs_from_the_log() {
+        let (mut p, mut b) = started_pair();
+        let pm = p.primary_mut().unwrap();
+        let (_, mut fx) = pm
+            .record(
+                MS,
+                0,
+                LogEntry::NonDet {
+                    at: ExecPoint::new(5, 5, 0),
+                    source: NonDetSource::Rdtsc,
+                    value: 777,
+                },
+            )
+            .unwrap();
+        fx.extend(pm.output(MS, 0, ExecPoint::new(6, 6, 0), 1).unwrap());
+        let ack = deliver(&fx, &mut b, 2 * MS);
+        let _ = deliver(&ack, &mut p, 3 * MS);
+        let mut rp = Replayer::streaming();
+        assert_eq!(b.feed(&mut rp), LogEnd::Open);
+        assert_eq!(b.time_floor(), 777);
+        // The marker arrived; no later record shows the primary saw its ack.
+        assert!(b.seam().judge(1).is_some());
+        let hb = p.tick(30 * MS, 900, ExecPoint::new(7, 7, 0), &mut Lun::new(4));
+        let _ = deliver(&hb, &mut b, 31 * MS);
+        assert_eq!(b.feed(&mut rp), LogEnd::Open);
+        assert_eq!(b.seam().judge(1), None, "the heartbeat shows the ack");
+        assert_eq!(b.time_floor(), 900);
+    }
+
+    #[test]
+    fn without_shared_storage_a_failure_halts_instead_of_arbitrating() {
+        let mut c = cfg(2);
+        c.shared_storage = false;
+        let mut lun = Lun::new(4);
+        lun.down = true;
+        let mut b = silent_backup(&mut lun);
+        b.cfg = c;
+        let fx = b.tick(500 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(fx, [Effect::Halt]);
+        assert_eq!((b.state(), b.arbitrations), (NodeState::Halted, 0));
     }
 
     #[test]

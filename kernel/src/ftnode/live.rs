@@ -56,9 +56,7 @@ use drivers::smoltcp::wire::{IpAddress, IpEndpoint};
 use ft::arbitration::{NodeId, Verdict};
 use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
-use ft::node::{
-    session_generation, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState, SessionEnd,
-};
+use ft::node::{join, Join, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState, SessionEnd};
 use ft::replay::{Recorder, Replayer, Tape};
 use ft::seam::Unreleased;
 use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
@@ -259,7 +257,6 @@ pub struct Node<N: Nic> {
     /// The FT node: every decision is its.
     ft: FtNode,
     ncfg: NodeConfig,
-    join_deadline_us: u64,
     peer: Endpoint,
     cfg: kernel::config::FtPairConfig,
     guest_id: [u8; 16],
@@ -312,9 +309,6 @@ pub struct Node<N: Nic> {
     halted: Option<String>,
     /// Arbitrations whose outcome was reported.
     arbitrations_seen: u64,
-    /// Backup: the largest guest time the received log showed (RDTSC
-    /// values, heartbeats).
-    max_guest_tsc: u64,
     /// Backup: the guest's discarded console lines the primary may not
     /// have released (the node's seam judges), by output id.
     discarded: alloc::collections::BTreeMap<u64, (u64, String)>,
@@ -366,6 +360,7 @@ impl<N: Nic + 'static> Node<N> {
         // nodes register; the winner of the flag preempts the loser. Only
         // a guest disk on the LUN has writes to fence.
         ncfg.fencing = config.disk == kernel::config::DiskChoice::Iscsi;
+        ncfg.shared_storage = config.iscsi.portal.is_some();
         let now_us = net.clock.micros();
         let sock = net.add_tcp(TCP_BUFFER);
         let probe_sock = match (role, pair.probe) {
@@ -413,7 +408,6 @@ impl<N: Nic + 'static> Node<N> {
             // Replaced at join, under the generation the join finds.
             ft: FtNode::new(ncfg, node_role, pair.generation.unwrap_or(0), now_us * 1000),
             ncfg,
-            join_deadline_us: now_us + config.net.timeout_secs * 1_000_000,
             peer: pair.peer.expect("validated: a role has a peer"),
             cfg: pair,
             guest_id,
@@ -450,7 +444,6 @@ impl<N: Nic + 'static> Node<N> {
             live: false,
             halted: None,
             arbitrations_seen: 0,
-            max_guest_tsc: 0,
             discarded: Default::default(),
             discarded_dropped: 0,
             log_received: 0,
@@ -466,84 +459,82 @@ impl<N: Nic + 'static> Node<N> {
         self.clock.micros()
     }
 
-    /// The session's generation (DESIGN.md §1.7): the shared LUN's flag,
-    /// read at join; a configured `ft_generation` that differs is refused.
-    /// Without a LUN, the configured one (or 0). Storage unreachable is
-    /// retried until `net_timeout`.
-    fn session_generation(&mut self, io: &mut GuestIo) -> u64 {
+    /// Joins the session (DESIGN.md §1.7) through `ft::node::join`: the
+    /// generation is the shared LUN's flag (a configured `ft_generation`
+    /// that differs is refused with both numbers) and this node's
+    /// reservation key is registered on the guest disk's session, which
+    /// also carries the flag (fencing: Write Exclusive - Registrants
+    /// Only); the node says when to retry (storage unreachable) and when
+    /// to give up (`net_timeout`, counted from now: the guest build before
+    /// the join must not eat it). Without a LUN: the configured
+    /// generation, or 0.
+    fn join_node(&mut self, io: &mut GuestIo) {
         let role = role_name(self.role);
+        let node_role = match self.role {
+            Role::Primary => NodeRole::Primary,
+            Role::Backup => NodeRole::Backup,
+        };
         if self.lun.is_none() {
             let g = self.cfg.generation.unwrap_or(0);
             println!(
                 "ft: {role}: session generation {g} (configured; no shared LUN to read it from)"
             );
-            return g;
+            self.ft = FtNode::new(self.ncfg, node_role, g, self.now_us() * 1000);
+            return;
         }
+        let since = self.now_us() * 1000;
         let mut tries = 0u32;
-        // The LUN gets the whole net_timeout from now (the guest build
-        // before the join must not eat it).
-        self.join_deadline_us = self.now_us() + self.ncfg.session.join_timeout_ns / 1000;
         loop {
             tries += 1;
-            let configured = self.cfg.generation;
-            let ncfg = self.ncfg;
+            let now = self.now_us() * 1000;
             let mut storage = LunStorage::new(
                 &mut self.arb,
                 self.clock,
                 self.lun.as_ref(),
-                ncfg.session.me,
+                self.ncfg.session.me,
                 role,
                 io.shared_lun(),
             );
-            match session_generation(&mut storage, configured, &ncfg) {
-                Ok(g) => {
-                    println!("ft: {role}: session generation {g}, read from the shared LUN's flag");
-                    return g;
+            match join(
+                &mut storage,
+                self.cfg.generation,
+                self.ncfg,
+                node_role,
+                since,
+                now,
+            ) {
+                Join::Joined(node) => {
+                    self.ft = *node;
+                    println!(
+                        "ft: {role}: session generation {}, read from the shared LUN's flag",
+                        self.ft.generation()
+                    );
+                    if self.ncfg.fencing {
+                        println!(
+                            "ft: {role}: registered reservation key {:#018x} on the guest disk's session, which also carries the flag (fencing: Write Exclusive - Registrants Only)",
+                            drivers::arbitration::reservation_key(self.ncfg.session.me)
+                        );
+                    }
+                    return;
                 }
-                Err(e @ FtError::StaleGeneration { .. }) => {
-                    println!("ft: {role}: REFUSED to join: {e}; start the pair with ft_generation={} or none", match e { FtError::StaleGeneration { lun, .. } => lun, _ => 0 });
+                Join::Refused(e) => {
+                    let lun = match e {
+                        FtError::StaleGeneration { lun, .. } => lun,
+                        _ => 0,
+                    };
+                    println!("ft: {role}: REFUSED to join: {e}; start the pair with ft_generation={lun} or none");
                     exit(exitcode::BAD_CONFIG);
                 }
-                Err(e) if self.now_us() < self.join_deadline_us => {
+                Join::Retry(e) => {
                     if tries % 10 == 1 {
-                        println!(
-                            "ft: {role}: cannot read the shared LUN's flag yet ({e}); retrying"
-                        );
+                        println!("ft: {role}: cannot join on the shared LUN yet ({e}); retrying");
                     }
                     self.idle_us(500_000);
                 }
-                Err(e) => {
-                    println!("ft: {role}: cannot read the shared LUN's flag within net_timeout ({e}): no one may start the guest under an unchecked generation");
+                Join::GaveUp(e) => {
+                    println!("ft: {role}: cannot join on the shared LUN within net_timeout ({e}): no one may start the guest under a generation nobody checked, nor without fencing");
                     exit(exitcode::FAILURE);
                 }
-            }
-        }
-    }
-
-    /// Fencing (DESIGN.md §1.7): registers this node's reservation key on
-    /// the shared LUN through the guest disk's session (and reserves the
-    /// LUN Write Exclusive – Registrants Only if nobody has). A LUN that
-    /// cannot fence stops the join: a stalled node's late writes could
-    /// land after the new primary's.
-    fn register(&mut self, io: &mut GuestIo) {
-        let role = role_name(self.role);
-        let key = drivers::arbitration::reservation_key(self.ncfg.session.me);
-        let ft = &self.ft;
-        let registered = ft.register(&mut LunStorage::new(
-            &mut self.arb,
-            self.clock,
-            self.lun.as_ref(),
-            self.ncfg.session.me,
-            role,
-            io.shared_lun(),
-        ));
-        match registered {
-            Ok(()) => println!(
-                "ft: {role}: registered reservation key {key:#018x} on the guest disk's session, which also carries the flag (fencing: Write Exclusive - Registrants Only)"
-            ),
-            Err(e) => {
-                println!("ft: {role}: cannot register on the shared LUN for fencing: {e}; not starting the guest");
-                exit(exitcode::FAILURE);
             }
         }
     }
@@ -573,15 +564,7 @@ impl<N: Nic + 'static> Node<N> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let generation = self.session_generation(io);
-        let node_role = match self.role {
-            Role::Primary => NodeRole::Primary,
-            Role::Backup => NodeRole::Backup,
-        };
-        self.ft = FtNode::new(self.ncfg, node_role, generation, self.now_us() * 1000);
-        if self.ncfg.fencing {
-            self.register(io);
-        }
+        self.join_node(io);
         self.heard_us = self.now_us();
         let ep = endpoint(self.peer);
         match self.role {
@@ -762,6 +745,11 @@ impl<N: Nic + 'static> Node<N> {
                             f.generation,
                             f.owner.0
                         ),
+                        _ if !self.ncfg.shared_storage => alloc::format!(
+                            "{}: the peer fell silent ({} ms), and without a shared LUN (iscsi=) no one may go live: halting the guest for good",
+                            role_name(self.role),
+                            self.now_us().saturating_sub(self.heard_us) / 1000
+                        ),
                         _ if self.ft.stepped_down() => {
                     "primary: stepped down for the backup: the shared disk stopped answering this node; halting the guest for good"
                         .into()
@@ -860,7 +848,6 @@ impl<N: Nic + 'static> Node<N> {
                     );
                 }
             }
-            Some(Verdict::Unreachable) if self.lun.is_none() => {}
             // The first attempt of an outage, then every tenth.
             Some(Verdict::Unreachable) if self.note_retry(self.ft.arbitrations) => {
                 self.retry_noted_us = self.now_us();
@@ -903,12 +890,6 @@ impl<N: Nic + 'static> Node<N> {
     fn settle_state(&mut self) -> Result<(), String> {
         if let Some(why) = &self.halted {
             return Err(why.clone());
-        }
-        if self.ft.state() == NodeState::Arbitrating && self.lun.is_none() {
-            return Err(alloc::format!(
-                "{}: shared storage unreachable: no shared LUN configured (iscsi=), so no one may go live; halting",
-                role_name(self.role)
-            ));
         }
         Ok(())
     }
@@ -1129,25 +1110,7 @@ impl<N: Nic + 'static> Node<N> {
     /// backlog back to the node; the node's timers.
     fn feed(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
         let was_open = replayer.stream_open();
-        let max_guest_tsc = &mut self.max_guest_tsc;
-        // The node hands the records to the replay engine (and its seam);
-        // this adapter only watches the guest time they show (the go-live
-        // time floor).
-        let end = self.ft.feed(replayer, |r| {
-            let t = match &r.entry {
-                ft::log::LogEntry::NonDet {
-                    source:
-                        ft::log::NonDetSource::Rdtsc
-                        | ft::log::NonDetSource::Rdtscp { .. }
-                        | ft::log::NonDetSource::Msr { index: 0x10 },
-                    value,
-                    ..
-                } => *value,
-                ft::log::LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
-                _ => 0,
-            };
-            *max_guest_tsc = (*max_guest_tsc).max(t);
-        });
+        let end = self.ft.feed(replayer);
         let Some(b) = self.ft.backup() else {
             return self.settle_state();
         };
@@ -1404,7 +1367,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             replayer.applied_seq(),
             self.log_received,
             replayer.remaining(),
-            self.max_guest_tsc
+            self.ft.time_floor()
         );
         // Console lines at the seam (DESIGN.md §1.4, §1.8; `ft::seam`):
         // those the primary surely released stay discarded; the others
@@ -1437,7 +1400,7 @@ impl<N: Nic + 'static> Live for Node<N> {
             "ft: backup: re-issued {} pending disk request(s) the guest was waiting for",
             back.reissued
         );
-        Some(self.max_guest_tsc)
+        Some(self.ft.time_floor())
     }
 
     fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {

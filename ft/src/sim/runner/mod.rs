@@ -18,7 +18,7 @@ use super::{Invariant, Mutation, SeedReport, SimConfig, Stats, Violation};
 use crate::arbitration::NodeId;
 use crate::io::Transport;
 use crate::log::{LogEntry, NonDetSource};
-use crate::node::{session_generation, LogEnd, Node, NodeConfig, NodeRole, NodeState, SessionEnd};
+use crate::node::{join, Join, LogEnd, Node, NodeConfig, NodeRole, NodeState, SessionEnd};
 use crate::primary::PrimaryState;
 use crate::replay::{Due, Replayer};
 use crate::{Effect, Effects, FtError, SessionConfig};
@@ -72,6 +72,8 @@ struct SimNode {
     markers: BTreeMap<u64, u64>,
     /// Outputs let out early by [`Mutation::NoOutputRule`].
     pre_released: BTreeSet<u64>,
+    /// When this node first tried to join (its own clock).
+    joining_since: Option<u64>,
     /// Backup: outputs its guest produced and discarded that the primary
     /// may not have released (the node's seam judges); emitted at go-live.
     discarded: BTreeSet<u64>,
@@ -147,6 +149,7 @@ impl<'c> Sim<'c> {
             timers: 0,
             markers: BTreeMap::new(),
             pre_released: BTreeSet::new(),
+            joining_since: None,
             discarded: BTreeSet::new(),
             inflight: VecDeque::new(),
             arbitrations_seen: 0,
@@ -345,27 +348,23 @@ impl<'c> Sim<'c> {
                 continue;
             }
             let cfg = self.node_cfg(i);
+            let now = self.node_now(i);
+            let since = *self.nodes[i].joining_since.get_or_insert(now);
             let reachable = self.storage_reachable(i);
             let mut view = self
                 .storage
                 .view(reachable, &mut self.rng, self.cfg.mutation);
-            match session_generation(&mut view, self.configured_generation, &cfg) {
-                Ok(g) => {
-                    let node = Node::new(cfg, role, g, self.node_now(i));
-                    let reachable = self.storage_reachable(i);
-                    let mut view = self
-                        .storage
-                        .view(reachable, &mut self.rng, self.cfg.mutation);
-                    if node.register(&mut view).is_err() {
-                        continue; // storage unreachable: join again next step
-                    }
-                    self.nodes[i].role = Role::Node(alloc::boxed::Box::new(node));
-                }
-                Err(FtError::StaleGeneration { .. }) => {
+            match join(&mut view, self.configured_generation, cfg, role, since, now) {
+                Join::Joined(node) => self.nodes[i].role = Role::Node(node),
+                Join::Refused(_) => {
                     self.stats.refused += 1;
                     self.nodes[i].role = Role::Refused;
                 }
-                Err(_) => {} // storage unreachable: join again next step
+                // Storage unreachable: join again next step.
+                Join::Retry(_) => {}
+                Join::GaveUp(e) => {
+                    return Err(protocol(self.now(), "join gave up", &e));
+                }
             }
         }
         Ok(())
@@ -773,7 +772,7 @@ impl<'c> Sim<'c> {
             return Ok(());
         };
         let rp = n.replayer.get_or_insert_with(Replayer::streaming);
-        if let LogEnd::Ended(_) = node.feed(rp, |_| {}) {
+        if let LogEnd::Ended(_) = node.feed(rp) {
             return Ok(()); // the primary lost or was superseded: the node halts
         }
         let exit = self.faults.exit_counter.unwrap_or(u64::MAX);
@@ -851,7 +850,7 @@ impl<'c> Sim<'c> {
             }
         }
         // What was applied: acks carry it; the backlog gates the go-live.
-        node.feed(rp, |_| {});
+        node.feed(rp);
         if let Some(r) = node.seam().released_through() {
             n.discarded = n.discarded.split_off(&r.saturating_add(1));
         }
