@@ -40,6 +40,12 @@
 //!   Console lines the primary may not have released are re-emitted by a
 //!   backup going live (at least once).
 //!
+//! Files: this one holds the node's state, the join and the effects;
+//! `live/channel.rs` the log connection, `live/primary.rs` and
+//! `live/backup.rs` each side's hooks, `live/lun.rs` the shared LUN as
+//! `ft::arbitration::SharedStorage`, `live/probe.rs` the `ft_probe=`
+//! listener, `live/status.rs` the status line and port.
+//!
 //! Time: the TSC calibrated on the PIT (`crate::net` clock). In Bochs with
 //! `clock: sync=none` that is emulated time, so `ft_timeout` and
 //! `heartbeat` count each emulator's own instructions, not wall time.
@@ -89,8 +95,14 @@ const RECONNECT_MS: u64 = 200;
 /// the node asks for the next one.
 const CONNECT_MS: u64 = 2_000;
 
+#[path = "live/backup.rs"]
+mod backup;
+#[path = "live/channel.rs"]
+mod channel;
 #[path = "live/lun.rs"]
 mod lun;
+#[path = "live/primary.rs"]
+mod primary;
 #[path = "live/probe.rs"]
 mod probe;
 #[path = "live/status.rs"]
@@ -539,14 +551,6 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
-    /// Polls the stack for `us` microseconds (nothing else to do).
-    fn idle_us(&mut self, us: u64) {
-        let until = self.now_us() + us;
-        while self.now_us() < until {
-            self.net.borrow_mut().poll();
-        }
-    }
-
     /// Primary: connect to the backup (retrying while it boots, at most
     /// `net_timeout`) and say Hello; no backup means the node arbitrates
     /// to run alone. Backup: listen for the primary.
@@ -615,61 +619,6 @@ impl<N: Nic + 'static> Node<N> {
                 }
             }
         }
-    }
-
-    /// Backup: keeps the guest's discarded console lines the primary may
-    /// not have released (`ft::seam`), for its go-live.
-    fn keep_discarded(&mut self, lines: &mut Option<Vec<String>>) {
-        if let Some(held) = lines.as_mut() {
-            for text in held.drain(..) {
-                self.next_line += 1;
-                let id = line_output_id(self.next_line);
-                if self.ft.seam().judge(id).is_some() {
-                    self.discarded.insert(id, (self.next_line, text));
-                }
-                if self.discarded.len() > KEEP_LINES {
-                    self.discarded.pop_first();
-                    self.discarded_dropped += 1;
-                    if self.discarded_dropped == 1 {
-                        println!("ft: backup: warning: more than {KEEP_LINES} console lines not known to be released by the primary; the oldest are dropped (a go-live now may lose some)");
-                    }
-                }
-            }
-        }
-        if let Some(r) = self.ft.seam().released_through() {
-            self.discarded = self.discarded.split_off(&r.saturating_add(1));
-        }
-    }
-
-    /// Backup gone live: the log socket is closed for good.
-    fn net_abort_log(&mut self) {
-        self.net.borrow_mut().tcp(self.sock).abort();
-        self.net.borrow_mut().poll();
-        self.connected = false;
-    }
-
-    fn listen(&mut self) {
-        let open = self.net.borrow_mut().tcp(self.sock).is_open();
-        if open {
-            self.net.borrow_mut().tcp(self.sock).abort();
-            self.net.borrow_mut().poll();
-        }
-        if self
-            .net
-            .borrow_mut()
-            .tcp(self.sock)
-            .listen(self.peer.port)
-            .is_err()
-        {
-            println!(
-                "ft: backup: error: cannot listen on port {}",
-                self.peer.port
-            );
-            exit(exitcode::FAILURE);
-        }
-        self.connected = false;
-        self.outbox.clear();
-        self.out_off = 0;
     }
 
     /// Carries out the node's effects.
@@ -862,360 +811,11 @@ impl<N: Nic + 'static> Node<N> {
         }
     }
 
-    /// What the node's state means for the hypervisor: a halt stops the
-    /// guest; a node without any shared LUN cannot arbitrate at all.
-    /// Primary: shows the node how the guest disk progresses; a paired
-    /// primary whose disk stopped answering steps down (its Goodbye is
-    /// flushed for up to 200 ms) and halts.
-    fn judge_disk(&mut self, now_us: u64, io: &GuestIo) -> Result<(), String> {
-        let owed = io.disk_in_flight();
-        let since = self.disk_stall.observe(now_us, owed, io.stats().disk_done);
-        let fx = self.ft.on_disk(now_us * 1000, since.map(|t| t * 1000));
-        if fx.is_empty() {
-            return Ok(());
-        }
-        println!(
-            "ft: primary: the shared disk made no progress for {} ms with {owed} request(s) owed (failure timeout {} ms): stepping down for the backup, which takes over (Goodbye StorageLost)",
-            now_us.saturating_sub(since.unwrap_or(now_us)) / 1000,
-            self.cfg.timeout_ms
-        );
-        self.apply(fx);
-        let until = self.now_us() + 200_000;
-        while self.out_off < self.outbox.len() && self.now_us() < until {
-            self.pump(true);
-        }
-        self.settle_state()
-    }
-
     fn settle_state(&mut self) -> Result<(), String> {
         if let Some(why) = &self.halted {
             return Err(why.clone());
         }
         Ok(())
-    }
-
-    /// Moves bytes between the outbox, the socket and the state machine.
-    /// `force`: poll the NIC even if it was polled very recently.
-    fn pump(&mut self, force: bool) {
-        let now = self.now_us();
-        if !force && self.out_off == self.outbox.len() && now < self.last_pump_us + POLL_US {
-            return;
-        }
-        self.last_pump_us = now;
-        self.net.borrow_mut().poll();
-        let rc = self.net.clone();
-        let (state, from) = {
-            let mut net = rc.borrow_mut();
-            let s = net.tcp(self.sock);
-            (s.state(), s.remote_endpoint())
-        };
-        match self.role {
-            Role::Backup if !self.connected && state == tcp::State::Established => {
-                let want = endpoint(self.peer).addr;
-                match from {
-                    Some(ep) if ep.addr == want => {
-                        println!("ft: backup: log connection from the primary at {ep}");
-                        self.connected = true;
-                        self.heard_us = now;
-                        let fx = self.ft.on_connected(now * 1000);
-                        self.apply(fx);
-                    }
-                    other => {
-                        println!("ft: backup: REFUSED a log connection from {other:?}: not the configured peer {want}");
-                        self.listen();
-                        return;
-                    }
-                }
-            }
-            Role::Primary if self.connecting.is_some() => match state {
-                tcp::State::Established => {
-                    self.connecting = None;
-                    self.connected = true;
-                    self.heard_us = now;
-                    let fx = self.ft.on_connected(now * 1000);
-                    if self.ever_connected {
-                        println!(
-                            "ft: primary: log connection re-established (reconnect {}); hello sent, resending from seq {}",
-                            self.ft.reconnects,
-                            self.ft.primary().map_or(0, |p| p.acked() + 1)
-                        );
-                    } else {
-                        println!(
-                            "ft: primary: log connection to {} established after {} attempt(s); hello sent; starting the guest",
-                            endpoint(self.peer),
-                            self.connect_attempts
-                        );
-                    }
-                    self.ever_connected = true;
-                    self.apply(fx);
-                }
-                tcp::State::Closed | tcp::State::TimeWait => {
-                    // Refused: the node asks again later.
-                    self.connecting = None;
-                    self.ft.on_disconnected(now * 1000);
-                    self.note_unreachable("refused");
-                }
-                _ if self
-                    .connecting
-                    .is_some_and(|t| now >= t + CONNECT_MS * 1000) =>
-                {
-                    // No answer (the backup's NIC is not up yet): a
-                    // transport timeout, not a failure; the node asks
-                    // again later, and judges the silence itself.
-                    rc.borrow_mut().tcp(self.sock).abort();
-                    self.connecting = None;
-                    self.ft.on_disconnected(now * 1000);
-                    self.note_unreachable("no answer");
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-        if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
-            let sent = rc
-                .borrow_mut()
-                .tcp(self.sock)
-                .send_slice(&self.outbox[self.out_off..]);
-            if let Ok(n) = sent {
-                self.out_off += n;
-                self.bytes_sent += n as u64;
-                self.status_bytes += n as u64;
-            }
-            if self.out_off == self.outbox.len() {
-                self.outbox.clear();
-                self.out_off = 0;
-            }
-            self.net.borrow_mut().poll();
-        }
-        loop {
-            let mut net = rc.borrow_mut();
-            let s = net.tcp(self.sock);
-            if !s.can_recv() {
-                break;
-            }
-            let Ok(n) = s.recv_slice(&mut self.inbuf) else {
-                break;
-            };
-            drop(net);
-            if n == 0 {
-                break;
-            }
-            self.bytes_recv += n as u64;
-            self.heard_us = now;
-            let bytes = self.inbuf[..n].to_vec();
-            let fx = self.ft.on_bytes(now * 1000, &bytes);
-            if let Some(p) = self.ft.primary() {
-                self.lag.applied(p.applied(), now);
-            }
-            self.apply(fx);
-            if self.test_reset_due() {
-                break;
-            }
-        }
-        let (may_recv, state) = {
-            let mut net = rc.borrow_mut();
-            let s = net.tcp(self.sock);
-            (s.may_recv(), s.state())
-        };
-        if self.connected && !may_recv && !matches!(state, tcp::State::Established) {
-            // A dropped connection is not a failure (DESIGN.md §1.6): the
-            // primary reconnects when the node asks, the backup listens.
-            self.ft.on_disconnected(now * 1000);
-            match self.role {
-                Role::Primary => {
-                    if self.ft.state() == NodeState::Paired {
-                        println!(
-                            "ft: primary: the backup closed the log connection (state {state}); reconnecting"
-                        );
-                    }
-                    self.net.borrow_mut().tcp(self.sock).abort();
-                    self.connected = false;
-                    self.outbox.clear();
-                    self.out_off = 0;
-                }
-                Role::Backup => {
-                    println!("ft: backup: the primary closed the log connection");
-                    self.listen();
-                }
-            }
-        }
-        if self.ft.wants_connection(now * 1000) && self.connecting.is_none() {
-            let ep = endpoint(self.peer);
-            if rc.borrow_mut().start_connect(self.sock, ep).is_ok() {
-                self.connecting = Some(now);
-                self.connect_attempts += 1;
-            }
-        }
-        self.pump_probe(now);
-    }
-
-    /// Primary: a connection attempt failed; before the first connection
-    /// (the backup may still be booting) every 20th attempt says so.
-    fn note_unreachable(&self, why: &str) {
-        if !self.ever_connected && self.connect_attempts % 20 == 1 {
-            println!(
-                "ft: primary: backup not reachable yet ({why}, attempt {}); retrying",
-                self.connect_attempts
-            );
-        }
-    }
-
-    /// Backup with `ft_test_reset=N` (fault injection for
-    /// `ft-log-reconnect`): after every N entries received, at most 3
-    /// times, the log connection is reset; the primary must reconnect and
-    /// resend what was lost, with no failover. `true`: it was reset now.
-    fn test_reset_due(&mut self) -> bool {
-        let (Some(every), Some(b)) = (self.cfg.test_reset, self.ft.backup()) else {
-            return false;
-        };
-        if self.test_resets >= 3 || !self.connected || b.received() < every * (self.test_resets + 1)
-        {
-            return false;
-        }
-        self.test_resets += 1;
-        println!(
-            "ft: backup: test: resetting the log connection after {} entries received (ft_test_reset={every}, reset {} of 3)",
-            b.received(),
-            self.test_resets
-        );
-        self.ft.on_disconnected(self.now_us() * 1000);
-        self.listen();
-        true
-    }
-
-    /// Primary: hands new recorder entries to the state machine.
-    fn ship_recorded(&mut self, tape: &Tape, guest_ns: u64) -> Result<(), String> {
-        let (Tape::Record(r), Some(_)) = (tape, self.ft.primary()) else {
-            return Ok(());
-        };
-        let mut fx = Effects::new();
-        while self.rec_off < r.bytes.len() {
-            let (rec, used) = decode_record(&r.bytes[self.rec_off..])
-                .map_err(|e| alloc::format!("the recorder's own log does not decode: {e}"))?;
-            self.rec_off += used;
-            let now = self.now_us() * 1000;
-            let Some(p) = self.ft.primary_mut() else {
-                unreachable!()
-            };
-            let (_, more) = p
-                .record(now, guest_ns, rec.entry)
-                .map_err(|e| alloc::format!("primary: cannot log an entry: {e}"))?;
-            fx.extend(more);
-        }
-        self.apply(fx);
-        Ok(())
-    }
-
-    /// Backup: received records to the replayer, applied position and
-    /// backlog back to the node; the node's timers.
-    fn feed(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
-        let was_open = replayer.stream_open();
-        let end = self.ft.feed(replayer);
-        let Some(b) = self.ft.backup() else {
-            return self.settle_state();
-        };
-        self.log_received = b.received();
-        let last = b.received().saturating_sub(1);
-        match end {
-            LogEnd::Complete => {
-                if was_open {
-                    println!(
-                        "ft: backup: the primary ended the session after seq {last}; replaying to the end"
-                    );
-                }
-                // An orderly end: nothing to decide any more.
-                return Ok(());
-            }
-            LogEnd::Ended(why) => {
-                return Err(alloc::format!(
-                    "backup: the primary said goodbye ({why:?}): halting the guest for good"
-                ))
-            }
-            LogEnd::Open => {}
-        }
-        if b.goodbye() == Some(GoodbyeReason::StorageLost) && !self.step_down_noted {
-            // The node arbitrates on its next tick, at once.
-            self.step_down_noted = true;
-            println!(
-                "ft: backup: the primary stepped down after seq {last}: it lost the shared disk; taking over"
-            );
-        }
-        // The node's timers at most every millisecond: reception is
-        // acknowledged at once by `on_bytes` (the output rule waits on it).
-        let now_us = self.clock.micros();
-        if now_us < self.last_tick_us + 1000 {
-            return self.settle_state();
-        }
-        self.last_tick_us = now_us;
-        let before = self.ft.state();
-        self.tick(now_us, 0, ExecPoint::default(), Some(io))?;
-        if before != NodeState::Draining && self.ft.state() == NodeState::Draining {
-            // Nothing more will arrive: stop listening for the primary.
-            self.net_abort_log();
-            if let Some(b) = self.ft.backup() {
-                println!(
-                    "ft: backup: replaying the {} entries received ({} applied so far) before going live",
-                    b.received(),
-                    replayer.applied_seq()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<N: Nic + 'static> Node<N> {
-    /// Primary: the node's timers at `now_ns`; a backup found dead and a
-    /// won test-and-set mean the guest runs on alone (DESIGN.md §1.7):
-    /// the held outputs are released (the node says so) and new ones
-    /// leave at once. `Err`: lost, fenced or no storage at all (halt).
-    fn primary_tick(
-        &mut self,
-        now_ns: u64,
-        guest_ns: u64,
-        at: ExecPoint,
-        io: Option<&mut GuestIo>,
-    ) -> Result<(), String> {
-        let was_alone = self.ft.state() == NodeState::Alone;
-        self.tick(now_ns / 1000, guest_ns, at, io)?;
-        if !was_alone && self.ft.state() == NodeState::Alone {
-            self.net_abort_log();
-            println!(
-                "ft: primary: ALONE under generation {}: the backup is gone; {} held output(s) released, new outputs leave at once (no backup until one is added by state transfer)",
-                self.ft.generation(),
-                self.ready.len() + self.gate.released as usize
-            );
-        }
-        Ok(())
-    }
-
-    /// Primary at the end: every output still held leaves (the backup
-    /// acknowledged the whole log up to `acked`, or there is no backup).
-    fn release_all(&mut self, acked: u64, io: &mut GuestIo) {
-        let now = self.now_us();
-        for n in 1..=self.next_line {
-            if let Some(r) = self.gate.release(line_output_id(n), acked, now) {
-                let (n, text) = r.item;
-                println!("guest: {text}");
-                println!(
-                    "ft: output #{n} released: marker seq {} acked {} held {} us",
-                    r.marker_seq, r.acked, r.held_us
-                );
-            }
-        }
-        for n in 1..=self.next_io {
-            if let Some(r) = self.io_gate.release(io_output_id(n), acked, now) {
-                self.ready.push(r.item);
-            }
-        }
-        self.emit_ready(io);
-    }
-
-    /// Primary: lets the outputs the backup acknowledged leave, in order.
-    fn emit_ready(&mut self, io: &mut GuestIo) {
-        for (slot, out) in self.ready.drain(..) {
-            io.emit(slot, out);
-        }
     }
 }
 
@@ -1272,58 +872,9 @@ impl<N: Nic + 'static> Live for Node<N> {
         }
         match tape {
             Tape::Record(_) => {
-                self.ship_recorded(tape, guest_ns)?;
-                let now = self.now_us();
-                let mut fx = Effects::new();
-                if let (Some(held), Some(p)) = (lines.as_mut(), self.ft.primary_mut()) {
-                    for text in held.drain(..) {
-                        self.next_line += 1;
-                        let id = line_output_id(self.next_line);
-                        let more = p
-                            .output(now * 1000, guest_ns, at, id)
-                            .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
-                        self.gate
-                            .hold(id, (self.next_line, text), p.last_seq(), now);
-                        fx.extend(more);
-                    }
-                }
-                if let Some(p) = self.ft.primary_mut() {
-                    io.set_gated(true);
-                    for item in io.take_gated() {
-                        self.next_io += 1;
-                        let id = io_output_id(self.next_io);
-                        let more = p
-                            .output(now * 1000, guest_ns, at, id)
-                            .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
-                        self.io_gate.hold(id, item, p.last_seq(), now);
-                        fx.extend(more);
-                    }
-                }
-                self.apply(fx);
-                self.emit_ready(io);
-                // Timers (heartbeat, lag/throttle, failure) every ms: the
-                // lag check walks the unapplied window.
-                if now < self.last_tick_us + 1000 {
-                    self.pump(false);
+                if !self.poll_primary(tape, at, guest_ns, lines, io)? {
                     return Ok(());
                 }
-                self.last_tick_us = now;
-                self.primary_tick(now * 1000, guest_ns, at, Some(io))?;
-                self.pump(false);
-                self.judge_disk(now, io)?;
-                // A lagging backup slows the guest down: wait for acks
-                // while the node says so (its one throttle rule).
-                let mut waited = false;
-                while self.ft.primary().is_some_and(|p| p.throttled()) {
-                    if !waited {
-                        waited = true;
-                        self.throttles += 1;
-                    }
-                    self.pump(true);
-                    self.primary_tick(self.now_us() * 1000, guest_ns, at, Some(io))?;
-                }
-                self.emit_ready(io);
-                self.status(guest_ns, 0);
             }
             Tape::Replay(replayer) => {
                 self.keep_discarded(lines);
@@ -1355,67 +906,11 @@ impl<N: Nic + 'static> Live for Node<N> {
         lines: &mut Option<Vec<String>>,
         io: &mut GuestIo,
     ) -> Option<u64> {
-        self.keep_discarded(lines);
-        let generation = match &self.golive {
-            Some(g) if !self.live => g.generation,
-            _ => return None,
-        };
-        self.live = true;
-        let back = io.go_live();
-        println!(
-            "ft: backup: LIVE under generation {generation}: replayed {} of {} entries received ({} held back: a trailing checkpoint); guest time not before {}; the guest runs alone, its outputs are real",
-            replayer.applied_seq(),
-            self.log_received,
-            replayer.remaining(),
-            self.ft.time_floor()
-        );
-        // Console lines at the seam (DESIGN.md §1.4, §1.8; `ft::seam`):
-        // those the primary surely released stay discarded; the others
-        // go out now: at least once, a duplicate at the seam rather than
-        // a loss.
-        for (id, (n, text)) in core::mem::take(&mut self.discarded) {
-            let why = match self.ft.seam().judge(id) {
-                None => continue,
-                Some(Unreleased::MarkerNotReceived) => {
-                    "its marker never reached the backup, so the primary never released it"
-                        .into()
-                }
-                Some(Unreleased::AckNotSeen {
-                    marker_seq,
-                    primary_acked,
-                }) => alloc::format!(
-                    "marker seq {marker_seq} acknowledged, but the primary's last record showed acks only up to {primary_acked}: it may not have released it"
-                ),
-            };
-            println!("ft: backup: output #{n} re-emitted ({why})");
-            println!("guest: {text}");
-        }
-        if back.announced {
-            println!(
-                "ft: backup: announced the guest MAC {} (RARP) so the network finds it here",
-                drivers::nic::MacDisplay(kernel::guestio::GUEST_MAC)
-            );
-        }
-        println!(
-            "ft: backup: re-issued {} pending disk request(s) the guest was waiting for",
-            back.reissued
-        );
-        Some(self.ft.time_floor())
+        self.backup_go_live(replayer, lines, io)
     }
 
     fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String> {
-        loop {
-            self.pump(true);
-            self.feed(replayer, io)?;
-            let won = matches!(self.ft.state(), NodeState::Draining | NodeState::Alone);
-            if won || !replayer.must_wait() {
-                // Let the acks this feed produced out before the caller
-                // goes off to run (or hash) for a while.
-                self.pump(true);
-                return Ok(());
-            }
-            self.status(self.last_guest_ns, 0);
-        }
+        self.backup_wait(replayer, io)
     }
 
     fn end_primary(
@@ -1425,161 +920,10 @@ impl<N: Nic + 'static> Live for Node<N> {
         guest_ns: u64,
         io: &mut GuestIo,
     ) -> bool {
-        if self.ft.state() == NodeState::Alone {
-            // No backup: everything held went out when the flag was won,
-            // and everything since at once; the last lines go out now.
-            let now = self.now_us();
-            if let Some(held) = lines.as_mut() {
-                for text in held.drain(..) {
-                    self.next_line += 1;
-                    let id = line_output_id(self.next_line);
-                    self.gate.hold(id, (self.next_line, text), 0, now);
-                }
-            }
-            self.release_all(0, io);
-            self.emit_ready(io);
-            self.net.borrow_mut().poll();
-            println!(
-                "ft: pair: primary done: alone (the backup was lost); outputs released={} io_released={}",
-                self.gate.released, self.io_gate.released
-            );
-            return true;
-        }
-        // Ship the rest of the log, the final checkpoint last.
-        let mut fx = Effects::new();
-        while self.rec_off < recorder.bytes.len() {
-            let Ok((rec, used)) = decode_record(&recorder.bytes[self.rec_off..]) else {
-                println!("ft: primary: error: the recorder's own log does not decode");
-                return false;
-            };
-            self.rec_off += used;
-            let now = self.now_us() * 1000;
-            let Some(p) = self.ft.primary_mut() else {
-                return false;
-            };
-            match p.record(now, guest_ns, rec.entry) {
-                Ok((_, more)) => fx.extend(more),
-                Err(e) => {
-                    println!("ft: primary: error: cannot log the final entries: {e}");
-                    return false;
-                }
-            }
-        }
-        self.apply(fx);
-        // The node closes the log (the final checkpoint is its last
-        // entry) and judges the end: acknowledged, alone, or not in time.
-        let now = self.now_us();
-        self.ft.end_log(now * 1000);
-        let Some(p) = self.ft.primary() else {
-            return false;
-        };
-        let last = p.last_seq();
-        // Lines flushed after the guest's last exit: covered by the final
-        // checkpoint's record.
-        let now = self.now_us();
-        if let Some(held) = lines.as_mut() {
-            for text in held.drain(..) {
-                self.next_line += 1;
-                let id = line_output_id(self.next_line);
-                self.gate.hold(id, (self.next_line, text), last, now);
-            }
-        }
-        // Wait for the backup's ack of the whole log; the node keeps
-        // watching it: a backup that dies now is a failure like any other
-        // (arbitrate; won: the rest goes out alone; lost: halt).
-        loop {
-            self.pump(true);
-            let now = self.now_us();
-            if now >= self.last_tick_us + 1000 {
-                self.last_tick_us = now;
-                if let Err(why) = self.primary_tick(now * 1000, guest_ns, self.last_at, Some(io)) {
-                    println!("ft: {why}");
-                    return false;
-                }
-            }
-            match self.ft.end_state(now * 1000) {
-                SessionEnd::Waiting => {}
-                SessionEnd::Acknowledged => break,
-                SessionEnd::Alone => {
-                    self.release_all(0, io);
-                    println!(
-                        "ft: pair: primary done: alone (the backup was lost at the end); outputs released={} io_released={}",
-                        self.gate.released, self.io_gate.released
-                    );
-                    return true;
-                }
-                SessionEnd::Unacknowledged { acked, last } => {
-                    println!(
-                        "ft: primary: error: the backup did not acknowledge the end of the log (acked {acked} of {last})"
-                    );
-                    return false;
-                }
-                SessionEnd::Halted => return false,
-            }
-        }
-        // Everything acknowledged: the lines without a marker go out too.
-        self.release_all(last, io);
-        let fx = self.ft.shutdown();
-        self.apply(fx);
-        io.set_gated(false);
-        let deadline = self.now_us() + 5_000_000;
-        while self.now_us() < deadline {
-            self.pump(true);
-            let mut net = self.net.borrow_mut();
-            let s = net.tcp(self.sock);
-            if self.outbox.is_empty() && s.send_queue() == 0 {
-                s.close();
-                break;
-            }
-        }
-        // Let the FIN out.
-        let until = self.now_us() + 200_000;
-        while self.now_us() < until {
-            self.net.borrow_mut().poll();
-        }
-        let Some(p) = self.ft.primary() else {
-            return false;
-        };
-        let run_us = self.now_us().saturating_sub(self.start_us);
-        let guest_us = (self.last_guest_ns.max(guest_ns) - self.first_guest_ns.unwrap_or(0)) / 1000;
-        println!(
-            "ft: pair: primary done: entries={} log_bytes={} acked={} applied={} outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} io_outputs held={} released={} violations={} hold_max_us={} hold_mean_us={} lag_mean_us={} lag_max_us={} lag_samples={} throttled={} run_us={run_us} guest_us={guest_us} log_mbit_s={} log_mbit_per_guest_s={}",
-            p.last_seq(),
-            self.bytes_sent,
-            p.acked(),
-            p.applied(),
-            self.gate.held_total,
-            self.gate.released,
-            self.gate.violations,
-            self.gate.max_hold_us,
-            self.gate.sum_hold_us.checked_div(self.gate.released).unwrap_or(0),
-            self.io_gate.held_total,
-            self.io_gate.released,
-            self.io_gate.violations,
-            self.io_gate.max_hold_us,
-            self.io_gate.sum_hold_us.checked_div(self.io_gate.released).unwrap_or(0),
-            self.lag.mean_us(),
-            self.lag.max_us,
-            self.lag.samples,
-            self.throttles,
-            mbit_per_s(self.bytes_sent, run_us),
-            mbit_per_s(self.bytes_sent, guest_us),
-        );
-        self.gate.violations == 0 && self.io_gate.violations == 0
+        self.finish_primary(recorder, lines, guest_ns, io)
     }
 
     fn end_backup(&mut self, replayer: &Replayer, discarded: u64, verdict: &str) {
-        let run_us = self.now_us().saturating_sub(self.start_us);
-        println!(
-            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} probes_refused={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
-            self.log_received,
-            replayer.applied_seq(),
-            replayer.remaining(),
-            self.refusals,
-            self.probes_refused,
-            self.bytes_recv,
-            mbit_per_s(self.bytes_recv, run_us),
-            verdict
-        );
+        self.finish_backup(replayer, discarded, verdict)
     }
 }
