@@ -59,33 +59,106 @@ pub use crate::log::export::{
     fnv_bytes as hash_bytes, fnv_words as hash_words, FNV_SEED as HASH_SEED,
 };
 
-/// The log being written, kept in memory as encoded records.
-#[derive(Default)]
+/// The log being written, as encoded records (issue 15: bounded memory).
+///
+/// A whole-log recorder ([`Recorder::new`]: `ft=record`, `ft=export`)
+/// keeps every record in [`Recorder::bytes`] and the register vector of
+/// every checkpoint for a same-boot replay. A streaming one
+/// ([`Recorder::streaming`]: the FT primary) keeps only the records not
+/// yet taken ([`Recorder::take`]) and no side table: the primary's session
+/// keeps what the backup has not applied, and nothing else stays.
 pub struct Recorder {
+    /// Encoded records: all of them, or those not yet taken (streaming).
     pub bytes: Vec<u8>,
     seq: u64,
     /// Entries per kind byte.
     pub by_kind: [u64; 16],
     /// Same-boot side table: the full register vector of every checkpoint,
     /// so a divergence can name registers (the log itself carries hashes).
+    /// Empty when streaming.
     pub checkpoints: Vec<(u64, StateVector)>,
+    streaming: bool,
+    total_bytes: u64,
+    hash: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Recorder {
-    pub fn push(&mut self, entry: &LogEntry) {
-        self.seq += 1;
-        encode_record(self.seq, entry, &mut self.bytes).expect("small entries always encode");
-        self.by_kind[entry.kind() as usize & 15] += 1;
+    /// A recorder keeping the whole log and the checkpoint side table.
+    pub fn new() -> Self {
+        Self {
+            bytes: Vec::new(),
+            seq: 0,
+            by_kind: [0; 16],
+            checkpoints: Vec::new(),
+            streaming: false,
+            total_bytes: 0,
+            hash: HASH_SEED,
+        }
     }
+
+    /// A recorder whose records the caller takes as they come.
+    pub fn streaming() -> Self {
+        Self {
+            streaming: true,
+            ..Self::new()
+        }
+    }
+
+    /// Appends `entry`. An entry too large for one record (the devices'
+    /// advertised limits keep every real one below it) is an error, and
+    /// nothing is appended.
+    pub fn try_push(&mut self, entry: &LogEntry) -> Result<(), crate::FtError> {
+        let start = self.bytes.len();
+        encode_record(self.seq + 1, entry, &mut self.bytes)?;
+        self.seq += 1;
+        self.by_kind[entry.kind() as usize & 15] += 1;
+        self.total_bytes += (self.bytes.len() - start) as u64;
+        self.hash = hash_bytes(self.hash, &self.bytes[start..]);
+        Ok(())
+    }
+
+    /// Appends `entry`, which must fit one record (every entry the run
+    /// loop makes does: virtio-blk's limits are checked against
+    /// `MAX_PAYLOAD` at compile time).
+    pub fn push(&mut self, entry: &LogEntry) {
+        self.try_push(entry)
+            .expect("the devices' limits keep every entry within one record");
+    }
+
     pub fn checkpoint(&mut self, at: ExecPoint, state: &StateVector) {
         self.push(&LogEntry::Checkpoint {
             at,
             state_hash: hash_words(HASH_SEED, state.iter().copied()),
         });
-        self.checkpoints.push((self.seq, *state));
+        if !self.streaming {
+            self.checkpoints.push((self.seq, *state));
+        }
     }
+
+    /// Streaming: the records appended since the last call (whole
+    /// records, in order); the recorder forgets them.
+    pub fn take(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.bytes)
+    }
+
     pub fn entries(&self) -> u64 {
         self.seq
+    }
+
+    /// Bytes of every record appended so far (taken or not).
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// FNV chained over the records appended so far, one by one.
+    pub fn hash(&self) -> u64 {
+        self.hash
     }
 }
 

@@ -170,7 +170,7 @@ pub trait Live {
     /// end the session. `false` if the backup never acknowledged the end.
     fn end_primary(
         &mut self,
-        recorder: &Recorder,
+        recorder: &mut Recorder,
         lines: &mut Option<Vec<String>>,
         guest_ns: u64,
         io: &mut GuestIo,
@@ -277,8 +277,6 @@ pub struct Node<N: Nic> {
     inbuf: Vec<u8>,
     last_pump_us: u64,
     last_tick_us: u64,
-    /// Recorder bytes already handed to the primary.
-    rec_off: usize,
     /// Console lines under the output rule (line number, text).
     gate: OutputGate<(u64, String)>,
     /// Frames and disk requests under the output rule.
@@ -428,7 +426,6 @@ impl<N: Nic + 'static> Node<N> {
             inbuf: vec![0; 64 * 1024],
             last_pump_us: 0,
             last_tick_us: 0,
-            rec_off: 0,
             gate: OutputGate::default(),
             io_gate: OutputGate::default(),
             next_io: 0,
@@ -915,7 +912,7 @@ impl<N: Nic + 'static> Live for Node<N> {
 
     fn end_primary(
         &mut self,
-        recorder: &Recorder,
+        recorder: &mut Recorder,
         lines: &mut Option<Vec<String>>,
         guest_ns: u64,
         io: &mut GuestIo,

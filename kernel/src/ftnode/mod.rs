@@ -303,13 +303,16 @@ pub struct StatusLine {
     pub held: u64,
     pub released: u64,
     pub discarded: u64,
+    /// Hypervisor heap in use and its high-water mark, KiB (issue 15).
+    pub heap_kib: u64,
+    pub heap_peak_kib: u64,
 }
 
 impl fmt::Display for StatusLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "ft: status: role={} state={} generation={} seq={} acked={} applied={} lag={} entries/{} us (guest {} us) log={} Mbit/s heartbeat_age={} ms outputs held={} released={} discarded={}",
+            "ft: status: role={} state={} generation={} seq={} acked={} applied={} lag={} entries/{} us (guest {} us) log={} Mbit/s heartbeat_age={} ms outputs held={} released={} discarded={} heap={} KiB peak={} KiB",
             self.role,
             self.state,
             self.generation,
@@ -323,7 +326,9 @@ impl fmt::Display for StatusLine {
             self.heard_ms,
             self.held,
             self.released,
-            self.discarded
+            self.discarded,
+            self.heap_kib,
+            self.heap_peak_kib
         )
     }
 }
@@ -332,7 +337,7 @@ impl StatusLine {
     /// The same numbers as one JSON object (the status port, DESIGN.md §6).
     pub fn json(&self) -> String {
         alloc::format!(
-            "{{\"role\":\"{}\",\"state\":\"{}\",\"generation\":{},\"seq\":{},\"acked\":{},\"applied\":{},\"lag_entries\":{},\"lag_us\":{},\"lag_guest_us\":{},\"log_mbit_s\":\"{}\",\"heartbeat_age_ms\":{},\"outputs_held\":{},\"outputs_released\":{},\"outputs_discarded\":{}}}",
+            "{{\"role\":\"{}\",\"state\":\"{}\",\"generation\":{},\"seq\":{},\"acked\":{},\"applied\":{},\"lag_entries\":{},\"lag_us\":{},\"lag_guest_us\":{},\"log_mbit_s\":\"{}\",\"heartbeat_age_ms\":{},\"outputs_held\":{},\"outputs_released\":{},\"outputs_discarded\":{},\"heap_kib\":{},\"heap_peak_kib\":{}}}",
             self.role,
             self.state,
             self.generation,
@@ -346,7 +351,9 @@ impl StatusLine {
             self.heard_ms,
             self.held,
             self.released,
-            self.discarded
+            self.discarded,
+            self.heap_kib,
+            self.heap_peak_kib
         )
     }
 }
@@ -469,6 +476,18 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("log=12.34 Mbit/s"), "{s}");
+        let h = StatusLine {
+            heap_kib: 300,
+            heap_peak_kib: 512,
+            ..StatusLine::default()
+        };
+        assert!(h.to_string().ends_with(" heap=300 KiB peak=512 KiB"), "{h}");
+        assert!(
+            h.json()
+                .ends_with(",\"heap_kib\":300,\"heap_peak_kib\":512}"),
+            "{}",
+            h.json()
+        );
         let j = StatusLine {
             role: "backup",
             state: "live",

@@ -136,11 +136,12 @@ pub fn run(
     let syscall_msrs = machine::read_syscall_msrs();
     let role = config.pair.role.filter(|_| live.is_some());
     let mut tape = match (config.ft, log) {
-        _ if role == Some(kernel::config::Role::Primary) => Tape::Record(Recorder::default()),
+        // The FT primary streams its log to the node and keeps none of it.
+        _ if role == Some(kernel::config::Role::Primary) => Tape::Record(Recorder::streaming()),
         _ if role == Some(kernel::config::Role::Backup) => Tape::Replay(Replayer::streaming()),
         (FtMode::Off, _) => Tape::Off,
         (FtMode::Replay, Some(bytes)) => Tape::Replay(log_from_module(bytes, config, ram)),
-        _ => Tape::Record(Recorder::default()),
+        _ => Tape::Record(Recorder::new()),
     };
     // Guest I/O (issue 6): virtio devices and their backends (the NIC is
     // brought up here for `guest_net=bridge` / `disk=iscsi`).
@@ -291,7 +292,7 @@ pub fn run(
     if let Some(l) = live {
         let guest_now = machine.now();
         let ok = l.end_primary(
-            &recorder,
+            &mut recorder,
             &mut machine.console_capture,
             guest_now,
             &mut machine.devices.io,
@@ -470,7 +471,7 @@ fn print_numbers(
 ) {
     let (mode, log_bytes, entries) = match tape {
         Tape::Off => ("off", 0, 0),
-        Tape::Record(r) => ("record", r.bytes.len() as u64, r.entries()),
+        Tape::Record(r) => ("record", r.total_bytes(), r.entries()),
         Tape::Replay(r) => ("replay", 0, r.len() as u64),
     };
     println!(
@@ -545,11 +546,11 @@ fn print_log_summary(
     for (k, n) in r.by_kind.iter().enumerate().filter(|(_, n)| **n > 0) {
         kinds.push_str(&alloc::format!(" {}={n}", ft::replay::kind_name(k)));
     }
-    let log_hash = ft::replay::hash_bytes(ft::replay::HASH_SEED, &r.bytes);
     println!(
-        "ft: {what}: log entries={} bytes={} hash={log_hash:#018x};{kinds}",
+        "ft: {what}: log entries={} bytes={} hash={:#018x};{kinds}",
         r.entries(),
-        r.bytes.len()
+        r.total_bytes(),
+        r.hash()
     );
     println!(
         "ft: {what}: final point (counter {}, rip {:#x}, rcx {:#x}) state hash {hash:#018x}; console lines={lines} hash={console:#018x}",

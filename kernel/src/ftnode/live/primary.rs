@@ -12,7 +12,7 @@ impl<N: Nic + 'static> Node<N> {
     /// `Ok(false)`: the timers were not due (nothing more this time).
     pub(super) fn poll_primary(
         &mut self,
-        tape: &Tape,
+        tape: &mut Tape,
         at: ExecPoint,
         guest_ns: u64,
         lines: &mut Option<Vec<String>>,
@@ -74,15 +74,19 @@ impl<N: Nic + 'static> Node<N> {
     }
 
     /// Primary: hands new recorder entries to the state machine.
-    pub(super) fn ship_recorded(&mut self, tape: &Tape, guest_ns: u64) -> Result<(), String> {
+    pub(super) fn ship_recorded(&mut self, tape: &mut Tape, guest_ns: u64) -> Result<(), String> {
         let (Tape::Record(r), Some(_)) = (tape, self.ft.primary()) else {
             return Ok(());
         };
+        // The recorder forgets what it hands over (bounded memory): the
+        // node keeps what the backup has not applied.
+        let bytes = r.take();
+        let mut rest = &bytes[..];
         let mut fx = Effects::new();
-        while self.rec_off < r.bytes.len() {
-            let (rec, used) = decode_record(&r.bytes[self.rec_off..])
+        while !rest.is_empty() {
+            let (rec, used) = decode_record(rest)
                 .map_err(|e| alloc::format!("the recorder's own log does not decode: {e}"))?;
-            self.rec_off += used;
+            rest = &rest[used..];
             let now = self.now_us() * 1000;
             let Some(p) = self.ft.primary_mut() else {
                 unreachable!()
@@ -176,7 +180,7 @@ impl<N: Nic + 'static> Node<N> {
 
     pub(super) fn finish_primary(
         &mut self,
-        recorder: &Recorder,
+        recorder: &mut Recorder,
         lines: &mut Option<Vec<String>>,
         guest_ns: u64,
         io: &mut GuestIo,
@@ -203,12 +207,14 @@ impl<N: Nic + 'static> Node<N> {
         }
         // Ship the rest of the log, the final checkpoint last.
         let mut fx = Effects::new();
-        while self.rec_off < recorder.bytes.len() {
-            let Ok((rec, used)) = decode_record(&recorder.bytes[self.rec_off..]) else {
+        let bytes = recorder.take();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let Ok((rec, used)) = decode_record(rest) else {
                 println!("ft: primary: error: the recorder's own log does not decode");
                 return false;
             };
-            self.rec_off += used;
+            rest = &rest[used..];
             let now = self.now_us() * 1000;
             let Some(p) = self.ft.primary_mut() else {
                 return false;

@@ -41,6 +41,8 @@ impl<N: Nic + 'static> Node<N> {
             (_, NodeState::Halted) => "ended",
         };
         let generation = self.ft.generation();
+        let heap_kib = crate::arch::heap::stats().0 as u64 / 1024;
+        let heap_peak_kib = crate::arch::heap::peak() as u64 / 1024;
         match (self.ft.primary(), self.ft.backup()) {
             (Some(p), _) if self.role == Role::Primary => StatusLine {
                 role: "primary",
@@ -57,6 +59,8 @@ impl<N: Nic + 'static> Node<N> {
                 held: self.gate.waiting() as u64,
                 released: self.gate.released,
                 discarded: 0,
+                heap_kib,
+                heap_peak_kib,
             },
             // A backup (gone live: its log ended where it went live).
             (_, backup) => {
@@ -82,6 +86,8 @@ impl<N: Nic + 'static> Node<N> {
                     held: 0,
                     released: 0,
                     discarded,
+                    heap_kib,
+                    heap_peak_kib,
                 }
             }
         }
