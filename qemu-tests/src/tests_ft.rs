@@ -53,6 +53,14 @@ const GUEST: &str = "build/testguest.elf64";
 /// The workload: the record/replay guest with a progress line per 25
 /// rounds (more outputs for the output rule).
 const WORKLOAD: &str = "test=replay rounds=250 progress=25";
+/// `ft-console-failover`'s workload: a burst of `BURST` lines after each
+/// of the 10 progress lines.
+const BURST_WORKLOAD: &str = "test=replay rounds=250 progress=25 burst=250";
+const BURSTS: u64 = 10;
+const BURST: u64 = 250;
+/// `ft-console-failover`: the primary is killed once it released this
+/// many console lines (inside the second burst).
+const BURST_KILL_AFTER: u64 = 400;
 /// `ft-hostile-log`'s workload: twice as long, so the attack ends well
 /// before the pair does.
 const HOSTILE_WORKLOAD: &str = "test=replay rounds=500 progress=50";
@@ -123,6 +131,17 @@ pub fn tests() -> Vec<E2eTest> {
                 "ft-kill-primary-console",
                 Emulator::Bochs,
                 "FT pair with a shared iSCSI LUN; the primary's Bochs is SIGKILLed after its 4th console line: the backup wins the test-and-set (LUN generation +1), replays what it has, goes live and runs the guest to the end, printing the remaining console lines",
+            )
+        },
+        E2eTest {
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_status=500 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            modules: vec![(GUEST, BURST_WORKLOAD)],
+            timeout: Duration::from_secs(300),
+            custom: Some(run_console_failover),
+            ..E2eTest::new(
+                "ft-console-failover",
+                Emulator::Bochs,
+                "FT pair with a shared LUN; the guest prints 10 bursts of 250 console lines; the primary's Bochs is SIGKILLed after it released its 400th line (inside a burst): the backup goes live, and the primary's released lines plus the backup's live lines hold every line of every burst at least once, each side's in order (duplicates counted)",
             )
         },
         E2eTest {
@@ -747,6 +766,110 @@ pub fn kill_bochs_of(name: &str) -> Result<u32, String> {
         }
     }
     Err(format!("no Bochs running with {needle}"))
+}
+
+/// `ft-console-failover`: the kill inside a burst of console lines; no
+/// line may be lost at the seam (`ft::seam`), duplicates are counted.
+fn run_console_failover(t: &E2eTest, root: &Path) -> Outcome {
+    let primary_name = format!("{}-primary", t.name);
+    let timeout = t.timeout;
+    let initial = Flag::new(0, NodeId(0));
+    let (p, b, flag) = match boot_with_storage(t, root, "ftburst", initial, |node, spec| {
+        if node == 1 {
+            let name = primary_name.clone();
+            let kill: Interaction = Box::new(move |serial: &Path| {
+                wait_serial(
+                    serial,
+                    &format!("ft: output #{BURST_KILL_AFTER} released"),
+                    timeout,
+                )?;
+                let pid = kill_bochs_of(&name)?;
+                Ok(format!(
+                    "SIGKILLed the primary's Bochs (pid {pid}) after its console line {BURST_KILL_AFTER} was released"
+                ))
+            });
+            spec.interact = Some(kill);
+        }
+    }) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let judged = (|| {
+        let kill = match &p.interaction {
+            Some(Ok(note)) => note.clone(),
+            Some(Err(e)) => return Err(format!("killing the primary: {e}")),
+            None => return Err("the kill did not run".into()),
+        };
+        if p.exit_code.is_some() || p.serial.contains("ft: pair: primary done:") {
+            return Err("the primary finished before it was killed".into());
+        }
+        if b.timed_out || b.exit_code != Some(0) {
+            return Err(format!(
+                "backup: exit code {:?} ({}), want 0",
+                b.exit_code, b.ended
+            ));
+        }
+        let live = line_with(&b.serial, "ft: backup: LIVE under generation 1")?;
+        if flag? != Flag::new(1, NodeId(2)) {
+            return Err("the flag on the LUN is not generation 1 owner 2".into());
+        }
+        let live_at = b.serial.find("ft: backup: LIVE").unwrap_or(0);
+        // (burst, line) of each burst line, per side, in console order.
+        let bursts = |lines: Vec<String>| -> Vec<(u64, u64)> {
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("replay: burst "))
+                .filter_map(|r| {
+                    let (n, j) = r.split_once(" line ")?;
+                    Some((n.parse().ok()?, j.parse().ok()?))
+                })
+                .collect()
+        };
+        let before = bursts(guest_lines(&p.serial));
+        let after = bursts(guest_lines(&b.serial[live_at..]));
+        for (side, v) in [("primary", &before), ("backup", &after)] {
+            if let Some(w) = v.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "the {side}'s burst lines are out of order: {:?} then {:?}",
+                    w[0], w[1]
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeMap::<(u64, u64), u32>::new();
+        for k in before.iter().chain(after.iter()) {
+            *seen.entry(*k).or_default() += 1;
+        }
+        let missing: Vec<(u64, u64)> = (1..=BURSTS)
+            .flat_map(|n| (1..=BURST).map(move |j| (n, j)))
+            .filter(|k| !seen.contains_key(k))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} burst line(s) never reached the console, first {:?} (the primary printed {}, the backup {} after going live)",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                before.len(),
+                after.len()
+            ));
+        }
+        let twice = seen.values().filter(|&&n| n > 1).count();
+        let reemitted = b
+            .serial
+            .lines()
+            .filter(|l| l.starts_with("ft: backup: output #") && l.contains("re-emitted"))
+            .count();
+        Ok(format!(
+            "({kill}; backup {}; {} burst lines, every one seen: {} from the primary, {} from the backup live, {twice} printed twice at the seam, {reemitted} re-emitted by the backup)",
+            live.trim_start_matches("ft: backup: ").split(';').next().unwrap_or(""),
+            BURSTS * BURST,
+            before.len(),
+            after.len()
+        ))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(note),
+        Err(why) => fail(why, &p, &b, t.name),
+    }
 }
 
 /// Guest console lines of a serial log (`guest: ` stripped).

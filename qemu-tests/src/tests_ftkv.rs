@@ -329,7 +329,29 @@ pub fn tests() -> Vec<E2eTest> {
             run_zombie,
             "FT pair; the client overwrites 4 keys with increasing versions; with a write in flight the primary's iSCSI path only (run a), all its links (run b), or its iSCSI path and then its whole Bochs (SIGSTOP, run c) are cut past the failure timeout: the backup wins (generation +1, preempting the primary's reservation key) and goes live; the old primary steps down when its disk stalls while paired, or once the paths come back its write is refused (RESERVATION CONFLICT) or it loses; it halts; no frame from it after the go-live; the LUN holds every key's last acknowledged version",
         ),
+        E2eTest {
+            long: true,
+            ..t(
+                "ft-long-run",
+                pair!("38"),
+                LONG_SECS + 900,
+                run_long,
+                "FT pair under a steady mixed load for 10 minutes of wall time (guest timer, client requests over the bridge, a SET overwriting one of 64 keys on the shared LUN each time): every reply correct, every key's last version read back; the primary's heap high-water mark (status line) grows by < 1% over the second half; the backup ends IDENTICAL",
+            )
+        },
     ]
+}
+
+/// `ft-long-run`: seconds of client load (`FTKV_LONG_SECS` overrides).
+const LONG_SECS: u64 = 600;
+/// `ft-long-run`: the keys the client overwrites round-robin.
+const LONG_KEYS: usize = 64;
+
+fn long_secs() -> u64 {
+    std::env::var("FTKV_LONG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LONG_SECS)
 }
 
 // ---------------------------------------------------------------- plans
@@ -435,6 +457,12 @@ fn seeds() -> Vec<u64> {
 
 fn run_steady(t: &E2eTest, root: &Path) -> Outcome {
     let plan = Plan::new(Fault::None, "steady", 500, 0);
+    scenario(t, root, &plan)
+}
+
+fn run_long(t: &E2eTest, root: &Path) -> Outcome {
+    // `sets` carries the seconds of load for the `long` client.
+    let plan = Plan::new(Fault::None, "long", long_secs() as usize, 0);
     scenario(t, root, &plan)
 }
 
@@ -1818,6 +1846,33 @@ fn check_lun(table: &BTreeMap<String, String>, acked: usize, salt: u64) -> Resul
     }
 }
 
+/// SET `n` (of `acked`) overwrote key `n % keys`: each key holds the value
+/// of its last one.
+fn check_lun_overwritten(
+    table: &BTreeMap<String, String>,
+    acked: usize,
+    keys: usize,
+    salt: u64,
+) -> Result<(), String> {
+    let wrong: Vec<String> = (0..keys.min(acked))
+        .filter_map(|k| {
+            let last = k + (acked - 1 - k) / keys * keys;
+            let got = table.get(&format!("k{k:04}"));
+            (got != Some(&value(last, salt)))
+                .then(|| format!("k{k:04} (want v{last}, got {got:?})"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} key(s) without their last acknowledged version on the LUN: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        ))
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -1857,8 +1912,13 @@ fn judge(
         return judge_zombie(plan, st, p, b, client, flag, &table);
     }
     let acked = num(client, "acked_sets=").ok_or(format!("client summary: `{client}`"))? as usize;
-    check_lun(&table, acked, plan.salt)?;
-    let on_lun = format!("{acked} acknowledged SETs all on the LUN");
+    let on_lun = if plan.mode == "long" {
+        check_lun_overwritten(&table, acked, LONG_KEYS, plan.salt)?;
+        format!("{LONG_KEYS} keys overwritten {acked} times, each key's last acknowledged version on the LUN")
+    } else {
+        check_lun(&table, acked, plan.salt)?;
+        format!("{acked} acknowledged SETs all on the LUN")
+    };
     let ready = st.ready.ok_or("never ready")?;
     let end = st.client_end.ok_or("the client never ended")?;
     let load = format!(
@@ -1882,6 +1942,9 @@ fn judge(
             .any(|s| s.at >= from && s.ports.iter().any(|p| p == tap))
     };
     match plan.fault {
+        Fault::None if plan.mode == "long" => {
+            judge_long(client, &runs, &p.serial, &b.serial).map(|s| format!("{s}; {on_lun}"))
+        }
         Fault::None => {
             if !client.starts_with("done ")
                 || num(client, "requests=") != Some(2 * plan.sets as u64 + 1)
@@ -2782,6 +2845,71 @@ impl Client {
     }
 }
 
+/// `ft-long-run`'s verdict: the client's requests all answered and its
+/// last versions read back, both nodes exit 0, the backup IDENTICAL, and
+/// the primary's heap high-water mark (its status lines' `peak=`) grew by
+/// less than 1% between the middle of the run and its end.
+fn judge_long(client: &str, runs: &[&Run], p: &str, b: &str) -> Result<String, String> {
+    let sets = num(client, "sets=").unwrap_or(0);
+    if !client.starts_with("done ")
+        || num(client, "requests=") != Some(sets + LONG_KEYS as u64 + 1)
+        || num(client, "retries=") != Some(0)
+        || sets == 0
+    {
+        return Err(format!(
+            "client: `{client}` (want sets + {} GETs + SHUTDOWN, no retry)",
+            LONG_KEYS
+        ));
+    }
+    for (node, run) in runs.iter().enumerate() {
+        if run.exit_code != Some(0) {
+            return Err(format!(
+                "{}: exit code {:?} ({}), want 0",
+                ROLES[node], run.exit_code, run.ended
+            ));
+        }
+    }
+    let bd = line_with(b, "ft: pair: backup done:")?;
+    if !bd.contains("verdict=IDENTICAL") {
+        return Err(format!("the backup did not end IDENTICAL: {bd}"));
+    }
+    let pd = line_with(p, "ft: pair: primary done:")?;
+    let heap: Vec<(u64, u64)> = p
+        .lines()
+        .filter(|l| l.starts_with("ft: status: role=primary state=paired"))
+        .filter_map(|l| Some((num(l, "heap=")?, num(l, "peak=")?)))
+        .collect();
+    if heap.len() < 20 {
+        return Err(format!(
+            "only {} primary status lines with heap numbers (want >= 20)",
+            heap.len()
+        ));
+    }
+    let mid = heap[heap.len() / 2].1;
+    let end = heap[heap.len() - 1].1;
+    let growth = (end as f64 - mid as f64) / (mid.max(1) as f64);
+    if growth >= 0.01 {
+        return Err(format!(
+            "the primary's heap high-water mark grew by {:.2}% over the second half ({mid} KiB at status line {} of {}, {end} KiB at the end): memory is not bounded",
+            growth * 100.0,
+            heap.len() / 2 + 1,
+            heap.len()
+        ));
+    }
+    let first = heap[0];
+    Ok(format!(
+        "({client}; primary heap in use {} KiB at the first status line, {} KiB at the last; high-water {} KiB at the middle, {end} KiB at the end: {:+.2}% over the second half ({} status lines); backup {}; primary entries={} log_bytes={})",
+        first.0,
+        heap[heap.len() - 1].0,
+        mid,
+        growth * 100.0,
+        heap.len(),
+        word(bd, "verdict=").map_or("?".into(), |v| format!("verdict={v}")),
+        num(pd, "entries=").unwrap_or(0),
+        num(pd, "log_bytes=").unwrap_or(0),
+    ))
+}
+
 /// `ftkv-client <ip:port> steady|failover|outage|blip|overwrite <sets>
 /// <salt>`: `sets` SETs, then (steady, failover) a GET of each and
 /// SHUTDOWN, or (outage) GETs round and round until no reply came for 45
@@ -2798,7 +2926,7 @@ fn client_main(args: &[String]) -> Result<String, String> {
     let sets: usize = args.get(3).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let salt: u64 = args.get(4).and_then(|a| a.parse().ok()).ok_or(usage)?;
     let (retry, read_timeout, give_up) = match mode {
-        "steady" => (false, 60, 120),
+        "steady" | "long" => (false, 60, 120),
         "failover" | "blip" | "overwrite" => (true, 30, 150),
         "outage" => (true, 10, 45),
         _ => return Err(usage.into()),
@@ -2818,6 +2946,9 @@ fn client_main(args: &[String]) -> Result<String, String> {
     };
     if mode == "overwrite" {
         return overwrite(&mut c, sets, salt);
+    }
+    if mode == "long" {
+        return long(&mut c, Duration::from_secs(sets as u64), salt);
     }
     let set = |c: &mut Client, i: usize| -> Result<(), String> {
         let got = c
@@ -2912,6 +3043,61 @@ fn client_main(args: &[String]) -> Result<String, String> {
         return Err(format!("SHUTDOWN: `{got}`"));
     }
     Ok(format!("done {}", summary(&c, gets, get_s)))
+}
+
+/// The `long` client (`ft-long-run`): for `secs` of wall time, SET number
+/// `n` writes key `k%04d` of `n % LONG_KEYS` with [`value`]`(n)`; then a
+/// GET of every key (its last version) and SHUTDOWN.
+fn long(c: &mut Client, secs: Duration, salt: u64) -> Result<String, String> {
+    let mut last: [Option<usize>; LONG_KEYS] = [None; LONG_KEYS];
+    let t = Instant::now();
+    let mut n = 0usize;
+    let mut next_note = Duration::from_secs(60);
+    while t.elapsed() < secs {
+        let k = n % LONG_KEYS;
+        let got = c
+            .ask(&format!("SET k{k:04} {}", value(n, salt)))
+            .map_err(|e| format!("SET k{k:04} v{n} ({n} acknowledged): {}", e.text()))?;
+        if got != "OK" {
+            return Err(format!("SET k{k:04} v{n}: `{got}`"));
+        }
+        last[k] = Some(n);
+        n += 1;
+        if t.elapsed() >= next_note {
+            // Progress for a long run (stderr: the runner shows it).
+            eprintln!("ftkv-client: long: {n} SETs in {} s", next_note.as_secs());
+            next_note += Duration::from_secs(60);
+        }
+    }
+    let set_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (k, v) in last.iter().enumerate() {
+        let got = c
+            .ask(&format!("GET k{k:04}"))
+            .map_err(|e| format!("GET k{k:04}: {}", e.text()))?;
+        let want = v.map_or("NOTFOUND".into(), |n| value(n, salt));
+        if got != want {
+            return Err(format!(
+                "GET k{k:04}: `{got}`, want `{want}` (its last acknowledged version)"
+            ));
+        }
+    }
+    let get_s = t.elapsed().as_secs_f64();
+    let got = c
+        .ask("SHUTDOWN")
+        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
+    if got != "BYE" {
+        return Err(format!("SHUTDOWN: `{got}`"));
+    }
+    Ok(format!(
+        "done requests={} sets={n} acked_sets={n} gets={LONG_KEYS} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={} load_s={set_s:.0}",
+        c.replies,
+        c.retries,
+        c.connects.saturating_sub(1),
+        n as f64 / set_s.max(1e-9),
+        LONG_KEYS as f64 / get_s.max(1e-9),
+        c.max_gap.as_millis()
+    ))
 }
 
 /// The `overwrite` client (`ft-zombie-primary`): SET number `n` (from 0)
@@ -3142,6 +3328,19 @@ mod tests {
         let m = parse_table(&table);
         assert_eq!(m.len(), 3);
         assert!(check_lun(&m, 2, salt).is_ok());
+        // Overwritten keys: SETs 0..5 on 2 keys leave v4 on k0000, v3 on k0001.
+        let mut o = BTreeMap::new();
+        o.insert("k0000".to_string(), value(4, salt));
+        o.insert("k0001".to_string(), value(3, salt));
+        assert!(check_lun_overwritten(&o, 5, 2, salt).is_ok());
+        assert!(
+            check_lun_overwritten(&o, 6, 2, salt).is_err(),
+            "k0001 lacks v5"
+        );
+        assert!(
+            check_lun_overwritten(&o, 4, 2, salt).is_err(),
+            "k0000 holds v4, not v2"
+        );
         let e = check_lun(&m, 3, salt).unwrap_err();
         assert!(e.contains("k0002"), "{e}");
         assert!(check_lun(&m, 1, salt + 1).is_err());

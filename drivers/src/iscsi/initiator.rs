@@ -58,6 +58,12 @@ pub trait Transport {
     fn poll_connect(&mut self) -> Result<bool> {
         Ok(true)
     }
+    /// The initiator waits (a reconnect backoff): move the network stack
+    /// once (its other connections keep going). `false`: nothing to move,
+    /// the initiator may sleep (the default).
+    fn idle(&mut self) -> bool {
+        false
+    }
 }
 
 /// A borrowed transport is one (an initiator lent a connection for a while):
@@ -80,6 +86,9 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn poll_connect(&mut self) -> Result<bool> {
         (**self).poll_connect()
+    }
+    fn idle(&mut self) -> bool {
+        (**self).idle()
     }
 }
 
@@ -264,7 +273,14 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
         if self.session.is_disconnected() {
             if wait {
                 if let Some(t) = self.session.next_deadline() {
-                    self.clock.sleep_until(t);
+                    // Keep the network stack moving while waiting (other
+                    // connections share it); sleep only without one.
+                    while self.clock.now_ms() < t {
+                        if !self.transport.idle() {
+                            self.clock.sleep_until(t);
+                            break;
+                        }
+                    }
                 }
             }
             return;
@@ -517,5 +533,66 @@ impl<T: Transport, C: Clock> Initiator<T, C> {
             Event::LoggedOut(Err(e)) => Err(e),
             _ => Err(Error::Protocol("logout not confirmed")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::rc::Rc;
+    use core::cell::Cell;
+
+    /// A target that never answers: every connection attempt fails.
+    /// `idle` moves the shared fake clock on by a millisecond.
+    struct Down {
+        now: Rc<Cell<u64>>,
+        idles: u64,
+    }
+
+    impl Transport for Down {
+        fn send(&mut self, _: &[u8]) -> Result<usize> {
+            Err(Error::ConnectionClosed)
+        }
+        fn recv(&mut self, _: &mut [u8]) -> Result<usize> {
+            Err(Error::ConnectionClosed)
+        }
+        fn reconnect(&mut self) -> Result<()> {
+            Err(Error::ConnectionClosed)
+        }
+        fn idle(&mut self) -> bool {
+            self.idles += 1;
+            self.now.set(self.now.get() + 1);
+            true
+        }
+    }
+
+    struct FakeClock(Rc<Cell<u64>>);
+
+    impl Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.0.get()
+        }
+        fn sleep_until(&self, _: u64) {
+            panic!("the initiator slept instead of moving the network stack");
+        }
+    }
+
+    #[test]
+    fn a_blocking_wait_for_a_reconnect_keeps_the_stack_moving() {
+        let now = Rc::new(Cell::new(0));
+        let mut cfg = SessionConfig::new("iqn.x:i", "iqn.x:t", [0x80, 0, 0, 0, 0, 1]);
+        cfg.reconnect_delay_ms = 100;
+        let down = Down {
+            now: now.clone(),
+            idles: 0,
+        };
+        let Err((_, down)) = Initiator::try_login(down, FakeClock(now.clone()), cfg, 0) else {
+            panic!("a target that never answers cannot log in");
+        };
+        assert!(
+            down.idles >= 100,
+            "{} polls while waiting out the backoff",
+            down.idles
+        );
     }
 }

@@ -235,6 +235,11 @@ impl<N: Nic> Transport for SharedTransport<N> {
         Ok(())
     }
 
+    fn idle(&mut self) -> bool {
+        self.net.borrow_mut().poll();
+        true
+    }
+
     fn poll_connect(&mut self) -> Result<bool> {
         let mut net = self.net.borrow_mut();
         net.poll();

@@ -8,7 +8,9 @@
 //! Options: `rounds=` (default 250), `min=`/`span=` (timer count range in
 //! TSC ticks, default 20000 + 0..100000), `mem=` (KiB of the working set,
 //! default 1024), `progress=` (a `replay: round N` line every N rounds,
-//! default 0 = none: console output for the FT pair's output rule), `io=1`
+//! default 0 = none: console output for the FT pair's output rule),
+//! `burst=` (with `progress=`: that many `replay: burst N line J` lines
+//! after each progress line, back to back: `ft-console-failover`), `io=1`
 //! (virtio-blk sector writes/reads and virtio-net loopback frames each
 //! round, completed from inside the work loop: the hypervisor must run
 //! `guest_net=loopback` and a disk; default 0 = no device I/O). The
@@ -82,6 +84,7 @@ pub fn run(bi: &BootInfo) -> u8 {
     let span = opt(bi, "span", 100_000).max(1);
     let kib = opt(bi, "mem", 1024).clamp(16, 16 << 10) as usize;
     let progress = opt(bi, "progress", 0);
+    let burst = opt(bi, "burst", 0);
     let mut io = if opt(bi, "io", 0) != 0 {
         match crate::virtio_tests::ReplayIo::new() {
             Ok(io) => Some(io),
@@ -170,6 +173,9 @@ pub fn run(bi: &BootInfo) -> u8 {
         unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
         if progress > 0 && (round + 1).is_multiple_of(progress) {
             println!("replay: round {} steps={steps} hash={h:#018x}", round + 1);
+            for j in 1..=burst {
+                println!("replay: burst {} line {j}", (round + 1) / progress);
+            }
         }
     }
     let t1 = hw::rdtsc();
