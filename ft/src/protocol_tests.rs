@@ -48,7 +48,7 @@ fn feed(b: &mut Backup, rp: &mut Replayer) {
     b.set_engine_backlog(if rp.must_wait() { 0 } else { rp.remaining() });
 }
 
-const REGS: crate::replay::StateVector = [0; 24];
+const REGS: crate::replay::StateVector = [0; crate::replay::STATE_WORDS];
 
 /// A connected pair whose session started: the Hello was accepted and
 /// acknowledged (the failure detectors are armed). The returned bytes are

@@ -15,7 +15,7 @@
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
 //! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
 //! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `export` (record, then write the log to COM1 as framed hex `FTLOG` lines); `replay` (with a second boot module: replay that log; without: record, then replay from the in-memory log in the same boot; both compare) | `off` |
-//! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle (proves the divergence check bites) | `0` |
+//! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle; `3`: flip the last byte of the received frame nearest the middle (proves the divergence check bites, memory included) | `0` |
 //! | `ip` | the hypervisor's IPv4 address and prefix, `a.b.c.d/nn` (`mode=net`) | `10.0.2.15/24` |
 //! | `gw` | default IPv4 gateway `a.b.c.d`, or `none` | `10.0.2.2` |
 //! | `nic` | `e1000`, `virtio` or `auto` (first supported NIC found on PCI) | `auto` |
@@ -357,7 +357,8 @@ impl Config {
                         "0" => 0,
                         "1" => 1,
                         "2" => 2,
-                        _ => return Err(bad("`0`, `1` or `2`")),
+                        "3" => 3,
+                        _ => return Err(bad("`0`, `1`, `2` or `3`")),
                     }
                 }
                 "disk" => {

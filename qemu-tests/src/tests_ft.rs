@@ -41,6 +41,13 @@
 //!   happened) and both nodes are started with `ft_generation=0`: each
 //!   reads the flag at join and refuses to start (exit code 2) with a
 //!   message naming both generations; no guest output, the flag unchanged.
+//! * `ft-console-failover` (issue 15): the guest prints 10 bursts of 250
+//!   console lines; the backup's acks leave 300 ms late
+//!   (`ft_test_ack_delay=`); the primary is SIGKILLed once it released
+//!   its 400th line. The backup goes live; the primary's released lines
+//!   and the backup's live lines hold every burst line at least once (the
+//!   backup re-emits what the primary may not have printed, `ft::seam`),
+//!   each side's in order.
 use crate::emulator::Interaction;
 use crate::emulator::{BootSpec, Emulator, Outcome, Run};
 use crate::tests::E2eTest;
@@ -61,6 +68,9 @@ const BURST: u64 = 250;
 /// `ft-console-failover`: the primary is killed once it released this
 /// many console lines (inside the second burst).
 const BURST_KILL_AFTER: u64 = 400;
+/// `ft-console-failover`: the backup holds its acks this long
+/// (`ft_test_ack_delay=`).
+const BURST_ACK_DELAY_MS: u64 = 300;
 /// `ft-hostile-log`'s workload: twice as long, so the attack ends well
 /// before the pair does.
 const HOSTILE_WORKLOAD: &str = "test=replay rounds=500 progress=50";
@@ -141,7 +151,7 @@ pub fn tests() -> Vec<E2eTest> {
             ..E2eTest::new(
                 "ft-console-failover",
                 Emulator::Bochs,
-                "FT pair with a shared LUN; the guest prints 10 bursts of 250 console lines; the primary's Bochs is SIGKILLed after it released its 400th line (inside a burst): the backup goes live, and the primary's released lines plus the backup's live lines hold every line of every burst at least once, each side's in order (duplicates counted)",
+                "FT pair with a shared LUN, the backup's acks held 300 ms (ft_test_ack_delay=); the guest prints 10 bursts of 250 console lines; the primary's Bochs is SIGKILLed after it released its 400th line (inside a burst): the backup goes live, and the primary's released lines plus the backup's live lines hold every line of every burst at least once, each side's in order (duplicates counted)",
             )
         },
         E2eTest {
@@ -775,6 +785,13 @@ fn run_console_failover(t: &E2eTest, root: &Path) -> Outcome {
     let timeout = t.timeout;
     let initial = Flag::new(0, NodeId(0));
     let (p, b, flag) = match boot_with_storage(t, root, "ftburst", initial, |node, spec| {
+        if node == 2 {
+            // Acks reach the primary late: when it dies, a window of
+            // lines the backup acknowledged was never printed, and only
+            // the backup's seam can bring them out.
+            spec.cmdline
+                .push_str(&format!(" ft_test_ack_delay={BURST_ACK_DELAY_MS}"));
+        }
         if node == 1 {
             let name = primary_name.clone();
             let kill: Interaction = Box::new(move |serial: &Path| {

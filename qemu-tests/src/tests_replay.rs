@@ -73,6 +73,15 @@ pub fn tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
+            custom: Some(replay_detects_memory_divergence),
+            timeout: Duration::from_secs(300),
+            ..vmx(
+                "replay-detects-memory-divergence",
+                "test=replay io=1 recorded and exported; the replay's log has one byte of one received frame flipped (replay_mutate=3), so at first only guest memory differs: the second Bochs reports the divergence at the first checkpoint after that frame (its device-write digest), not at the end",
+                IO_WORKLOAD,
+            )
+        },
+        E2eTest {
             custom: Some(replay_detects_divergence),
             timeout: Duration::from_secs(300),
             ..vmx(
@@ -551,6 +560,48 @@ fn replay_detects_divergence(t: &E2eTest, root: &Path) -> Outcome {
     match second {
         Ok(s) => Outcome::Pass(format!("({first}; {s})")),
         Err(e) => fail_with(e, &changed, &dir),
+    }
+}
+
+fn replay_detects_memory_divergence(t: &E2eTest, root: &Path) -> Outcome {
+    let (_rec, log, records) = match record_with(t, root, "preempt", IO_DEVICES, IO_WORKLOAD) {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let cmd = format!("mode=hypervisor counter=preempt ft=replay replay_mutate=3 {IO_DEVICES}");
+    let run = match boot(t, root, "-frame", &cmd, IO_WORKLOAD, Some(&log)) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let dir = format!("{}-frame", t.name);
+    let judged = (|| -> Result<String, String> {
+        code_is(&run, 1, "replay of the changed frame")?;
+        let (n, at, line) = mutated_and_diverged(&run)?;
+        if !matches!(
+            records.iter().find(|r| r.seq == n).map(|r| &r.entry),
+            Some(LogEntry::NetFrame { .. })
+        ) {
+            return Err(format!("entry #{n} of the exported log is not a frame"));
+        }
+        // The first checkpoint after the frame: the latest point at which
+        // the device-write digest must have caught it.
+        let next = records
+            .iter()
+            .find(|r| r.seq > n && matches!(r.entry, LogEntry::Checkpoint { .. }))
+            .map(|r| r.seq)
+            .ok_or("no checkpoint after the changed frame")?;
+        if at <= n || at > next {
+            return Err(format!(
+                "diverged at #{at}; the frame is #{n} and the first checkpoint after it #{next}: {line}"
+            ));
+        }
+        Ok(format!(
+            "frame #{n} with one byte flipped -> diverged at #{at} (first checkpoint after it: #{next}): {line}"
+        ))
+    })();
+    match judged {
+        Ok(note) => Outcome::Pass(format!("({note})")),
+        Err(e) => fail_with(e, &run, &dir),
     }
 }
 

@@ -7,11 +7,16 @@ use crate::vmcs::{Field, VmcsAccess};
 /// The registers of a checkpoint, in this order (named by
 /// `ft::replay::STATE_NAMES`): RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI,
 /// R8-R15, RIP, RFLAGS, CR0, CR3, CR4, EFER, FS.base, GS.base.
-pub type StateVector = [u64; 24];
+pub type StateVector = [u64; STATE_WORDS];
+
+/// Words of the state vector: 24 registers and, last, the digest of the
+/// devices' writes to guest memory, which the caller fills in (this crate
+/// knows no devices; `ft::replay::STATE_WORDS` is the same number).
+pub const STATE_WORDS: usize = 25;
 
 /// The guest's architectural registers (GPRs with RSP from the VMCS).
 pub fn state_vector(vmcs: &impl VmcsAccess, regs: &GuestRegs) -> StateVector {
-    let mut s = [0u64; 24];
+    let mut s = [0u64; STATE_WORDS];
     s[..16].copy_from_slice(&regs.gpr);
     s[4] = vmcs.get(Field::GuestRsp);
     for (i, f) in [

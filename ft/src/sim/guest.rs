@@ -79,7 +79,7 @@ impl SimGuest {
     /// ([`crate::replay::Replayer`] hashes a [`crate::replay::StateVector`]):
     /// the state hash and the counter, the rest zero.
     pub fn state_vector(&self) -> crate::replay::StateVector {
-        let mut v = [0u64; 24];
+        let mut v = [0u64; crate::replay::STATE_WORDS];
         v[0] = self.state_hash();
         v[1] = self.counter;
         v

@@ -19,6 +19,7 @@
 //! | `ft_status_port` | TCP port on `ip=` that answers every connection with one JSON status line and closes (for host tools; `0`: none) | `7701` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 //! | `ft_test_reset` | backup only, fault injection for tests (`ft-log-reconnect`): reset the log connection after every N entries received, 3 times at most (1..2^32; the primary must reconnect and resend) | none |
+//! | `ft_test_ack_delay` | backup only, fault injection for tests (`ft-console-failover`): hold everything the backup sends the primary (its acks) this many milliseconds, as a slow network would (1..1000) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
 use super::parse_ipv4;
 use crate::Error;
@@ -53,6 +54,8 @@ pub struct FtPairConfig {
     /// Backup, fault injection: reset the log connection after every this
     /// many entries received (3 times at most).
     pub test_reset: Option<u64>,
+    /// Backup, fault injection: hold outgoing bytes (acks) this many ms.
+    pub test_ack_delay_ms: Option<u64>,
 }
 
 impl Default for FtPairConfig {
@@ -68,6 +71,7 @@ impl Default for FtPairConfig {
             generation: None,
             probe: None,
             test_reset: None,
+            test_ack_delay_ms: None,
         }
     }
 }
@@ -94,6 +98,9 @@ impl FtPairConfig {
         if self.test_reset.is_some() && self.role != Some(Role::Backup) {
             return Err("`ft_test_reset=` is a backup option");
         }
+        if self.test_ack_delay_ms.is_some() && self.role != Some(Role::Backup) {
+            return Err("`ft_test_ack_delay=` is a backup option");
+        }
         Ok(())
     }
 }
@@ -106,7 +113,7 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 10] = [
+    const KEYS: [&str; 11] = [
         "ft_status_port",
         "role",
         "peer",
@@ -117,6 +124,7 @@ pub fn parse_option(
         "ft_generation",
         "ft_probe",
         "ft_test_reset",
+        "ft_test_ack_delay",
     ];
     let opt = match super::claim(&KEYS, seen, key, value)? {
         Ok(opt) => opt,
@@ -163,6 +171,9 @@ pub fn parse_option(
             "ft_test_reset" => {
                 cfg.test_reset = Some(number(1, u64::from(u32::MAX), "entries 1..2^32")?)
             }
+            "ft_test_ack_delay" => {
+                cfg.test_ack_delay_ms = Some(number(1, 1000, "milliseconds 1..1000")?)
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
@@ -197,6 +208,7 @@ mod tests {
                 generation: None,
                 probe: None,
                 test_reset: None,
+                test_ack_delay_ms: None,
             }
         );
         assert_eq!(c.pair.validate(), Ok(()));
@@ -211,6 +223,14 @@ mod tests {
         assert!(c.pair.validate().unwrap_err().contains("ft_probe"));
         let c = Config::parse("role=backup peer=10.0.4.11 ft_test_reset=300").unwrap();
         assert_eq!((c.pair.test_reset, c.pair.validate()), (Some(300), Ok(())));
+        let c = Config::parse("role=backup peer=10.0.4.11 ft_test_ack_delay=300").unwrap();
+        assert_eq!(
+            (c.pair.test_ack_delay_ms, c.pair.validate()),
+            (Some(300), Ok(()))
+        );
+        let c = Config::parse("role=primary peer=10.0.4.12 ft_test_ack_delay=300").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("ft_test_ack_delay"));
+        assert!(Config::parse("role=backup peer=10.0.4.11 ft_test_ack_delay=0").is_err());
         let c = Config::parse("role=primary peer=10.0.4.12 ft_test_reset=300").unwrap();
         assert!(c.pair.validate().unwrap_err().contains("ft_test_reset"));
         let c = Config::parse("role=primary peer=10.0.4.12").unwrap();

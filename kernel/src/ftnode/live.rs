@@ -273,6 +273,9 @@ pub struct Node<N: Nic> {
     cfg: kernel::config::FtPairConfig,
     guest_id: [u8; 16],
     outbox: Vec<u8>,
+    /// Backup with `ft_test_ack_delay=`: bytes held back, with when they
+    /// were made (µs).
+    delayed: alloc::collections::VecDeque<(u64, Vec<u8>)>,
     out_off: usize,
     inbuf: Vec<u8>,
     last_pump_us: u64,
@@ -422,6 +425,7 @@ impl<N: Nic + 'static> Node<N> {
             cfg: pair,
             guest_id,
             outbox: Vec::new(),
+            delayed: Default::default(),
             out_off: 0,
             inbuf: vec![0; 64 * 1024],
             last_pump_us: 0,
@@ -629,7 +633,11 @@ impl<N: Nic + 'static> Node<N> {
                             self.lag.sent(p.last_seq(), self.now_us());
                         }
                     }
-                    self.outbox.extend_from_slice(&bytes)
+                    if self.role == Role::Backup && self.cfg.test_ack_delay_ms.is_some() {
+                        self.delayed.push_back((self.now_us(), bytes));
+                    } else {
+                        self.outbox.extend_from_slice(&bytes)
+                    }
                 }
                 Effect::Release(id) => {
                     let acked = self.ft.primary().map_or(0, |p| p.acked());

@@ -151,6 +151,9 @@ pub struct IoStats {
     pub discarded: u64,
     /// Completions the disk backend delivered.
     pub disk_done: u64,
+    /// Frames the wire brought while detached, dropped: they belong to the
+    /// primary's guest, and at go-live they would be stale input (§1.8).
+    pub dropped_detached: u64,
 }
 
 /// The guest's virtio devices and their backends.
@@ -192,6 +195,8 @@ pub struct Reattached {
     pub reissued: usize,
     /// Whether a RARP announcing the guest's MAC went out on the wire.
     pub announced: bool,
+    /// Frames dropped while detached (none reaches the guest as new input).
+    pub dropped_frames: u64,
 }
 
 /// A RARP request (RFC 903) from `mac`, to broadcast: what VMware FT sends
@@ -379,6 +384,7 @@ impl GuestIo {
     /// completion never came from the log) is re-issued, and the guest's
     /// MAC is announced on the wire.
     pub fn go_live(&mut self) -> Reattached {
+        self.drop_wire_input();
         self.detached = false;
         let pending = core::mem::take(&mut self.pending_blk);
         let reissued = pending.len();
@@ -392,7 +398,16 @@ impl GuestIo {
         Reattached {
             reissued,
             announced,
+            dropped_frames: self.stats.dropped_detached,
         }
+    }
+
+    /// Detached: what the wire brought is not this guest's input (the log
+    /// carries that); dropped and counted, so nothing stale is queued.
+    fn drop_wire_input(&mut self) {
+        let mut frames = Vec::new();
+        self.wire.poll(&mut frames);
+        self.stats.dropped_detached += frames.len() as u64;
     }
 
     fn emit_now(&mut self, slot: Slot, out: GuestOutput) {
@@ -457,6 +472,7 @@ impl GuestIo {
         mut seen: impl FnMut(Slot, &GuestInput),
     ) -> usize {
         if self.detached {
+            self.drop_wire_input();
             return 0;
         }
         let mut done = Vec::new();

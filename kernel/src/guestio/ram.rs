@@ -22,6 +22,7 @@ pub struct DirtyLog {
     bits: Vec<u64>,
     pages: u64,
     marked: u64,
+    digest: u64,
 }
 
 impl DirtyLog {
@@ -32,7 +33,24 @@ impl DirtyLog {
             bits: vec![0; pages.div_ceil(64) as usize],
             pages,
             marked: 0,
+            digest: ft::replay::HASH_SEED,
         }
+    }
+
+    /// Folds a write of `data` at `gpa` into [`DirtyLog::digest`].
+    pub fn absorb(&mut self, gpa: u64, data: &[u8]) {
+        self.digest = ft::replay::hash_bytes(
+            ft::replay::hash_words(self.digest, [gpa, data.len() as u64]),
+            data,
+        );
+    }
+
+    /// A digest of every write logged since boot, in order (addresses and
+    /// bytes): the last word of a checkpoint's state (issue 15), so that a
+    /// replay fed other input data than the recording diverges at the next
+    /// checkpoint. [`DirtyLog::take`] does not reset it.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// Mark the pages of `[gpa, gpa + len)` (the part inside RAM).
@@ -116,6 +134,7 @@ impl GuestMemory for GuestRam<'_> {
         let r = self.range(gpa, data.len())?;
         self.ram[r].copy_from_slice(data);
         self.dirty.mark(gpa, data.len() as u64);
+        self.dirty.absorb(gpa, data);
         Ok(())
     }
 }

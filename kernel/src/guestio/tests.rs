@@ -207,6 +207,28 @@ fn guest_ram_is_bounds_checked_and_logs_writes() {
 }
 
 #[test]
+fn the_device_write_digest_tells_data_and_places_apart_and_survives_take() {
+    let digest = |writes: &[(u64, &[u8])]| {
+        let mut ram = vec![0u8; 2 * ram::PAGE as usize];
+        let mut dirty = DirtyLog::new(ram.len() as u64);
+        let mut m = GuestRam::new(&mut ram, &mut dirty);
+        for (gpa, data) in writes {
+            m.write(*gpa, data).unwrap();
+        }
+        let before = dirty.digest();
+        let _ = dirty.take();
+        assert_eq!(dirty.digest(), before, "taking the dirty pages keeps it");
+        before
+    };
+    let a = digest(&[(8, &[1, 2, 3]), (100, &[4])]);
+    assert_eq!(a, digest(&[(8, &[1, 2, 3]), (100, &[4])]), "deterministic");
+    assert_ne!(a, digest(&[(8, &[1, 2, 9]), (100, &[4])]), "one byte");
+    assert_ne!(a, digest(&[(9, &[1, 2, 3]), (100, &[4])]), "another place");
+    assert_ne!(a, digest(&[(100, &[4]), (8, &[1, 2, 3])]), "another order");
+    assert_ne!(a, digest(&[]), "no writes");
+}
+
+#[test]
 fn ram_disk_completes_at_the_next_poll_only() {
     let mut d = RamDisk::new(4096 + 100);
     assert_eq!(d.capacity_sectors(), 8);
@@ -463,11 +485,27 @@ mod ft_gate {
             r,
             Reattached {
                 reissued: 1,
-                announced: false
+                announced: false,
+                dropped_frames: 0,
             },
             "only 8; loopback is not a network"
         );
         assert_eq!(g.stats().outputs, 1);
+    }
+
+    #[test]
+    fn frames_that_arrive_while_detached_never_reach_the_guest_after_go_live() {
+        let mut g = io();
+        let mut ram = vec![0u8; 1 << 20];
+        let mut irq = super::Irqs(vec![]);
+        // Attached, the loopback wire queues the frame for the guest.
+        g.output(Slot::Net, GuestOutput::Frame(vec![3; 60]));
+        g.set_detached(true);
+        assert_eq!(g.poll(&mut ram, &mut irq), 0, "detached: nothing delivered");
+        let r = g.go_live();
+        assert_eq!(r.dropped_frames, 1);
+        assert_eq!(g.stats().dropped_detached, 1);
+        assert_eq!(g.poll(&mut ram, &mut irq), 0, "the stale frame is gone");
     }
 
     #[test]

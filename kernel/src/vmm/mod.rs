@@ -275,7 +275,7 @@ pub fn run(
     let final_seq = recorder.entries();
     recorder
         .checkpoints
-        .push((final_seq, vmx::state::state_vector(&vmcs, &regs)));
+        .push((final_seq, state_now(&vmcs, &regs, &machine)));
     let rec_lines = machine.console_lines;
     let rec_console = machine.console_hash;
     print_log_summary(
@@ -391,7 +391,7 @@ pub fn run(
         }
         Err(d) => {
             println!("ft: replay: DIVERGED at {d}");
-            explain(&d, &recorder, &vmcs, &regs);
+            explain(&d, &recorder, &vmcs, &regs, &machine);
             finish(&ended, Some(false))
         }
     }
@@ -525,7 +525,7 @@ fn final_hash(
     m: &Machine,
     mut keepalive: impl FnMut(),
 ) -> u64 {
-    let state = vmx::state::state_vector(vmcs, regs);
+    let state = state_now(vmcs, regs, m);
     let mut h = ft::replay::hash_words(ft::replay::HASH_SEED, state.iter().copied());
     for piece in m.ram().chunks(HASH_CHUNK) {
         h = ft::replay::hash_bytes(h, piece);
@@ -563,7 +563,9 @@ fn print_log_summary(
 /// one instruction later (preferably one the guest could also take one
 /// instruction later: not after HLT, not before CLI, judged from `code`,
 /// guest-physical = linear); `2` changes the RDTSC value nearest the
-/// middle.
+/// middle; `3` flips the last byte of the received frame nearest the
+/// middle (only guest memory differs at first: the checkpoint's
+/// device-write digest must see it).
 fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
     use ft::log::{LogEntry, NonDetSource};
     let records = r.records_mut();
@@ -580,6 +582,7 @@ fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
                 ..
             },
         ) => true,
+        (3, LogEntry::NetFrame { frame, .. }) => !frame.is_empty(),
         _ => false,
     };
     let nearest = |want: &dyn Fn(&LogEntry) -> bool| {
@@ -616,20 +619,42 @@ fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
             );
             *value += 1;
         }
-        _ => unreachable!("picked an interrupt or nondet entry"),
+        LogEntry::NetFrame { frame, at, .. } => {
+            // Only the bytes the device writes into guest memory change:
+            // the checkpoint's device-write digest must catch it.
+            let last = frame.len() - 1;
+            println!(
+                "ft: replay_mutate: entry #{} (frame at counter {}) byte {last} of {} changed from {:#04x} to {:#04x}",
+                rec.seq,
+                at.counter,
+                frame.len(),
+                frame[last],
+                frame[last] ^ 0x5A
+            );
+            frame[last] ^= 0x5A;
+        }
+        _ => unreachable!("picked an interrupt, a nondet or a frame entry"),
     }
+}
+
+/// A checkpoint's state now: the guest's registers and the digest of the
+/// devices' writes to its memory (`ft::replay::STATE_NAMES`).
+fn state_now(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> ft::replay::StateVector {
+    let mut s = vmx::state::state_vector(vmcs, regs);
+    s[ft::replay::STATE_WORDS - 1] = m.devices.io.dirty.digest();
+    s
 }
 
 /// Names the registers that differ from the nearest recorded checkpoint
 /// at or after the divergent entry (same-boot side table).
-fn explain(d: &Divergence, r: &Recorder, vmcs: &hw::HwVmcs, regs: &GuestRegs) {
+fn explain(d: &Divergence, r: &Recorder, vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) {
     let Some((seq, rec)) = r.checkpoints.iter().find(|(s, _)| *s >= d.seq) else {
         return;
     };
     if *seq != d.seq {
         return;
     }
-    let now = vmx::state::state_vector(vmcs, regs);
+    let now = state_now(vmcs, regs, m);
     for (i, name) in ft::replay::STATE_NAMES.iter().enumerate() {
         if rec[i] != now[i] {
             println!(
@@ -789,11 +814,11 @@ fn run_loop(
             // Replay: interrupts come from the log only, at their points.
             let at = point_now(vmcs, regs, counter.as_deref());
             let exact = counter.as_deref().is_none_or(|c| c.exact());
-            let state = vmx::state::state_vector(vmcs, regs);
             // Guest I/O inputs due here are applied first, through the
             // single input point, in log order (their interrupts follow as
-            // their own entries).
-            let mut due = replayer.due(at, &state, exact);
+            // their own entries); a checkpoint among them sees the state
+            // (and the device-write digest) as it is at its place.
+            let mut due = replayer.due(at, &state_now(vmcs, regs, m), exact);
             while let Ok(Due::Input(entry)) = due {
                 let Some((slot, input)) = rr::entry_input(entry) else {
                     let d = Divergence {
@@ -808,7 +833,7 @@ fn run_loop(
                     };
                 };
                 m.apply_input(slot, input);
-                due = replayer.due(at, &state, exact);
+                due = replayer.due(at, &state_now(vmcs, regs, m), exact);
             }
             match due {
                 Err(d) => {
@@ -908,7 +933,7 @@ fn run_loop(
                 if interruptible && !event_pending {
                     if let Tape::Record(r) = tape {
                         let at = point_now(vmcs, regs, counter.as_deref());
-                        r.checkpoint(at, &vmx::state::state_vector(vmcs, regs));
+                        r.checkpoint(at, &state_now(vmcs, regs, m));
                         r.push(&ft::log::LogEntry::Interrupt { at, vector });
                     }
                     if let Err(e) = exit::inject_interrupt(vmcs, vector) {
@@ -1062,7 +1087,7 @@ fn run_loop(
         if reason == exit::reason::PREEMPTION_TIMER && !replaying {
             if let Tape::Record(r) = tape {
                 let at = point_now(vmcs, regs, counter.as_deref());
-                r.checkpoint(at, &vmx::state::state_vector(vmcs, regs));
+                r.checkpoint(at, &state_now(vmcs, regs, m));
             }
         }
         if m.linux.as_ref().is_some_and(|l| l.powered_off) {

@@ -154,8 +154,8 @@ impl<N: Nic + 'static> Node<N> {
             );
         }
         println!(
-            "ft: backup: re-issued {} pending disk request(s) the guest was waiting for",
-            back.reissued
+            "ft: backup: re-issued {} pending disk request(s) the guest was waiting for; dropped {} frame(s) that reached this node while it followed (the log carried the guest's input)",
+            back.reissued, back.dropped_frames
         );
         Some(self.ft.time_floor())
     }

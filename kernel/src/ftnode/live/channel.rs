@@ -35,6 +35,7 @@ impl<N: Nic + 'static> Node<N> {
         }
         self.connected = false;
         self.outbox.clear();
+        self.delayed.clear();
         self.out_off = 0;
     }
 
@@ -121,6 +122,18 @@ impl<N: Nic + 'static> Node<N> {
                 _ => {}
             },
             _ => {}
+        }
+        // `ft_test_ack_delay=`: what the backup sends goes out only once
+        // it is that old (a slow network, for `ft-console-failover`).
+        let hold_us = self.cfg.test_ack_delay_ms.unwrap_or(0) * 1000;
+        while self
+            .delayed
+            .front()
+            .is_some_and(|(t, _)| now >= t + hold_us)
+        {
+            if let Some((_, bytes)) = self.delayed.pop_front() {
+                self.outbox.extend_from_slice(&bytes);
+            }
         }
         if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
             let sent = rc
