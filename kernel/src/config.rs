@@ -742,7 +742,8 @@ mod tests {
         assert!(e.to_string().contains("`counter`"), "{e}");
         assert!(Config::parse("ft=on").is_err());
         assert_eq!(Config::parse("replay_mutate=2").unwrap().replay_mutate, 2);
-        assert!(Config::parse("replay_mutate=3").is_err());
+        assert_eq!(Config::parse("replay_mutate=3").unwrap().replay_mutate, 3);
+        assert!(Config::parse("replay_mutate=4").is_err());
         assert_eq!(Config::parse("ft=export").unwrap().ft, FtMode::Export);
         assert_eq!(
             Config::parse("ft=off ft=record").unwrap_err(),

@@ -71,6 +71,7 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
     };
 
     let report = cpu::report();
+    crate::arch::entropy::init();
     match config.selftest {
         SelfTest::None => {}
         SelfTest::Panic => panic!("selftest: deliberate panic"),

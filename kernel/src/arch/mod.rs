@@ -1,8 +1,9 @@
 //! Hardware access of the kernel: console, descriptor tables, exceptions,
-//! heap, CPU identification, machine exit.
+//! heap, CPU identification, entropy, machine exit.
 #[macro_use]
 pub mod console;
 pub mod cpu;
+pub mod entropy;
 pub mod exit;
 pub mod gdt;
 pub mod heap;

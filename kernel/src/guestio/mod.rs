@@ -473,6 +473,12 @@ impl GuestIo {
     ) -> usize {
         if self.detached {
             self.drop_wire_input();
+            // The disk's session is kept alive (its keep-alives answered,
+            // a lost connection opened again), so that a go-live does not
+            // wait for a login (issue 15). Nothing was submitted while
+            // detached: nothing completes.
+            let mut done = Vec::new();
+            self.disk.poll(&mut done);
             return 0;
         }
         let mut done = Vec::new();

@@ -509,6 +509,42 @@ mod ft_gate {
     }
 
     #[test]
+    fn a_detached_disk_is_still_polled_so_its_session_stays_alive() {
+        struct Counting(alloc::rc::Rc<core::cell::Cell<u32>>);
+        impl BlockBackend for Counting {
+            fn capacity_sectors(&self) -> u64 {
+                8
+            }
+            fn submit(&mut self, _: BlockRequest) {}
+            fn poll(&mut self, _: &mut Vec<GuestInput>) {
+                self.0.set(self.0.get() + 1);
+            }
+            fn in_flight(&self) -> usize {
+                0
+            }
+            fn stats(&self) -> super::disk::DiskStats {
+                super::disk::DiskStats::default()
+            }
+            fn describe(&self) -> alloc::string::String {
+                "counting".into()
+            }
+        }
+        let polls = alloc::rc::Rc::new(core::cell::Cell::new(0));
+        let mut g = GuestIo::new(
+            1 << 20,
+            Box::new(Counting(polls.clone())),
+            Box::new(Loopback::default()),
+        );
+        g.set_detached(true);
+        let mut ram = vec![0u8; 1 << 20];
+        let mut irq = super::Irqs(vec![]);
+        for _ in 0..3 {
+            assert_eq!(g.poll(&mut ram, &mut irq), 0);
+        }
+        assert_eq!(polls.get(), 3, "every poll moves the disk's session");
+    }
+
+    #[test]
     fn rarp_is_a_broadcast_reverse_request_for_the_mac() {
         let f = rarp_announcement(GUEST_MAC);
         assert_eq!(f.len(), 60);

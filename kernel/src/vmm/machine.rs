@@ -415,9 +415,13 @@ impl Platform for Machine {
         self.now()
     }
 
-    fn random(&mut self, _seed: bool) -> u64 {
-        // xorshift64*: the hypervisor produces the value so record/replay
-        // can log it; quality is that of a PRNG seeded from the TSC.
+    fn random(&mut self, seed: bool) -> u64 {
+        // The CPU's generator where it has one (the value is logged like
+        // RDTSC either way); else xorshift64* seeded from the TSC, which
+        // the boot warns about.
+        if let Some(v) = crate::arch::entropy::hardware(seed) {
+            return v;
+        }
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
