@@ -186,6 +186,11 @@ const HALTED: [&str; 3] = [
 const RETRYING: &str = "ft: backup: shared storage unreachable: no one may go live; retrying";
 /// The pair's `ft_timeout` (ms of each node's own clock).
 const FT_TIMEOUT: Duration = Duration::from_millis(3000);
+/// Kill, backup kill and partition: the longest failover accepted (fault
+/// -> first reply from the survivor): the failure timeout plus 5 s for
+/// arbitration, fencing, the drain and Bochs being slow on a busy host
+/// (measured 0.5-0.7 s).
+const FAILOVER_BOUND: Duration = Duration::from_millis(3000 + 5000);
 /// `ft-storage-down`: the longest the runner watches the backup retry
 /// after the primary's kill.
 const OBSERVE_MAX: Duration = Duration::from_secs(180);
@@ -2092,8 +2097,23 @@ fn judge(
                 ));
             }
             let (fo, in_flight) = failover(&st.acks, fault_at).ok_or("no reply after the fault")?;
+            if fo > FAILOVER_BOUND {
+                return Err(format!(
+                    "failover took {} (fault -> first reply from the survivor), above the bound {}",
+                    secs(fo),
+                    secs(FAILOVER_BOUND)
+                ));
+            }
+            // The guest's TCP connection survives a failover (README, "The
+            // FT pair"): the client never had to open a new one.
+            let reconnects = num(client, "reconnects=").unwrap_or(u64::MAX);
+            if reconnects != 0 {
+                return Err(format!(
+                    "the client reconnected {reconnects} time(s): the guest's TCP connection did not survive the failover (`{client}`)"
+                ));
+            }
             Ok(format!(
-                "({}; {live}; failover {} (fault -> first reply from the survivor; {in_flight} replies in flight), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
+                "({}; {live}; failover {} (fault -> first reply from the survivor; bound {}; {in_flight} replies in flight), {load}; every acknowledged SET read back; {on_lun}; flag {}{stopped})",
                 st.notes
                     .iter()
                     .chain(Some(&loser_note).filter(|n| !n.is_empty()))
@@ -2101,6 +2121,7 @@ fn judge(
                     .collect::<Vec<_>>()
                     .join("; "),
                 secs(fo),
+                secs(FAILOVER_BOUND),
                 gen(&flag),
             ))
         }
