@@ -194,6 +194,7 @@ fn bad_session_and_gaps_reset_the_connection_and_duplicates_are_skipped() {
             LogEntry::Interrupt {
                 at: pt(1),
                 vector: 32,
+                guest_time_ns: 0,
             },
         )
         .unwrap();
@@ -210,6 +211,7 @@ fn bad_session_and_gaps_reset_the_connection_and_duplicates_are_skipped() {
         &LogEntry::Interrupt {
             at: pt(2),
             vector: 32,
+            guest_time_ns: 0,
         },
         &mut gap,
     )
@@ -235,6 +237,7 @@ fn lagging_backup_throttles_the_primary() {
                 LogEntry::Interrupt {
                     at: pt(i),
                     vector: 32,
+                    guest_time_ns: 0,
                 },
             )
             .unwrap();
@@ -312,6 +315,7 @@ fn silent_primary_backup_drains_then_goes_live() {
         LogEntry::Interrupt {
             at: pt(3),
             vector: 32,
+            guest_time_ns: 0,
         },
     ] {
         let (_, fx) = p.record(0, 0, e).unwrap();
@@ -356,6 +360,7 @@ fn external_engine_takes_records_acks_applied_and_shutdown_ends_the_log() {
                 LogEntry::Interrupt {
                     at: pt(c),
                     vector: 0x40,
+                    guest_time_ns: 0,
                 },
             )
             .unwrap();
@@ -429,6 +434,7 @@ fn one_throttle_rule_covers_a_guest_clock_slower_than_the_hosts() {
             LogEntry::Interrupt {
                 at: pt(1),
                 vector: 32,
+                guest_time_ns: 0,
             },
         )
         .unwrap();
@@ -451,6 +457,7 @@ fn a_won_backup_goes_live_only_once_its_external_engine_drained() {
             LogEntry::Interrupt {
                 at: pt(1),
                 vector: 32,
+                guest_time_ns: 0,
             },
         )
         .unwrap();

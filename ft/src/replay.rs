@@ -341,6 +341,10 @@ impl Replayer {
     pub fn head(&self) -> Option<&Record> {
         self.records.get(self.pos)
     }
+    /// The last record met (the one a [`Due`] just came from).
+    pub fn last_met(&self) -> Option<&Record> {
+        self.pos.checked_sub(1).and_then(|i| self.records.get(i))
+    }
     /// Test hook for the mutation check: the records, editable.
     pub fn records_mut(&mut self) -> &mut Vec<Record> {
         &mut self.records
@@ -599,6 +603,7 @@ mod tests {
         r.push(&LogEntry::Interrupt {
             at: pt(20, 0x200, 5),
             vector: 0x40,
+            guest_time_ns: 0,
         });
         r.push(&LogEntry::Checkpoint {
             at: pt(30, 0x300, 0),
@@ -826,6 +831,7 @@ mod tests {
         r.push(&LogEntry::Interrupt {
             at: pt(7, 0x70, 1),
             vector: 0x50,
+            guest_time_ns: 0,
         });
         r.push(&LogEntry::Checkpoint {
             at: pt(9, 0x90, 0),

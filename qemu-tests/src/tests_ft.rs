@@ -78,7 +78,7 @@ const HOSTILE_WORKLOAD: &str = "test=replay rounds=500 progress=50";
 pub fn tests() -> Vec<E2eTest> {
     vec![
         E2eTest {
-            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=5000 ft_status=200",
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_status=200",
             modules: vec![(GUEST, WORKLOAD)],
             timeout: Duration::from_secs(300),
             custom: Some(run_lockstep),
@@ -89,7 +89,7 @@ pub fn tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
-            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 ft_timeout=3000",
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9",
             modules: vec![(GUEST, "test=replay rounds=10")],
             timeout: Duration::from_secs(240),
             custom: Some(run_mismatch),
@@ -100,7 +100,7 @@ pub fn tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
-            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=5000 ft_status=200 ft_generation=3",
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_status=200 ft_generation=3",
             modules: vec![(GUEST, HOSTILE_WORKLOAD)],
             timeout: Duration::from_secs(300),
             custom: Some(run_hostile),
@@ -133,7 +133,7 @@ pub fn tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
-            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_timeout=2000 ft_status=500 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+            cmdline: "mode=hypervisor counter=preempt nic=e1000 gw=none cluster=9 heartbeat=10 ft_status=500 iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
             modules: vec![(GUEST, WORKLOAD)],
             timeout: Duration::from_secs(120),
             custom: Some(run_kill_primary),

@@ -12,7 +12,8 @@
 //! bridged to the hypervisor's e1000 (`guest_net=bridge`). Both nodes boot
 //! the test guest's KV service (`test=kv ip=10.0.4.20/24`, TCP port 7000,
 //! MAC 52:54:00:f7:00:01 on both sides) with the same command line; the
-//! primary's log goes to the backup's port 7700; `ft_timeout=3000`.
+//! primary's log goes to the backup's port 7700; the default failure
+//! timeout (`ft_timeout` 2000 ms).
 //!
 //! The client is `qemu-tests ftkv-client`, run inside the namespace (so
 //! from 10.0.4.1): `n` SETs `k0000..` with values from
@@ -70,7 +71,7 @@
 //!   SHUTDOWN (client mode `blip`). 30 replies into the first GETs istgt
 //!   is killed, 2 s later the primary's Bochs is SIGKILLed; istgt stays
 //!   down until the backup printed a `shared storage unreachable` retry
-//!   line and one failure timeout (3 s) more passed, then it is restarted
+//!   line and one failure timeout (2 s) more passed, then it is restarted
 //!   on the same configuration and LUN file. Judged: before the restart
 //!   the backup had failed at least two arbitration logins (it retried)
 //!   and printed no LIVE/WON/RARP/guest output, and no reply reached the
@@ -184,13 +185,14 @@ const HALTED: [&str; 3] = [
 /// every tenth (`ft: backup: shared storage unreachable: no one may go
 /// live; retrying every 100 ms (attempt N)`).
 const RETRYING: &str = "ft: backup: shared storage unreachable: no one may go live; retrying";
-/// The pair's `ft_timeout` (ms of each node's own clock).
-const FT_TIMEOUT: Duration = Duration::from_millis(3000);
+/// The pair's failure timeout: the default `ft_timeout` (ms of each
+/// node's own clock).
+const FT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// Kill, backup kill and partition: the longest failover accepted (fault
 /// -> first reply from the survivor): the failure timeout plus 5 s for
 /// arbitration, fencing, the drain and Bochs being slow on a busy host
 /// (measured 0.5-0.7 s).
-const FAILOVER_BOUND: Duration = Duration::from_millis(3000 + 5000);
+const FAILOVER_BOUND: Duration = Duration::from_millis(2000 + 5000);
 /// `ft-storage-down`: the longest the runner watches the backup retry
 /// after the primary's kill.
 const OBSERVE_MAX: Duration = Duration::from_secs(180);
@@ -237,7 +239,7 @@ const ZOMBIE_HALT_MAX: Duration = Duration::from_secs(60);
 const ZOMBIE_GRACE: Duration = Duration::from_secs(2);
 /// Run (b): the primary's links are cut this long after its iSCSI path
 /// (time for the client's next SET to reach it and pin its write; the
-/// backup's failure timeout is 3 s of its own clock, about 0.6 s of wall
+/// backup's failure timeout is 2 s of its own clock, about 0.4 s of wall
 /// time here).
 const ZOMBIE_PIN: Duration = Duration::from_millis(200);
 /// The primary's hypervisor and the iSCSI portal (istgt) in the rig.
@@ -276,7 +278,7 @@ macro_rules! pair {
             $cluster,
             " guest_net=bridge disk=iscsi iscsi=10.0.4.1:3260 \
              iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0 \
-             ft_timeout=3000 heartbeat=10 ft_status=1000"
+             heartbeat=10 ft_status=1000"
         )
     };
 }

@@ -37,7 +37,7 @@ const READY: &str = "FTVISOR-LINUX-HTTP: serving";
 
 pub fn tests() -> Vec<E2eTest> {
     vec![E2eTest {
-        cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120 counter=preempt nic=e1000 gw=none cluster=10 heartbeat=10 ft_timeout=3000 ft_status=2000 guest_net=bridge disk=none iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
+        cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120 counter=preempt nic=e1000 gw=none cluster=10 heartbeat=10 ft_status=2000 guest_net=bridge disk=none iscsi=10.0.4.1:3260 iscsi_target=iqn.2024-01.test.ftvisor:disk1 iscsi_lun=0",
         timeout: Duration::from_secs(1500),
         custom: Some(run),
         ..E2eTest::new(

@@ -68,9 +68,14 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             out.extend_from_slice(&protocol_version.to_le_bytes());
             out.extend_from_slice(&machine.to_bytes());
         }
-        LogEntry::Interrupt { at, vector } => {
+        LogEntry::Interrupt {
+            at,
+            vector,
+            guest_time_ns,
+        } => {
             put_point(out, at);
             out.push(*vector);
+            put_u64(out, *guest_time_ns);
         }
         LogEntry::NetFrame { at, vector, frame } => {
             put_point(out, at);
@@ -278,6 +283,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
         0x02 => LogEntry::Interrupt {
             at: r.point()?,
             vector: r.u8()?,
+            guest_time_ns: r.u64()?,
         },
         0x03 => LogEntry::NetFrame {
             at: r.point()?,

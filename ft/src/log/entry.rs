@@ -172,8 +172,14 @@ pub enum LogEntry {
         /// The machine the guest runs on ([`MachineId`]).
         machine: MachineId,
     },
-    /// An interrupt with no data (timer, device status).
-    Interrupt { at: ExecPoint, vector: u8 },
+    /// An interrupt with no data (timer, device status). `guest_time_ns`:
+    /// the recording's guest time when it was delivered, so that a replay
+    /// runs its device timers on the recording's clock (issue 15).
+    Interrupt {
+        at: ExecPoint,
+        vector: u8,
+        guest_time_ns: u64,
+    },
     /// An incoming network frame: the DMA'd bytes plus its interrupt.
     NetFrame {
         at: ExecPoint,

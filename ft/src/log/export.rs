@@ -160,7 +160,16 @@ mod tests {
             rip: 0x1000,
             rcx: 0,
         };
-        encode_record(1, &LogEntry::Interrupt { at, vector: 0x30 }, &mut b).unwrap();
+        encode_record(
+            1,
+            &LogEntry::Interrupt {
+                at,
+                vector: 0x30,
+                guest_time_ns: 0,
+            },
+            &mut b,
+        )
+        .unwrap();
         encode_record(2, &LogEntry::Checkpoint { at, state_hash: 9 }, &mut b).unwrap();
         b
     }

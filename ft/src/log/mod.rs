@@ -35,11 +35,11 @@ pub use stream::StreamDecoder;
 /// First byte of every record.
 pub const RECORD_MAGIC: u8 = 0xF7;
 /// The record format version this build writes and accepts.
-pub const LOG_FORMAT_VERSION: u8 = 1;
+pub const LOG_FORMAT_VERSION: u8 = 2;
 /// The FT protocol version announced in [`LogEntry::Hello`].
 /// 2: the Hello carries the machine ([`MachineId`]); `Goodbye` has the
 /// `StorageLost` reason (a primary stepping down).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Fixed header bytes before the payload.
 pub const HEADER_LEN: usize = 16;
 /// CRC trailer bytes after the payload.

@@ -23,7 +23,11 @@ pub(crate) fn samples() -> Vec<LogEntry> {
                 cpu: 0x0123_4567_89ab_cdef,
             },
         },
-        LogEntry::Interrupt { at, vector: 0x20 },
+        LogEntry::Interrupt {
+            at,
+            vector: 0x20,
+            guest_time_ns: 0,
+        },
         LogEntry::NetFrame {
             at,
             vector: 0x30,
@@ -140,7 +144,14 @@ fn every_kind_roundtrips_canonically() {
 fn documented_sizes() {
     let at = ExecPoint::default();
     let size = |e: LogEntry| encoded_len(&e);
-    assert_eq!(size(LogEntry::Interrupt { at, vector: 0 }), 20 + 25);
+    assert_eq!(
+        size(LogEntry::Interrupt {
+            at,
+            vector: 0,
+            guest_time_ns: 0
+        }),
+        20 + 33
+    );
     assert_eq!(
         size(LogEntry::NonDet {
             at,

@@ -68,6 +68,11 @@ pub struct Machine {
     pub devices: Devices,
     pub lapic: Lapic,
     tsc_offset: u64,
+    /// Replay: guest time follows the log (the largest time value replayed
+    /// so far) instead of this host's TSC, so the device models' timers
+    /// run on the recording's clock (issue 15: nothing fires early or
+    /// twice, and the clock does not step back, at a go-live).
+    log_clock: Option<u64>,
     syscall_msrs: [u64; 5],
     rng: u64,
     pub exits: [u64; 66],
@@ -184,6 +189,7 @@ impl Machine {
             lapic: Lapic::with_mode(ApicMode::XApic, 40),
             // Guest TSC starts at 0.
             tsc_offset: 0u64.wrapping_sub(start),
+            log_clock: None,
             syscall_msrs: [0; 5],
             rng: start | 1,
             exits: [0; 66],
@@ -197,9 +203,34 @@ impl Machine {
         }
     }
 
-    /// Guest time now (virtual TSC).
+    /// Guest time now (virtual TSC): this host's TSC plus the offset, or in
+    /// a replay the log's time ([`Machine::follow_log_time`]).
     pub fn now(&self) -> u64 {
-        host_tsc().wrapping_add(self.tsc_offset)
+        match self.log_clock {
+            Some(t) => t,
+            None => host_tsc().wrapping_add(self.tsc_offset),
+        }
+    }
+
+    /// Replay from here: guest time is the log's, starting at the time now.
+    pub fn start_log_time(&mut self) {
+        self.log_clock = Some(self.now());
+    }
+
+    /// Replay: the log showed guest time `t` (an RDTSC result, a timer
+    /// interrupt's deadline); time never goes back.
+    pub fn follow_log_time(&mut self, t: u64) {
+        if let Some(c) = self.log_clock.as_mut() {
+            *c = (*c).max(t);
+        }
+    }
+
+    /// The replay ends (an FT backup goes live): guest time runs on this
+    /// host's TSC again, from where the log left it.
+    pub fn end_log_time(&mut self) {
+        if let Some(t) = self.log_clock.take() {
+            self.tsc_offset = t.wrapping_sub(host_tsc());
+        }
     }
 
     /// Moves guest time forward to `t` (HLT until a timer deadline).
@@ -464,8 +495,8 @@ impl Machine {
         req: &mut MmioRequest<'_>,
         on_read: &mut dyn FnMut(u64) -> u64,
     ) -> Option<Result<(), &'static str>> {
+        let now = self.now();
         if let Some(l) = self.linux.as_mut() {
-            let now = host_tsc().wrapping_add(self.tsc_offset);
             if let Some(r) = l.mmio(&mut self.lapic, self.ram, gpa, req, now, on_read) {
                 return Some(r);
             }

@@ -774,6 +774,10 @@ fn run_loop(
     mut live: Option<&mut (dyn crate::ftlive::Live + 'static)>,
 ) -> Ended {
     let mut halted = false;
+    if matches!(tape, Tape::Replay(_)) {
+        // Guest time follows the log while replaying.
+        m.start_log_time();
+    }
     // A PAUSE exit while guest I/O is owed: the guest spins on a device
     // (e.g. a synchronous virtio request); park it, up to this guest time,
     // until the I/O completes instead of replaying millions of spins.
@@ -862,6 +866,15 @@ fn run_loop(
                     if let Err(e) = exit::inject_interrupt(vmcs, vector) {
                         return stop(Stop::Vmx(e), exits);
                     }
+                    // The recording delivered it at this guest time, after
+                    // its LAPIC model ticked there: so does this one (a
+                    // timer that fired there is not armed here any more).
+                    if let Some(ft::log::LogEntry::Interrupt { guest_time_ns, .. }) =
+                        replayer.last_met().map(|r| &r.entry)
+                    {
+                        m.follow_log_time(*guest_time_ns);
+                    }
+                    m.lapic.tick(m.now());
                     m.lapic.ack(vector);
                     halted = false;
                     injecting = true;
@@ -882,6 +895,7 @@ fn run_loop(
                         *tape = Tape::Off;
                         m.console_quiet = false;
                         m.console_capture = None;
+                        m.end_log_time();
                         m.skip_to(not_before);
                         continue;
                     }
@@ -934,7 +948,11 @@ fn run_loop(
                     if let Tape::Record(r) = tape {
                         let at = point_now(vmcs, regs, counter.as_deref());
                         r.checkpoint(at, &state_now(vmcs, regs, m));
-                        r.push(&ft::log::LogEntry::Interrupt { at, vector });
+                        r.push(&ft::log::LogEntry::Interrupt {
+                            at,
+                            vector,
+                            guest_time_ns: now,
+                        });
                     }
                     if let Err(e) = exit::inject_interrupt(vmcs, vector) {
                         return stop(Stop::Vmx(e), exits);

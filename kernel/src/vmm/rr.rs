@@ -120,8 +120,22 @@ pub struct RrPlatform<'a> {
 impl RrPlatform<'_> {
     fn nondet(&mut self, source: NonDetSource, live: impl FnOnce(&mut Machine) -> u64) -> u64 {
         let m = &mut *self.m;
+        let replaying = matches!(self.tape, Tape::Replay(_));
         match self.tape.nondet(self.at, source, || live(m)) {
-            Ok(v) => v,
+            Ok(v) => {
+                // A replayed TSC value is the recording's guest time: the
+                // device models follow it.
+                let time = matches!(
+                    source,
+                    NonDetSource::Rdtsc
+                        | NonDetSource::Rdtscp { .. }
+                        | NonDetSource::Msr { index: 0x10 }
+                );
+                if replaying && time {
+                    self.m.follow_log_time(v);
+                }
+                v
+            }
             Err(d) => {
                 self.divergence.get_or_insert(d);
                 0

@@ -621,7 +621,15 @@ impl<'c> Sim<'c> {
                 GuestStop::Reached => {
                     let at = n.guest.point();
                     let (_, f) = p
-                        .record(now, gt, LogEntry::Interrupt { at, vector: 0x20 })
+                        .record(
+                            now,
+                            gt,
+                            LogEntry::Interrupt {
+                                at,
+                                vector: 0x20,
+                                guest_time_ns: 0,
+                            },
+                        )
                         .map_err(|e| protocol(self_now, "record timer", &e))?;
                     fx.extend(f);
                     n.guest.inject_timer();
