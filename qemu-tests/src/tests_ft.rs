@@ -781,51 +781,16 @@ pub fn kill_bochs_of(name: &str) -> Result<u32, String> {
 /// `ft-console-failover`: the kill inside a burst of console lines; no
 /// line may be lost at the seam (`ft::seam`), duplicates are counted.
 fn run_console_failover(t: &E2eTest, root: &Path) -> Outcome {
-    let primary_name = format!("{}-primary", t.name);
-    let timeout = t.timeout;
-    let initial = Flag::new(0, NodeId(0));
-    let (p, b, flag) = match boot_with_storage(t, root, "ftburst", initial, |node, spec| {
-        if node == 2 {
-            // Acks reach the primary late: when it dies, a window of
-            // lines the backup acknowledged was never printed, and only
-            // the backup's seam can bring them out.
-            spec.cmdline
-                .push_str(&format!(" ft_test_ack_delay={BURST_ACK_DELAY_MS}"));
-        }
-        if node == 1 {
-            let name = primary_name.clone();
-            let kill: Interaction = Box::new(move |serial: &Path| {
-                wait_serial(
-                    serial,
-                    &format!("ft: output #{BURST_KILL_AFTER} released"),
-                    timeout,
-                )?;
-                let pid = kill_bochs_of(&name)?;
-                Ok(format!(
-                    "SIGKILLed the primary's Bochs (pid {pid}) after its console line {BURST_KILL_AFTER} was released"
-                ))
-            });
-            spec.interact = Some(kill);
-        }
-    }) {
+    // Acks reach the primary late: when it dies, a window of lines the
+    // backup acknowledged was never printed, and only the backup's seam
+    // can bring them out.
+    let delay = format!(" ft_test_ack_delay={BURST_ACK_DELAY_MS}");
+    let (p, b, flag) = match kill_primary_after_line(t, root, "ftburst", BURST_KILL_AFTER, &delay) {
         Ok(x) => x,
         Err(o) => return o,
     };
     let judged = (|| {
-        let kill = match &p.interaction {
-            Some(Ok(note)) => note.clone(),
-            Some(Err(e)) => return Err(format!("killing the primary: {e}")),
-            None => return Err("the kill did not run".into()),
-        };
-        if p.exit_code.is_some() || p.serial.contains("ft: pair: primary done:") {
-            return Err("the primary finished before it was killed".into());
-        }
-        if b.timed_out || b.exit_code != Some(0) {
-            return Err(format!(
-                "backup: exit code {:?} ({}), want 0",
-                b.exit_code, b.ended
-            ));
-        }
+        let kill = killed_primary_survived(&p, &b)?;
         let live = line_with(&b.serial, "ft: backup: LIVE under generation 1")?;
         if flag? != Flag::new(1, NodeId(2)) {
             return Err("the flag on the LUN is not generation 1 owner 2".into());
@@ -898,41 +863,63 @@ fn guest_lines(serial: &str) -> Vec<String> {
         .collect()
 }
 
-fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
+/// Boots the pair on a fresh LUN (flag at generation 0) and SIGKILLs the
+/// primary's Bochs once it released console line `line`; `backup_extra`
+/// goes on the backup's command line.
+fn kill_primary_after_line(
+    t: &E2eTest,
+    root: &Path,
+    tag: &str,
+    line: u64,
+    backup_extra: &str,
+) -> Result<(Run, Run, Result<Flag, String>), Outcome> {
     let primary_name = format!("{}-primary", t.name);
     let timeout = t.timeout;
-    let initial = Flag::new(0, NodeId(0));
-    let (p, b, flag) = match boot_with_storage(t, root, "ftkill", initial, |node, spec| {
+    boot_with_storage(t, root, tag, Flag::new(0, NodeId(0)), |node, spec| {
+        if node == 2 {
+            spec.cmdline.push_str(backup_extra);
+        }
         if node == 1 {
             let name = primary_name.clone();
             let kill: Interaction = Box::new(move |serial: &Path| {
-                wait_serial(serial, "ft: output #4 released", timeout)?;
+                wait_serial(serial, &format!("ft: output #{line} released"), timeout)?;
                 let pid = kill_bochs_of(&name)?;
                 Ok(format!(
-                    "SIGKILLed the primary's Bochs (pid {pid}) after its 4th console line"
+                    "SIGKILLed the primary's Bochs (pid {pid}) after its console line {line} was released"
                 ))
             });
             spec.interact = Some(kill);
         }
-    }) {
+    })
+}
+
+/// The kill happened, before the primary ended, and the backup ran the
+/// guest to its end (exit 0): the kill's note.
+fn killed_primary_survived(p: &Run, b: &Run) -> Result<String, String> {
+    let kill = match &p.interaction {
+        Some(Ok(note)) => note.clone(),
+        Some(Err(e)) => return Err(format!("killing the primary: {e}")),
+        None => return Err("the kill did not run".into()),
+    };
+    if p.exit_code.is_some() || p.serial.contains("ft: pair: primary done:") {
+        return Err("the primary finished before it was killed".into());
+    }
+    if b.timed_out || b.exit_code != Some(0) {
+        return Err(format!(
+            "backup: exit code {:?} ({}), want 0",
+            b.exit_code, b.ended
+        ));
+    }
+    Ok(kill)
+}
+
+fn run_kill_primary(t: &E2eTest, root: &Path) -> Outcome {
+    let (p, b, flag) = match kill_primary_after_line(t, root, "ftkill", 4, "") {
         Ok(x) => x,
         Err(o) => return o,
     };
     let judged = (|| {
-        let kill = match &p.interaction {
-            Some(Ok(note)) => note.clone(),
-            Some(Err(e)) => return Err(format!("killing the primary: {e}")),
-            None => return Err("the kill did not run".into()),
-        };
-        if p.exit_code.is_some() || p.serial.contains("ft: pair: primary done:") {
-            return Err("the primary finished before it was killed".into());
-        }
-        if b.timed_out || b.exit_code != Some(0) {
-            return Err(format!(
-                "backup: exit code {:?} ({}), want 0",
-                b.exit_code, b.ended
-            ));
-        }
+        let kill = killed_primary_survived(&p, &b)?;
         for bad in ["PANIC", "EXCEPTION", "DIVERGED", "LOST the test-and-set"] {
             if b.serial.contains(bad) {
                 return Err(format!("backup: `{bad}` on serial"));

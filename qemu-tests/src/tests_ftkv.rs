@@ -3074,6 +3074,35 @@ fn client_main(args: &[String]) -> Result<String, String> {
     Ok(format!("done {}", summary(&c, gets, get_s)))
 }
 
+/// GETs every key `k` (it must hold `last[k]`, its last acknowledged
+/// version, or nothing) and sends SHUTDOWN; the seconds the GETs took.
+fn read_back_and_shut_down(
+    c: &mut Client,
+    last: &[Option<usize>],
+    salt: u64,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    for (k, v) in last.iter().enumerate() {
+        let got = c
+            .ask(&format!("GET k{k:04}"))
+            .map_err(|e| format!("GET k{k:04}: {}", e.text()))?;
+        let want = v.map_or("NOTFOUND".into(), |n| value(n, salt));
+        if got != want {
+            return Err(format!(
+                "GET k{k:04}: `{got}`, want `{want}` (its last acknowledged version)"
+            ));
+        }
+    }
+    let get_s = t.elapsed().as_secs_f64();
+    let got = c
+        .ask("SHUTDOWN")
+        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
+    if got != "BYE" {
+        return Err(format!("SHUTDOWN: `{got}`"));
+    }
+    Ok(get_s)
+}
+
 /// The `long` client (`ft-long-run`): for `secs` of wall time, SET number
 /// `n` writes key `k%04d` of `n % LONG_KEYS` with [`value`]`(n)`; then a
 /// GET of every key (its last version) and SHUTDOWN.
@@ -3099,25 +3128,7 @@ fn long(c: &mut Client, secs: Duration, salt: u64) -> Result<String, String> {
         }
     }
     let set_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for (k, v) in last.iter().enumerate() {
-        let got = c
-            .ask(&format!("GET k{k:04}"))
-            .map_err(|e| format!("GET k{k:04}: {}", e.text()))?;
-        let want = v.map_or("NOTFOUND".into(), |n| value(n, salt));
-        if got != want {
-            return Err(format!(
-                "GET k{k:04}: `{got}`, want `{want}` (its last acknowledged version)"
-            ));
-        }
-    }
-    let get_s = t.elapsed().as_secs_f64();
-    let got = c
-        .ask("SHUTDOWN")
-        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
-    if got != "BYE" {
-        return Err(format!("SHUTDOWN: `{got}`"));
-    }
+    let get_s = read_back_and_shut_down(c, &last, salt)?;
     Ok(format!(
         "done requests={} sets={n} acked_sets={n} gets={LONG_KEYS} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={} load_s={set_s:.0}",
         c.replies,
@@ -3196,25 +3207,7 @@ fn overwrite(c: &mut Client, sets: usize, salt: u64) -> Result<String, String> {
     }
     // The wait is no silence of the server's.
     c.last_reply = Instant::now();
-    let t = Instant::now();
-    for (k, v) in last.iter().enumerate() {
-        let got = c
-            .ask(&format!("GET k{k:04}"))
-            .map_err(|e| format!("GET k{k:04}: {}", e.text()))?;
-        let want = v.map_or("NOTFOUND".into(), |n| value(n, salt));
-        if got != want {
-            return Err(format!(
-                "GET k{k:04}: `{got}`, want `{want}` (its last acknowledged version)"
-            ));
-        }
-    }
-    let get_s = t.elapsed().as_secs_f64();
-    let got = c
-        .ask("SHUTDOWN")
-        .map_err(|e| format!("SHUTDOWN: {}", e.text()))?;
-    if got != "BYE" {
-        return Err(format!("SHUTDOWN: `{got}`"));
-    }
+    let get_s = read_back_and_shut_down(c, &last, salt)?;
     Ok(format!(
         "done requests={} sets={sent} acked_sets={sent} gets={ZOMBIE_KEYS} retries={} reconnects={} set_rate={:.1} get_rate={:.1} max_gap_ms={} sent={sent} last={last_s}",
         c.replies,
