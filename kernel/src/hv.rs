@@ -72,6 +72,7 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
 
     let report = cpu::report();
     crate::arch::entropy::init();
+    cpu::pin_tsc_aux();
     match config.selftest {
         SelfTest::None => {}
         SelfTest::Panic => panic!("selftest: deliberate panic"),

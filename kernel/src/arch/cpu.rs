@@ -79,3 +79,22 @@ pub fn report() -> CpuReport {
     );
     report
 }
+
+/// IA32_TSC_AUX (SDM Vol. 3A §18.17.2; Vol. 2 RDPID, RDTSCP).
+const IA32_TSC_AUX: u32 = 0xC000_0103;
+
+/// Sets this CPU's IA32_TSC_AUX to the guest's value, 0 (one CPU, number
+/// 0; `vmm::machine` refuses other values). RDPID does not exit under VMX
+/// and reads the MSR directly: with the host's value there a guest would
+/// see whatever the firmware left, different on each machine (issue 15).
+/// The hypervisor itself never reads the MSR.
+pub fn pin_tsc_aux() {
+    let has = CpuId::new()
+        .get_extended_processor_and_feature_identifiers()
+        .is_some_and(|f| f.has_rdtscp());
+    if has {
+        // SAFETY: CPUID says the MSR exists (RDTSCP); writing it changes
+        // only what RDTSCP/RDPID report.
+        unsafe { x86::msr::wrmsr(IA32_TSC_AUX, 0) };
+    }
+}
