@@ -96,6 +96,11 @@ pub struct NodeConfig {
     /// Whether the storage fences (SCSI-3 persistent reservations). A
     /// storage that cannot is used without fencing.
     pub fencing: bool,
+    /// A paired primary whose shared disk made no progress this long steps
+    /// down for its backup ([`Node::on_disk`]). Longer than the failure
+    /// timeout (twice, by default): a disk slow under load is not a lost
+    /// one, and a step-down costs a failover.
+    pub disk_stall_ns: u64,
     /// Whether the pair has shared storage at all. Without it nobody can
     /// win the test-and-set, so a node that would have to arbitrate halts
     /// at once instead of retrying forever (nobody may go live).
@@ -113,6 +118,7 @@ impl NodeConfig {
             peer,
             reconnect_interval_ns: 100_000_000,
             fencing: true,
+            disk_stall_ns: 2 * session.failure_timeout_ns,
             shared_storage: true,
             end_timeout_ns: 2 * session.failure_timeout_ns,
         }
@@ -566,11 +572,11 @@ impl Node {
     /// The guest disk's progress on the shared LUN: `stalled_since` is when
     /// it last made progress while a request is outstanding (`None`: idle
     /// or progressing). A paired primary whose disk made no progress for
-    /// the failure timeout steps down for its backup (one-sided storage
+    /// [`NodeConfig::disk_stall_ns`] steps down for its backup (one-sided storage
     /// loss: the side that still reaches the disk serves, §1.7); the
     /// backup's fence then cuts off the write it still has in flight.
     pub fn on_disk(&mut self, now: u64, stalled_since: Option<u64>) -> Effects {
-        let timeout = self.cfg.session.failure_timeout_ns;
+        let timeout = self.cfg.disk_stall_ns;
         match (&mut self.session, stalled_since) {
             (Session::Primary(p), Some(t))
                 if now.saturating_sub(t) >= timeout
@@ -870,12 +876,14 @@ mod tests {
     fn a_primary_whose_disk_stalls_steps_down_and_the_backup_takes_over_at_once() {
         let mut lun = Lun::new(4);
         let (mut p, mut b) = started_pair();
-        // Progressing, or stalled for less than the failure timeout: nothing.
+        // Progressing, or stalled for less than twice the failure timeout
+        // (100 ms here; one timeout is a slow disk, not a lost one): nothing.
         assert!(p.on_disk(50 * MS, None).is_empty());
-        assert!(p.on_disk(109 * MS, Some(10 * MS)).is_empty());
+        assert!(p.on_disk(150 * MS, Some(10 * MS)).is_empty());
+        assert!(p.on_disk(209 * MS, Some(10 * MS)).is_empty());
         assert_eq!(p.state(), NodeState::Paired);
-        // Stalled for the failure timeout: Goodbye { StorageLost }, halt.
-        let fx = p.on_disk(110 * MS, Some(10 * MS));
+        // Stalled for twice the failure timeout: Goodbye { StorageLost }, halt.
+        let fx = p.on_disk(210 * MS, Some(10 * MS));
         assert!(
             matches!(fx.as_slice(), [Effect::Send(_), Effect::Halt]),
             "{fx:?}"

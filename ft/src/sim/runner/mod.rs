@@ -913,7 +913,8 @@ impl<'c> Sim<'c> {
     }
 
     /// A paired primary whose disk writes have been stuck for longer than
-    /// the failure timeout (its clock may run slow: 3% more) while its
+    /// its step-down threshold (`NodeConfig::disk_stall_ns`; its clock may
+    /// run slow: 3% more) while its
     /// backup follows and reaches the storage: the backup owes going live
     /// (one-sided storage loss, DESIGN.md §1.7), by the crash deadline plus
     /// one more failure timeout (the step-down's Goodbye may be lost).
@@ -929,7 +930,7 @@ impl<'c> Sim<'c> {
             self.nodes[i].stall_owed = false;
             return;
         }
-        let limit = self.cfg.failure_timeout_ns * 103 / 100 + 2 * STEP_NS;
+        let limit = self.node_cfg(i).disk_stall_ns * 103 / 100 + 2 * STEP_NS;
         let paired =
             |n: Option<&Node>, st: NodeState| n.is_some_and(|n| n.state() == st && n.started());
         if self.nodes[i].stall_owed

@@ -137,9 +137,9 @@ impl<N: Nic + 'static> Node<N> {
             return Ok(());
         }
         println!(
-            "ft: primary: the shared disk made no progress for {} ms with {owed} request(s) owed (failure timeout {} ms): stepping down for the backup, which takes over (Goodbye StorageLost)",
+            "ft: primary: the shared disk made no progress for {} ms with {owed} request(s) owed (step-down after {} ms, twice the failure timeout): stepping down for the backup, which takes over (Goodbye StorageLost)",
             now_us.saturating_sub(since.unwrap_or(now_us)) / 1000,
-            self.cfg.timeout_ms
+            self.ncfg.disk_stall_ns / 1_000_000
         );
         self.apply(fx);
         let until = self.now_us() + 200_000;
