@@ -7,11 +7,15 @@
 //! [`Backup`]: log, acks, output rule, heartbeats, failure detection) and
 //! decides around it:
 //!
-//! * **join** ([`session_generation`]): the session's generation is read
-//!   from the shared LUN, never trusted from the command line: a configured
-//!   generation that differs from the LUN's is refused with both numbers
-//!   (§1.7 "the session's generation is read from the LUN at join"); the
-//!   node registers its reservation key ([`SharedStorage::register`]);
+//! * **join** ([`join`], [`session_generation`]): the session's generation
+//!   is read from the shared LUN, never trusted from the command line: a
+//!   configured generation that differs from the LUN's is refused with both
+//!   numbers (§1.7 "the session's generation is read from the LUN at
+//!   join"); the node registers its reservation key
+//!   ([`SharedStorage::register`]); storage unreachable is retried up to
+//!   the join timeout. A primary connects when [`Node::wants_connection`]
+//!   says so, and a backup that never joins is judged by its join timeout
+//!   in [`Node::tick`] (arbitrate to run alone);
 //! * **reconnect** ([`Node::wants_connection`]): a dropped or reset log
 //!   connection is not a failure: the primary reconnects every
 //!   `reconnect_interval_ns` and resends from what the backup received
@@ -28,7 +32,12 @@
 //! * **go-live**: a backup that won drains what it received (the session
 //!   machine's `Draining`), then becomes a primary acting alone and hands
 //!   the caller [`Effect::GoLive`] (re-issue pending disk requests,
-//!   announce the guest, time floor);
+//!   announce the guest, [`Node::time_floor`]); the outputs its guest
+//!   produced that the primary may not have released are named by the
+//!   node's [`Node::seam`] (`crate::seam`);
+//! * **one-sided storage loss** ([`Node::on_disk`]): a paired primary whose
+//!   disk made no progress for [`NodeConfig::disk_stall_ns`] steps down;
+//! * **the end of a run** ([`Node::end_log`], [`Node::end_state`]);
 //! * **repair** ([`Node::begin_repair`]): a node acting alone takes a new
 //!   generation for a new pair (§1.9).
 //!
