@@ -47,7 +47,7 @@
 
 use crate::arbitration::{arbitrate, FlagRecord, NodeId, SharedStorage, Verdict};
 use crate::backup::{Backup, BackupState};
-use crate::log::{ExecPoint, GoodbyeReason, LogEntry, NonDetSource};
+use crate::log::{ExecPoint, GoodbyeReason, LogEntry};
 use crate::primary::{Primary, PrimaryState};
 use crate::replay::Replayer;
 use crate::seam::Seam;
@@ -242,12 +242,7 @@ pub fn join<S: SharedStorage + ?Sized>(
 /// The guest time an entry shows, if any (0: none).
 fn guest_time(e: &LogEntry) -> u64 {
     match e {
-        LogEntry::NonDet {
-            source:
-                NonDetSource::Rdtsc | NonDetSource::Rdtscp { .. } | NonDetSource::Msr { index: 0x10 },
-            value,
-            ..
-        } => *value,
+        LogEntry::NonDet { source, value, .. } if source.is_guest_time() => *value,
         LogEntry::Heartbeat { guest_time_ns, .. } => *guest_time_ns,
         _ => 0,
     }
@@ -1054,7 +1049,7 @@ mod tests {
                 0,
                 LogEntry::NonDet {
                     at: ExecPoint::new(5, 5, 0),
-                    source: NonDetSource::Rdtsc,
+                    source: crate::log::NonDetSource::Rdtsc,
                     value: 777,
                 },
             )

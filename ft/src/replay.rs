@@ -141,25 +141,17 @@ impl Recorder {
         }
     }
 
-    /// Appends `entry`. An entry too large for one record (the devices'
-    /// advertised limits keep every real one below it) is an error, and
-    /// nothing is appended.
-    pub fn try_push(&mut self, entry: &LogEntry) -> Result<(), crate::FtError> {
-        let start = self.bytes.len();
-        encode_record(self.seq + 1, entry, &mut self.bytes)?;
-        self.seq += 1;
-        self.by_kind[entry.kind() as usize & 15] += 1;
-        self.total_bytes += (self.bytes.len() - start) as u64;
-        self.hash = hash_bytes(self.hash, &self.bytes[start..]);
-        Ok(())
-    }
-
     /// Appends `entry`, which must fit one record (every entry the run
     /// loop makes does: virtio-blk's limits are checked against
     /// `MAX_PAYLOAD` at compile time).
     pub fn push(&mut self, entry: &LogEntry) {
-        self.try_push(entry)
+        let start = self.bytes.len();
+        encode_record(self.seq + 1, entry, &mut self.bytes)
             .expect("the devices' limits keep every entry within one record");
+        self.seq += 1;
+        self.by_kind[entry.kind() as usize & 15] += 1;
+        self.total_bytes += (self.bytes.len() - start) as u64;
+        self.hash = hash_bytes(self.hash, &self.bytes[start..]);
     }
 
     pub fn checkpoint(&mut self, at: ExecPoint, state: &StateVector) {
@@ -167,6 +159,13 @@ impl Recorder {
             at,
             state_hash: hash_words(HASH_SEED, state.iter().copied()),
         });
+        self.note_state(state);
+    }
+
+    /// The side table's entry for the record just appended (a checkpoint
+    /// whose hash covers more than `state`, such as the final one); a
+    /// streaming recorder keeps none.
+    pub fn note_state(&mut self, state: &StateVector) {
         if !self.streaming {
             self.checkpoints.push((self.seq, *state));
         }

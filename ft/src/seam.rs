@@ -132,6 +132,73 @@ impl Seam {
     }
 }
 
+/// The outputs a backup's guest produced and discarded that the primary
+/// may not have released, by output id, each with what the driver needs
+/// to emit it (a console line's text; nothing in the simulator): kept
+/// while the [`Seam`] cannot prove them released, taken at go-live.
+#[derive(Debug)]
+pub struct Discarded<T> {
+    items: BTreeMap<u64, T>,
+    cap: usize,
+    /// Outputs forgotten because more than `cap` were kept.
+    pub dropped: u64,
+}
+
+impl<T> Discarded<T> {
+    /// Keeps at most `cap` outputs (the oldest go first, counted).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            items: BTreeMap::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// The guest produced output `id`: kept unless `seam` shows it
+    /// released; then everything `seam` shows released is forgotten.
+    pub fn keep(&mut self, seam: &Seam, id: u64, item: T) {
+        if seam.judge(id).is_some() {
+            self.items.insert(id, item);
+            if self.items.len() > self.cap {
+                self.items.pop_first();
+                self.dropped += 1;
+            }
+        }
+        self.prune(seam);
+    }
+
+    /// Forgets the outputs `seam` shows released.
+    pub fn prune(&mut self, seam: &Seam) {
+        if let Some(r) = seam.released_through() {
+            self.items = self.items.split_off(&r.saturating_add(1));
+        }
+    }
+
+    /// At go-live: the kept outputs `seam` cannot show released, in
+    /// output order, each with why; nothing is kept afterwards.
+    pub fn take_unreleased(&mut self, seam: &Seam) -> alloc::vec::Vec<(u64, T, Unreleased)> {
+        core::mem::take(&mut self.items)
+            .into_iter()
+            .filter_map(|(id, item)| seam.judge(id).map(|why| (id, item, why)))
+            .collect()
+    }
+
+    /// Forgets everything (a new session).
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Outputs kept now.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +263,31 @@ mod tests {
         s.observe(&heartbeat(5, 2));
         assert_eq!(s.released_through(), Some(1));
         assert_eq!(s.judge(1), None);
+    }
+
+    #[test]
+    fn discarded_outputs_are_kept_until_proven_released_and_capped() {
+        let mut s = Seam::new();
+        let mut d = Discarded::new(3);
+        s.observe(&marker(3, 1, 0));
+        d.keep(&s, 1, "a");
+        d.keep(&s, 3, "b");
+        assert_eq!(d.len(), 2);
+        // The primary saw the ack of output 1's marker: it is forgotten.
+        s.observe(&heartbeat(4, 3));
+        d.keep(&s, 5, "c");
+        assert_eq!(d.len(), 2, "1 pruned, 3 and 5 kept");
+        d.keep(&s, 7, "d");
+        d.keep(&s, 9, "e");
+        assert_eq!((d.len(), d.dropped), (3, 1), "3 dropped past the cap");
+        let out = d.take_unreleased(&s);
+        let ids: alloc::vec::Vec<u64> = out.iter().map(|o| o.0).collect();
+        assert_eq!(ids, [5, 7, 9]);
+        assert!(out.iter().all(|o| o.2 == Unreleased::MarkerNotReceived));
+        assert!(d.is_empty());
+        // Released before it was produced: never kept.
+        d.keep(&s, 1, "again");
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub enum NonDetSource {
     Mmio { gpa: u32 },
 }
 
+impl NonDetSource {
+    /// Whether its value is the guest's time (the TSC: RDTSC, RDTSCP, a
+    /// read of IA32_TIME_STAMP_COUNTER); a replay and a backup going live
+    /// follow those values.
+    pub const fn is_guest_time(&self) -> bool {
+        matches!(
+            self,
+            Self::Rdtsc | Self::Rdtscp { .. } | Self::Msr { index: 0x10 }
+        )
+    }
+}
+
 /// Completion status of a disk request, as the guest's device model sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DiskStatus {

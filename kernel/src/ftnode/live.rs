@@ -64,7 +64,7 @@ use ft::backup::Backup;
 use ft::log::{decode_record, ExecPoint, GoodbyeReason};
 use ft::node::{join, Join, LogEnd, Node as FtNode, NodeConfig, NodeRole, NodeState, SessionEnd};
 use ft::replay::{Recorder, Replayer, Tape};
-use ft::seam::Unreleased;
+use ft::seam::{Discarded, Unreleased};
 use ft::{Effect, Effects, FtError, GoLive, SessionConfig};
 use kernel::config::{Config, Endpoint, Role};
 use kernel::devices::virtio::GuestOutput;
@@ -324,9 +324,7 @@ pub struct Node<N: Nic> {
     arbitrations_seen: u64,
     /// Backup: the guest's discarded console lines the primary may not
     /// have released (the node's seam judges), by output id.
-    discarded: alloc::collections::BTreeMap<u64, (u64, String)>,
-    /// Backup: discarded lines dropped beyond `KEEP_LINES`.
-    discarded_dropped: u64,
+    discarded: Discarded<(u64, String)>,
     /// Backup: the last sequence received from the primary.
     log_received: u64,
     /// The guest's point at the last poll (heartbeats after it stopped).
@@ -457,8 +455,7 @@ impl<N: Nic + 'static> Node<N> {
             live: false,
             halted: None,
             arbitrations_seen: 0,
-            discarded: Default::default(),
-            discarded_dropped: 0,
+            discarded: Discarded::new(KEEP_LINES),
             log_received: 0,
             last_at: ExecPoint::default(),
             test_resets: 0,

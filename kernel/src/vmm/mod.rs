@@ -272,10 +272,7 @@ pub fn run(
         at: final_at,
         state_hash: rec_hash,
     });
-    let final_seq = recorder.entries();
-    recorder
-        .checkpoints
-        .push((final_seq, state_now(&vmcs, &regs, &machine)));
+    recorder.note_state(&state_now(&vmcs, &regs, &machine));
     let rec_lines = machine.console_lines;
     let rec_console = machine.console_hash;
     print_log_summary(

@@ -125,13 +125,7 @@ impl RrPlatform<'_> {
             Ok(v) => {
                 // A replayed TSC value is the recording's guest time: the
                 // device models follow it.
-                let time = matches!(
-                    source,
-                    NonDetSource::Rdtsc
-                        | NonDetSource::Rdtscp { .. }
-                        | NonDetSource::Msr { index: 0x10 }
-                );
-                if replaying && time {
+                if replaying && source.is_guest_time() {
                     self.m.follow_log_time(v);
                 }
                 v

@@ -21,6 +21,7 @@ use crate::log::{LogEntry, NonDetSource};
 use crate::node::{join, Join, LogEnd, Node, NodeConfig, NodeRole, NodeState, SessionEnd};
 use crate::primary::PrimaryState;
 use crate::replay::{Due, Replayer};
+use crate::seam::Discarded;
 use crate::{Effect, Effects, FtError, SessionConfig};
 
 mod checks;
@@ -76,7 +77,7 @@ struct SimNode {
     joining_since: Option<u64>,
     /// Backup: outputs its guest produced and discarded that the primary
     /// may not have released (the node's seam judges); emitted at go-live.
-    discarded: BTreeSet<u64>,
+    discarded: Discarded<()>,
     /// Released disk writes not landed yet: (earliest landing, block,
     /// version). They land in order, later if the node is frozen or cut
     /// off from storage (an initiator re-issuing after a reconnect).
@@ -150,7 +151,7 @@ impl<'c> Sim<'c> {
             markers: BTreeMap::new(),
             pre_released: BTreeSet::new(),
             joining_since: None,
-            discarded: BTreeSet::new(),
+            discarded: Discarded::new(usize::MAX),
             inflight: VecDeque::new(),
             arbitrations_seen: 0,
             stall_owed: false,
@@ -850,18 +851,12 @@ impl<'c> Sim<'c> {
                 }
                 // Following: discarded (§1.5), kept while the primary may
                 // not have released it.
-                GuestStop::Output { index, .. } => {
-                    if node.seam().judge(index).is_some() {
-                        n.discarded.insert(index);
-                    }
-                }
+                GuestStop::Output { index, .. } => n.discarded.keep(node.seam(), index, ()),
             }
         }
         // What was applied: acks carry it; the backlog gates the go-live.
         node.feed(rp);
-        if let Some(r) = node.seam().released_through() {
-            n.discarded = n.discarded.split_off(&r.saturating_add(1));
-        }
+        n.discarded.prune(node.seam());
         if finished {
             self.stats.ends_identical += 1;
             self.nodes[i].role = Role::Halted;
@@ -999,14 +994,13 @@ impl<'c> Sim<'c> {
                     // are not emitted again: the device model re-issues
                     // the requests its guest still waits for (the kernel's
                     // `GuestIo::go_live`), which the simulation leaves out.
-                    let discarded = core::mem::take(&mut self.nodes[i].discarded);
-                    for index in discarded {
-                        let n = &self.nodes[i];
-                        let due = !disk::is_write(n.guest.outputs[index as usize])
-                            && n.role
-                                .node()
-                                .is_some_and(|n| n.seam().judge(index).is_some());
-                        if due {
+                    let n = &mut self.nodes[i];
+                    let unreleased = match n.role.node() {
+                        Some(node) => n.discarded.take_unreleased(node.seam()),
+                        None => alloc::vec::Vec::new(),
+                    };
+                    for (index, (), _) in unreleased {
+                        if !disk::is_write(self.nodes[i].guest.outputs[index as usize]) {
                             self.stats.reemitted += 1;
                             self.release(i, index)?;
                         }

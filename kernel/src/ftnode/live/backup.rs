@@ -70,21 +70,15 @@ impl<N: Nic + 'static> Node<N> {
             for text in held.drain(..) {
                 self.next_line += 1;
                 let id = line_output_id(self.next_line);
-                if self.ft.seam().judge(id).is_some() {
-                    self.discarded.insert(id, (self.next_line, text));
-                }
-                if self.discarded.len() > KEEP_LINES {
-                    self.discarded.pop_first();
-                    self.discarded_dropped += 1;
-                    if self.discarded_dropped == 1 {
-                        println!("ft: backup: warning: more than {KEEP_LINES} console lines not known to be released by the primary; the oldest are dropped (a go-live now may lose some)");
-                    }
+                let dropped = self.discarded.dropped;
+                self.discarded
+                    .keep(self.ft.seam(), id, (self.next_line, text));
+                if dropped == 0 && self.discarded.dropped == 1 {
+                    println!("ft: backup: warning: more than {KEEP_LINES} console lines not known to be released by the primary; the oldest are dropped (a go-live now may lose some)");
                 }
             }
         }
-        if let Some(r) = self.ft.seam().released_through() {
-            self.discarded = self.discarded.split_off(&r.saturating_add(1));
-        }
+        self.discarded.prune(self.ft.seam());
     }
 
     pub(super) fn backup_wait(
@@ -130,17 +124,16 @@ impl<N: Nic + 'static> Node<N> {
         // those the primary surely released stay discarded; the others
         // go out now: at least once, a duplicate at the seam rather than
         // a loss.
-        for (id, (n, text)) in core::mem::take(&mut self.discarded) {
-            let why = match self.ft.seam().judge(id) {
-                None => continue,
-                Some(Unreleased::MarkerNotReceived) => {
+        for (_, (n, text), why) in self.discarded.take_unreleased(self.ft.seam()) {
+            let why = match why {
+                Unreleased::MarkerNotReceived => {
                     "its marker never reached the backup, so the primary never released it"
                         .into()
                 }
-                Some(Unreleased::AckNotSeen {
+                Unreleased::AckNotSeen {
                     marker_seq,
                     primary_acked,
-                }) => alloc::format!(
+                } => alloc::format!(
                     "marker seq {marker_seq} acknowledged, but the primary's last record showed acks only up to {primary_acked}: it may not have released it"
                 ),
             };
