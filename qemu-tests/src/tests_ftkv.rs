@@ -53,6 +53,9 @@
 //!   nodes, both still reach istgt and the client): exactly one side wins
 //!   and serves (ALONE or LIVE), the other prints `LOST the test-and-set`
 //!   and serves nothing afterwards; the flag went up by exactly one.
+//!   tcpdump on both taps (frames with the guest MAC as source): none
+//!   left the loser's tap later than 0.1 s after the runner saw the
+//!   winner's ALONE/LIVE line, some left the winner's.
 //! * `ft-storage-down`: 100 SETs, then GETs; istgt is killed (the primary
 //!   keeps answering GETs from memory), 2 s later the primary's Bochs is
 //!   SIGKILLed. istgt stays down. The backup finds the storage unreachable
@@ -242,6 +245,23 @@ const ZOMBIE_GRACE: Duration = Duration::from_secs(2);
 /// backup's failure timeout is 2 s of its own clock, about 0.4 s of wall
 /// time here).
 const ZOMBIE_PIN: Duration = Duration::from_millis(200);
+/// The winner's line when it starts serving alone, by node: the
+/// primary's, the backup's.
+const GO_LIVE: [&str; 2] = [
+    "ft: primary: ALONE under generation",
+    "ft: backup: LIVE under generation",
+];
+/// `ft-partition`: a guest frame of the loser counts as sent after the
+/// winner's go-live when its capture timestamp is at least this much
+/// after the runner saw the winner's [`GO_LIVE`] line. Both clocks are
+/// the host's `CLOCK_REALTIME` (tcpdump's `-tt` stamps, [`wall_secs`]),
+/// and the sighting trails the real go-live (serial file, the runner's
+/// loop of at most 100 ms), which only moves the window later; the slack
+/// covers the other way round: the kernel stamps a frame when it takes
+/// it off the tap (its receive backlog), which on this busy 2-core host
+/// can trail Bochs's write by some milliseconds, so a frame written just
+/// before the go-live must not count as after it.
+const PARTITION_SLACK: Duration = Duration::from_millis(100);
 /// The primary's hypervisor and the iSCSI portal (istgt) in the rig.
 const PRIMARY_IP: &str = "10.0.4.11";
 const PORTAL_IP: &str = "10.0.4.1";
@@ -609,6 +629,15 @@ struct Story {
     stopped: Vec<String>,
     /// `ft-zombie-primary`.
     zombie: Zombie,
+    /// tcpdump of the guest MAC's frames coming out of each node's tap
+    /// (its text output), or why there is none; `None`: not captured
+    /// (`ft-zombie-primary` captures the primary's, `ft-partition`
+    /// both).
+    captures: [Option<Result<PathBuf, String>>; 2],
+    /// `ft-partition`: the first [`GO_LIVE`] line the runner saw after
+    /// the fault: the node, when, and the same as seconds since the Unix
+    /// epoch (for the captures' timestamps).
+    went_live: Option<(usize, Instant, f64)>,
 }
 
 /// `ft-zombie-primary`: the steps of the cut and what was seen.
@@ -643,10 +672,6 @@ struct Zombie {
     halt: Option<(Instant, String)>,
     /// `finish` sent to the client (GETs and SHUTDOWN follow).
     finish_sent: Option<Instant>,
-    /// tcpdump of the guest MAC's frames coming out of the primary's tap
-    /// (its text output), or why there is none.
-    capture: Option<PathBuf>,
-    capture_error: Option<String>,
 }
 
 struct FdbSample {
@@ -848,7 +873,13 @@ fn conduct(
     }
     st.ready = Some(Instant::now());
     if plan.fault.zombie() {
-        start_capture(ctx, st);
+        st.captures[0] = Some(start_capture(ctx, 0));
+    }
+    if plan.fault == Fault::Partition {
+        // Which side loses is known only afterwards: both taps.
+        for node in 0..2 {
+            st.captures[node] = Some(start_capture(ctx, node));
+        }
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new("ip")
@@ -923,6 +954,9 @@ fn conduct(
             if let Err(e) = fault(ctx, plan, st) {
                 break Err(e);
             }
+        }
+        if plan.fault == Fault::Partition && st.fault_at.is_some() && st.went_live.is_none() {
+            st.went_live = going_live(ctx);
         }
         if plan.fault.storage() && st.second_at.is_none() {
             if let Some(f) = st.fault_at.filter(|f| now >= *f + Duration::from_secs(2)) {
@@ -1107,6 +1141,14 @@ fn fault(ctx: &mut Ctx, plan: &Plan, st: &mut Story) -> Result<(), String> {
     Ok(())
 }
 
+/// `ft-partition`: the node whose [`GO_LIVE`] line is on its serial now,
+/// when, and the time since the Unix epoch.
+fn going_live(ctx: &Ctx) -> Option<(usize, Instant, f64)> {
+    (0..2)
+        .find(|&node| ctx.serial(node).contains(GO_LIVE[node]))
+        .map(|node| (node, Instant::now(), wall_secs()))
+}
+
 /// `bridge link set dev <port> isolated on`: an isolated port forwards
 /// only to non-isolated ones (here: the bridge itself, where istgt and the
 /// client live), never to another isolated port.
@@ -1177,42 +1219,40 @@ fn wind_down(ctx: &Ctx, st: &mut Story, done: &AtomicBool, failed: bool) {
 
 // ------------------------------------------------------------ ft-zombie-primary
 
-/// Starts tcpdump on the primary's tap for frames from the guest MAC
-/// going into the bridge (what the old primary's guest sends); a capture
-/// that cannot start is noted and judged by the bridge's forwarding
-/// database alone.
-fn start_capture(ctx: &mut Ctx, st: &mut Story) {
-    let Some(dir) = ctx.serials[0].parent().and_then(Path::parent) else {
-        st.zombie.capture_error = Some("no build directory".into());
-        return;
-    };
-    let name = ctx.serials[0]
+/// Starts tcpdump on `node`'s tap for frames from the guest MAC going
+/// into the bridge (what that node's guest sends; the hypervisor's own
+/// frames, log channel and iSCSI, carry its e1000 MAC and are left out);
+/// the capture's text file, or why it could not start.
+fn start_capture(ctx: &mut Ctx, node: usize) -> Result<PathBuf, String> {
+    let serial = &ctx.serials[node];
+    let dir = serial
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no build directory")?;
+    let name = serial
         .parent()
         .and_then(Path::file_name)
-        .map_or("primary".into(), |n| n.to_string_lossy().to_string());
-    let file = dir.join(format!("{name}.{}.tcpdump.txt", TAPS[0]));
+        .map_or(ROLES[node].into(), |n| n.to_string_lossy().to_string());
+    let file = dir.join(format!("{name}.{}.tcpdump.txt", TAPS[node]));
     let args = [
-        "-i", TAPS[0], "-nn", "-e", "-tt", "-l", "-Q", "in", "ether", "src", GUEST_MAC,
+        "-i", TAPS[node], "-nn", "-e", "-tt", "-l", "-Q", "in", "ether", "src", GUEST_MAC,
     ];
-    match ctx.ns.spawn(Path::new("tcpdump"), &args, &file) {
-        Ok(_) => {
-            // Listening before the load starts (it says so on stderr).
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                let text = std::fs::read_to_string(&file).unwrap_or_default();
-                if text.contains("listening on") {
-                    st.zombie.capture = Some(file);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            st.zombie.capture_error = Some(format!(
-                "tcpdump did not say `listening on` within 5 s ({})",
-                file.display()
-            ));
+    ctx.ns
+        .spawn(Path::new("tcpdump"), &args, &file)
+        .map_err(|e| format!("tcpdump: {e}"))?;
+    // Listening before the load starts (it says so on stderr).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("listening on") {
+            return Ok(file);
         }
-        Err(e) => st.zombie.capture_error = Some(format!("tcpdump: {e}")),
+        std::thread::sleep(Duration::from_millis(100));
     }
+    Err(format!(
+        "tcpdump did not say `listening on` within 5 s ({})",
+        file.display()
+    ))
 }
 
 /// `sysctl` inside the namespace; its stdout.
@@ -1493,6 +1533,59 @@ fn capture_split(text: &str, from: f64) -> (usize, Vec<String>) {
     (before, after)
 }
 
+/// `ft-partition`: no frame of the guest left the loser's tap after the
+/// winner went live (plus [`PARTITION_SLACK`]), and some left the
+/// winner's (the capture works).
+fn partition_capture(st: &Story, winner: usize) -> Result<String, String> {
+    let loser = 1 - winner;
+    let (node, _, live_wall) = st.went_live.ok_or(format!(
+        "the runner never saw the winner's `{}` line while the client ran",
+        GO_LIVE[winner]
+    ))?;
+    if node != winner {
+        return Err(format!(
+            "the runner saw `{}` on the {}, but the {} won",
+            GO_LIVE[node], ROLES[node], ROLES[winner]
+        ));
+    }
+    let text = |node: usize| match &st.captures[node] {
+        Some(Ok(f)) => std::fs::read_to_string(f)
+            .map(|t| (t, f.display().to_string()))
+            .map_err(|e| format!("{}: {e}", f.display())),
+        Some(Err(e)) => Err(format!("no capture on {}: {e}", TAPS[node])),
+        None => Err(format!("no capture on {}", TAPS[node])),
+    };
+    let from = live_wall + PARTITION_SLACK.as_secs_f64();
+    let (l_text, l_file) = text(loser)?;
+    let (l_before, l_late) = capture_split(&l_text, from);
+    if !l_late.is_empty() {
+        return Err(format!(
+            "{} guest frame(s) left the loser's ({}) tap {} more than {} after the winner's `{}` line was seen, first: `{}` ({l_file})",
+            l_late.len(),
+            ROLES[loser],
+            TAPS[loser],
+            secs(PARTITION_SLACK),
+            GO_LIVE[winner],
+            l_late[0],
+        ));
+    }
+    let (w_text, w_file) = text(winner)?;
+    let (w_before, w_after) = capture_split(&w_text, from);
+    if w_after.is_empty() {
+        return Err(format!(
+            "the capture on the winner's ({}) tap {} saw no guest frame after its go-live ({w_file}): it did not work",
+            ROLES[winner], TAPS[winner]
+        ));
+    }
+    Ok(format!(
+        "guest frames after the winner's go-live (+{}): 0 from the loser's tap {} ({l_before} before), {} from the winner's tap {} ({w_before} before)",
+        secs(PARTITION_SLACK),
+        TAPS[loser],
+        w_after.len(),
+        TAPS[winner],
+    ))
+}
+
 /// The `overwrite` client's per-key record: `last=k0000:v12,k0001:-,...`
 /// (the last acknowledged version of each key, `-` for none).
 fn parse_last(summary: &str) -> Result<Vec<Option<u64>>, String> {
@@ -1660,8 +1753,8 @@ fn judge_zombie(
         })
     };
     // No frame of the guest from the old primary's tap after the go-live.
-    let capture = match (&z.capture, &z.capture_error) {
-        (Some(f), _) => {
+    let capture = match &st.captures[0] {
+        Some(Ok(f)) => {
             let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
             let (before, late) = capture_split(&text, live_wall);
             if before == 0 {
@@ -1685,10 +1778,8 @@ fn judge_zombie(
                 TAPS[0]
             )
         }
-        (None, e) => format!(
-            "no capture ({}): judged by the bridge alone",
-            e.as_deref().unwrap_or("?")
-        ),
+        Some(Err(e)) => format!("no capture ({e}): judged by the bridge alone"),
+        None => "no capture (not started): judged by the bridge alone".into(),
     };
     let fdb_from = |tap: &str, from: Instant| {
         st.fdb
@@ -2079,8 +2170,9 @@ fn judge(
                             ROLES[loser]
                         ));
                     }
+                    let capture = partition_capture(st, winner)?;
                     format!(
-                        "the {} LOST and halted (`{}`)",
+                        "the {} LOST and halted (`{}`); {capture}",
                         ROLES[loser],
                         line_with(&l.serial, "LOST the test-and-set")?.trim()
                     )
