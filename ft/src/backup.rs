@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 
 use crate::arbitration::Verdict;
 use crate::log::{encode_record, GoodbyeReason, LogEntry, Record, StreamDecoder, PROTOCOL_VERSION};
-use crate::{Effect, Effects, FtError, GoLive, SessionConfig};
+use crate::{Effect, Effects, FtError, GoLive, Mutation, SessionConfig};
 
 /// Where the backup is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub struct Backup {
     last_heard_ns: u64,
     ack_seq: u64,
     last_ack_sent: (u64, u64),
+    /// When the last ack left (a keepalive follows a heartbeat interval
+    /// later even without progress).
+    last_ack_sent_ns: u64,
     arbitration_pending: bool,
     next_arbitration_ns: u64,
     goodbye: Option<GoodbyeReason>,
@@ -77,6 +80,7 @@ impl Backup {
             last_heard_ns: now,
             ack_seq: 0,
             last_ack_sent: (0, 0),
+            last_ack_sent_ns: now,
             arbitration_pending: false,
             next_arbitration_ns: now,
             goodbye: None,
@@ -166,6 +170,13 @@ impl Backup {
         if self.state != BackupState::Following {
             return out;
         }
+        // Bytes of a session whose Hello this connection proved are the
+        // primary alive, whole record or not: one large record (a disk
+        // read completion near MAX_PAYLOAD) can take longer than the
+        // failure timeout to cross a slow link (DESIGN.md §1.6).
+        if self.hello_seen && !bytes.is_empty() && !self.cfg.mutated(Mutation::HeardOnRecords) {
+            self.last_heard_ns = now;
+        }
         self.decoder.push(bytes);
         loop {
             match self.decoder.next_record() {
@@ -185,7 +196,7 @@ impl Backup {
                 }
             }
         }
-        self.ack_if_changed(&mut out);
+        self.ack_if_changed(now, &mut out);
         out
     }
 
@@ -277,17 +288,23 @@ impl Backup {
         Ok(())
     }
 
-    fn ack_if_changed(&mut self, out: &mut Effects) {
+    /// Acks what changed since the last ack; without a change, a
+    /// keepalive ack once a heartbeat interval passed since the last, so
+    /// that the primary hears this backup while a long record is still
+    /// arriving (nothing new to ack for that long).
+    fn ack_if_changed(&mut self, now: u64, out: &mut Effects) {
         // Mutation::AckBeforeQueued: a record still arriving is acked.
-        let received =
-            if self.cfg.mutated(crate::Mutation::AckBeforeQueued) && self.decoder.buffered() > 0 {
-                self.received + 1
-            } else {
-                self.received
-            };
+        let received = if self.cfg.mutated(Mutation::AckBeforeQueued) && self.decoder.buffered() > 0
+        {
+            self.received + 1
+        } else {
+            self.received
+        };
         // The Hello is acknowledged too: the primary's detector arms on it.
+        let keepalive = now.saturating_sub(self.last_ack_sent_ns) >= self.cfg.heartbeat_interval_ns
+            && !self.cfg.mutated(Mutation::HeardOnRecords);
         if !self.hello_seen
-            || (!self.hello_unacked && self.last_ack_sent == (received, self.applied))
+            || (!self.hello_unacked && !keepalive && self.last_ack_sent == (received, self.applied))
         {
             return;
         }
@@ -300,6 +317,7 @@ impl Backup {
         let mut bytes = Vec::new();
         if encode_record(self.ack_seq, &ack, &mut bytes).is_ok() {
             self.last_ack_sent = (received, self.applied);
+            self.last_ack_sent_ns = now;
             out.push(Effect::Send(bytes));
         }
     }
@@ -348,7 +366,7 @@ impl Backup {
                     self.state = BackupState::Arbitrating;
                     self.request_arbitration(&mut out);
                 } else {
-                    self.ack_if_changed(&mut out);
+                    self.ack_if_changed(now, &mut out);
                 }
             }
             BackupState::Arbitrating => {

@@ -68,11 +68,15 @@ pub enum Mutation {
     /// A backup going live takes every output its guest produced as
     /// released by the primary and emits none of them (`crate::seam`).
     NoSeam,
+    /// The backup hears its primary only when a whole record arrives and
+    /// acks only progress: a record that takes longer than the failure
+    /// timeout to cross a slow link looks like silence on both sides.
+    HeardOnRecords,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name.
-    pub const ALL: [(Mutation, &'static str); 12] = [
+    pub const ALL: [(Mutation, &'static str); 13] = [
         (Mutation::None, "none"),
         (Mutation::NoOutputRule, "no-output-rule"),
         (Mutation::NoTestAndSet, "no-test-and-set"),
@@ -85,6 +89,7 @@ impl Mutation {
         (Mutation::NoStorageStepDown, "no-storage-step-down"),
         (Mutation::NoCloseLog, "no-close-log"),
         (Mutation::NoSeam, "no-seam"),
+        (Mutation::HeardOnRecords, "heard-on-records"),
     ];
 }
 

@@ -58,6 +58,11 @@ pub struct Faults {
     /// The guest powers off when its counter reaches this (both replicas
     /// at the same point: the guest decides it).
     pub exit_counter: Option<u64>,
+    /// A slow log link (time per KiB each way; 0: unlimited), and when a
+    /// client sends the frame of the largest record over it: crossing
+    /// takes two to four failure timeouts, while both nodes are well.
+    pub link_ns_per_kib: u64,
+    pub big_frame_at: Option<u64>,
 }
 
 fn interval(rng: &mut Rng, end: u64, min_len: u64, max_len: u64) -> (u64, u64) {
@@ -126,6 +131,13 @@ impl Faults {
             // 100 units per ms of guest time at full speed.
             let ms = cfg.duration_ms;
             f.exit_counter = Some(100 * rng.range(ms * 5 / 10, ms * 8 / 10));
+        }
+        if rng.chance(60) {
+            // A MAX_PAYLOAD record (1 MiB) takes 2-4 failure timeouts to
+            // cross: the peer is alive all along (issue 15, reproduced
+            // in Bochs with dd bs=2M reads under FT at 3.7 Mbit/s).
+            f.link_ns_per_kib = rng.range(2 * ft, 4 * ft) / 1024;
+            f.big_frame_at = Some(rng.range(end / 10, end / 2));
         }
         f
     }

@@ -26,6 +26,10 @@ pub struct Link {
     pub corrupt_per_mille: u64,
     /// Bytes accepted for sending, per direction (`[to]`).
     pub bytes_sent: [u64; 2],
+    /// Time the link needs per KiB sent, each direction (0: unlimited).
+    /// Chunks queue behind each other: a large record takes long to
+    /// cross, and everything written after it waits for it.
+    pub ns_per_kib: u64,
 }
 
 impl Link {
@@ -39,6 +43,7 @@ impl Link {
             max_delay_ns,
             corrupt_per_mille,
             bytes_sent: [0; 2],
+            ns_per_kib: 0,
         }
     }
 
@@ -46,6 +51,9 @@ impl Link {
     pub fn drop_connection(&mut self, now: u64, rng: &mut Rng) {
         self.up = false;
         self.queues = [VecDeque::new(), VecDeque::new()];
+        // Nothing in flight any more: a new connection's bytes do not
+        // queue behind the old one's.
+        self.last_deliver = [now; 2];
         self.next_connect_ns = now + rng.range(2_000_000, 20_000_000);
     }
 
@@ -85,8 +93,9 @@ impl Transport for LinkEnd<'_> {
                 let i = self.rng.range(0, n as u64) as usize;
                 chunk[i] ^= 1 << self.rng.range(0, 8);
             }
+            let wire = n as u64 * self.link.ns_per_kib / 1024;
             let at = (self.now + self.rng.range(0, self.link.max_delay_ns))
-                .max(self.link.last_deliver[to]);
+                .max(self.link.last_deliver[to] + wire);
             self.link.last_deliver[to] = at;
             self.link.queues[to].push_back((at, chunk));
         }

@@ -182,6 +182,11 @@ fn mutation_no_seam_is_caught() {
 }
 
 #[test]
+fn mutation_heard_on_records_is_caught() {
+    caught(Mutation::HeardOnRecords, &[Invariant::NoFalseFailover]);
+}
+
+#[test]
 fn a_seed_reproduces_exactly() {
     let cfg = SimConfig::default();
     for seed in [1, 77, 4242] {

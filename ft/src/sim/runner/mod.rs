@@ -163,11 +163,17 @@ impl<'c> Sim<'c> {
         let mut storage = StorageServer::new(NodeId(1));
         storage.register(NodeId(1));
         storage.register(NodeId(2));
+        let mut link = Link::new(faults.max_delay_ns, faults.corrupt_per_mille);
+        link.ns_per_kib = faults.link_ns_per_kib;
+        let mut requests = VecDeque::new();
+        if let Some(t) = faults.big_frame_at {
+            requests.push_back((t, alloc::vec![0x5A; MAX_FRAME]));
+        }
         Self {
             seed,
             cfg,
             now: 0,
-            link: Link::new(faults.max_delay_ns, faults.corrupt_per_mille),
+            link,
             faults,
             rng,
             nodes: [
@@ -178,7 +184,7 @@ impl<'c> Sim<'c> {
             world: World::default(),
             owner: 0,
             session_received: 0,
-            requests: VecDeque::new(),
+            requests,
             obligations: Vec::new(),
             spare_ready: [0; 2],
             configured_generation,
