@@ -50,7 +50,7 @@ use crate::backup::{Backup, BackupState};
 use crate::log::{ExecPoint, GoodbyeReason, LogEntry};
 use crate::primary::{Primary, PrimaryState};
 use crate::replay::Replayer;
-use crate::seam::Seam;
+use crate::seam::{OutputCheck, OutputMismatch, Seam};
 use crate::{Effect, Effects, FtError, Mutation, SessionConfig};
 
 /// A node's side of the pair.
@@ -274,6 +274,11 @@ pub struct Node {
     seam: Seam,
     /// Backup: the largest guest time the log showed ([`Node::time_floor`]).
     time_floor: u64,
+    /// Backup: its guest's outputs against the primary's markers
+    /// ([`Node::output_produced`]).
+    outputs: OutputCheck,
+    /// A mismatch the next [`Node::feed`] hands to the replay engine.
+    output_mismatch: Option<OutputMismatch>,
 }
 
 impl Node {
@@ -302,6 +307,8 @@ impl Node {
                 Seam::new()
             },
             time_floor: 0,
+            outputs: OutputCheck::new(),
+            output_mismatch: None,
         }
     }
 
@@ -555,7 +562,20 @@ impl Node {
         for r in b.take_received() {
             self.time_floor = self.time_floor.max(guest_time(&r.entry));
             self.seam.observe(&r);
+            if let LogEntry::OutputMarker {
+                output_id, digest, ..
+            } = r.entry
+            {
+                if let Err(m) = self.outputs.marked(r.seq, output_id, digest) {
+                    self.output_mismatch.get_or_insert(m);
+                }
+            }
             replayer.push(r);
+        }
+        // A guest that produced other output than the primary's diverged:
+        // the engine ends the replay with it (DESIGN.md §6).
+        if let Some(m) = self.output_mismatch {
+            replayer.fail(m.seq, alloc::format!("{m}"));
         }
         b.set_applied(replayer.applied_seq());
         b.set_engine_backlog(if replayer.must_wait() {
@@ -594,6 +614,28 @@ impl Node {
             }
             _ => Effects::new(),
         }
+    }
+
+    /// Backup: its guest produced output `id` (numbered as the primary
+    /// numbers its outputs) with content `digest`; compared with the
+    /// primary's marker for it, whichever comes second. A mismatch ends
+    /// the replay as a divergence at the next [`Node::feed`] (a diverged
+    /// backup must never go live); it is also returned.
+    pub fn output_produced(&mut self, id: u64, digest: u64) -> Result<(), OutputMismatch> {
+        match &self.session {
+            Session::Backup(b) if b.state() != BackupState::Live => {}
+            _ => return Ok(()),
+        }
+        let r = self.outputs.produced(id, digest);
+        if let Err(m) = r {
+            self.output_mismatch.get_or_insert(m);
+        }
+        r
+    }
+
+    /// Backup: outputs of its guest that matched the primary's markers.
+    pub fn outputs_matched(&self) -> u64 {
+        self.outputs.matched()
     }
 
     /// Backup, and after its go-live: which of the outputs its guest
@@ -1054,7 +1096,7 @@ mod tests {
                 },
             )
             .unwrap();
-        fx.extend(pm.output(MS, 0, ExecPoint::new(6, 6, 0), 1).unwrap());
+        fx.extend(pm.output(MS, 0, ExecPoint::new(6, 6, 0), 1, 0xC0).unwrap());
         let ack = deliver(&fx, &mut b, 2 * MS);
         let _ = deliver(&ack, &mut p, 3 * MS);
         let mut rp = Replayer::streaming();
@@ -1067,6 +1109,31 @@ mod tests {
         assert_eq!(b.feed(&mut rp), LogEnd::Open);
         assert_eq!(b.seam().judge(1), None, "the heartbeat shows the ack");
         assert_eq!(b.time_floor(), 900);
+        // The backup's guest made the same output 1: matched.
+        assert_eq!(b.output_produced(1, 0xC0), Ok(()));
+        assert_eq!(b.outputs_matched(), 1);
+    }
+
+    #[test]
+    fn a_backup_whose_output_differs_from_the_marker_diverges() {
+        let (mut p, mut b) = started_pair();
+        let pm = p.primary_mut().unwrap();
+        let fx = pm.output(MS, 0, ExecPoint::new(6, 6, 0), 1, 0xC0).unwrap();
+        let _ = deliver(&fx, &mut b, 2 * MS);
+        let mut rp = Replayer::streaming();
+        b.feed(&mut rp);
+        // Its own output 1 has other content: a divergence, which the
+        // engine reports at its next step (the backup never goes live).
+        let m = b.output_produced(1, 0xC1).unwrap_err();
+        assert_eq!((m.id, m.primary, m.ours), (1, 0xC0, 0xC1));
+        b.feed(&mut rp);
+        let d = rp.due(
+            ExecPoint::new(1, 1, 0),
+            &[0; crate::replay::STATE_WORDS],
+            true,
+        );
+        let d = d.unwrap_err();
+        assert!(d.what.contains("output #1 differs"), "{d}");
     }
 
     #[test]

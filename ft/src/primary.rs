@@ -249,7 +249,8 @@ impl Primary {
         Ok((seq, out))
     }
 
-    /// The guest produced output `output_id` at `at`. Released at once when
+    /// The guest produced output `output_id` at `at`, with content
+    /// `digest` (0: not checked by the backup). Released at once when
     /// acting alone, else held until the backup acks its marker.
     pub fn output(
         &mut self,
@@ -257,6 +258,7 @@ impl Primary {
         guest_time_ns: u64,
         at: ExecPoint,
         output_id: u64,
+        digest: u64,
     ) -> Result<Effects, FtError> {
         let mut out = Effects::new();
         match self.state {
@@ -267,6 +269,7 @@ impl Primary {
                     at,
                     output_id,
                     acked: self.acked(),
+                    digest,
                 };
                 let seq = self.append(now, guest_time_ns, &marker, &mut out)?;
                 self.rule.hold(seq, output_id, &mut out);

@@ -79,7 +79,7 @@ fn output_waits_for_ack_and_backup_lags_one_entry() {
             },
         )
         .unwrap();
-    let fx2 = p.output(MS, 20, pt(9), 0).unwrap();
+    let fx2 = p.output(MS, 20, pt(9), 0, 0).unwrap();
     assert_eq!(s1, 1);
     assert!(released(&fx2).is_empty(), "output released before any ack");
     assert_eq!(p.held_outputs(), 1);
@@ -268,7 +268,7 @@ fn lagging_backup_throttles_the_primary() {
 fn silent_backup_primary_wins_and_releases_or_loses_and_halts() {
     for won in [true, false] {
         let (mut p, _b, _) = pair();
-        p.output(MS, 0, pt(3), 41).unwrap();
+        p.output(MS, 0, pt(3), 41, 0).unwrap();
         assert!(p
             .tick(100 * MS, 0, pt(4))
             .iter()
@@ -292,7 +292,10 @@ fn silent_backup_primary_wins_and_releases_or_loses_and_halts() {
         if won {
             assert_eq!(released(&fx), [41]);
             assert_eq!(p.state(), PrimaryState::Alone);
-            assert_eq!(released(&p.output(3_000 * MS, 0, pt(9), 42).unwrap()), [42]);
+            assert_eq!(
+                released(&p.output(3_000 * MS, 0, pt(9), 42, 0).unwrap()),
+                [42]
+            );
         } else {
             assert!(fx.contains(&Effect::Halt) && released(&fx).is_empty());
             assert_eq!(p.state(), PrimaryState::Halted);
@@ -366,7 +369,7 @@ fn external_engine_takes_records_acks_applied_and_shutdown_ends_the_log() {
             .unwrap();
         bytes.extend(sent(&fx));
     }
-    let fx = p.output(MS, 20, pt(12), 1).unwrap();
+    let fx = p.output(MS, 20, pt(12), 1, 0).unwrap();
     bytes.extend(sent(&fx));
     let ack = sent(&b.on_bytes(2 * MS, &bytes));
     let taken = b.take_received();

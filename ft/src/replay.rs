@@ -244,6 +244,9 @@ pub struct Replayer {
     /// `Some(ended)` for a live stream; `None` for a whole log.
     stream: Option<bool>,
     applied_seq: u64,
+    /// A divergence found outside the engine (the node's output check):
+    /// the next [`Self::due`] or [`Self::nondet`] reports it.
+    failed: Option<(u64, String)>,
 }
 
 impl Replayer {
@@ -261,6 +264,7 @@ impl Replayer {
             applied_by_kind: [0; 16],
             stream: None,
             applied_seq: 0,
+            failed: None,
         })
     }
 
@@ -273,6 +277,7 @@ impl Replayer {
             applied_by_kind: [0; 16],
             stream: Some(false),
             applied_seq: 0,
+            failed: None,
         }
     }
 
@@ -353,6 +358,25 @@ impl Replayer {
         self.head().map_or(0, |r| r.seq)
     }
 
+    /// A divergence seen outside the engine, at record `seq` (the node's
+    /// output check, `crate::seam::OutputCheck`): the run ends with it at
+    /// the next [`Self::due`] or [`Self::nondet`]. The first one stays.
+    pub fn fail(&mut self, seq: u64, what: String) {
+        self.failed.get_or_insert((seq, what));
+    }
+
+    fn take_failure(&mut self, found: ExecPoint) -> Result<(), Divergence> {
+        match self.failed.take() {
+            Some((seq, what)) => Err(Divergence {
+                seq,
+                expected: None,
+                found,
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn diverge(&self, found: ExecPoint, what: String) -> Divergence {
         Divergence {
             seq: self.head_seq(),
@@ -427,6 +451,7 @@ impl Replayer {
         state: &StateVector,
         exact: bool,
     ) -> Result<Due, Divergence> {
+        self.take_failure(at)?;
         loop {
             self.pass_soft(at.counter);
             let Some((point, asynchronous)) = self.target() else {
@@ -485,6 +510,7 @@ impl Replayer {
 
     /// The value a non-deterministic instruction at `at` returns.
     pub fn nondet(&mut self, at: ExecPoint, source: NonDetSource) -> Result<u64, Divergence> {
+        self.take_failure(at)?;
         self.pass_soft(at.counter);
         match self.head().map(|r| &r.entry) {
             Some(LogEntry::NonDet {
@@ -770,6 +796,7 @@ mod tests {
                 at: pt(25, 0x250, 0),
                 output_id: 1,
                 acked: 0,
+                digest: 0,
             },
         });
         // Soft entries are passed, never checked: the guest past the
@@ -795,6 +822,7 @@ mod tests {
                 at: pt(3, 0x30, 0),
                 output_id: 1,
                 acked: 0,
+                digest: 0,
             },
         });
         p2.push(records[3].clone());

@@ -132,6 +132,118 @@ impl Seam {
     }
 }
 
+/// The backup's own outputs against the primary's markers (issue 15,
+/// "the backup checks its outputs against the primary's markers"): each
+/// marker carries a digest of the output's content, and the backup's
+/// guest, running the same execution, must produce the same content
+/// under the same id. Either half may come first (the backup's guest can
+/// produce an output before the record marking it arrives), so each
+/// waits for the other here; a pair that matches is forgotten. A digest
+/// of 0 is not checked (outputs the backup does not see, such as frames
+/// and disk writes a detached device model discards unnumbered).
+#[derive(Debug, Default)]
+pub struct OutputCheck {
+    marked: BTreeMap<u64, (u64, u64)>,
+    produced: BTreeMap<u64, u64>,
+    matched: u64,
+    /// Halves forgotten unmatched because more than [`OUTPUT_CHECK_CAP`]
+    /// waited (the throttle keeps the two sides closer than that).
+    pub dropped: u64,
+}
+
+/// Halves of each kind an [`OutputCheck`] keeps waiting at most.
+pub const OUTPUT_CHECK_CAP: usize = 1 << 16;
+
+/// The backup's guest produced other content than the primary's under
+/// output id `id` (marked by record `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputMismatch {
+    pub id: u64,
+    pub seq: u64,
+    pub primary: u64,
+    pub ours: u64,
+}
+
+impl core::fmt::Display for OutputMismatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "output #{} differs from the primary's: digest {:#018x}, the primary's marker (record {}) says {:#018x}",
+            self.id, self.ours, self.seq, self.primary
+        )
+    }
+}
+
+impl OutputCheck {
+    /// An empty check.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The primary's marker (record `seq`) for output `id` with `digest`.
+    pub fn marked(&mut self, seq: u64, id: u64, digest: u64) -> Result<(), OutputMismatch> {
+        if digest == 0 {
+            return Ok(());
+        }
+        match self.produced.remove(&id) {
+            Some(ours) => self.compare(id, seq, digest, ours),
+            None => {
+                self.marked.insert(id, (seq, digest));
+                if self.marked.len() > OUTPUT_CHECK_CAP {
+                    self.marked.pop_first();
+                    self.dropped += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The backup's guest produced output `id` with `digest`.
+    pub fn produced(&mut self, id: u64, digest: u64) -> Result<(), OutputMismatch> {
+        match self.marked.remove(&id) {
+            Some((seq, primary)) => self.compare(id, seq, primary, digest),
+            None => {
+                self.produced.insert(id, digest);
+                if self.produced.len() > OUTPUT_CHECK_CAP {
+                    self.produced.pop_first();
+                    self.dropped += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn compare(
+        &mut self,
+        id: u64,
+        seq: u64,
+        primary: u64,
+        ours: u64,
+    ) -> Result<(), OutputMismatch> {
+        if primary == ours {
+            self.matched += 1;
+            Ok(())
+        } else {
+            Err(OutputMismatch {
+                id,
+                seq,
+                primary,
+                ours,
+            })
+        }
+    }
+
+    /// Outputs whose two halves matched so far.
+    pub fn matched(&self) -> u64 {
+        self.matched
+    }
+
+    /// Halves still waiting for the other (markers, the guest's outputs).
+    pub fn waiting(&self) -> (usize, usize) {
+        (self.marked.len(), self.produced.len())
+    }
+}
+
 /// The outputs a backup's guest produced and discarded that the primary
 /// may not have released, by output id, each with what the driver needs
 /// to emit it (a console line's text; nothing in the simulator): kept
@@ -211,6 +323,7 @@ mod tests {
                 at: ExecPoint::default(),
                 output_id,
                 acked,
+                digest: 0,
             },
         }
     }
@@ -296,5 +409,38 @@ mod tests {
         assert_eq!(s.released_through(), None);
         assert_eq!(s.judge(0), Some(Unreleased::MarkerNotReceived));
         assert_eq!(Seam::blind().judge(0), None);
+    }
+
+    #[test]
+    fn outputs_match_in_either_order_and_a_difference_is_named() {
+        let mut c = OutputCheck::new();
+        // Marker first, then the backup's output; then the other order.
+        assert_eq!(c.marked(10, 1, 0xAA), Ok(()));
+        assert_eq!(c.produced(1, 0xAA), Ok(()));
+        assert_eq!(c.produced(2, 0xBB), Ok(()));
+        assert_eq!(c.marked(11, 2, 0xBB), Ok(()));
+        assert_eq!((c.matched(), c.waiting()), (2, (0, 0)));
+        // Digest 0: not checked, nothing kept.
+        assert_eq!(c.marked(12, 3, 0), Ok(()));
+        assert_eq!(c.waiting(), (0, 0));
+        // Different content under the same id, in both orders.
+        c.marked(13, 4, 0xCC).unwrap();
+        let m = c.produced(4, 0xCD).unwrap_err();
+        assert_eq!((m.id, m.seq, m.primary, m.ours), (4, 13, 0xCC, 0xCD));
+        assert!(m.to_string().contains("output #4 differs"), "{m}");
+        c.produced(5, 0x01).unwrap();
+        assert_eq!(c.marked(14, 5, 0x02).unwrap_err().seq, 14);
+    }
+
+    #[test]
+    fn output_check_is_bounded() {
+        let mut c = OutputCheck::new();
+        for id in 0..OUTPUT_CHECK_CAP as u64 + 3 {
+            c.produced(id, 1).unwrap();
+        }
+        assert_eq!((c.waiting().1, c.dropped), (OUTPUT_CHECK_CAP, 3));
+        // The oldest went first: a marker for it finds nothing to compare.
+        c.marked(1, 0, 2).unwrap();
+        assert_eq!(c.waiting().0, 1);
     }
 }

@@ -76,6 +76,36 @@ if /bin/busybox grep -q ftvisor.net=loop /proc/cmdline; then
     $B ping -c 10 -i 0.05 -s 1000 $A 2>&1 | while read l; do echo "FTVISOR-LINUX-NET: $l"; done
     echo "FTVISOR-LINUX-NETSTAT: $($B cat /sys/class/net/eth0/statistics/rx_packets) rx $($B cat /sys/class/net/eth0/statistics/tx_packets) tx"
 fi
+BIGIO=$(/bin/busybox sed -n 's/.*ftvisor\.bigio=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$BIGIO" ]; then
+    # linux-ft-bigio: round r (1..BIGIO, at most 8) fills the disk's
+    # 8 MiB region r-1 with `seq -w r*10^6 r*10^6+1048575` (8-byte lines):
+    # the first 4 MiB with O_DIRECT 2 MiB writes, the second buffered and
+    # synced; then reads both back (O_DIRECT, and buffered after dropping
+    # the page cache) and compares their MD5 with the pattern in RAM.
+    B=/bin/busybox
+    r=1
+    while [ $r -le $BIGIO ]; do
+        base=$((r * 1000000))
+        $B seq -w $base $((base + 1048575)) >/tmp/pat
+        $B head -c 4194304 /tmp/pat >/tmp/pa
+        $B tail -c 4194304 /tmp/pat >/tmp/pb
+        a=$($B md5sum </tmp/pa | $B cut -d' ' -f1)
+        b=$($B md5sum </tmp/pb | $B cut -d' ' -f1)
+        s=$(((r - 1) * 4))
+        $B dd if=/tmp/pa of=/dev/vda bs=2M count=2 seek=$s oflag=direct conv=notrunc 2>/dev/null || echo "FTVISOR-BIGIO: round $r direct write failed"
+        $B dd if=/tmp/pb of=/dev/vda bs=2M count=2 seek=$((s + 2)) conv=notrunc 2>/dev/null || echo "FTVISOR-BIGIO: round $r buffered write failed"
+        $B sync
+        ra=$($B dd if=/dev/vda bs=2M count=2 skip=$s iflag=direct 2>/dev/null | $B md5sum | $B cut -d' ' -f1)
+        echo 3 >/proc/sys/vm/drop_caches
+        rb=$($B dd if=/dev/vda bs=2M count=2 skip=$((s + 2)) 2>/dev/null | $B md5sum | $B cut -d' ' -f1)
+        if [ "$ra" = "$a" ] && [ "$rb" = "$b" ]; then v=ok; else v="MISMATCH direct $ra want $a buffered $rb want $b"; fi
+        echo "FTVISOR-BIGIO: round $r wrote and read 8388608 bytes: $v"
+        $B rm -f /tmp/pat /tmp/pa /tmp/pb
+        r=$((r + 1))
+    done
+    echo "FTVISOR-BIGIO: done $BIGIO rounds"
+fi
 HTTP=$(/bin/busybox sed -n 's/.*ftvisor\.http=\([0-9.]*\).*/\1/p' /proc/cmdline)
 if [ -n "$HTTP" ]; then
     # linux-ft-http: busybox httpd serves /www/big, a file the client can

@@ -31,6 +31,7 @@ mod tests_guestio;
 mod tests_join;
 mod tests_kv;
 mod tests_linux;
+mod tests_linuxbigio;
 mod tests_linuxft;
 mod tests_net;
 mod tests_replay;

@@ -280,6 +280,7 @@ pub fn all() -> Vec<E2eTest> {
     .chain(crate::tests_replay::tests())
     .chain(crate::tests_linux::tests())
     .chain(crate::tests_linuxft::tests())
+    .chain(crate::tests_linuxbigio::tests())
     .chain(crate::tests_ft::tests())
     .chain(crate::tests_ftkv::tests())
     .chain(crate::tests_join::tests())

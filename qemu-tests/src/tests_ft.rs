@@ -416,6 +416,14 @@ fn judge_lockstep(p: &Run, b: &Run, probes: bool) -> Result<String, String> {
             "the backup discarded {discarded} lines (want {lines}) or printed guest output"
         ));
     }
+    // Each of the backup's own lines matched the primary's marker for it
+    // (the content digest, issue 15).
+    let checked = num(bd, "outputs_checked=").unwrap_or(0);
+    if checked != lines {
+        return Err(format!(
+            "the backup checked {checked} of its {lines} lines against the primary's markers"
+        ));
+    }
     for role in ["primary", "backup"] {
         let serial = if role == "primary" {
             &p.serial
@@ -807,7 +815,10 @@ fn run_console_failover(t: &E2eTest, root: &Path) -> Outcome {
                 })
                 .collect()
         };
-        let before = bursts(guest_lines(&p.serial));
+        // The kill can cut the primary's last line short (`line 16` of
+        // `line 165`): only whole lines count.
+        let whole = p.serial.rfind('\n').map_or("", |i| &p.serial[..=i]);
+        let before = bursts(guest_lines(whole));
         let after = bursts(guest_lines(&b.serial[live_at..]));
         for (side, v) in [("primary", &before), ("backup", &after)] {
             if let Some(w) = v.windows(2).find(|w| w[0] >= w[1]) {

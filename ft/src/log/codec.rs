@@ -127,10 +127,12 @@ fn encode_payload(entry: &LogEntry, out: &mut Vec<u8>) {
             at,
             output_id,
             acked,
+            digest,
         } => {
             put_point(out, at);
             put_u64(out, *output_id);
             put_u64(out, *acked);
+            put_u64(out, *digest);
         }
         LogEntry::Ack { received, applied } => {
             put_u64(out, *received);
@@ -334,6 +336,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<LogEntry, FtError> {
             at: r.point()?,
             output_id: r.u64()?,
             acked: r.u64()?,
+            digest: r.u64()?,
         },
         0x08 => LogEntry::Ack {
             received: r.u64()?,

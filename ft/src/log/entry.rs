@@ -229,6 +229,10 @@ pub enum LogEntry {
         at: ExecPoint,
         output_id: u64,
         acked: u64,
+        /// A digest of the output's content (0: not checked), which the
+        /// backup compares with its own guest's output of the same id
+        /// (`crate::seam::OutputCheck`).
+        digest: u64,
     },
     /// Backup → primary: highest sequence received and highest applied.
     Ack { received: u64, applied: u64 },

@@ -35,11 +35,13 @@ pub use stream::StreamDecoder;
 /// First byte of every record.
 pub const RECORD_MAGIC: u8 = 0xF7;
 /// The record format version this build writes and accepts.
-pub const LOG_FORMAT_VERSION: u8 = 2;
+pub const LOG_FORMAT_VERSION: u8 = 3;
 /// The FT protocol version announced in [`LogEntry::Hello`].
 /// 2: the Hello carries the machine ([`MachineId`]); `Goodbye` has the
-/// `StorageLost` reason (a primary stepping down).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// `StorageLost` reason (a primary stepping down). 3: `acked` in output
+/// markers and heartbeats. 4: guest time in interrupt entries. 5: the
+/// output's digest in its marker (the backup checks its own outputs).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Fixed header bytes before the payload.
 pub const HEADER_LEN: usize = 16;
 /// CRC trailer bytes after the payload.

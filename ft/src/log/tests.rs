@@ -91,6 +91,7 @@ pub(crate) fn samples() -> Vec<LogEntry> {
             at,
             output_id: 5,
             acked: 3,
+            digest: 0xD16E57,
         },
         LogEntry::Ack {
             received: 10,

@@ -85,6 +85,12 @@ impl SimGuest {
         v
     }
 
+    /// The content of output `index`, produced now: a digest of the guest's
+    /// state there (never 0, so the backup's output check compares it).
+    pub fn output_digest(&self, index: u64) -> u64 {
+        crate::replay::hash_words(index, [self.state_hash(), self.counter]) | 1
+    }
+
     /// The checkpoint hash of [`Self::state_vector`], as the replay engine
     /// computes it.
     pub fn checkpoint_hash(&self) -> u64 {

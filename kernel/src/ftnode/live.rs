@@ -121,6 +121,14 @@ fn io_output_id(n: u64) -> u64 {
     2 * n
 }
 
+/// The content digest a console line's output marker carries, which the
+/// backup compares with its own guest's line of the same id
+/// (`ft::seam::OutputCheck`; never 0, which means "not checked"). Guest
+/// I/O outputs carry 0: a backup's detached devices discard them.
+fn line_digest(text: &str) -> u64 {
+    ft::replay::hash_bytes(0x4C49_4E45, text.as_bytes()) | 1
+}
+
 /// What the run loop calls while an FT pair runs.
 pub trait Live {
     /// The guest is built and about to run: join the session (read the

@@ -443,6 +443,12 @@ impl GuestIo {
             Ok(()) => self.stats.inputs += 1,
             Err(e) => {
                 self.stats.refused += 1;
+                let what = match e {
+                    InputError::WrongDevice => 1,
+                    InputError::UnknownRequest(_) => 2,
+                    InputError::BadReadLength { .. } => 3,
+                };
+                self.dirty.absorb_refusal(slot as u64, what);
                 self.notice(slot, alloc::format!("input refused: {e:?}"));
             }
         }

@@ -45,6 +45,16 @@ impl DirtyLog {
         );
     }
 
+    /// Folds an input the devices refused (slot tag, what) into
+    /// [`DirtyLog::digest`]: the recording side refused the same input at
+    /// the same point, so a replay that refuses one the recording took
+    /// (or takes one it refused) diverges at the next checkpoint, as a
+    /// different write would (issue 15, "a refused input is a
+    /// divergence").
+    pub fn absorb_refusal(&mut self, slot: u64, what: u64) {
+        self.digest = ft::replay::hash_words(self.digest, [u64::MAX, slot, what]);
+    }
+
     /// A digest of every write logged since boot, in order (addresses and
     /// bytes): the last word of a checkpoint's state (issue 15), so that a
     /// replay fed other input data than the recording diverges at the next

@@ -430,6 +430,25 @@ fn stale_completion_after_reset_is_refused_with_a_notice() {
     assert_eq!(g.io.stats().refused, 1);
 }
 
+#[test]
+fn a_refused_input_changes_the_checkpoint_digest() {
+    // The same input refused on one side and taken on the other must
+    // not leave both with the same device-write digest (issue 15).
+    let mut g = Guest::new(GuestNetChoice::None);
+    g.init(Slot::Blk, 1);
+    let before = g.io.dirty.digest();
+    let stale = GuestInput::BlockDone {
+        id: 999,
+        status: crate::devices::virtio::BlockStatus::Ok,
+        data: Vec::new(),
+    };
+    assert!(g
+        .io
+        .input(Slot::Blk, stale, &mut g.ram, &mut g.irqs)
+        .is_err());
+    assert_ne!(g.io.dirty.digest(), before);
+}
+
 mod ft_gate {
     use super::super::*;
     use crate::devices::virtio::{BlockStatus, GuestInput, GuestOutput};

@@ -667,8 +667,9 @@ impl<'c> Sim<'c> {
                     n.guest.supply(value);
                 }
                 GuestStop::Output { at, index } => {
+                    let digest = n.guest.output_digest(index);
                     let f = p
-                        .output(now, gt, at, index)
+                        .output(now, gt, at, index, digest)
                         .map_err(|e| protocol(self_now, "output", &e))?;
                     let paired = p.state() != PrimaryState::Alone;
                     if paired {
@@ -857,7 +858,12 @@ impl<'c> Sim<'c> {
                 }
                 // Following: discarded (§1.5), kept while the primary may
                 // not have released it.
-                GuestStop::Output { index, .. } => n.discarded.keep(node.seam(), index, ()),
+                GuestStop::Output { index, .. } => {
+                    // Checked against the primary's marker; a mismatch
+                    // ends the replay at the next feed (a Replay failure).
+                    let _ = node.output_produced(index, n.guest.output_digest(index));
+                    n.discarded.keep(node.seam(), index, ())
+                }
             }
         }
         // What was applied: acks carry it; the backlog gates the go-live.

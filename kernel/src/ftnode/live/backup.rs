@@ -70,6 +70,10 @@ impl<N: Nic + 'static> Node<N> {
             for text in held.drain(..) {
                 self.next_line += 1;
                 let id = line_output_id(self.next_line);
+                if let Err(m) = self.ft.output_produced(id, line_digest(&text)) {
+                    // The replay ends with it at the next feed.
+                    println!("ft: backup: {m}: `{text}`");
+                }
                 let dropped = self.discarded.dropped;
                 self.discarded
                     .keep(self.ft.seam(), id, (self.next_line, text));
@@ -156,10 +160,11 @@ impl<N: Nic + 'static> Node<N> {
     pub(super) fn finish_backup(&mut self, replayer: &Replayer, discarded: u64, verdict: &str) {
         let run_us = self.now_us().saturating_sub(self.start_us);
         println!(
-            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} refused_connections={} probes_refused={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
+            "ft: pair: backup done: received={} applied={} pending={} outputs discarded={discarded} outputs_checked={} refused_connections={} probes_refused={} log_bytes_received={} run_us={run_us} log_mbit_s={} verdict={}",
             self.log_received,
             replayer.applied_seq(),
             replayer.remaining(),
+            self.ft.outputs_matched(),
             self.refusals,
             self.probes_refused,
             self.bytes_recv,

@@ -26,7 +26,7 @@ impl<N: Nic + 'static> Node<N> {
                 self.next_line += 1;
                 let id = line_output_id(self.next_line);
                 let more = p
-                    .output(now * 1000, guest_ns, at, id)
+                    .output(now * 1000, guest_ns, at, id, line_digest(&text))
                     .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
                 self.gate
                     .hold(id, (self.next_line, text), p.last_seq(), now);
@@ -39,7 +39,7 @@ impl<N: Nic + 'static> Node<N> {
                 self.next_io += 1;
                 let id = io_output_id(self.next_io);
                 let more = p
-                    .output(now * 1000, guest_ns, at, id)
+                    .output(now * 1000, guest_ns, at, id, 0)
                     .map_err(|e| alloc::format!("primary: cannot log an output: {e}"))?;
                 self.io_gate.hold(id, item, p.last_seq(), now);
                 fx.extend(more);
