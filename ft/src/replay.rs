@@ -44,10 +44,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Words of a checkpoint's state.
-pub const STATE_WORDS: usize = 25;
+pub const STATE_WORDS: usize = 26;
 
 /// The words of a checkpoint, in `vmx::state::state_vector` order: the
-/// architectural registers, then a digest of every write the hypervisor's
+/// architectural registers, a digest of the x87/SSE state (the FXSAVE
+/// image), then a digest of every write the hypervisor's
 /// devices made into guest memory so far (DMA: received frames, read data,
 /// used rings; issue 15), so that a replay whose input data differ is
 /// caught at the next checkpoint, not only by the final memory hash.
@@ -76,6 +77,7 @@ pub const STATE_NAMES: [&str; STATE_WORDS] = [
     "EFER",
     "FS.base",
     "GS.base",
+    "x87/SSE state (FXSAVE digest)",
     "device writes to guest memory (digest)",
 ];
 
@@ -483,7 +485,7 @@ impl Replayer {
                         return Err(self.diverge(
                             at,
                             format!(
-                                "checkpoint: state hash (registers, device writes) {ours:#018x} != recorded {state_hash:#018x}"
+                                "checkpoint: state hash (registers, x87/SSE, device writes) {ours:#018x} != recorded {state_hash:#018x}"
                             ),
                         ));
                     }
@@ -624,7 +626,7 @@ mod tests {
         let Tape::Record(mut r) = tape else {
             unreachable!()
         };
-        r.checkpoint(pt(20, 0x200, 5), &[1; 25]);
+        r.checkpoint(pt(20, 0x200, 5), &[1; STATE_WORDS]);
         r.push(&LogEntry::Interrupt {
             at: pt(20, 0x200, 5),
             vector: 0x40,
@@ -647,7 +649,10 @@ mod tests {
         assert_eq!(p.len(), 4);
         // nothing async due before the RDTSC; target is synchronous
         assert_eq!(p.target(), Some((pt(10, 0x100, 0), false)));
-        assert_eq!(p.due(pt(3, 0x50, 0), &[0; 25], true), Ok(Due::Nothing));
+        assert_eq!(
+            p.due(pt(3, 0x50, 0), &[0; STATE_WORDS], true),
+            Ok(Due::Nothing)
+        );
         let mut tape = Tape::Replay(p);
         assert_eq!(
             tape.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc, || unreachable!()),
@@ -658,7 +663,7 @@ mod tests {
         };
         assert_eq!(p.target(), Some((pt(20, 0x200, 5), true)));
         assert_eq!(
-            p.due(pt(20, 0x200, 5), &[1; 25], true),
+            p.due(pt(20, 0x200, 5), &[1; STATE_WORDS], true),
             Ok(Due::Inject(0x40))
         );
         assert_eq!(p.finish(pt(30, 0x300, 0), 99), Ok(()));
@@ -676,7 +681,7 @@ mod tests {
         assert_eq!(p.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc), Ok(77));
         assert_eq!(p.landing_target(), Some(pt(20, 0x200, 5)));
         assert_eq!(
-            p.due(pt(20, 0x200, 5), &[1; 25], true),
+            p.due(pt(20, 0x200, 5), &[1; STATE_WORDS], true),
             Ok(Due::Inject(0x40))
         );
         // Only the final checkpoint (synchronous: the guest's exit) is left.
@@ -710,20 +715,31 @@ mod tests {
             .unwrap_err();
         assert_eq!(d.seq, 1);
         // ran past
-        let d = p.due(pt(11, 0x104, 0), &[0; 25], true).unwrap_err();
+        let d = p
+            .due(pt(11, 0x104, 0), &[0; STATE_WORDS], true)
+            .unwrap_err();
         assert!(d.what.contains("ran past"), "{d}");
         // at the counter of a synchronous entry with another RIP
-        let d = p.due(pt(10, 0x999, 0), &[0; 25], true).unwrap_err();
+        let d = p
+            .due(pt(10, 0x999, 0), &[0; STATE_WORDS], true)
+            .unwrap_err();
         assert!(d.what.contains("not at the instruction"), "{d}");
         // checkpoint mismatch names its hash
         p.nondet(pt(10, 0x100, 0), NonDetSource::Rdtsc).unwrap();
-        let d = p.due(pt(20, 0x200, 5), &[2; 25], true).unwrap_err();
+        let d = p
+            .due(pt(20, 0x200, 5), &[2; STATE_WORDS], true)
+            .unwrap_err();
         assert_eq!(d.seq, 2);
         assert!(d.what.contains("checkpoint"), "{d}");
         // same counter, other RCX (a `rep` iteration): divergence when exact
-        let d = p.due(pt(20, 0x200, 4), &[1; 25], true).unwrap_err();
+        let d = p
+            .due(pt(20, 0x200, 4), &[1; STATE_WORDS], true)
+            .unwrap_err();
         assert!(d.what.contains("RIP/RCX"), "{d}");
-        assert_eq!(p.due(pt(20, 0x200, 4), &[1; 25], false), Ok(Due::Nothing));
+        assert_eq!(
+            p.due(pt(20, 0x200, 4), &[1; STATE_WORDS], false),
+            Ok(Due::Nothing)
+        );
         assert!(d.to_string().contains("entry #2"));
     }
 
@@ -787,7 +803,7 @@ mod tests {
             },
         });
         assert_eq!(
-            p.due(pt(20, 0x200, 5), &[1; 25], true),
+            p.due(pt(20, 0x200, 5), &[1; STATE_WORDS], true),
             Ok(Due::Inject(0x40))
         );
         p.push(Record {
@@ -802,7 +818,10 @@ mod tests {
         // Soft entries are passed, never checked: the guest past the
         // heartbeat (it came after the interrupt at its point) is fine, and
         // the marker ahead, the last record held, is the next target.
-        assert_eq!(p.due(pt(21, 0x204, 5), &[1; 25], true), Ok(Due::Nothing));
+        assert_eq!(
+            p.due(pt(21, 0x204, 5), &[1; STATE_WORDS], true),
+            Ok(Due::Nothing)
+        );
         assert_eq!(p.target(), Some((pt(25, 0x250, 0), true)));
         // With a later record held, soft entries are looked past.
         p.push(records[3].clone());
@@ -826,7 +845,10 @@ mod tests {
             },
         });
         p2.push(records[3].clone());
-        assert_eq!(p2.due(pt(3, 0x30, 0), &[0; 25], true), Ok(Due::Nothing));
+        assert_eq!(
+            p2.due(pt(3, 0x30, 0), &[0; STATE_WORDS], true),
+            Ok(Due::Nothing)
+        );
         assert_eq!((p2.applied_by_kind[6], p2.applied_by_kind[7]), (1, 1));
         assert_eq!(p2.applied_seq(), 2);
         // The final checkpoint: waits until the stream ends, then is met
@@ -868,14 +890,26 @@ mod tests {
         let mut p = Replayer::decode(&r.bytes).unwrap();
         // asynchronous: the replay lands on it
         assert_eq!(p.target(), Some((pt(7, 0x70, 1), true)));
-        assert_eq!(p.due(pt(6, 0x6e, 1), &[0; 25], true), Ok(Due::Nothing));
-        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 25], true), Ok(Due::Input(frame)));
-        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 25], true), Ok(Due::Input(disk)));
-        assert_eq!(p.due(pt(7, 0x70, 1), &[0; 25], true), Ok(Due::Inject(0x50)));
+        assert_eq!(
+            p.due(pt(6, 0x6e, 1), &[0; STATE_WORDS], true),
+            Ok(Due::Nothing)
+        );
+        assert_eq!(
+            p.due(pt(7, 0x70, 1), &[0; STATE_WORDS], true),
+            Ok(Due::Input(frame))
+        );
+        assert_eq!(
+            p.due(pt(7, 0x70, 1), &[0; STATE_WORDS], true),
+            Ok(Due::Input(disk))
+        );
+        assert_eq!(
+            p.due(pt(7, 0x70, 1), &[0; STATE_WORDS], true),
+            Ok(Due::Inject(0x50))
+        );
         assert_eq!((p.applied_by_kind[3], p.applied_by_kind[4]), (1, 1));
         // another RIP at its counter is a divergence
         let mut p = Replayer::decode(&r.bytes).unwrap();
-        assert!(p.due(pt(7, 0x71, 1), &[0; 25], true).is_err());
+        assert!(p.due(pt(7, 0x71, 1), &[0; STATE_WORDS], true).is_err());
         assert_eq!(kind_name(3), "netframe");
     }
 

@@ -9,10 +9,11 @@ use crate::vmcs::{Field, VmcsAccess};
 /// R8-R15, RIP, RFLAGS, CR0, CR3, CR4, EFER, FS.base, GS.base.
 pub type StateVector = [u64; STATE_WORDS];
 
-/// Words of the state vector: 24 registers and, last, the digest of the
-/// devices' writes to guest memory, which the caller fills in (this crate
+/// Words of the state vector: 24 registers, then a digest of the x87/SSE
+/// state and, last, the digest of the devices' writes to guest memory,
+/// both of which the caller fills in (this crate reads only the VMCS and
 /// knows no devices; `ft::replay::STATE_WORDS` is the same number).
-pub const STATE_WORDS: usize = 25;
+pub const STATE_WORDS: usize = 26;
 
 /// The guest's architectural registers (GPRs with RSP from the VMCS).
 pub fn state_vector(vmcs: &impl VmcsAccess, regs: &GuestRegs) -> StateVector {

@@ -5,6 +5,7 @@ pub mod console;
 pub mod cpu;
 pub mod entropy;
 pub mod exit;
+pub mod fpu;
 pub mod gdt;
 pub mod heap;
 pub mod idt;

@@ -70,6 +70,8 @@ pub fn enable(caps: &VmxCaps) -> Result<(), Error> {
         core::arch::asm!("mov cr0, {}", in(reg) cr0, options(nostack));
         core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack));
     }
+    // FXSAVE/FXRSTOR of the guest's x87/SSE state in root operation.
+    crate::arch::fpu::init_host();
     let region = alloc_page();
     // SAFETY: `region` is a fresh, 4 KiB-aligned, identity-mapped page.
     unsafe { (region as *mut u32).write(caps.vmcs_revision) };

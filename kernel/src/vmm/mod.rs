@@ -638,6 +638,7 @@ fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
 /// devices' writes to its memory (`ft::replay::STATE_NAMES`).
 fn state_now(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> ft::replay::StateVector {
     let mut s = vmx::state::state_vector(vmcs, regs);
+    s[ft::replay::STATE_WORDS - 2] = crate::arch::fpu::digest();
     s[ft::replay::STATE_WORDS - 1] = m.devices.io.dirty.digest();
     s
 }

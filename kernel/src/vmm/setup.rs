@@ -184,6 +184,8 @@ pub fn write_guest_state(
     // CD/NW clear in the guest's CR0, and (Bochs) in the CPU's: see
     // `hw::enable_caching` (a same-boot replay starts after the guest ran).
     super::hw::enable_caching();
+    // The same x87/SSE state at the start of every run (`arch::fpu`).
+    crate::arch::fpu::reset_guest();
     let cr0_guest = CR0_PE | (1 << 4); // PE | ET
     v.write(Field::Cr0ReadShadow, cr0_guest)?;
     v.write(
