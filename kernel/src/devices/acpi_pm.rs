@@ -51,6 +51,23 @@ impl AcpiPm {
         ((u128::from(now) * u128::from(PM_TIMER_HZ)) / u128::from(self.tsc_hz)) as u32
     }
 
+    /// The earliest guest time at or after `not_before` at which the timer
+    /// reads `value`: a replay that answers a PM timer read from the log
+    /// (`value`, read by the recording at a time it did not log) moves its
+    /// guest clock there, so the timer never reads less after an FT
+    /// backup goes live (issue 15: "no clock steps back"). Unique within a
+    /// wrap (2^32 ticks, 20 minutes) after `not_before`.
+    pub fn time_of(&self, value: u32, not_before: u64) -> u64 {
+        let hz = u128::from(self.tsc_hz);
+        let pm = u128::from(PM_TIMER_HZ);
+        let base = u128::from(not_before) * pm / hz; // unwrapped ticks
+        let ahead = u128::from(value.wrapping_sub(base as u32));
+        let target = base + ahead;
+        // The smallest t with floor(t * pm / hz) >= target.
+        let t = (target * hz).div_ceil(pm);
+        u64::try_from(t).unwrap_or(u64::MAX).max(not_before)
+    }
+
     /// The SLP_TYP the guest asked for by setting SLP_EN, once.
     pub fn take_sleep_request(&mut self) -> Option<u8> {
         self.sleep_request.take()
@@ -115,6 +132,25 @@ impl PioDevice for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_of_inverts_the_timer_forward_from_a_floor() {
+        let pm = AcpiPm::new(1_000_000_000);
+        for (floor, later) in [
+            (0u64, 5_000),
+            (123_456_789, 7_000_000),
+            (1_199_000_000_000, 2_000_000_000),
+        ] {
+            let t = floor + later;
+            let v = pm.timer(t);
+            let found = pm.time_of(v, floor);
+            assert!(found <= t && found >= floor, "{floor} {later}: {found}");
+            assert_eq!(pm.timer(found), v, "the timer reads the value there");
+            assert!(pm.timer(found.saturating_sub(1)) != v || found == floor);
+        }
+        // A value the timer showed at the floor: the floor itself.
+        assert_eq!(pm.time_of(pm.timer(999_999), 999_999), 999_999);
+    }
 
     #[test]
     fn timer_runs_at_3_58_mhz_from_guest_tsc() {

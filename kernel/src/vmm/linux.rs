@@ -129,6 +129,14 @@ impl LinuxDevices {
         self.bus.pio_read(&mut set, port, size, now).ok()
     }
 
+    /// A replayed `IN` of `value` from `port`: if it is the PM timer, the
+    /// earliest guest time at or after `not_before` at which it reads so
+    /// (the replay's clock follows it, [`AcpiPm::time_of`]).
+    pub fn pm_timer_time(&self, port: u16, size: u8, value: u32, not_before: u64) -> Option<u64> {
+        (port == PLATFORM.pm1a_evt + 8 && size == 4)
+            .then(|| self.models.pm.time_of(value, not_before))
+    }
+
     /// Whether an `IN` at `port` is answered by a device here: all of them
     /// depend on time (PIT, RTC, PM timer and status), so record/replay
     /// logs their values.

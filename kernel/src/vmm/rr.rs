@@ -151,7 +151,21 @@ impl Platform for RrPlatform<'_> {
         if !logged {
             return v;
         }
-        self.nondet(NonDetSource::Port { port }, |_| u64::from(v)) as u32
+        let v = self.nondet(NonDetSource::Port { port }, |_| u64::from(v)) as u32;
+        if matches!(self.tape, Tape::Replay(_)) {
+            // The PM timer is a clock too: the replay's guest time (and a
+            // backup's at go-live) never falls behind what it showed.
+            let now = self.m.now();
+            if let Some(t) = self
+                .m
+                .linux
+                .as_ref()
+                .and_then(|l| l.pm_timer_time(port, size, v, now))
+            {
+                self.m.follow_log_time(t);
+            }
+        }
+        v
     }
     fn port_out(&mut self, port: u16, size: u8, value: u32) {
         self.m.port_out(port, size, value)
