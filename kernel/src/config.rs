@@ -13,6 +13,7 @@
 //! | `guest_mem` | size with optional `K`/`M`/`G` suffix, 2 MiB multiple, 2 MiB..3 GiB | `64M` |
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
+//! | `guest_tsc` | the guest's TSC: `scaled` (the host TSC, its rate calibrated against the PIT at boot, scaled to the 1 GHz CPUID announces: `crate::tsc_scale`) or `host` (the raw host TSC, announced as 1 GHz whatever its rate: the Bochs test bed's choice, where the TSC runs at Bochs's `ips` and the tests are sized in instructions) | `scaled` |
 //! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
 //! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `export` (record, then write the log to COM1 as framed hex `FTLOG` lines); `replay` (with a second boot module: replay that log; without: record, then replay from the in-memory log in the same boot; both compare) | `off` |
 //! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle; `3`: flip the last byte of the received frame nearest the middle (proves the divergence check bites, memory included) | `0` |
@@ -158,6 +159,15 @@ pub enum GuestKind {
     Linux,
 }
 
+/// What the guest's TSC is (`guest_tsc=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestTsc {
+    /// The host TSC scaled to the rate CPUID announces.
+    Scaled,
+    /// The raw host TSC.
+    Host,
+}
+
 /// The typed kernel configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -167,6 +177,7 @@ pub struct Config {
     pub guest_mem: u64,
     pub log: LogLevel,
     pub watchdog_secs: u64,
+    pub guest_tsc: GuestTsc,
     pub net: NetConfig,
     pub counter: CounterChoice,
     pub ft: FtMode,
@@ -186,6 +197,7 @@ impl Default for Config {
             guest_mem: 64 << 20,
             log: LogLevel::Info,
             watchdog_secs: 30,
+            guest_tsc: GuestTsc::Scaled,
             net: NetConfig::default(),
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
@@ -223,13 +235,14 @@ impl Config {
                 r?;
                 continue;
             }
-            const KEYS: [&str; 16] = [
+            const KEYS: [&str; 17] = [
                 "mode",
                 "guest",
                 "selftest",
                 "guest_mem",
                 "log",
                 "watchdog",
+                "guest_tsc",
                 "counter",
                 "ft",
                 "replay_mutate",
@@ -293,6 +306,13 @@ impl Config {
                         return Err(bad(EXPECTED));
                     }
                     cfg.watchdog_secs = secs;
+                }
+                "guest_tsc" => {
+                    cfg.guest_tsc = match value {
+                        "scaled" => GuestTsc::Scaled,
+                        "host" => GuestTsc::Host,
+                        _ => return Err(bad("`scaled` or `host`")),
+                    };
                 }
                 "ip" => {
                     cfg.net.ip = parse_cidr(value)
@@ -569,6 +589,21 @@ mod tests {
         assert_eq!(e, Error::DuplicateOption { option: "log" });
         let e = Config::parse("mode=report bare").unwrap_err();
         assert_eq!(e.to_string(), "unknown command-line option `bare`");
+    }
+
+    #[test]
+    fn guest_tsc_is_scaled_unless_asked() {
+        assert_eq!(Config::default().guest_tsc, GuestTsc::Scaled);
+        assert_eq!(
+            Config::parse("guest_tsc=host").unwrap().guest_tsc,
+            GuestTsc::Host
+        );
+        assert_eq!(
+            Config::parse("guest_tsc=scaled").unwrap().guest_tsc,
+            GuestTsc::Scaled
+        );
+        let e = Config::parse("guest_tsc=fast").unwrap_err();
+        assert!(e.to_string().contains("`guest_tsc`"), "{e}");
     }
 
     #[test]

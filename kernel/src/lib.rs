@@ -19,5 +19,6 @@ pub mod iscsi_checks;
 pub mod loader;
 pub mod mmio;
 pub mod mmio_decode;
+pub mod tsc_scale;
 
 pub use error::Error;

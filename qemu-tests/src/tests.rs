@@ -330,6 +330,16 @@ pub fn vmx_tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
+            cmdline: "mode=hypervisor guest_tsc=scaled",
+            expect: vec!["hypervisor: guest exited with code 0"],
+            check: Some(check_tsc_scaled),
+            ..vmx(
+                "guest-tsc-scaled",
+                "the default guest TSC: the host TSC (Bochs: 50 MHz) scaled to the 1 GHz CPUID announces, measured over the run",
+                "test=replay rounds=50",
+            )
+        },
+        E2eTest {
             expect_code: 6,
             expect: vec![
                 "guest: hostile: touching unmapped memory",
@@ -439,6 +449,36 @@ fn check_timer(run: &Run) -> Result<String, String> {
         .find(|l| l.contains("timer: ticks="))
         .ok_or("no timer summary")?;
     Ok(format!("({})", line.trim_start_matches("guest: ")))
+}
+
+/// `guest-tsc-scaled`: guest time that passed while the host's did (the
+/// run loop's guest TSC span less what idle HLTs skipped) over the host TSC ticks
+/// of the run must be the announced 1 GHz over Bochs's TSC rate (its
+/// `ips`, 50 MHz): 20, not 1 (the raw host TSC).
+fn check_tsc_scaled(run: &Run) -> Result<String, String> {
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.starts_with("ft: numbers:"))
+        .ok_or("no `ft: numbers:` line")?;
+    let field = |k: &str| -> Result<f64, String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or(format!("no {k} in `{line}`"))
+    };
+    let host = field("host_ticks=")?;
+    let guest = field("guest_tsc=")? - field("guest_tsc_start=")? - field("guest_tsc_skipped=")?;
+    let want = 1e9 / crate::emulator::BOCHS_IPS as f64;
+    let ratio = guest / host.max(1.0);
+    if (ratio / want - 1.0).abs() > 0.05 {
+        return Err(format!(
+            "guest TSC ran {ratio:.3}x the host TSC (want {want:.1}x within 5%): {line}"
+        ));
+    }
+    Ok(format!(
+        "(guest TSC {ratio:.3}x the host TSC over {host:.0} host ticks, want {want:.1}x)"
+    ))
 }
 
 fn check_vmx_features(run: &Run) -> Result<String, String> {

@@ -28,33 +28,52 @@ pub struct Clock {
     pub calibrated: bool,
 }
 
+/// The host TSC rate measured against the PIT, once per boot (0: not yet;
+/// 1: the PIT never signalled).
+static MEASURED_HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The host TSC's rate in Hz, measured against PIT channel 2 the first
+/// time it is asked (10 ms of PIT time); `None` if the PIT never signals.
+pub fn tsc_hz() -> Option<u64> {
+    use core::sync::atomic::Ordering;
+    let mut hz = MEASURED_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        hz = measure().filter(|&h| h > 1_000_000).unwrap_or(1);
+        MEASURED_HZ.store(hz, Ordering::Relaxed);
+    }
+    (hz > 1).then_some(hz)
+}
+
+fn measure() -> Option<u64> {
+    // SAFETY: ring 0; programs PIT channel 2 and the speaker gate at
+    // port 0x61 (speaker output kept off), nothing else.
+    unsafe {
+        let gate = x86::io::inb(0x61);
+        x86::io::outb(0x61, (gate & !0x02) & !0x01);
+        x86::io::outb(0x43, 0b1011_0000); // ch 2, lo/hi byte, mode 0, binary
+        x86::io::outb(0x42, (CALIBRATION_TICKS & 0xFF) as u8);
+        x86::io::outb(0x42, (CALIBRATION_TICKS >> 8) as u8);
+        let start = rdtsc();
+        x86::io::outb(0x61, ((gate & !0x02) & !0x01) | 0x01); // gate on: count
+        let mut spins = 0u64;
+        let mut done = false;
+        while spins < 200_000_000 {
+            if x86::io::inb(0x61) & 0x20 != 0 {
+                done = true;
+                break;
+            }
+            spins += 1;
+        }
+        let end = rdtsc();
+        x86::io::outb(0x61, gate);
+        done.then(|| (end - start) * PIT_HZ / u64::from(CALIBRATION_TICKS))
+    }
+}
+
 impl Clock {
     pub fn calibrate() -> Clock {
-        // SAFETY: ring 0; programs PIT channel 2 and the speaker gate at
-        // port 0x61 (speaker output kept off), nothing else.
-        let measured = unsafe {
-            let gate = x86::io::inb(0x61);
-            x86::io::outb(0x61, (gate & !0x02) & !0x01);
-            x86::io::outb(0x43, 0b1011_0000); // ch 2, lo/hi byte, mode 0, binary
-            x86::io::outb(0x42, (CALIBRATION_TICKS & 0xFF) as u8);
-            x86::io::outb(0x42, (CALIBRATION_TICKS >> 8) as u8);
-            let start = rdtsc();
-            x86::io::outb(0x61, ((gate & !0x02) & !0x01) | 0x01); // gate on: count
-            let mut spins = 0u64;
-            let mut done = false;
-            while spins < 200_000_000 {
-                if x86::io::inb(0x61) & 0x20 != 0 {
-                    done = true;
-                    break;
-                }
-                spins += 1;
-            }
-            let end = rdtsc();
-            x86::io::outb(0x61, gate);
-            done.then(|| (end - start) * PIT_HZ / u64::from(CALIBRATION_TICKS))
-        };
-        match measured {
-            Some(hz) if hz > 1_000_000 => Clock {
+        match tsc_hz() {
+            Some(hz) => Clock {
                 start: rdtsc(),
                 hz,
                 calibrated: true,

@@ -5,7 +5,7 @@
 //!
 //! The echo service runs until a client sends a `quit` line (exit code 0)
 //! or `net_timeout` seconds pass (exit code 1). Everything is polled.
-mod clock;
+pub mod clock;
 pub mod guest;
 mod iscsi;
 mod pci_io;

@@ -9,9 +9,10 @@
 //! per iteration to deliver backend completions and frames as inputs, with
 //! their interrupts raised on the virtual LAPIC.
 //!
-//! Guest time is a virtual TSC: host TSC plus an offset that only grows
-//! (HLT with a timer armed skips ahead to the deadline), announced to the
-//! guest as [`vmx::exit::cpuid::GUEST_TSC_KHZ`].
+//! Guest time is a virtual TSC: the host TSC scaled to the rate announced
+//! to the guest as [`vmx::exit::cpuid::GUEST_TSC_KHZ`]
+//! ([`kernel::tsc_scale`], `guest_tsc=`), plus an offset that only grows
+//! (HLT with a timer armed skips ahead to the deadline).
 use alloc::string::String;
 use kernel::devices::absent::{Absent, Access};
 use kernel::devices::lapic::{ApicMode, Lapic};
@@ -68,6 +69,11 @@ pub struct Machine {
     pub devices: Devices,
     pub lapic: Lapic,
     tsc_offset: u64,
+    /// Host TSC ticks to guest TSC ticks (`guest_tsc=`).
+    scale: kernel::tsc_scale::TscScale,
+    /// Guest time skipped ahead by [`Machine::skip_to`] (idle HLTs, a
+    /// go-live's time floor): guest time no host time passed for.
+    pub skipped: u64,
     /// Replay: guest time follows the log (the largest time value replayed
     /// so far) instead of this host's TSC, so the device models' timers
     /// run on the recording's clock (issue 15: nothing fires early or
@@ -170,7 +176,8 @@ pub fn fetch_instruction(
 }
 
 impl Machine {
-    pub fn new(ram: &'static mut [u8], io: GuestIo) -> Machine {
+    /// `scale`: host TSC ticks to guest TSC ticks.
+    pub fn new(ram: &'static mut [u8], io: GuestIo, scale: kernel::tsc_scale::TscScale) -> Machine {
         let mut bus = Bus::new();
         bus.insert_pio(COM1_BASE, PORT_COUNT, Dev::Uart)
             .expect("empty bus");
@@ -178,7 +185,7 @@ impl Machine {
             bus.insert_mmio(slot.base(), slot.size(), Dev::Virtio(slot))
                 .expect("the virtio slots are disjoint and above guest RAM");
         }
-        let start = host_tsc();
+        let start = scale.guest(host_tsc());
         Machine {
             ram,
             bus,
@@ -189,6 +196,8 @@ impl Machine {
             lapic: Lapic::with_mode(ApicMode::XApic, 40),
             // Guest TSC starts at 0.
             tsc_offset: 0u64.wrapping_sub(start),
+            scale,
+            skipped: 0,
             log_clock: None,
             syscall_msrs: [0; 5],
             rng: start | 1,
@@ -208,7 +217,7 @@ impl Machine {
     pub fn now(&self) -> u64 {
         match self.log_clock {
             Some(t) => t,
-            None => host_tsc().wrapping_add(self.tsc_offset),
+            None => self.scale.guest(host_tsc()).wrapping_add(self.tsc_offset),
         }
     }
 
@@ -229,14 +238,21 @@ impl Machine {
     /// host's TSC again, from where the log left it.
     pub fn end_log_time(&mut self) {
         if let Some(t) = self.log_clock.take() {
-            self.tsc_offset = t.wrapping_sub(host_tsc());
+            self.tsc_offset = t.wrapping_sub(self.scale.guest(host_tsc()));
         }
+    }
+
+    /// Host TSC ticks (what the VMX preemption timer counts) for a span of
+    /// `guest_ticks` of guest time.
+    pub fn host_ticks(&self, guest_ticks: u64) -> u64 {
+        self.scale.host(guest_ticks)
     }
 
     /// Moves guest time forward to `t` (HLT until a timer deadline).
     pub fn skip_to(&mut self, t: u64) {
         let now = self.now();
         if t > now {
+            self.skipped += t - now;
             self.tsc_offset = self.tsc_offset.wrapping_add(t - now);
         }
     }

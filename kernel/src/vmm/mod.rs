@@ -146,7 +146,7 @@ pub fn run(
     // Guest I/O (issue 6): virtio devices and their backends (the NIC is
     // brought up here for `guest_net=bridge` / `disk=iscsi`).
     let io = io.unwrap_or_else(|| crate::net::guest::guest_io(size as u64, config));
-    let mut machine = Machine::new(ram, io);
+    let mut machine = Machine::new(ram, io, guest_tsc_scale(config));
     machine.announce_io();
     if linux_guest {
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
@@ -170,7 +170,7 @@ pub fn run(
     if let Some(l) = live.as_deref_mut() {
         l.join(&mut machine.devices.io);
     }
-    let t0 = machine::host_tsc();
+    let (t0, g0) = (machine::host_tsc(), machine.now());
     let mut ended = run_loop(
         &mut vmcs,
         &mut regs,
@@ -181,14 +181,21 @@ pub fn run(
         false,
         live.as_deref_mut(),
     );
-    let host_ticks = machine::host_tsc().wrapping_sub(t0);
+    let (host_ticks, g1) = (machine::host_tsc().wrapping_sub(t0), machine.now());
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
     machine.report_io();
     if let Some(c) = counter.as_deref() {
         report_counter(c);
     }
-    print_numbers(&ended, counter.as_deref(), host_ticks, &machine, &tape);
+    print_numbers(
+        &ended,
+        counter.as_deref(),
+        host_ticks,
+        (g0, g1),
+        &machine,
+        &tape,
+    );
     if let Tape::Replay(mut replayer) = tape {
         // FT backup whose guest ended while the primary's log is still
         // open (the primary may still be hashing its RAM for the final
@@ -331,6 +338,7 @@ pub fn run(
     let mut machine = Machine::new(
         ram,
         kernel::guestio::GuestIo::from_config(size as u64, config),
+        guest_tsc_scale(config),
     );
     machine.console_quiet = true;
     if linux_guest {
@@ -342,7 +350,7 @@ pub fn run(
         "ft: replay: restored the initial state; replaying {} entries (guest output discarded)",
         recorder.entries()
     );
-    let t0 = machine::host_tsc();
+    let (t0, g0) = (machine::host_tsc(), machine.now());
     ended = run_loop(
         &mut vmcs,
         &mut regs,
@@ -353,11 +361,18 @@ pub fn run(
         true,
         None,
     );
-    let host_ticks = machine::host_tsc().wrapping_sub(t0);
+    let (host_ticks, g1) = (machine::host_tsc().wrapping_sub(t0), machine.now());
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
     report_counter(&*counter);
-    print_numbers(&ended, Some(&*counter), host_ticks, &machine, &tape);
+    print_numbers(
+        &ended,
+        Some(&*counter),
+        host_ticks,
+        (g0, g1),
+        &machine,
+        &tape,
+    );
     let Tape::Replay(mut replayer) = tape else {
         unreachable!("the replay tape stays a replay tape")
     };
@@ -458,11 +473,13 @@ fn print_applied(replayer: &Replayer, machine: &Machine, discarded: &str) {
 /// The closing numbers of a run (issue 8), raw: the e2e runner turns them
 /// into rates against wall-clock and guest time. `host_ticks` are Bochs
 /// instructions (its TSC); guest time is the virtual TSC, announced at
-/// 1 GHz (`vmx::exit::cpuid::GUEST_TSC_KHZ`).
+/// 1 GHz (`vmx::exit::cpuid::GUEST_TSC_KHZ`); `(g0, g1)`: guest time
+/// when the run loop started and ended (the span `host_ticks` counts).
 fn print_numbers(
     ended: &Ended,
     c: Option<&dyn ExecCounter>,
     host_ticks: u64,
+    (g0, g1): (u64, u64),
     m: &Machine,
     tape: &Tape,
 ) {
@@ -472,11 +489,12 @@ fn print_numbers(
         Tape::Replay(r) => ("replay", 0, r.len() as u64),
     };
     println!(
-        "ft: numbers: mode={mode} counter={} guest_instructions={} exits={} host_ticks={host_ticks} guest_tsc={} log_bytes={log_bytes} log_entries={entries}",
+        "ft: numbers: mode={mode} counter={} guest_instructions={} exits={} host_ticks={host_ticks} guest_tsc={} guest_tsc_start={g0} guest_tsc_skipped={} log_bytes={log_bytes} log_entries={entries}",
         c.map_or("none", |c| c.name()),
         c.map_or(0, |c| c.count()),
         ended.exits,
-        m.now(),
+        g1,
+        m.skipped,
     );
 }
 
@@ -636,6 +654,36 @@ fn mutate(r: &mut Replayer, mode: u8, code: &[u8]) {
 
 /// A checkpoint's state now: the guest's registers and the digest of the
 /// devices' writes to its memory (`ft::replay::STATE_NAMES`).
+/// Host TSC ticks to guest TSC ticks (`guest_tsc=`, issue 15): scaled to
+/// the announced rate from the host rate measured against the PIT, or the
+/// raw host TSC when asked (or when the PIT never signals: said).
+fn guest_tsc_scale(config: &Config) -> kernel::tsc_scale::TscScale {
+    use kernel::tsc_scale::TscScale;
+    let guest_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
+    match (config.guest_tsc, crate::net::clock::tsc_hz()) {
+        (kernel::config::GuestTsc::Host, _) => {
+            println!(
+                "vmm: guest TSC: the raw host TSC (guest_tsc=host), announced as {} MHz",
+                guest_hz / 1_000_000
+            );
+            TscScale::identity()
+        }
+        (kernel::config::GuestTsc::Scaled, Some(hz)) => {
+            println!(
+                "vmm: guest TSC: {} MHz, scaled from the host TSC at {}.{:03} MHz (calibrated against PIT channel 2)",
+                guest_hz / 1_000_000,
+                hz / 1_000_000,
+                hz % 1_000_000 / 1000
+            );
+            TscScale::new(hz, guest_hz)
+        }
+        (kernel::config::GuestTsc::Scaled, None) => {
+            println!("vmm: warning: the PIT never signalled, the host TSC rate is unknown: the guest's TSC is the raw host TSC, announced as {} MHz (its clock runs at the host's rate)", guest_hz / 1_000_000);
+            TscScale::identity()
+        }
+    }
+}
+
 fn state_now(vmcs: &hw::HwVmcs, regs: &GuestRegs, m: &Machine) -> ft::replay::StateVector {
     let mut s = vmx::state::state_vector(vmcs, regs);
     s[ft::replay::STATE_WORDS - 2] = crate::arch::fpu::digest();
@@ -1006,7 +1054,7 @@ fn run_loop(
             if pending.is_none() {
                 let mut slice = SLICE;
                 if let Some(deadline) = m.lapic.next_deadline() {
-                    slice = slice.min(deadline.saturating_sub(now).max(1));
+                    slice = slice.min(m.host_ticks(deadline.saturating_sub(now)).max(1));
                 }
                 plan = Some(Plan::Run { slice });
             }
