@@ -46,6 +46,7 @@ pub mod replay;
 pub mod seam;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod state;
 
 pub use config::{Mutation, SessionConfig};
 pub use effect::{Effect, Effects, GoLive};

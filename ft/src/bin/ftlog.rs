@@ -7,6 +7,7 @@
 //! ftlog dump FILE [--from SEQ] [--count N]
 //!                        one line per record
 //! ftlog extract FILE OUT writes the raw log bytes (e.g. out of a serial capture)
+//! ftlog state FILE       summarises a repair's state transfer (`ft::state`)
 //! ```
 //! FILE is a raw log (records as the log channel carries them) or any text
 //! holding an exported log (`ft=export`'s `FTLOG` lines, e.g. a Bochs serial
@@ -21,7 +22,7 @@ use ft::log::export::{decode_all, parse_export, LINE_PREFIX};
 use ft::log::{LogEntry, Record};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: ftlog summary FILE | ftlog dump FILE [--from SEQ] [--count N] | ftlog extract FILE OUT   (FILE: raw log or text with FTLOG lines; - = stdin)");
+    eprintln!("usage: ftlog summary FILE | ftlog dump FILE [--from SEQ] [--count N] | ftlog extract FILE OUT | ftlog state FILE   (FILE: raw log or text with FTLOG lines; - = stdin)");
     ExitCode::from(2)
 }
 
@@ -149,6 +150,25 @@ fn main() -> ExitCode {
     let (Some(cmd), Some(path)) = (args.first(), args.get(1)) else {
         return usage();
     };
+    if cmd == "state" {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("ftlog: {path}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let lines = ft::state::summarise(&bytes);
+        for l in &lines {
+            println!("{l}");
+        }
+        let accepted = lines.last().is_some_and(|l| l.starts_with("accepted"));
+        return if accepted {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     let bytes = match read_input(path) {
         Ok(b) => b,
         Err(e) => {

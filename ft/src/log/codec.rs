@@ -14,7 +14,7 @@ use crate::FtError;
 
 /// CRC32C (Castagnoli), the iSCSI polynomial.
 // `static`, not `const`: one table in .rodata, never copied per use.
-static CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
+pub(crate) static CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
 /// Appends one encoded record to `out`. Fails only if the payload would
 /// exceed [`MAX_PAYLOAD`] (then `out` is left unchanged).
@@ -214,13 +214,34 @@ pub fn decode_record(buf: &[u8]) -> Result<(Record, usize), FtError> {
 }
 
 /// A bounds-checked cursor over a payload.
-struct Reader<'a> {
+/// Bounds-checked little-endian reads of one payload (also the state
+/// transfer's, `crate::state`).
+pub(crate) struct Reader<'a> {
     kind: u8,
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], FtError> {
+    /// Reads `payload` of record kind `kind` (named in errors).
+    pub(crate) fn new(kind: u8, payload: &'a [u8]) -> Self {
+        Self {
+            kind,
+            rest: payload,
+        }
+    }
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+    /// Fails unless every byte was read.
+    pub(crate) fn end(&self) -> Result<(), FtError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.bad("trailing bytes"))
+        }
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], FtError> {
         if self.rest.len() < n {
             return Err(self.bad("payload too short"));
         }
@@ -228,25 +249,25 @@ impl<'a> Reader<'a> {
         self.rest = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FtError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FtError> {
         let s = self.bytes(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, FtError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, FtError> {
         Ok(self.array::<1>()?[0])
     }
-    fn u16(&mut self) -> Result<u16, FtError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, FtError> {
         Ok(u16::from_le_bytes(self.array()?))
     }
-    fn u32(&mut self) -> Result<u32, FtError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, FtError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64, FtError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, FtError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
-    fn point(&mut self) -> Result<ExecPoint, FtError> {
+    pub(crate) fn point(&mut self) -> Result<ExecPoint, FtError> {
         Ok(ExecPoint::new(self.u64()?, self.u64()?, self.u64()?))
     }
     fn rest_vec(&mut self) -> Vec<u8> {
@@ -261,7 +282,7 @@ impl<'a> Reader<'a> {
             Err(self.bad("trailing bytes"))
         }
     }
-    fn bad(&self, reason: &'static str) -> FtError {
+    pub(crate) fn bad(&self, reason: &'static str) -> FtError {
         FtError::BadPayload {
             kind: self.kind,
             reason,

@@ -23,7 +23,7 @@
 //! Decoding never panics on arbitrary input; [`StreamDecoder`] accepts bytes
 //! in arbitrary TCP-sized chunks.
 
-mod codec;
+pub(crate) mod codec;
 mod entry;
 pub mod export;
 mod stream;
