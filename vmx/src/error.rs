@@ -23,6 +23,9 @@ pub enum Error {
     BadGuestMemory(&'static str),
     /// A guest-physical range outside guest RAM.
     GuestAddress { gpa: u64, len: u64 },
+    /// A transferred vCPU state names a VMCS field that is not guest state
+    /// (`encoding`), or lacks one (`missing`).
+    BadVcpuState { encoding: u32, missing: bool },
 }
 
 impl fmt::Display for Error {
@@ -51,6 +54,16 @@ impl fmt::Display for Error {
                 crate::vmcs::instruction_error_text(*number)
             ),
             Error::BadGuestMemory(why) => write!(f, "bad guest memory: {why}"),
+            Error::BadVcpuState {
+                encoding,
+                missing: true,
+            } => {
+                write!(f, "transferred vCPU state lacks VMCS field {encoding:#06x}")
+            }
+            Error::BadVcpuState { encoding, .. } => write!(
+                f,
+                "transferred vCPU state names VMCS field {encoding:#06x}, which is not guest state"
+            ),
             Error::GuestAddress { gpa, len } => {
                 write!(
                     f,
