@@ -336,25 +336,33 @@ pub fn main(root: &Path) -> Result<(), String> {
         .filter(|f| f.get("state").map(String::as_str) == Some("live"))
         .count();
 
-    let mut checks: Vec<(bool, String)> = vec![];
+    // `Some(ok)`: a check (ok or FAIL); `None`: a figure shown, not judged.
+    let mut checks: Vec<(Option<bool>, String)> = vec![];
+    let bound = crate::tests_ftkv::FAILOVER_BOUND;
     checks.push((
-        acked == SETS as u64 && verified == acked && n("bad") == Some(0) && k.get("client_ok").map(String::as_str) == Some("true"),
+        Some(acked == SETS as u64 && verified == acked && n("bad") == Some(0) && k.get("client_ok").map(String::as_str) == Some("true")),
         format!("writes    {acked} SETs acknowledged to the client; after the failover every one read back: {verified}/{acked} correct; wrong GETs during the load: {}", n("bad").unwrap_or(0)),
     ));
+    let first_reply = n("first_reply_us").map(Duration::from_micros);
     checks.push((
-        n("first_reply_us").is_some() && live.is_some(),
+        Some(
+            first_reply.is_some_and(|d| d <= bound)
+                && live.is_some()
+                && n("reconnects") == Some(0),
+        ),
         format!(
-            "failover  primary SIGKILLed (pid {}) after {KILL_AFTER} acknowledged SETs; first reply from the new primary {} ms after the kill (wall clock); client reconnects: {}",
+            "failover  primary SIGKILLed (pid {}) after {KILL_AFTER} acknowledged SETs; first reply from the new primary {} ms after the kill (wall clock; bound {} ms); client reconnects: {} (want 0: the same TCP connection)",
             k.get("pid").map_or("?", String::as_str),
-            n("first_reply_us").map_or("-".into(), |v| format!("{:.0}", v as f64 / 1000.0)),
-            n("reconnects").unwrap_or(0)
+            first_reply.map_or("-".into(), |d| d.as_millis().to_string()),
+            bound.as_millis(),
+            n("reconnects").map_or("-".into(), |r| r.to_string())
         ),
     ));
     for l in [&silent, &won, &live].into_iter().flatten() {
-        checks.push((true, format!("          {l}")));
+        checks.push((None, format!("          {l}")));
     }
     checks.push((
-        flag.as_ref().ok() == Some(&(1, 2)),
+        Some(flag.as_ref().ok() == Some(&(1, 2))),
         format!(
             "flag      LUN block 0: {} (was generation 0; one step, owned by the backup)",
             flag.as_ref().map_or_else(
@@ -364,14 +372,14 @@ pub fn main(root: &Path) -> Result<(), String> {
         ),
     ));
     checks.push((
-        b.exit_code == Some(0),
+        Some(b.exit_code == Some(0)),
         format!(
             "backup    ran the guest to its end alone: exit code {}; its status port said live {live_samples} time(s)",
             b.exit_code.map_or_else(|| format!("none ({})", b.ended), |c| c.to_string())
         ),
     ));
     checks.push((
-        true,
+        None,
         format!(
             "log       the primary's log while paired: mean {} Mbit/s, peak {} Mbit/s ({} status samples, emulated time)",
             f1(mean(&log)),
@@ -380,9 +388,9 @@ pub fn main(root: &Path) -> Result<(), String> {
         ),
     ));
     checks.push((
-        true,
+        None,
         format!(
-            "lag       backup lag while paired (status port lag_us): mean {} ms, max {} ms (emulated time)",
+            "lag       backup lag while paired (status port lag_us): mean {} ms, max {} ms (emulated time); DESIGN.md §5: typically < 100 ms, the primary throttled above 1 s",
             f0(mean(&lag)),
             f0(max(&lag))
         ),
@@ -391,8 +399,13 @@ pub fn main(root: &Path) -> Result<(), String> {
     println!("== summary ({:.0} s) ==", t0.elapsed().as_secs_f64());
     let mut all = true;
     for (ok, text) in &checks {
-        all &= ok;
-        println!("{} {text}", if *ok { "  ok  " } else { "  FAIL" });
+        all &= ok.unwrap_or(true);
+        let mark = match ok {
+            Some(true) => "  ok  ",
+            Some(false) => "  FAIL",
+            None => "      ",
+        };
+        println!("{mark} {text}");
     }
     if all {
         println!("PASS: no acknowledged write was lost across the failover");

@@ -195,7 +195,7 @@ const FT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// -> first reply from the survivor): the failure timeout plus 5 s for
 /// arbitration, fencing, the drain and Bochs being slow on a busy host
 /// (measured 0.5-0.7 s).
-const FAILOVER_BOUND: Duration = Duration::from_millis(2000 + 5000);
+pub(crate) const FAILOVER_BOUND: Duration = Duration::from_millis(2000 + 5000);
 /// `ft-storage-down`: the longest the runner watches the backup retry
 /// after the primary's kill.
 const OBSERVE_MAX: Duration = Duration::from_secs(180);
