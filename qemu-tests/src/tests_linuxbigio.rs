@@ -83,12 +83,16 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
     let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let specs = (0..2)
         .map(|node| {
-            let extra = format!("iscsi_node={}", node + 1);
-            let mut spec = ftrig::node_spec(t, root, &ns, node, &names[node], &WIRING, &extra);
-            spec.modules = vec![
-                (kernel.clone(), guest_cmdline.clone()),
-                (initrd.clone(), String::new()),
-            ];
+            let mut spec = crate::tests_linuxft::linux_node_spec(
+                t,
+                root,
+                &ns,
+                node,
+                &names[node],
+                &WIRING,
+                (&kernel, &initrd),
+                &guest_cmdline,
+            );
             if node == 0 {
                 let (primary, killed_at, timeout) =
                     (names[0].clone(), killed_at.clone(), t.timeout);

@@ -50,6 +50,29 @@ pub fn tests() -> Vec<E2eTest> {
     }]
 }
 
+/// Boot spec of Linux FT node `node` (0 primary, 1 backup) named `name`
+/// on the rig `ns`/`w`: the test's command line with this node's iSCSI
+/// node id; Debian's `kernel` with `guest_cmdline`, and `initrd`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linux_node_spec(
+    t: &E2eTest,
+    root: &Path,
+    ns: &crate::tests_net::Netns,
+    node: usize,
+    name: &str,
+    w: &ftrig::Wiring,
+    (kernel, initrd): (&Path, &Path),
+    guest_cmdline: &str,
+) -> crate::emulator::BootSpec {
+    let extra = format!("iscsi_node={}", node + 1);
+    let mut spec = ftrig::node_spec(t, root, ns, node, name, w, &extra);
+    spec.modules = vec![
+        (kernel.to_path_buf(), guest_cmdline.to_string()),
+        (initrd.to_path_buf(), String::new()),
+    ];
+    spec
+}
+
 /// What the client must receive.
 fn expected_body() -> Vec<u8> {
     let mut v = Vec::with_capacity(LINES as usize * 7);
@@ -92,12 +115,16 @@ fn run(t: &E2eTest, root: &Path) -> Outcome {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
     let specs = (0..2)
         .map(|node| {
-            let extra = format!("iscsi_node={}", node + 1);
-            let mut spec = ftrig::node_spec(t, root, &ns, node, &names[node], &WIRING, &extra);
-            spec.modules = vec![
-                (kernel.clone(), guest_cmdline.clone()),
-                (initrd.clone(), String::new()),
-            ];
+            let mut spec = linux_node_spec(
+                t,
+                root,
+                &ns,
+                node,
+                &names[node],
+                &WIRING,
+                (&kernel, &initrd),
+                &guest_cmdline,
+            );
             if node == 0 {
                 let (nsname, primary, backup, seen, timeout) = (
                     ns.name.clone(),

@@ -186,6 +186,9 @@ pub struct GuestIo {
     pending_blk: alloc::collections::BTreeMap<u64, GuestOutput>,
     /// Guest RAM the devices address.
     ram_bytes: u64,
+    /// Disk completions collected from the backend by
+    /// [`GuestIo::poll_backends`], delivered at the next poll.
+    early_done: Vec<GuestInput>,
 }
 
 /// What [`GuestIo::go_live`] did.
@@ -238,6 +241,7 @@ impl GuestIo {
             held_outside: 0,
             pending_blk: Default::default(),
             ram_bytes,
+            early_done: Vec::new(),
         }
     }
 
@@ -487,12 +491,11 @@ impl GuestIo {
             self.disk.poll(&mut done);
             return 0;
         }
-        let mut done = Vec::new();
-        self.disk.poll(&mut done);
+        let mut done = core::mem::take(&mut self.early_done);
+        self.collect_disk(&mut done);
         let mut frames = Vec::new();
         self.wire.poll(&mut frames);
         let n = done.len() + frames.len();
-        self.stats.disk_done += done.len() as u64;
         for d in done {
             seen(Slot::Blk, &d);
             let _ = self.input(Slot::Blk, d, ram, irq);
@@ -503,6 +506,27 @@ impl GuestIo {
             let _ = self.input(Slot::Net, f, ram, irq);
         }
         n
+    }
+
+    /// Collects the disk backend's completions without delivering them
+    /// (the guest is not at an input point: an FT primary waiting for its
+    /// backup); the next [`Self::poll_with`] delivers them first, in
+    /// order. The backend's session stays served and its progress counts
+    /// ([`IoStats::disk_done`]), so a long wait is not taken for a stalled
+    /// disk (issue 15: a 4 s throttle made a primary step down).
+    pub fn poll_backends(&mut self) {
+        if self.detached {
+            return;
+        }
+        let mut done = core::mem::take(&mut self.early_done);
+        self.collect_disk(&mut done);
+        self.early_done = done;
+    }
+
+    fn collect_disk(&mut self, done: &mut Vec<GuestInput>) {
+        let before = done.len();
+        self.disk.poll(done);
+        self.stats.disk_done += (done.len() - before) as u64;
     }
 
     /// Requests the disk backend holds (queued or on the medium).
@@ -518,6 +542,7 @@ impl GuestIo {
     pub fn busy(&self) -> bool {
         !self.detached
             && self.disk.in_flight()
+                + self.early_done.len()
                 + self.wire.in_flight()
                 + self.gate_queue.len()
                 + self.held_outside

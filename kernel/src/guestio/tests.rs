@@ -431,6 +431,25 @@ fn stale_completion_after_reset_is_refused_with_a_notice() {
 }
 
 #[test]
+fn completions_collected_early_count_as_progress_and_reach_the_guest_at_the_next_poll() {
+    let mut g = Guest::new(GuestNetChoice::None);
+    g.init(Slot::Blk, 1);
+    g.put(0x3_0000, &[0x22; 512]);
+    g.blk(1, 0, 512, true);
+    assert_eq!(g.io.disk_in_flight(), 1);
+    // An FT primary waiting for its backup: collected, not delivered.
+    g.io.poll_backends();
+    assert_eq!((g.io.stats().disk_done, g.io.disk_in_flight()), (1, 0));
+    assert!(g.used(0).is_empty(), "not delivered while the guest waits");
+    assert!(g.io.busy(), "still owed to the guest");
+    // The next input point delivers it, counted once.
+    g.poll();
+    assert_eq!(g.used(0), vec![(0, 1)]);
+    assert_eq!(g.io.stats().disk_done, 1);
+    assert!(!g.io.busy());
+}
+
+#[test]
 fn a_refused_input_changes_the_checkpoint_digest() {
     // The same input refused on one side and taken on the other must
     // not leave both with the same device-write digest (issue 15).

@@ -66,6 +66,9 @@ impl<N: Nic + 'static> Node<N> {
                 self.throttles += 1;
             }
             self.pump(true);
+            // The disk's completions are collected (delivered at the next
+            // input point): the wait is not a stalled disk.
+            io.poll_backends();
             self.primary_tick(self.now_us() * 1000, guest_ns, at, Some(io))?;
         }
         self.emit_ready(io);
