@@ -25,7 +25,7 @@ const SLP_EN: u16 = 1 << 13;
 const STS_WRITABLE: u16 = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 15);
 
 /// The PM1a event/control block and the PM timer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AcpiPm {
     tsc_hz: u64,
     status: u16,

@@ -28,7 +28,7 @@ const REMOTE_IRR: u64 = 1 << 14;
 const WRITABLE: u64 = 0xFF00_0000_0001_AFFF;
 
 /// The I/O APIC. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ioapic {
     id: u8,
     select: u8,

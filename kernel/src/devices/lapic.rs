@@ -81,7 +81,7 @@ pub enum TimerMode {
 }
 
 /// A local APIC. Plain data: `Clone` it to snapshot, compare with `==`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lapic {
     apic_base: u64,
     max_phys_bits: u8,

@@ -25,6 +25,7 @@ pub mod ioapic;
 pub mod lapic;
 pub mod pit;
 pub mod rtc;
+pub mod snapshot;
 pub mod uart;
 pub mod virtio;
 

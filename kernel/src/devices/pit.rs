@@ -27,7 +27,7 @@ pub const BASE: u16 = 0x40;
 pub const PORT_COUNT: u16 = 0x22;
 const PORT_B: u16 = 0x21;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct Channel {
     /// Control bits 5:0 (access mode, mode, BCD) as last programmed.
     control: u8,
@@ -67,7 +67,7 @@ impl Channel {
 }
 
 /// The three counters and port B. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     tsc_hz: u64,
     ch: [Channel; 3],

@@ -94,10 +94,11 @@ impl DateTime {
 }
 
 /// The RTC and CMOS RAM. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rtc {
     tsc_hz: u64,
     index: u8,
+    #[serde(with = "super::snapshot::bytes128")]
     cmos: [u8; 128],
     /// Unix seconds at guest TSC `base_tsc` (the logged input, adjusted by
     /// the guest's own clock writes).

@@ -68,7 +68,7 @@ const LSR_TEMT: u8 = 0x40;
 const MSR_CONNECTED: u8 = 0xB0;
 
 /// A 16550A UART. Plain data: `Clone` it to snapshot, compare with `==`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Uart {
     ier: u8,
     lcr: u8,
