@@ -42,6 +42,7 @@ pub mod output_rule;
 pub mod primary;
 #[cfg(test)]
 mod protocol_tests;
+pub mod repair;
 pub mod replay;
 pub mod seam;
 #[cfg(any(test, feature = "sim"))]
