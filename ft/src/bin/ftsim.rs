@@ -96,8 +96,14 @@ fn main() -> ExitCode {
         count as f64 / secs
     );
     println!(
-        "  failovers (backup went live) {}, primaries went alone {}, halts {}, repairs {}, arbitrations {}",
-        total.failovers, total.primary_alone, total.halts, total.repairs, total.arbitrations
+        "  failovers (backup went live) {}, primaries went alone {}, halts {}, repairs {} (state transfers {}, {} cut off before their commit), arbitrations {}",
+        total.failovers,
+        total.primary_alone,
+        total.halts,
+        total.repairs,
+        total.transfers,
+        total.transfers_aborted,
+        total.arbitrations
     );
     println!(
         "  outputs {} (duplicates {}, re-emitted at a go-live {}), liveness obligations met {}, max crash-to-live {} ms, max backup lag {} ms, connection resets {}, log bytes {}",

@@ -149,6 +149,11 @@ pub struct Stats {
     pub halts: u64,
     /// New backups created from a live primary (§1.9).
     pub repairs: u64,
+    /// State transfers of a repair started, and those cut off by a crash,
+    /// a freeze past the deadline or a partition before their commit (the
+    /// serving node stays alone, the joiner gets nothing).
+    pub transfers: u64,
+    pub transfers_aborted: u64,
     /// Connections reset on a protocol error (corruption).
     pub resets: u64,
     /// Test-and-set attempts.
@@ -198,6 +203,8 @@ impl Stats {
         self.primary_alone += s.primary_alone;
         self.halts += s.halts;
         self.repairs += s.repairs;
+        self.transfers += s.transfers;
+        self.transfers_aborted += s.transfers_aborted;
         self.resets += s.resets;
         self.arbitrations += s.arbitrations;
         self.outputs += s.outputs;

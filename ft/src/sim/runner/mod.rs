@@ -125,6 +125,9 @@ pub(super) struct Sim<'c> {
     acked: Vec<u64>,
     /// When the last repair formed a new pair.
     last_repair_ns: Option<u64>,
+    /// A repair's state transfer in progress: (joining spare, serving
+    /// node, when its commit is due).
+    transfer: Option<(usize, usize, u64)>,
     /// The flag's true generation when the current pair formed (what a
     /// survivor's test-and-set must expect).
     pair_generation: u64,
@@ -190,6 +193,7 @@ impl<'c> Sim<'c> {
             configured_generation,
             acked: alloc::vec![0; super::storage::DATA_BLOCKS],
             last_repair_ns: None,
+            transfer: None,
             pair_generation: 1,
             stats: Stats::default(),
             trace: cfg.trace,
@@ -1031,11 +1035,35 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
-    /// A restarted node becomes the new backup of a node acting alone:
-    /// state transfer (modelled as a copy), then a new generation (§1.9),
-    /// taken by the live node's `Node::begin_repair`.
+    /// A restarted node becomes the new backup of a node acting alone
+    /// (§1.9): a state transfer that takes time (20-400 ms) while the
+    /// serving node goes on alone, cut off if the serving node crashes,
+    /// stops being alone or stays frozen past the commit, or the link is
+    /// partitioned (the joiner then has nothing: `ft::state::Receiver`
+    /// applies nothing before the commit); at the commit the guest's state
+    /// is copied and the serving node takes a new generation
+    /// (`Node::begin_repair`).
     fn repair(&mut self) -> Result<(), Violation> {
         let now = self.now();
+        if let Some((s, l, due)) = self.transfer {
+            let serving = self.nodes[l].role.node().map(Node::state) == Some(NodeState::Alone)
+                && self.nodes[l].ended.is_none();
+            let cut = !serving
+                || !matches!(self.nodes[s].role, Role::Spare)
+                || in_any(&self.faults.log_partitions, now)
+                || (self.frozen(l) && now > due + self.cfg.failure_timeout_ns);
+            if cut {
+                self.transfer = None;
+                self.stats.transfers_aborted += 1;
+                self.spare_ready[s] = now + self.cfg.retry_ns;
+                return Ok(());
+            }
+            if now < due || self.frozen(l) {
+                return Ok(());
+            }
+            self.transfer = None;
+            return self.commit_repair(s, l);
+        }
         for s in 0..2 {
             let l = 1 - s;
             if !matches!(self.nodes[s].role, Role::Spare)
@@ -1050,10 +1078,21 @@ impl<'c> Sim<'c> {
             {
                 continue;
             }
+            self.stats.transfers += 1;
+            self.transfer = Some((s, l, now + self.rng.range(20, 400) * STEP_NS));
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The transfer from `l` to spare `s` committed: the new pair forms.
+    fn commit_repair(&mut self, s: usize, l: usize) -> Result<(), Violation> {
+        let now = self.now();
+        {
             let t = self.node_now(l);
             let reachable = !in_any(&self.faults.storage_partitions[l], now);
             let Role::Node(live) = &mut self.nodes[l].role else {
-                continue;
+                return Ok(());
             };
             let mut view = self
                 .storage
