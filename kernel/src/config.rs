@@ -14,6 +14,7 @@
 //! | `log` | `error`, `warn`, `info`, `debug` | `info` |
 //! | `watchdog` | seconds of guest time with interrupts disabled before the guest is stopped (1..3600) | `30` |
 //! | `guest_tsc` | the guest's TSC: `scaled` (the host TSC, its rate calibrated against the PIT at boot, scaled to the 1 GHz CPUID announces: `crate::tsc_scale`) or `host` (the raw host TSC, announced as 1 GHz whatever its rate: the Bochs test bed's choice, where the TSC runs at Bochs's `ips` and the tests are sized in instructions) | `scaled` |
+//! | `ept_dirty_test` | `0`; `N`: log the guest's RAM writes through the EPT (a repair's pre-copy mechanism, `vmx::ept`) and take a round every `N` ms of guest time, reported at the end (1..60000; a test of the mechanism, issue 16) | `0` |
 //! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
 //! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `export` (record, then write the log to COM1 as framed hex `FTLOG` lines); `replay` (with a second boot module: replay that log; without: record, then replay from the in-memory log in the same boot; both compare) | `off` |
 //! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle; `3`: flip the last byte of the received frame nearest the middle (proves the divergence check bites, memory included) | `0` |
@@ -178,6 +179,7 @@ pub struct Config {
     pub log: LogLevel,
     pub watchdog_secs: u64,
     pub guest_tsc: GuestTsc,
+    pub ept_dirty_test_ms: u64,
     pub net: NetConfig,
     pub counter: CounterChoice,
     pub ft: FtMode,
@@ -198,6 +200,7 @@ impl Default for Config {
             log: LogLevel::Info,
             watchdog_secs: 30,
             guest_tsc: GuestTsc::Scaled,
+            ept_dirty_test_ms: 0,
             net: NetConfig::default(),
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
@@ -235,7 +238,7 @@ impl Config {
                 r?;
                 continue;
             }
-            const KEYS: [&str; 17] = [
+            const KEYS: [&str; 18] = [
                 "mode",
                 "guest",
                 "selftest",
@@ -243,6 +246,7 @@ impl Config {
                 "log",
                 "watchdog",
                 "guest_tsc",
+                "ept_dirty_test",
                 "counter",
                 "ft",
                 "replay_mutate",
@@ -306,6 +310,14 @@ impl Config {
                         return Err(bad(EXPECTED));
                     }
                     cfg.watchdog_secs = secs;
+                }
+                "ept_dirty_test" => {
+                    const EXPECTED: &str = "0 (off) or milliseconds between rounds, 1..60000";
+                    let ms: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
+                    if ms > 60_000 {
+                        return Err(bad(EXPECTED));
+                    }
+                    cfg.ept_dirty_test_ms = ms;
                 }
                 "guest_tsc" => {
                     cfg.guest_tsc = match value {
@@ -589,6 +601,23 @@ mod tests {
         assert_eq!(e, Error::DuplicateOption { option: "log" });
         let e = Config::parse("mode=report bare").unwrap_err();
         assert_eq!(e.to_string(), "unknown command-line option `bare`");
+    }
+
+    #[test]
+    fn ept_dirty_test_takes_milliseconds() {
+        assert_eq!(Config::default().ept_dirty_test_ms, 0);
+        assert_eq!(
+            Config::parse("ept_dirty_test=5").unwrap().ept_dirty_test_ms,
+            5
+        );
+        for bad in [
+            "ept_dirty_test=x",
+            "ept_dirty_test=60001",
+            "ept_dirty_test=-1",
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("`ept_dirty_test`"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -330,6 +330,20 @@ pub fn vmx_tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
+            cmdline: "mode=hypervisor ept_dirty_test=20",
+            expect: vec![
+                "ept: dirty logging on",
+                "guest: checksum=0x",
+                "hypervisor: guest exited with code 0",
+            ],
+            check: Some(check_ept_dirty_log),
+            ..vmx(
+                "ept-dirty-log",
+                "a repair's dirty logging in the EPT (issue 16): guest RAM write-protected in 4 KiB pages, a round every 20 ms of guest time; the guest's writes are caught and resumed, its checksum = native QEMU run",
+                "test=hello",
+            )
+        },
+        E2eTest {
             cmdline: "mode=hypervisor guest_tsc=scaled",
             expect: vec!["hypervisor: guest exited with code 0"],
             check: Some(check_tsc_scaled),
@@ -449,6 +463,29 @@ fn check_timer(run: &Run) -> Result<String, String> {
         .find(|l| l.contains("timer: ticks="))
         .ok_or("no timer summary")?;
     Ok(format!("({})", line.trim_start_matches("guest: ")))
+}
+
+/// `ept-dirty-log`: the guest computed what it computes natively (its
+/// writes were faulted and resumed, none lost), and the EPT handed over
+/// written pages over several rounds.
+fn check_ept_dirty_log(run: &Run) -> Result<String, String> {
+    let same = check_checksum_matches_native(run)?;
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.starts_with("ept: dirty logging: rounds="))
+        .ok_or("no `ept: dirty logging: rounds=` line")?;
+    let n = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rounds, pages) = (n("rounds="), n("pages="));
+    if rounds < 2 || pages == 0 {
+        return Err(format!("want >= 2 rounds and written pages: {line}"));
+    }
+    Ok(format!("{same}; {}", line.trim_start_matches("ept: ")))
 }
 
 /// `guest-tsc-scaled`: guest time that passed while the host's did (the

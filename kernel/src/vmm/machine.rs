@@ -74,6 +74,8 @@ pub struct Machine {
     /// Guest time skipped ahead by [`Machine::skip_to`] (idle HLTs, a
     /// go-live's time floor): guest time no host time passed for.
     pub skipped: u64,
+    /// Dirty logging through the EPT, when on (`ept_dirty_test=`).
+    pub dirty: Option<DirtyEpt>,
     /// Replay: guest time follows the log (the largest time value replayed
     /// so far) instead of this host's TSC, so the device models' timers
     /// run on the recording's clock (issue 15: nothing fires early or
@@ -198,6 +200,7 @@ impl Machine {
             tsc_offset: 0u64.wrapping_sub(start),
             scale,
             skipped: 0,
+            dirty: None,
             log_clock: None,
             syscall_msrs: [0; 5],
             rng: start | 1,
@@ -499,6 +502,65 @@ impl Platform for Machine {
         for line in s.split('\n') {
             self.console_line(line);
         }
+    }
+
+    fn dirty_write(&mut self, gpa: u64) -> bool {
+        self.dirty
+            .as_mut()
+            .is_some_and(|d| d.ept.on_write_violation(gpa))
+    }
+}
+
+/// Dirty logging of guest RAM through the EPT (issue 16, a repair's
+/// pre-copy; `vmx::ept`): the EPT it write-protects and what it found.
+pub struct DirtyEpt {
+    pub ept: &'static mut vmx::ept::Ept,
+    /// Rounds taken, pages handed over over all rounds.
+    pub rounds: u64,
+    pub pages: u64,
+    /// Guest time between rounds, and when the next one is due.
+    pub every: u64,
+    pub next_round: u64,
+}
+
+impl DirtyEpt {
+    /// Starts logging on `ept` (cached translations invalidated).
+    pub fn start(ept: &'static mut vmx::ept::Ept, every: u64) -> Self {
+        ept.start_dirty_log();
+        invept_single(ept.pointer());
+        Self {
+            ept,
+            rounds: 0,
+            pages: 0,
+            every,
+            next_round: every,
+        }
+    }
+
+    /// One round: the pages written since the last, protected again.
+    pub fn round(&mut self) -> alloc::vec::Vec<u64> {
+        let pages = self.ept.take_dirty();
+        invept_single(self.ept.pointer());
+        self.rounds += 1;
+        self.pages += pages.len() as u64;
+        pages
+    }
+}
+
+/// INVEPT, single-context (SDM Vol. 3C §31.3 "INVEPT"): drops the cached
+/// translations of the EPT at `eptp` after permissions were reduced.
+pub fn invept_single(eptp: u64) {
+    let descriptor: [u64; 2] = [eptp, 0];
+    // SAFETY: VMX root operation (VMXON done before any guest runs); the
+    // descriptor is a valid 128-bit operand naming the guest's EPT; type 1
+    // (single-context) is supported wherever EPT is (checked at boot).
+    unsafe {
+        core::arch::asm!(
+            "invept {}, [{}]",
+            in(reg) 1u64,
+            in(reg) descriptor.as_ptr(),
+            options(nostack, readonly)
+        );
     }
 }
 

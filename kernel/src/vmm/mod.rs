@@ -95,18 +95,22 @@ pub fn run(
             }
         }
     };
-    let ept = vmx::ept::Ept::new(size as u64, base as u64).unwrap_or_else(|e| fail("EPT", e));
+    // Leaked: the VMCS points at its tables for the rest of the boot.
+    let ept: &'static mut vmx::ept::Ept = Box::leak(Box::new(
+        vmx::ept::Ept::new(size as u64, base as u64).unwrap_or_else(|e| fail("EPT", e)),
+    ));
+    let eptp = ept.pointer();
     println!(
         "hypervisor: VMCS {:#x}, guest RAM {} MiB at host {:#x}, EPT {:#x}, entry {:?}, cmdline \"{}\"",
         vmcs.region,
         size >> 20,
         base as u64,
-        ept.pointer(),
+        eptp,
         start,
         guest_cmdline
     );
     let mut regs = GuestRegs::default();
-    let setup = setup::write_controls(&mut vmcs, &controls, caps, ept.pointer())
+    let setup = setup::write_controls(&mut vmcs, &controls, caps, eptp)
         .and_then(|_| setup::write_host_state(&mut vmcs, switch::exit_entry()))
         .and_then(|_| setup::write_guest_state(&mut vmcs, caps, start, &mut regs));
     if let Err(e) = setup {
@@ -148,6 +152,16 @@ pub fn run(
     let io = io.unwrap_or_else(|| crate::net::guest::guest_io(size as u64, config));
     let mut machine = Machine::new(ram, io, guest_tsc_scale(config));
     machine.announce_io();
+    if config.ept_dirty_test_ms > 0 {
+        machine.dirty = Some(machine::DirtyEpt::start(
+            ept,
+            config.ept_dirty_test_ms * 1_000_000,
+        ));
+        println!(
+            "ept: dirty logging on: guest RAM in 4 KiB write-protected pages, a round every {} ms of guest time",
+            config.ept_dirty_test_ms
+        );
+    }
     if linux_guest {
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
         machine.linux = Some(linux::LinuxDevices::new(tsc_hz, machine.now()));
@@ -182,6 +196,13 @@ pub fn run(
         live.as_deref_mut(),
     );
     let (host_ticks, g1) = (machine::host_tsc().wrapping_sub(t0), machine.now());
+    if let Some(d) = machine.dirty.as_mut() {
+        let last = d.round().len();
+        println!(
+            "ept: dirty logging: rounds={} pages={} (last round {last})",
+            d.rounds, d.pages
+        );
+    }
     machine.flush_console_partial();
     report(&ended, &machine, host_ticks);
     machine.report_io();
@@ -323,7 +344,7 @@ pub fn run(
     // the guest's block of the same size, not in use while the guest is out.
     unsafe { core::ptr::copy_nonoverlapping(copy, ram.as_mut_ptr(), size) };
     machine::write_syscall_msrs(&syscall_msrs);
-    let rewrite = setup::write_controls(&mut vmcs, &controls, caps, ept.pointer())
+    let rewrite = setup::write_controls(&mut vmcs, &controls, caps, eptp)
         .and_then(|_| setup::write_guest_state(&mut vmcs, caps, start, &mut regs));
     if let Err(e) = rewrite {
         fail("VMCS reset for replay", e);
@@ -843,6 +864,13 @@ fn run_loop(
         // that goes live (tape off) gets them back.
         m.devices.io.set_detached(tape.is_replay());
         let now = m.now();
+        // `ept_dirty_test=`: a dirty-logging round every so often.
+        if let Some(d) = m.dirty.as_mut() {
+            if now >= d.next_round {
+                d.round();
+                d.next_round = now + d.every;
+            }
+        }
         // FT pair (issue 9): ship/receive the log, output rule, heartbeats.
         if let Some(l) = live.as_deref_mut() {
             let at = point_now(vmcs, regs, counter.as_deref());

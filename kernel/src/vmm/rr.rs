@@ -223,6 +223,9 @@ impl Platform for RrPlatform<'_> {
     fn console(&mut self, text: &str) {
         self.m.console(text)
     }
+    fn dirty_write(&mut self, gpa: u64) -> bool {
+        self.m.dirty_write(gpa)
+    }
 }
 
 /// The log entry of a guest I/O input applied at `at` (record mode).

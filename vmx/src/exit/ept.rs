@@ -62,6 +62,10 @@ pub fn handle_violation(
     if q & 4 != 0 {
         return stop(access_kind(q));
     }
+    // A write to RAM that dirty logging protects: recorded, retried.
+    if q & 2 != 0 && platform.dirty_write(gpa) {
+        return Ok(Action::Resume);
+    }
     regs.sync_rsp(vmcs);
     let mut req = MmioRequest {
         regs,

@@ -167,6 +167,12 @@ pub trait Platform {
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// Guest console output from the print hypercall.
     fn console(&mut self, text: &str);
+    /// A guest write to RAM page `gpa` faulted because dirty logging
+    /// protects it (`crate::ept::Ept::on_write_violation`): `true` if so
+    /// (recorded, now writable: resume at the same instruction).
+    fn dirty_write(&mut self, _gpa: u64) -> bool {
+        false
+    }
 }
 
 /// An MMIO access to be decoded and emulated by the platform.
