@@ -759,7 +759,8 @@ impl<'c> Sim<'c> {
         }
     }
 
-    /// Whether anything that can hold up the log overlapped `[from, now]`.
+    /// Whether anything that can hold up the log overlapped `[from, now]`
+    /// (a slow link's largest record: within 4 failure timeouts before).
     fn end_excused(&self, from: u64) -> bool {
         let now = self.now();
         let f = &self.faults;
@@ -772,6 +773,11 @@ impl<'c> Sim<'c> {
             || f.drops.iter().any(|&d| from <= d && d <= now)
             || f.corrupt_per_mille > 0
             || self.last_repair_ns.is_some()
+            // A slow link carrying the largest record (2-4 failure
+            // timeouts to cross, more if a drop makes it go again).
+            || f
+                .big_frame_at
+                .is_some_and(|b| b <= now && from <= b + 4 * self.cfg.failure_timeout_ns)
     }
 
     /// The backup replays with the kernel's engine: the node feeds the
