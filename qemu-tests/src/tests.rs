@@ -330,6 +330,20 @@ pub fn vmx_tests() -> Vec<E2eTest> {
             )
         },
         E2eTest {
+            cmdline: "mode=hypervisor ft_test_clone=50",
+            expect: vec![
+                "clone: the machine went through a state transfer",
+                "guest: checksum=0x",
+                "hypervisor: guest exited with code 0",
+            ],
+            check: Some(check_clone),
+            ..vmx(
+                "state-transfer-clone",
+                "a repair's state transfer in one boot (issue 16): after 50 ms of guest time the whole machine (RAM, vCPU, MSRs, x87/SSE, LAPIC, UART) is sent through ft::state, wrecked, and restored from the transfer; the guest's checksum = native QEMU run",
+                "test=hello",
+            )
+        },
+        E2eTest {
             cmdline: "mode=hypervisor ept_dirty_test=20",
             expect: vec![
                 "ept: dirty logging on",
@@ -463,6 +477,33 @@ fn check_timer(run: &Run) -> Result<String, String> {
         .find(|l| l.contains("timer: ticks="))
         .ok_or("no timer summary")?;
     Ok(format!("({})", line.trim_start_matches("guest: ")))
+}
+
+/// `state-transfer-clone`: the guest computed what it computes natively
+/// after its whole state was wrecked and restored from a transfer that
+/// carried every page of its RAM.
+fn check_clone(run: &Run) -> Result<String, String> {
+    let same = check_checksum_matches_native(run)?;
+    let line = run
+        .serial
+        .lines()
+        .find(|l| l.starts_with("clone: "))
+        .ok_or("no `clone:` line")?;
+    let pages: u64 = line
+        .split_once(" bytes (")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if pages != (64 << 20) / 4096 {
+        return Err(format!(
+            "the transfer carried {pages} pages, want every page of 64 MiB: {line}"
+        ));
+    }
+    let before = run.serial.find(line).unwrap_or(0);
+    if !run.serial[before..].contains("guest: checksum=0x") {
+        return Err("the checksum came before the clone: it proves nothing".into());
+    }
+    Ok(format!("{same}; {}", line.trim_start_matches("clone: ")))
 }
 
 /// `ept-dirty-log`: the guest computed what it computes natively (its

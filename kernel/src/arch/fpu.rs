@@ -96,3 +96,32 @@ pub fn digest() -> u64 {
     }
     ft::replay::hash_bytes(ft::replay::HASH_SEED, &area.0[..STATE_BYTES])
 }
+
+/// The guest's x87/SSE state now, as the FXSAVE image (a repair's Vcpu
+/// chunk carries it).
+pub fn save() -> [u8; 512] {
+    let mut area = FxArea([0; 512]);
+    // SAFETY: as in `digest`.
+    unsafe {
+        core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack));
+    }
+    area.0
+}
+
+/// Loads an FXSAVE image into the CPU (the guest continues with it).
+/// `false`, nothing loaded, if reserved MXCSR bits are set (FXRSTOR would
+/// fault: SDM Vol. 1 §10.5.1.1; MXCSR_MASK 0xFFBF is the narrowest).
+pub fn restore(image: &[u8; 512]) -> bool {
+    let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
+    if mxcsr & !0xFFBF != 0 {
+        return false;
+    }
+    let mut area = FxArea([0; 512]);
+    area.0.copy_from_slice(image);
+    // SAFETY: a 16-byte-aligned 512-byte image with valid MXCSR; CR0.EM/TS
+    // clear and CR4.OSFXSR set (`init_host`).
+    unsafe {
+        core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly));
+    }
+    true
+}

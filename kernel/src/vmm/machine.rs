@@ -55,7 +55,7 @@ impl DeviceSet<Dev> for Devices {
 
 /// IA32_STAR .. IA32_KERNEL_GS_BASE: held here and in the physical MSRs
 /// (the host never uses SYSCALL or SWAPGS).
-const SYSCALL_MSRS: [u32; 5] = [
+pub const SYSCALL_MSRS: [u32; 5] = [
     0xC000_0081,
     0xC000_0082,
     0xC000_0083,
@@ -76,6 +76,9 @@ pub struct Machine {
     pub skipped: u64,
     /// Dirty logging through the EPT, when on (`ept_dirty_test=`).
     pub dirty: Option<DirtyEpt>,
+    /// `ft_test_clone=`: the guest time at which the machine is cloned
+    /// through a state transfer, and what the clone needs.
+    pub clone_at: Option<(u64, CloneContext)>,
     /// Replay: guest time follows the log (the largest time value replayed
     /// so far) instead of this host's TSC, so the device models' timers
     /// run on the recording's clock (issue 15: nothing fires early or
@@ -201,6 +204,7 @@ impl Machine {
             scale,
             skipped: 0,
             dirty: None,
+            clone_at: None,
             log_clock: None,
             syscall_msrs: [0; 5],
             rng: start | 1,
@@ -280,6 +284,11 @@ impl Machine {
 
     /// Guest RAM (for snapshots and state hashes).
     pub fn ram(&self) -> &[u8] {
+        self.ram
+    }
+
+    /// Guest RAM, writable (a repair's transfer writes pages into it).
+    pub fn ram_mut(&mut self) -> &mut [u8] {
         self.ram
     }
 
@@ -509,6 +518,14 @@ impl Platform for Machine {
             .as_mut()
             .is_some_and(|d| d.ept.on_write_violation(gpa))
     }
+}
+
+/// What a same-boot clone (`super::clone`) needs besides the machine.
+#[derive(Clone, Copy)]
+pub struct CloneContext {
+    pub machine: ft::log::MachineId,
+    pub caps: vmx::caps::VmxCaps,
+    pub start: kernel::loader::GuestStart,
 }
 
 /// Dirty logging of guest RAM through the EPT (issue 16, a repair's

@@ -1,6 +1,7 @@
 //! Running the guest under VMX: bring-up (VMXON, VMCS, EPT, guest RAM,
 //! loader) and the run loop — interrupt injection, guest time, the
 //! watchdog, and the reaction to each exit (Intel SDM Vol. 3C §24-28).
+mod clone;
 mod hw;
 mod linux;
 mod machine;
@@ -152,6 +153,16 @@ pub fn run(
     let io = io.unwrap_or_else(|| crate::net::guest::guest_io(size as u64, config));
     let mut machine = Machine::new(ram, io, guest_tsc_scale(config));
     machine.announce_io();
+    if config.ft_test_clone_ms > 0 {
+        machine.clone_at = Some((
+            config.ft_test_clone_ms * 1_000_000,
+            machine::CloneContext {
+                machine: kernel::ftnode::machine_identity(config, size as u64, 0),
+                caps: *caps,
+                start,
+            },
+        ));
+    }
     if config.ept_dirty_test_ms > 0 {
         machine.dirty = Some(machine::DirtyEpt::start(
             ept,
@@ -864,6 +875,24 @@ fn run_loop(
         // that goes live (tape off) gets them back.
         m.devices.io.set_detached(tape.is_replay());
         let now = m.now();
+        // `ft_test_clone=`: the machine through a state transfer, once.
+        if let Some((at, ctx)) = m.clone_at {
+            if now >= at && matches!(tape, Tape::Off) {
+                m.clone_at = None;
+                match clone::clone_in_place(vmcs, regs, m, ctx.machine, &ctx.caps, ctx.start) {
+                    Ok(c) => println!(
+                        "clone: the machine went through a state transfer of {} bytes ({} pages, {} of them zero, vCPU, LAPIC, UART) and was restored from it; the guest goes on at RIP {:#x}",
+                        c.bytes, c.pages, c.zero_pages, c.rip
+                    ),
+                    Err(why) => {
+                        return Ended {
+                            end: End::Live(alloc::format!("clone: {why}")),
+                            exits,
+                        }
+                    }
+                }
+            }
+        }
         // `ept_dirty_test=`: a dirty-logging round every so often.
         if let Some(d) = m.dirty.as_mut() {
             if now >= d.next_round {
