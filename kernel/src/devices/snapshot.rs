@@ -15,6 +15,9 @@ use super::lapic::Lapic;
 use super::pit::Pit;
 use super::rtc::Rtc;
 use super::uart::Uart;
+use super::virtio::blk::Blk;
+use super::virtio::mmio::VirtioMmio;
+use super::virtio::net::Net;
 
 /// A device model whose state travels in a transfer.
 pub trait DeviceState: Serialize + DeserializeOwned {
@@ -43,6 +46,8 @@ device_state! {
     Rtc => 4, 1, "RTC";
     AcpiPm => 5, 1, "ACPI PM block";
     Uart => 6, 1, "UART";
+    VirtioMmio<Blk> => 7, 1, "virtio-blk (transport, queues, requests in flight)";
+    VirtioMmio<Net> => 8, 1, "virtio-net (transport, queues)";
 }
 
 /// `(id, layout, blob)` of `device`, as a `Device` chunk carries it.
@@ -138,6 +143,8 @@ mod tests {
             uart.pio_write(0, 1, u32::from(*b), 0);
         }
         round_trip(&uart);
+        round_trip(&VirtioMmio::new(Blk::new(2048, b"serial"), 0x31));
+        round_trip(&VirtioMmio::new(Net::new([2, 0, 0, 0, 0, 1]), 0x32));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Cloned {
     pub pages: u64,
     pub zero_pages: u64,
     pub rip: u64,
+    /// Disk requests the backend held when the machine was sent (their
+    /// completions reach the restored device model).
+    pub disk_in_flight: usize,
 }
 
 /// Sends the machine's state into a transfer (the serving node's half).
@@ -89,7 +92,12 @@ fn send(
         &mut out,
     )
     .map_err(err)?;
-    for (id, version, blob) in [snapshot::save(&m.lapic), snapshot::save(&m.devices.uart)] {
+    for (id, version, blob) in [
+        snapshot::save(&m.lapic),
+        snapshot::save(&m.devices.uart),
+        snapshot::save(&m.devices.io.blk),
+        snapshot::save(&m.devices.io.net),
+    ] {
         s.push(Chunk::Device { id, version, blob }, &mut out)
             .map_err(err)?;
     }
@@ -119,6 +127,7 @@ pub fn clone_in_place(
     start: kernel::loader::GuestStart,
 ) -> Result<Cloned, alloc::string::String> {
     regs.sync_rsp(vmcs);
+    let disk_in_flight = m.devices.io.disk_in_flight();
     let (bytes, zero_pages) = send(vmcs, regs, m, machine)?;
     let rip = vmcs.get(Field::GuestRip);
     // Wreck what was sent: a receiver must bring every bit back.
@@ -127,6 +136,14 @@ pub fn clone_in_place(
     super::setup::write_guest_state(vmcs, caps, start, regs).map_err(|e| alloc::format!("{e}"))?;
     m.lapic = kernel::devices::lapic::Lapic::with_mode(kernel::devices::lapic::ApicMode::XApic, 40);
     m.devices.uart = kernel::devices::uart::Uart::new(None);
+    m.devices.io.blk = kernel::devices::virtio::mmio::VirtioMmio::new(
+        kernel::devices::virtio::blk::Blk::new(0, b""),
+        0,
+    );
+    m.devices.io.net = kernel::devices::virtio::mmio::VirtioMmio::new(
+        kernel::devices::virtio::net::Net::new([0; 6]),
+        0,
+    );
     write_syscall_msrs(&[0; 5]);
     // Receive, as a joining node does: pages into RAM, the rest staged
     // until the commit verifies.
@@ -177,6 +194,8 @@ pub fn clone_in_place(
         match *id {
             1 => m.lapic = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
             6 => m.devices.uart = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+            7 => m.devices.io.blk = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+            8 => m.devices.io.net = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
             other => return Err(alloc::format!("unexpected device {other}")),
         }
     }
@@ -185,5 +204,6 @@ pub fn clone_in_place(
         pages: staged.pages,
         zero_pages,
         rip,
+        disk_in_flight,
     })
 }

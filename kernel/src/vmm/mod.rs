@@ -881,8 +881,8 @@ fn run_loop(
                 m.clone_at = None;
                 match clone::clone_in_place(vmcs, regs, m, ctx.machine, &ctx.caps, ctx.start) {
                     Ok(c) => println!(
-                        "clone: the machine went through a state transfer of {} bytes ({} pages, {} of them zero, vCPU, LAPIC, UART) and was restored from it; the guest goes on at RIP {:#x}",
-                        c.bytes, c.pages, c.zero_pages, c.rip
+                        "clone: the machine went through a state transfer of {} bytes ({} pages, {} of them zero, vCPU, LAPIC, UART, virtio-blk, virtio-net) and was restored from it; the guest goes on at RIP {:#x} with {} disk request(s) in flight",
+                        c.bytes, c.pages, c.zero_pages, c.rip, c.disk_in_flight
                     ),
                     Err(why) => {
                         return Ended {

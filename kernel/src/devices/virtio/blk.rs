@@ -77,7 +77,7 @@ pub const T_GET_ID: u32 = 8;
 const HEADER: u64 = 16;
 
 /// What a request in flight waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Pending {
     Read(u32, u64),
     Write(u64),
@@ -93,7 +93,7 @@ enum Outcome {
 }
 
 /// A request submitted to the backend and not yet completed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct InFlight {
     id: u64,
     chain: Chain,
@@ -101,7 +101,7 @@ struct InFlight {
 }
 
 /// Counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlkStats {
     /// Requests submitted to the backend.
     pub submitted: u64,
@@ -112,7 +112,7 @@ pub struct BlkStats {
 }
 
 /// The virtio-blk device model. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Blk {
     capacity: u64,
     serial: [u8; ID_BYTES],

@@ -120,7 +120,7 @@ pub trait VirtioDevice {
 }
 
 /// Counters and the last fatal error, for the hypervisor's log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransportStats {
     /// Register accesses of the wrong size or alignment, or to no register.
     pub bad_accesses: u64,
@@ -131,7 +131,7 @@ pub struct TransportStats {
 }
 
 /// The transport's register state. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transport {
     device_features: u64,
     device_features_sel: u32,
@@ -361,7 +361,7 @@ impl Transport {
 
 /// A virtio device on the virtio-mmio transport: what the hypervisor puts on
 /// its [`Bus`](crate::devices::Bus). Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VirtioMmio<D> {
     transport: Transport,
     device: D,

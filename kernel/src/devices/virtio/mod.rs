@@ -64,7 +64,7 @@ mod tests_net;
 pub use mmio::{VirtioDevice, VirtioMmio};
 
 /// A guest-physical range the device tried to use is not (entirely) RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemError {
     /// First guest-physical address of the access.
     pub gpa: u64,

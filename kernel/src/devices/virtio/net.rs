@@ -49,7 +49,7 @@ pub const RX: usize = 0;
 pub const TX: usize = 1;
 
 /// Counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetStats {
     /// Frames transmitted.
     pub tx_frames: u64,
@@ -66,7 +66,7 @@ pub struct NetStats {
 }
 
 /// The virtio-net device model. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Net {
     mac: [u8; 6],
     stats: NetStats,

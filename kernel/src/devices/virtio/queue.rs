@@ -23,7 +23,7 @@ pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// Why a queue cannot be used; each one is fatal for the device
 /// (`DEVICE_NEEDS_RESET`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum QueueError {
     /// The size is zero, above the maximum or not a power of two, or a ring
     /// is misaligned (§2.7: 16/2/4 bytes) or not in guest RAM.
@@ -63,7 +63,7 @@ impl From<MemError> for QueueError {
 }
 
 /// One guest buffer of a descriptor chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// Guest-physical address.
     pub gpa: u64,
@@ -73,7 +73,7 @@ pub struct Segment {
 
 /// A validated descriptor chain: its head index and its buffers, readable
 /// ones first (§2.7.4).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chain {
     /// Index of the first descriptor (what goes into the used ring).
     pub head: u16,
@@ -153,7 +153,7 @@ impl Chain {
 }
 
 /// One split virtqueue's device-side state. Plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Queue {
     /// The largest size the device accepts (`QueueNumMax`).
     pub max_size: u16,
