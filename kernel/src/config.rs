@@ -16,6 +16,7 @@
 //! | `guest_tsc` | the guest's TSC: `scaled` (the host TSC, its rate calibrated against the PIT at boot, scaled to the 1 GHz CPUID announces: `crate::tsc_scale`) or `host` (the raw host TSC, announced as 1 GHz whatever its rate: the Bochs test bed's choice, where the TSC runs at Bochs's `ips` and the tests are sized in instructions) | `scaled` |
 //! | `ept_dirty_test` | `0`; `N`: log the guest's RAM writes through the EPT (a repair's pre-copy mechanism, `vmx::ept`) and take a round every `N` ms of guest time, reported at the end (1..60000; a test of the mechanism, issue 16) | `0` |
 //! | `ft_test_clone` | `0`; `N`: after `N` ms of guest time, send the whole machine through a repair's state transfer (`ft::state`), wreck it, and restore it from the transfer (a test of capture and restore, issue 16; plain runs, 1..60000) | `0` |
+//! | `ft_test_clone_link` | the link rate a `ft_test_clone` pre-copy round is timed at, MB/s (1..1000000) | `1000` |
 //! | `counter` | execution-counter backend: `auto`, `preempt`, `mtf`, `pmu` (DESIGN.md §3) | `auto` |
 //! | `ft` | `off`; `record` (log every non-deterministic input, print a summary); `export` (record, then write the log to COM1 as framed hex `FTLOG` lines); `replay` (with a second boot module: replay that log; without: record, then replay from the in-memory log in the same boot; both compare) | `off` |
 //! | `replay_mutate` | `0`; `1`: move the interrupt entry nearest the middle of the log one instruction later; `2`: change the RDTSC value nearest the middle; `3`: flip the last byte of the received frame nearest the middle (proves the divergence check bites, memory included) | `0` |
@@ -182,6 +183,7 @@ pub struct Config {
     pub guest_tsc: GuestTsc,
     pub ept_dirty_test_ms: u64,
     pub ft_test_clone_ms: u64,
+    pub ft_test_clone_link_mbps: u64,
     pub net: NetConfig,
     pub counter: CounterChoice,
     pub ft: FtMode,
@@ -204,6 +206,7 @@ impl Default for Config {
             guest_tsc: GuestTsc::Scaled,
             ept_dirty_test_ms: 0,
             ft_test_clone_ms: 0,
+            ft_test_clone_link_mbps: 1000,
             net: NetConfig::default(),
             counter: CounterChoice::Auto,
             ft: FtMode::Off,
@@ -241,7 +244,7 @@ impl Config {
                 r?;
                 continue;
             }
-            const KEYS: [&str; 19] = [
+            const KEYS: [&str; 20] = [
                 "mode",
                 "guest",
                 "selftest",
@@ -251,6 +254,7 @@ impl Config {
                 "guest_tsc",
                 "ept_dirty_test",
                 "ft_test_clone",
+                "ft_test_clone_link",
                 "counter",
                 "ft",
                 "replay_mutate",
@@ -314,6 +318,14 @@ impl Config {
                         return Err(bad(EXPECTED));
                     }
                     cfg.watchdog_secs = secs;
+                }
+                "ft_test_clone_link" => {
+                    const EXPECTED: &str = "MB/s, 1..1000000";
+                    let v: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
+                    if !(1..=1_000_000).contains(&v) {
+                        return Err(bad(EXPECTED));
+                    }
+                    cfg.ft_test_clone_link_mbps = v;
                 }
                 "ft_test_clone" => {
                     const EXPECTED: &str = "0 (off) or milliseconds of guest time, 1..60000";

@@ -45,7 +45,7 @@ pub fn tests() -> Vec<E2eTest> {
             ..bochs(
                 "state-transfer-clone-io",
                 "a repair's state transfer in one boot in the middle of guest disk I/O (issue 16): the virtio-blk transport, queues and requests in flight go through ft::state with RAM, vCPU, LAPIC and UART; the guest's 2 MiB write-flush-read-verify completes",
-                "mode=hypervisor disk=ram:8M ft_test_clone=17",
+                "mode=hypervisor disk=ram:8M ft_test_clone=17 ft_test_clone_link=1000000",
                 "test=blk mb=2",
             )
         },

@@ -4,9 +4,9 @@
 //! itself wrote (device DMA: used rings, read data, received frames).
 //!
 //! Live state transfer (DESIGN.md §1.9) copies guest RAM while the guest
-//! runs and re-sends what changed; the guest CPU's own stores are tracked by
-//! EPT dirty flags (Intel SDM Vol. 3C §29.3.5, not yet wired), the
-//! hypervisor's stores on the guest's behalf by this log.
+//! runs and re-sends what changed; the guest CPU's own stores are tracked
+//! through the EPT (`vmx::ept` dirty logging), the hypervisor's stores on
+//! the guest's behalf by this log (its own rounds: [`DirtyLog::take_round`]).
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -20,6 +20,9 @@ pub const PAGE: u64 = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtyLog {
     bits: Vec<u64>,
+    /// The same, since the last [`DirtyLog::take_round`] (a repair's
+    /// pre-copy round), independent of [`DirtyLog::take`].
+    round: Vec<u64>,
     pages: u64,
     marked: u64,
     digest: u64,
@@ -31,6 +34,7 @@ impl DirtyLog {
         let pages = ram_bytes.div_ceil(PAGE);
         Self {
             bits: vec![0; pages.div_ceil(64) as usize],
+            round: vec![0; pages.div_ceil(64) as usize],
             pages,
             marked: 0,
             digest: ft::replay::HASH_SEED,
@@ -72,11 +76,27 @@ impl DirtyLog {
         let last = gpa.saturating_add(len - 1) / PAGE;
         for page in first..=last.min(self.pages.saturating_sub(1)) {
             let (w, b) = ((page / 64) as usize, page % 64);
+            self.round[w] |= 1 << b;
             if self.bits[w] & (1 << b) == 0 {
                 self.bits[w] |= 1 << b;
                 self.marked += 1;
             }
         }
+    }
+
+    /// The pages written since the last call, ascending (a pre-copy
+    /// round's share of the hypervisor's writes); [`DirtyLog::take`] and
+    /// the counts are unaffected.
+    pub fn take_round(&mut self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (w, word) in self.round.iter_mut().enumerate() {
+            let mut x = core::mem::take(word);
+            while x != 0 {
+                out.push(w as u64 * 64 + u64::from(x.trailing_zeros()));
+                x &= x - 1;
+            }
+        }
+        out
     }
 
     /// Whether page number `page` is dirty.

@@ -186,6 +186,12 @@ fn dirty_log_marks_pages_once_and_clamps_to_ram() {
     assert_eq!(d.take(), vec![0, 1, 9]);
     assert_eq!(d.count(), 0);
     assert!(d.take().is_empty());
+    // A pre-copy's rounds are their own: `take` did not clear them, and
+    // taking a round leaves the counts alone.
+    assert_eq!(d.take_round(), vec![0, 1, 9]);
+    assert!(d.take_round().is_empty());
+    d.mark(3 * ram::PAGE, 1);
+    assert_eq!((d.take_round(), d.count()), (vec![3], 1));
 }
 
 #[test]

@@ -76,9 +76,9 @@ pub struct Machine {
     pub skipped: u64,
     /// Dirty logging through the EPT, when on (`ept_dirty_test=`).
     pub dirty: Option<DirtyEpt>,
-    /// `ft_test_clone=`: the guest time at which the machine is cloned
-    /// through a state transfer, and what the clone needs.
-    pub clone_at: Option<(u64, CloneContext)>,
+    /// `ft_test_clone=`: a clone through a state transfer, waiting for
+    /// its time or in its pre-copy (`super::clone`).
+    pub clone: Option<super::clone::LiveClone>,
     /// Replay: guest time follows the log (the largest time value replayed
     /// so far) instead of this host's TSC, so the device models' timers
     /// run on the recording's clock (issue 15: nothing fires early or
@@ -204,7 +204,7 @@ impl Machine {
             scale,
             skipped: 0,
             dirty: None,
-            clone_at: None,
+            clone: None,
             log_clock: None,
             syscall_msrs: [0; 5],
             rng: start | 1,

@@ -154,16 +154,17 @@ pub fn run(
     let mut machine = Machine::new(ram, io, guest_tsc_scale(config));
     machine.announce_io();
     if config.ft_test_clone_ms > 0 {
-        machine.clone_at = Some((
-            config.ft_test_clone_ms * 1_000_000,
+        machine.clone = Some(clone::LiveClone::new(
             machine::CloneContext {
                 machine: kernel::ftnode::machine_identity(config, size as u64, 0),
                 caps: *caps,
                 start,
             },
+            config.ft_test_clone_ms * 1_000_000,
+            config.ft_test_clone_link_mbps * 1_000_000,
+            ept,
         ));
-    }
-    if config.ept_dirty_test_ms > 0 {
+    } else if config.ept_dirty_test_ms > 0 {
         machine.dirty = Some(machine::DirtyEpt::start(
             ept,
             config.ept_dirty_test_ms * 1_000_000,
@@ -875,15 +876,11 @@ fn run_loop(
         // that goes live (tape off) gets them back.
         m.devices.io.set_detached(tape.is_replay());
         let now = m.now();
-        // `ft_test_clone=`: the machine through a state transfer, once.
-        if let Some((at, ctx)) = m.clone_at {
-            if now >= at && matches!(tape, Tape::Off) {
-                m.clone_at = None;
-                match clone::clone_in_place(vmcs, regs, m, ctx.machine, &ctx.caps, ctx.start) {
-                    Ok(c) => println!(
-                        "clone: the machine went through a state transfer of {} bytes ({} pages, {} of them zero, vCPU, LAPIC, UART, virtio-blk, virtio-net) and was restored from it; the guest goes on at RIP {:#x} with {} disk request(s) in flight",
-                        c.bytes, c.pages, c.zero_pages, c.rip, c.disk_in_flight
-                    ),
+        // `ft_test_clone=`: the machine through a state transfer.
+        if let Some(c) = m.clone.take() {
+            if matches!(tape, Tape::Off) {
+                match clone::step(c, vmcs, regs, m, now) {
+                    Ok(next) => m.clone = next,
                     Err(why) => {
                         return Ended {
                             end: End::Live(alloc::format!("clone: {why}")),
