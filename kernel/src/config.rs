@@ -162,6 +162,11 @@ pub enum GuestKind {
     Linux,
 }
 
+/// `value` as a whole number within `range`.
+fn ranged(value: &str, range: core::ops::RangeInclusive<u64>) -> Option<u64> {
+    value.parse().ok().filter(|v| range.contains(v))
+}
+
 /// What the guest's TSC is (`guest_tsc=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestTsc {
@@ -312,36 +317,20 @@ impl Config {
                     }
                 }
                 "watchdog" => {
-                    const EXPECTED: &str = "whole seconds between 1 and 3600";
-                    let secs: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
-                    if !(1..=3600).contains(&secs) {
-                        return Err(bad(EXPECTED));
-                    }
-                    cfg.watchdog_secs = secs;
+                    cfg.watchdog_secs = ranged(value, 1..=3600)
+                        .ok_or_else(|| bad("whole seconds between 1 and 3600"))?;
                 }
                 "ft_test_clone_link" => {
-                    const EXPECTED: &str = "MB/s, 1..1000000";
-                    let v: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
-                    if !(1..=1_000_000).contains(&v) {
-                        return Err(bad(EXPECTED));
-                    }
-                    cfg.ft_test_clone_link_mbps = v;
+                    cfg.ft_test_clone_link_mbps =
+                        ranged(value, 1..=1_000_000).ok_or_else(|| bad("MB/s, 1..1000000"))?;
                 }
                 "ft_test_clone" => {
-                    const EXPECTED: &str = "0 (off) or milliseconds of guest time, 1..60000";
-                    let ms: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
-                    if ms > 60_000 {
-                        return Err(bad(EXPECTED));
-                    }
-                    cfg.ft_test_clone_ms = ms;
+                    cfg.ft_test_clone_ms = ranged(value, 0..=60_000)
+                        .ok_or_else(|| bad("0 (off) or milliseconds of guest time, 1..60000"))?;
                 }
                 "ept_dirty_test" => {
-                    const EXPECTED: &str = "0 (off) or milliseconds between rounds, 1..60000";
-                    let ms: u64 = value.parse().map_err(|_| bad(EXPECTED))?;
-                    if ms > 60_000 {
-                        return Err(bad(EXPECTED));
-                    }
-                    cfg.ept_dirty_test_ms = ms;
+                    cfg.ept_dirty_test_ms = ranged(value, 0..=60_000)
+                        .ok_or_else(|| bad("0 (off) or milliseconds between rounds, 1..60000"))?;
                 }
                 "guest_tsc" => {
                     cfg.guest_tsc = match value {
