@@ -29,7 +29,7 @@ const NET_LOOP: &str = "ftvisor.net=loop";
 const EXPORT_IPS: &str = "cpu: ips=5000000";
 
 pub fn tests() -> Vec<E2eTest> {
-    vec![native_reference(), replay_identical(), E2eTest {
+    vec![native_reference(), replay_identical(), clone_mid_boot(), E2eTest {
         cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120",
         expect: vec![
             "linux: boot protocol 2.",
@@ -68,6 +68,50 @@ pub fn tests() -> Vec<E2eTest> {
             "Debian 12's stock kernel + busybox initramfs boot under the hypervisor to /init, bind the virtio-mmio blk/net (DSDT, I/O APIC level IRQs) and power off through ACPI S5 (exit 0); clock calibrated",
         )
     }]
+}
+
+/// Issue 16: Debian's kernel, mid-boot, goes through a repair's state
+/// transfer in one boot (`ft_test_clone`: pre-copy with EPT dirty logging,
+/// the vCPU and every platform and virtio model, the machine wrecked and
+/// restored from the transfer) and boots on to /init, its virtio devices
+/// and power-off.
+///
+/// KNOWN TO FAIL (session 6): the clone completes (64 MB, rounds [49152,
+/// 1084], 8 device models) and the kernel runs on for a while, then stops
+/// in a HLT with no timer armed (`HLT with no way to wake up` at
+/// 0xffffffff81a592eb): some state the transfer does not carry yet (not
+/// found). Kept out of `make test` (`long`) as the reproduction for that
+/// work: `make e2e T=linux-state-transfer-clone`.
+fn clone_mid_boot() -> E2eTest {
+    E2eTest {
+        cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120 ft_test_clone=5000",
+        expect: vec![
+            "] Linux version 6.1",
+            "clone: the machine went through a state transfer",
+            "] Run /init as init process",
+            "guest: FTVISOR-LINUX-INIT",
+            "guest: FTVISOR-LINUX-VIRTIO: virtio0 device 0x0002 driver virtio_blk",
+            "guest: FTVISOR-LINUX-VDA: 16384 sectors",
+            "guest: FTVISOR-LINUX-POWEROFF",
+            "hypervisor: guest powered off",
+            "hypervisor: guest exited with code 0",
+        ],
+        forbid: vec![
+            "PANIC",
+            "EXCEPTION",
+            "Kernel panic",
+            "unchecked MSR access",
+            "FTVISOR-LINUX-INSMOD",
+        ],
+        timeout: Duration::from_secs(420),
+        custom: Some(linux_boot),
+        long: true,
+        ..E2eTest::new(
+            "linux-state-transfer-clone",
+            Emulator::Bochs,
+            "Debian 12's stock kernel goes through a repair's state transfer mid-boot (pre-copy, vCPU, LAPIC, I/O APIC, PIT, RTC, PM block, UART, virtio; the machine wrecked and restored from it) and boots on to /init, binds its virtio devices and powers off",
+        )
+    }
 }
 
 /// The same kernel and initramfs booted natively in Bochs (no hypervisor),

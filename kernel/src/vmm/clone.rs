@@ -28,9 +28,7 @@ use vmx::exit::GuestRegs;
 use vmx::vmcs::{Field, VmcsAccess};
 
 use super::hw::HwVmcs;
-use super::machine::{
-    read_syscall_msrs, write_syscall_msrs, CloneContext, DirtyEpt, Machine, SYSCALL_MSRS,
-};
+use super::machine::{read_syscall_msrs, CloneContext, DirtyEpt, Machine, SYSCALL_MSRS};
 
 /// The shortest round.
 const MIN_ROUND_NS: u64 = 1_000_000;
@@ -64,6 +62,7 @@ pub struct Cloned {
     pub expected_pause_ns: u64,
     pub pause_host_ticks: u64,
     pub rip: u64,
+    pub devices: usize,
 }
 
 impl LiveClone {
@@ -195,7 +194,7 @@ pub fn step(
                 super::machine::invept_single(d.ept.pointer());
             }
             let rip = vmcs.get(Field::GuestRip);
-            stop_and_copy(&mut p, vmcs, regs, m)?;
+            let devices = stop_and_copy(&mut p, vmcs, regs, m)?;
             wreck(vmcs, regs, m, &c.ctx)?;
             receive(&p.out, vmcs, regs, m, &c.ctx)?;
             let pause_host_ticks = super::machine::host_tsc().wrapping_sub(t0);
@@ -207,15 +206,17 @@ pub fn step(
                 expected_pause_ns,
                 pause_host_ticks,
                 rip,
+                devices,
             };
             println!(
-                "clone: the machine went through a state transfer of {} bytes: pre-copy rounds of {:?} pages ({} zero in all), stopped for {:?} with {} pages left (expected pause {} us at the link rate), then the vCPU, LAPIC, UART, virtio-blk, virtio-net; wrecked and restored from it in {} host ticks; the guest goes on at RIP {:#x}",
+                "clone: the machine went through a state transfer of {} bytes: pre-copy rounds of {:?} pages ({} zero in all), stopped for {:?} with {} pages left (expected pause {} us at the link rate), then the vCPU and {} device models; wrecked and restored from it in {} host ticks; the guest goes on at RIP {:#x}",
                 done.bytes,
                 done.per_round,
                 done.zero_pages,
                 done.why,
                 done.per_round.last().copied().unwrap_or(0),
                 done.expected_pause_ns / 1000,
+                done.devices,
                 done.pause_host_ticks,
                 done.rip
             );
@@ -229,13 +230,13 @@ fn round_ns(pages: usize, link_bytes_per_s: u64) -> u64 {
     (pages as u64 * PAGE as u64 * 1_000_000_000 / link_bytes_per_s.max(1)).max(MIN_ROUND_NS)
 }
 
-/// The stopped vCPU, the devices and the commit.
+/// The stopped vCPU, the devices and the commit; how many device models.
 fn stop_and_copy(
     p: &mut PreCopying,
     vmcs: &HwVmcs,
     regs: &mut GuestRegs,
     m: &Machine,
-) -> Result<(), alloc::string::String> {
+) -> Result<usize, alloc::string::String> {
     regs.sync_rsp(vmcs);
     let fields = vmx::state::capture_vcpu(vmcs).map_err(|e| alloc::format!("{e}"))?;
     let msrs = SYSCALL_MSRS
@@ -254,12 +255,22 @@ fn stop_and_copy(
             &mut p.out,
         )
         .map_err(err)?;
-    for (id, version, blob) in [
+    let mut devices = alloc::vec![
         snapshot::save(&m.lapic),
         snapshot::save(&m.devices.uart),
         snapshot::save(&m.devices.io.blk),
         snapshot::save(&m.devices.io.net),
-    ] {
+    ];
+    if let Some(l) = m.linux.as_ref() {
+        devices.extend([
+            snapshot::save(&l.models.ioapic),
+            snapshot::save(&l.models.pit),
+            snapshot::save(&l.models.rtc),
+            snapshot::save(&l.models.pm),
+        ]);
+    }
+    let count = devices.len();
+    for (id, version, blob) in devices {
         p.sender
             .push(Chunk::Device { id, version, blob }, &mut p.out)
             .map_err(err)?;
@@ -276,7 +287,8 @@ fn stop_and_copy(
             },
             &mut p.out,
         )
-        .map_err(err)
+        .map_err(err)?;
+    Ok(count)
 }
 
 /// Wrecks what was sent: a receiver must bring every bit back.
@@ -300,7 +312,13 @@ fn wreck(
         kernel::devices::virtio::net::Net::new([0; 6]),
         0,
     );
-    write_syscall_msrs(&[0; 5]);
+    if let Some(l) = m.linux.as_mut() {
+        l.models.ioapic = kernel::devices::ioapic::Ioapic::new(0);
+        l.models.pit = kernel::devices::pit::Pit::new(1);
+        l.models.rtc = kernel::devices::rtc::Rtc::new(1);
+        l.models.pm = kernel::devices::acpi_pm::AcpiPm::new(1);
+    }
+    m.set_syscall_msrs([0; 5]);
     Ok(())
 }
 
@@ -348,7 +366,7 @@ fn receive(
             .map(|(_, v)| *v)
             .ok_or("an MSR is missing")?;
     }
-    write_syscall_msrs(&values);
+    m.set_syscall_msrs(values);
     let image: &[u8; FXSAVE_LEN] = fxsave
         .as_slice()
         .try_into()
@@ -362,6 +380,18 @@ fn receive(
             6 => m.devices.uart = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
             7 => m.devices.io.blk = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
             8 => m.devices.io.net = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+            2..=5 => {
+                let l = m
+                    .linux
+                    .as_mut()
+                    .ok_or("a Linux platform device for another guest")?;
+                match *id {
+                    2 => l.models.ioapic = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+                    3 => l.models.pit = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+                    4 => l.models.rtc = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+                    _ => l.models.pm = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
+                }
+            }
             other => return Err(alloc::format!("unexpected device {other}")),
         }
     }

@@ -287,6 +287,13 @@ impl Machine {
         self.ram
     }
 
+    /// The guest's syscall MSRs (STAR..KERNEL_GS_BASE), in the CPU and in
+    /// the copy RDMSR answers from (a repair's transfer restores them).
+    pub fn set_syscall_msrs(&mut self, values: [u64; 5]) {
+        write_syscall_msrs(&values);
+        self.syscall_msrs = values;
+    }
+
     /// Guest RAM, writable (a repair's transfer writes pages into it).
     pub fn ram_mut(&mut self) -> &mut [u8] {
         self.ram
