@@ -84,7 +84,6 @@ pub struct Machine {
     /// run on the recording's clock (issue 15: nothing fires early or
     /// twice, and the clock does not step back, at a go-live).
     log_clock: Option<u64>,
-    syscall_msrs: [u64; 5],
     rng: u64,
     pub exits: [u64; 66],
     /// Guest RIPs at preemption-timer exits (a sample every slice of guest
@@ -206,7 +205,6 @@ impl Machine {
             dirty: None,
             clone: None,
             log_clock: None,
-            syscall_msrs: [0; 5],
             rng: start | 1,
             exits: [0; 66],
             hot: alloc::collections::BTreeMap::new(),
@@ -287,11 +285,10 @@ impl Machine {
         self.ram
     }
 
-    /// The guest's syscall MSRs (STAR..KERNEL_GS_BASE), in the CPU and in
-    /// the copy RDMSR answers from (a repair's transfer restores them).
+    /// The guest's syscall MSRs (STAR..KERNEL_GS_BASE), which live in the
+    /// CPU (a repair's transfer restores them).
     pub fn set_syscall_msrs(&mut self, values: [u64; 5]) {
         write_syscall_msrs(&values);
-        self.syscall_msrs = values;
     }
 
     /// Guest RAM, writable (a repair's transfer writes pages into it).
@@ -439,8 +436,11 @@ impl Platform for Machine {
             let now = self.now();
             return self.lapic.rdmsr(msr, now).ok();
         }
-        if let Some(i) = SYSCALL_MSRS.iter().position(|&m| m == msr) {
-            return Some(self.syscall_msrs[i]);
+        if SYSCALL_MSRS.contains(&msr) {
+            // From the CPU: the guest's SWAPGS swaps KERNEL_GS_BASE there
+            // without an exit, so a copy kept at WRMSR would be stale.
+            // SAFETY: an architectural MSR present on every x86-64 CPU.
+            return Some(unsafe { x86::msr::rdmsr(msr) });
         }
         match msr {
             0x3A => Some(1),        // IA32_FEATURE_CONTROL: locked, VMX off
@@ -459,8 +459,7 @@ impl Platform for Machine {
             let now = self.now();
             return self.lapic.wrmsr(msr, value, now).is_ok();
         }
-        if let Some(i) = SYSCALL_MSRS.iter().position(|&m| m == msr) {
-            self.syscall_msrs[i] = value;
+        if SYSCALL_MSRS.contains(&msr) {
             // SAFETY: the host never executes SYSCALL or SWAPGS, so these
             // MSRs belong to the guest; writing them has no host effect.
             unsafe { x86::msr::wrmsr(msr, value) };

@@ -138,6 +138,10 @@ pub fn run(
         unsafe { core::ptr::copy_nonoverlapping(base, copy, size) };
         copy
     });
+    // The guest's syscall MSRs live in the CPU (RDMSR answers from it):
+    // every guest starts with them zero, whatever firmware left there, so
+    // two hosts (an FT pair) and a same-boot replay agree.
+    machine::write_syscall_msrs(&[0; 5]);
     let syscall_msrs = machine::read_syscall_msrs();
     let role = config.pair.role.filter(|_| live.is_some());
     let mut tape = match (config.ft, log) {
