@@ -28,6 +28,15 @@ const NET_LOOP: &str = "ftvisor.net=loop";
 /// sees depends on it (guest time is the instruction-driven TSC).
 const EXPORT_IPS: &str = "cpu: ips=5000000";
 
+/// What a Linux boot under the hypervisor must never print.
+const BOOT_FORBID: [&str; 5] = [
+    "PANIC",
+    "EXCEPTION",
+    "Kernel panic",
+    "unchecked MSR access",
+    "FTVISOR-LINUX-INSMOD",
+];
+
 pub fn tests() -> Vec<E2eTest> {
     vec![native_reference(), replay_identical(), clone_mid_boot(), E2eTest {
         cmdline: "mode=hypervisor guest=linux guest_mem=192M watchdog=120",
@@ -53,13 +62,7 @@ pub fn tests() -> Vec<E2eTest> {
             "hypervisor: guest exited with code 0",
             "hypervisor: absent hardware: ",
         ],
-        forbid: vec![
-            "PANIC",
-            "EXCEPTION",
-            "Kernel panic",
-            "unchecked MSR access",
-            "FTVISOR-LINUX-INSMOD",
-        ],
+        forbid: BOOT_FORBID.to_vec(),
         timeout: Duration::from_secs(420),
         custom: Some(linux_boot),
         ..E2eTest::new(
@@ -97,13 +100,7 @@ fn clone_mid_boot() -> E2eTest {
             "hypervisor: guest powered off",
             "hypervisor: guest exited with code 0",
         ],
-        forbid: vec![
-            "PANIC",
-            "EXCEPTION",
-            "Kernel panic",
-            "unchecked MSR access",
-            "FTVISOR-LINUX-INSMOD",
-        ],
+        forbid: BOOT_FORBID.to_vec(),
         timeout: Duration::from_secs(420),
         custom: Some(linux_boot),
         long: true,

@@ -128,7 +128,10 @@ impl Ept {
         if pde & LARGE_PAGE != 0 {
             return Some((pde & ADDR_MASK & !(PAGE_2M - 1)) + (gpa & (PAGE_2M - 1)));
         }
-        let pt = self.pts.iter().find(|pt| pt.addr() == pde & ADDR_MASK)?;
+        let pt = self
+            .pts
+            .get((gpa / PAGE_2M) as usize)
+            .filter(|pt| pt.addr() == pde & ADDR_MASK)?;
         let pte = pt.0[((gpa >> 12) & 511) as usize];
         if pte & READ_WRITE_EXECUTE == 0 {
             return None;

@@ -62,6 +62,12 @@ pub fn save<T: DeviceState>(device: &T) -> (u16, u16, Vec<u8>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub alloc::string::String);
 
+impl From<Refused> for alloc::string::String {
+    fn from(r: Refused) -> Self {
+        r.0
+    }
+}
+
 /// The model `T` from a `Device` chunk's `(id, layout, blob)`.
 pub fn load<T: DeviceState>(id: u16, layout: u16, blob: &[u8]) -> Result<T, Refused> {
     if id != T::ID {
@@ -90,6 +96,21 @@ pub fn load<T: DeviceState>(id: u16, layout: u16, blob: &[u8]) -> Result<T, Refu
             T::NAME
         ))),
     }
+}
+
+/// `device` replaced by the blob if `id` names its model (`Ok(false)`:
+/// another model's blob, `device` untouched).
+pub fn load_into<T: DeviceState>(
+    device: &mut T,
+    id: u16,
+    layout: u16,
+    blob: &[u8],
+) -> Result<bool, Refused> {
+    if id != T::ID {
+        return Ok(false);
+    }
+    *device = load(id, layout, blob)?;
+    Ok(true)
 }
 
 /// serde for the RTC's 128 bytes of CMOS RAM (serde's arrays stop at 32).
@@ -152,6 +173,9 @@ mod tests {
         let (id, layout, blob) = save(&Pit::new(1_000_000_000));
         let e = load::<Rtc>(id, layout, &blob).unwrap_err();
         assert!(e.0.contains("is not the RTC"), "{e:?}");
+        let mut rtc = Rtc::new(1);
+        assert_eq!(load_into(&mut rtc, id, layout, &blob), Ok(false));
+        assert_eq!(rtc, Rtc::new(1), "another model's blob leaves it alone");
         let e = load::<Pit>(id, layout + 1, &blob).unwrap_err();
         assert!(e.0.contains("layout 2, this build knows 1"), "{e:?}");
         let e = load::<Pit>(id, layout, &blob[..blob.len() - 1]).unwrap_err();

@@ -88,15 +88,7 @@ impl DirtyLog {
     /// round's share of the hypervisor's writes); [`DirtyLog::take`] and
     /// the counts are unaffected.
     pub fn take_round(&mut self) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (w, word) in self.round.iter_mut().enumerate() {
-            let mut x = core::mem::take(word);
-            while x != 0 {
-                out.push(w as u64 * 64 + u64::from(x.trailing_zeros()));
-                x &= x - 1;
-            }
-        }
-        out
+        drain_bits(&mut self.round, Vec::new())
     }
 
     /// Whether page number `page` is dirty.
@@ -111,14 +103,7 @@ impl DirtyLog {
 
     /// The dirty page numbers, ascending; the log is clean afterwards.
     pub fn take(&mut self) -> Vec<u64> {
-        let mut out = Vec::with_capacity(self.marked as usize);
-        for (w, word) in self.bits.iter_mut().enumerate() {
-            let mut x = core::mem::take(word);
-            while x != 0 {
-                out.push(w as u64 * 64 + u64::from(x.trailing_zeros()));
-                x &= x - 1;
-            }
-        }
+        let out = drain_bits(&mut self.bits, Vec::with_capacity(self.marked as usize));
         self.marked = 0;
         out
     }
@@ -167,4 +152,17 @@ impl GuestMemory for GuestRam<'_> {
         self.dirty.absorb(gpa, data);
         Ok(())
     }
+}
+
+/// Appends the numbers of the bits set in `words` to `out`, ascending, and
+/// clears them.
+fn drain_bits(words: &mut [u64], mut out: Vec<u64>) -> Vec<u64> {
+    for (w, word) in words.iter_mut().enumerate() {
+        let mut x = core::mem::take(word);
+        while x != 0 {
+            out.push(w as u64 * 64 + u64::from(x.trailing_zeros()));
+            x &= x - 1;
+        }
+    }
+    out
 }

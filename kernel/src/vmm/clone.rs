@@ -28,7 +28,9 @@ use vmx::exit::GuestRegs;
 use vmx::vmcs::{Field, VmcsAccess};
 
 use super::hw::HwVmcs;
-use super::machine::{read_syscall_msrs, CloneContext, DirtyEpt, Machine, SYSCALL_MSRS};
+use super::machine::{
+    read_syscall_msrs, write_syscall_msrs, CloneContext, DirtyEpt, Machine, SYSCALL_MSRS,
+};
 
 /// The shortest round.
 const MIN_ROUND_NS: u64 = 1_000_000;
@@ -318,7 +320,7 @@ fn wreck(
         l.models.rtc = kernel::devices::rtc::Rtc::new(1);
         l.models.pm = kernel::devices::acpi_pm::AcpiPm::new(1);
     }
-    m.set_syscall_msrs([0; 5]);
+    write_syscall_msrs(&[0; 5]);
     Ok(())
 }
 
@@ -366,7 +368,7 @@ fn receive(
             .map(|(_, v)| *v)
             .ok_or("an MSR is missing")?;
     }
-    m.set_syscall_msrs(values);
+    write_syscall_msrs(&values);
     let image: &[u8; FXSAVE_LEN] = fxsave
         .as_slice()
         .try_into()
@@ -374,25 +376,22 @@ fn receive(
     if !crate::arch::fpu::restore(image) {
         return Err("the FXSAVE image has reserved MXCSR bits set".into());
     }
-    for (id, version, blob) in &staged.devices {
-        match *id {
-            1 => m.lapic = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-            6 => m.devices.uart = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-            7 => m.devices.io.blk = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-            8 => m.devices.io.net = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-            2..=5 => {
-                let l = m
-                    .linux
-                    .as_mut()
-                    .ok_or("a Linux platform device for another guest")?;
-                match *id {
-                    2 => l.models.ioapic = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-                    3 => l.models.pit = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-                    4 => l.models.rtc = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-                    _ => l.models.pm = snapshot::load(*id, *version, blob).map_err(|e| e.0)?,
-                }
-            }
-            other => return Err(alloc::format!("unexpected device {other}")),
+    for &(id, version, ref blob) in &staged.devices {
+        let blob = blob.as_slice();
+        let mut taken = snapshot::load_into(&mut m.lapic, id, version, blob)?
+            || snapshot::load_into(&mut m.devices.uart, id, version, blob)?
+            || snapshot::load_into(&mut m.devices.io.blk, id, version, blob)?
+            || snapshot::load_into(&mut m.devices.io.net, id, version, blob)?;
+        if let Some(l) = m.linux.as_mut() {
+            let d = &mut l.models;
+            taken = taken
+                || snapshot::load_into(&mut d.ioapic, id, version, blob)?
+                || snapshot::load_into(&mut d.pit, id, version, blob)?
+                || snapshot::load_into(&mut d.rtc, id, version, blob)?
+                || snapshot::load_into(&mut d.pm, id, version, blob)?;
+        }
+        if !taken {
+            return Err(alloc::format!("device {id}: no such model in this machine"));
         }
     }
     Ok(())

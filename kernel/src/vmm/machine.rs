@@ -285,12 +285,6 @@ impl Machine {
         self.ram
     }
 
-    /// The guest's syscall MSRs (STAR..KERNEL_GS_BASE), which live in the
-    /// CPU (a repair's transfer restores them).
-    pub fn set_syscall_msrs(&mut self, values: [u64; 5]) {
-        write_syscall_msrs(&values);
-    }
-
     /// Guest RAM, writable (a repair's transfer writes pages into it).
     pub fn ram_mut(&mut self) -> &mut [u8] {
         self.ram
