@@ -674,15 +674,22 @@ impl Node {
     }
 
     /// Repair (§1.9): a node acting alone takes the next generation for a
-    /// new pair with a fresh backup (the caller has copied the guest's
-    /// state to it). `Ok(generation)`: the node is a paired primary under
-    /// it, not connected; the new backup starts with
-    /// `Node::new(.., NodeRole::Backup, generation, ..)`. A lost flag
-    /// halts; unreachable storage leaves the node alone.
+    /// new pair with the fresh backup `joiner` (the caller has copied the
+    /// guest's state to it, up to the commit). `Ok(generation)`: the node
+    /// is a paired primary under it, not connected, whose peer (the node a
+    /// later arbitration fences) is `joiner`; the new backup joins with
+    /// [`join`] and reads that generation from the LUN. The new pair must
+    /// form within `form_within_ns` (the primary's join timeout): a joiner
+    /// that dies after the commit is then judged like a backup that never
+    /// joined (arbitrate: the flag is ours, so the node is alone again
+    /// under the generation after, and a new repair can start). A lost
+    /// flag halts; unreachable storage leaves the node alone.
     pub fn begin_repair<S: SharedStorage + ?Sized>(
         &mut self,
         now: u64,
         storage: &mut S,
+        joiner: NodeId,
+        form_within_ns: u64,
     ) -> Result<u64, Effects> {
         if self.state() != NodeState::Alone {
             return Err(Effects::new());
@@ -690,10 +697,13 @@ impl Node {
         self.arbitrations += 1;
         match self.run_arbitration(storage, self.generation()) {
             Verdict::Won(flag) => {
-                self.session =
-                    Session::Primary(Primary::new(self.cfg.session, flag.generation, now));
+                self.cfg.peer = joiner;
+                let mut sc = self.cfg.session;
+                sc.join_timeout_ns = form_within_ns;
+                self.session = Session::Primary(Primary::new(sc, flag.generation, now));
                 self.connected = false;
                 self.next_connect_ns = now;
+                self.end = None;
                 Ok(flag.generation)
             }
             Verdict::Lost(_) => Err(self.on_fenced()),
@@ -1264,8 +1274,20 @@ mod tests {
     fn repair_takes_the_next_generation() {
         let mut lun = Lun::new(4);
         let mut n = Node::new_alone(cfg(1), 4, 0);
-        assert_eq!(n.begin_repair(MS, &mut lun), Ok(5));
+        assert_eq!(n.begin_repair(MS, &mut lun, NodeId(3), 50 * MS), Ok(5));
         assert_eq!((n.state(), n.generation()), (NodeState::Paired, 5));
-        assert!(n.begin_repair(MS, &mut lun).is_err(), "only when alone");
+        assert_eq!(n.config().peer, NodeId(3), "a later failure fences the joiner");
+        assert!(
+            n.begin_repair(MS, &mut lun, NodeId(3), 50 * MS).is_err(),
+            "only when alone"
+        );
+        // The joiner died after the commit: it never connects. Within the
+        // time given nothing happens; then the node arbitrates, wins its
+        // own flag and is alone again under the next generation.
+        let _ = n.tick(50 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!(n.state(), NodeState::Paired);
+        let _ = n.tick(52 * MS, 0, ExecPoint::default(), &mut lun);
+        assert_eq!((n.state(), n.generation()), (NodeState::Alone, 6));
+        assert_eq!(n.begin_repair(60 * MS, &mut lun, NodeId(4), 50 * MS), Ok(7));
     }
 }

@@ -47,7 +47,7 @@ use crate::FtError;
 /// First byte of every chunk.
 pub const STATE_MAGIC: u8 = 0xF8;
 /// The chunk format version this build writes and accepts.
-pub const STATE_FORMAT_VERSION: u8 = 1;
+pub const STATE_FORMAT_VERSION: u8 = 2;
 /// Fixed header bytes before the payload.
 pub const CHUNK_HEADER_LEN: usize = 12;
 /// CRC trailer bytes after the payload.
@@ -75,9 +75,15 @@ pub enum PageData {
 pub enum Chunk {
     /// What is sent.
     Begin {
+        /// The cluster the serving node belongs to.
+        cluster: u64,
+        /// The serving node (the new pair's primary).
+        sender: u64,
         guest_id: [u8; 16],
         machine: MachineId,
-        /// The flag generation of the pair being formed.
+        /// The flag generation the serving node holds now (the new pair
+        /// takes the next one at the commit: the joiner reads it from the
+        /// shared LUN).
         generation: u64,
         ram_bytes: u64,
     },
@@ -118,6 +124,13 @@ pub enum Chunk {
         pages: u64,
         digest: u64,
     },
+    /// The joining node's request, the one chunk it sends (its own chunk
+    /// 0): its cluster, node id and machine. Never part of a transfer.
+    Join {
+        cluster: u64,
+        node: u64,
+        machine: MachineId,
+    },
 }
 
 impl Chunk {
@@ -129,6 +142,7 @@ impl Chunk {
             Self::Vcpu { .. } => 3,
             Self::Device { .. } => 4,
             Self::Commit { .. } => 5,
+            Self::Join { .. } => 6,
         }
     }
 }
@@ -149,11 +163,15 @@ fn len32(n: usize) -> u32 {
 fn encode_payload(chunk: &Chunk, out: &mut Vec<u8>) {
     match chunk {
         Chunk::Begin {
+            cluster,
+            sender,
             guest_id,
             machine,
             generation,
             ram_bytes,
         } => {
+            put_u64(out, *cluster);
+            put_u64(out, *sender);
             out.extend_from_slice(guest_id);
             out.extend_from_slice(&machine.to_bytes());
             put_u64(out, *generation);
@@ -210,6 +228,15 @@ fn encode_payload(chunk: &Chunk, out: &mut Vec<u8>) {
             put_u32(out, *chunks);
             put_u64(out, *pages);
             put_u64(out, *digest);
+        }
+        Chunk::Join {
+            cluster,
+            node,
+            machine,
+        } => {
+            put_u64(out, *cluster);
+            put_u64(out, *node);
+            out.extend_from_slice(&machine.to_bytes());
         }
     }
 }
@@ -303,6 +330,8 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Chunk, FtError> {
     let mut r = Reader::new(kind, payload);
     let chunk = match kind {
         1 => Chunk::Begin {
+            cluster: r.u64()?,
+            sender: r.u64()?,
             guest_id: r.array()?,
             machine: MachineId::from_bytes(&r.array()?),
             generation: r.u64()?,
@@ -363,6 +392,11 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Chunk, FtError> {
             pages: r.u64()?,
             digest: r.u64()?,
         },
+        6 => Chunk::Join {
+            cluster: r.u64()?,
+            node: r.u64()?,
+            machine: MachineId::from_bytes(&r.array()?),
+        },
         other => return Err(FtError::UnknownKind(other)),
     };
     r.end()?;
@@ -378,10 +412,13 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<Option<(u32, Chunk, usize)>, FtError
     }
 }
 
-/// What the receiving node expects: the guest it was configured with.
+/// What the receiving node expects: its cluster and machine, and the
+/// guest if it was configured with one (a joining node has no image: it
+/// takes the guest the Begin names, [`Staged::guest_id`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect {
-    pub guest_id: [u8; 16],
+    pub cluster: u64,
+    pub guest_id: Option<[u8; 16]>,
     pub machine: MachineId,
 }
 
@@ -389,6 +426,9 @@ pub struct Expect {
 /// over), to apply before the guest starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {
+    /// The serving node's id and the guest it runs (from the Begin).
+    pub sender: u64,
+    pub guest_id: [u8; 16],
     pub generation: u64,
     pub at: ExecPoint,
     pub guest_time_ns: u64,
@@ -429,6 +469,7 @@ pub struct Receiver {
     next: u32,
     digest: u64,
     begin: Option<(u64, u64)>,
+    sender: (u64, [u8; 16]),
     vcpu: Option<Chunk>,
     devices: Vec<(u16, u16, Vec<u8>)>,
     pages: u64,
@@ -446,6 +487,7 @@ impl Receiver {
             next: 0,
             digest: HASH_SEED,
             begin: None,
+            sender: (0, [0; 16]),
             vcpu: None,
             devices: Vec::new(),
             pages: 0,
@@ -517,6 +559,8 @@ impl Receiver {
         self.next += 1;
         let staged: Option<Staged> = match chunk {
             Chunk::Begin {
+                cluster,
+                sender,
                 guest_id,
                 machine,
                 generation,
@@ -525,9 +569,16 @@ impl Receiver {
                 if n != 0 {
                     return Err(refuse(alloc::format!("a second Begin at chunk {n}")));
                 }
-                if guest_id != self.expect.guest_id {
+                if cluster != self.expect.cluster {
+                    return Err(refuse(alloc::format!(
+                        "the sender is of cluster {cluster}, this node of cluster {}",
+                        self.expect.cluster
+                    )));
+                }
+                if self.expect.guest_id.is_some_and(|g| g != guest_id) {
                     return Err(refuse("the sender runs another guest (guest id)".into()));
                 }
+                self.sender = (sender, guest_id);
                 if let Some((field, theirs, ours)) = self.expect.machine.first_difference(&machine)
                 {
                     return Err(refuse(alloc::format!(
@@ -542,6 +593,11 @@ impl Receiver {
                 }
                 self.begin = Some((generation, ram_bytes));
                 None
+            }
+            Chunk::Join { .. } => {
+                return Err(refuse(alloc::format!(
+                    "chunk {n} is a join request, not part of a transfer"
+                )))
             }
             _ if self.begin.is_none() => {
                 return Err(refuse(alloc::format!(
@@ -602,6 +658,8 @@ impl Receiver {
                     .ok_or_else(|| refuse("committed without the vCPU state".into()))?;
                 self.done = true;
                 Some(Staged {
+                    sender: self.sender.0,
+                    guest_id: self.sender.1,
                     generation: self.begin.map_or(0, |b| b.0),
                     at,
                     guest_time_ns,
@@ -615,6 +673,37 @@ impl Receiver {
         };
         self.digest = hash_bytes(self.digest, payload);
         Ok(Some((used, staged)))
+    }
+}
+
+/// A joining node's request ([`Chunk::Join`]) as the serving node reads
+/// it from the start of `bytes`: `Ok(None)` until all of it arrived; a
+/// damaged chunk, another kind or another cluster is refused.
+pub fn read_join(bytes: &[u8], cluster: u64) -> Result<Option<(u64, MachineId, usize)>, Refused> {
+    let refuse = |what: alloc::string::String| Err(Refused(what));
+    match decode_chunk(bytes) {
+        Ok(None) => Ok(None),
+        Ok(Some((
+            0,
+            Chunk::Join {
+                cluster: c,
+                node,
+                machine,
+            },
+            used,
+        ))) => {
+            if c != cluster {
+                return refuse(alloc::format!(
+                    "the joining node is of cluster {c}, this node of cluster {cluster}"
+                ));
+            }
+            Ok(Some((node, machine, used)))
+        }
+        Ok(Some((n, other, _))) => refuse(alloc::format!(
+            "expected a join request as chunk 0, got chunk {n} of kind {}",
+            other.kind()
+        )),
+        Err(e) => refuse(alloc::format!("join request: {e:?}")),
     }
 }
 
@@ -702,17 +791,32 @@ pub fn summarise(bytes: &[u8]) -> Vec<alloc::string::String> {
         at += used;
         match chunk {
             Chunk::Begin {
+                cluster,
+                sender,
                 guest_id,
                 machine,
                 generation,
                 ram_bytes,
             } => {
-                expect = Some(Expect { guest_id, machine });
+                expect = Some(Expect {
+                    cluster,
+                    guest_id: Some(guest_id),
+                    machine,
+                });
                 let id: alloc::string::String =
                     guest_id.iter().map(|b| format!("{b:02x}")).collect();
                 lines.push(format!(
-                    "chunk {n}: begin: format {STATE_FORMAT_VERSION}, guest id {id}, generation {generation}, RAM {} MiB",
+                    "chunk {n}: begin: format {STATE_FORMAT_VERSION}, cluster {cluster}, from node {sender}, guest id {id}, generation {generation}, RAM {} MiB",
                     ram_bytes >> 20
+                ));
+            }
+            Chunk::Join {
+                cluster,
+                node,
+                machine,
+            } => {
+                lines.push(format!(
+                    "chunk {n}: join request: cluster {cluster}, node {node}, machine {machine}"
                 ));
             }
             Chunk::Pages { round, pages } => {

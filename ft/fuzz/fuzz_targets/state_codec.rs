@@ -11,7 +11,8 @@
 use crc::{Crc, CRC_32_ISCSI};
 use ft::log::MachineId;
 use ft::state::{
-    decode_chunk, encode_chunk, summarise, Expect, Receiver, CHUNK_HEADER_LEN, CHUNK_TRAILER_LEN,
+    decode_chunk, encode_chunk, read_join, summarise, Expect, Receiver, CHUNK_HEADER_LEN,
+    CHUNK_TRAILER_LEN,
     PAGE,
 };
 use libfuzzer_sys::fuzz_target;
@@ -20,7 +21,8 @@ const RAM: u64 = 64 * PAGE as u64;
 
 fn receive(bytes: &[u8]) {
     let expect = Expect {
-        guest_id: [0; 16],
+        cluster: 0,
+        guest_id: None,
         machine: MachineId {
             guest_mem: RAM,
             disk: 0,
@@ -44,6 +46,7 @@ fn check(data: &[u8]) {
     }
     receive(data);
     let _ = summarise(data);
+    let _ = read_join(data, 0);
 }
 
 fuzz_target!(|data: &[u8]| {

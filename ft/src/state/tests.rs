@@ -13,7 +13,8 @@ fn machine() -> MachineId {
 
 fn expect() -> Expect {
     Expect {
-        guest_id: [7; 16],
+        cluster: 5,
+        guest_id: Some([7; 16]),
         machine: machine(),
     }
 }
@@ -38,6 +39,8 @@ fn transfer() -> Vec<u8> {
     let mut out = Vec::new();
     let chunks = [
         Chunk::Begin {
+            cluster: 5,
+            sender: 2,
             guest_id: [7; 16],
             machine: machine(),
             generation: 3,
@@ -155,7 +158,7 @@ fn a_damaged_or_foreign_transfer_is_refused_with_the_reason_and_stays_refused() 
     assert!(refused(&b).contains("UnsupportedVersion(9)"));
     // Another guest.
     let mut r = Receiver::new(Expect {
-        guest_id: [8; 16],
+        guest_id: Some([8; 16]),
         ..expect()
     });
     let e = r.push(&good, &mut |_, _| {}).unwrap_err();
@@ -215,6 +218,8 @@ fn a_commit_that_does_not_match_what_arrived_is_refused() {
     let mut s = Sender::new();
     s.push(
         Chunk::Begin {
+            cluster: 5,
+            sender: 2,
             guest_id: [7; 16],
             machine: machine(),
             generation: 1,
@@ -252,6 +257,8 @@ fn pages_outside_ram_and_malformed_chunks_are_refused_without_panic() {
     let mut s = Sender::new();
     s.push(
         Chunk::Begin {
+            cluster: 5,
+            sender: 2,
             guest_id: [7; 16],
             machine: machine(),
             generation: 1,
@@ -313,7 +320,7 @@ fn the_summary_names_each_part_and_the_verdict() {
     let good = transfer();
     let lines = summarise(&good);
     let text = lines.join("\n");
-    assert!(text.contains("begin: format 1, guest id 0707"), "{text}");
+    assert!(text.contains("begin: format 2, cluster 5, from node 2, guest id 0707"), "{text}");
     assert!(text.contains("round 0: 16 pages (8 zero)"), "{text}");
     assert!(text.contains("round 1: 1 pages (0 zero)"), "{text}");
     assert!(
@@ -325,4 +332,46 @@ fn the_summary_names_each_part_and_the_verdict() {
     let cut = summarise(&good[..good.len() - 3]);
     assert!(cut.iter().any(|l| l.contains("cut short")), "{cut:?}");
     assert!(cut.last().unwrap().starts_with("incomplete"), "{cut:?}");
+}
+
+#[test]
+fn a_joiner_without_a_guest_takes_the_senders_and_checks_the_cluster() {
+    let good = transfer();
+    let mut r = Receiver::new(Expect {
+        guest_id: None,
+        ..expect()
+    });
+    let Ok(Progress::Complete(s)) = r.push(&good, &mut |_, _| {}) else {
+        panic!("a joiner with no guest of its own accepts the sender's");
+    };
+    assert_eq!((s.sender, s.guest_id), (2, [7; 16]));
+    let mut r = Receiver::new(Expect {
+        cluster: 6,
+        ..expect()
+    });
+    let e = r.push(&good, &mut |_, _| {}).unwrap_err();
+    assert!(e.0.contains("cluster 5, this node of cluster 6"), "{e}");
+}
+
+#[test]
+fn a_join_request_is_read_by_the_serving_node_and_refused_inside_a_transfer() {
+    let mut out = Vec::new();
+    let join = Chunk::Join {
+        cluster: 5,
+        node: 3,
+        machine: machine(),
+    };
+    encode_chunk(0, &join, &mut out).unwrap();
+    assert_eq!(read_join(&out[..10], 5), Ok(None), "not all there yet");
+    assert_eq!(read_join(&out, 5), Ok(Some((3, machine(), out.len()))));
+    let e = read_join(&out, 4).unwrap_err();
+    assert!(e.0.contains("cluster 5, this node of cluster 4"), "{e}");
+    let mut bad = out.clone();
+    bad[14] ^= 1;
+    assert!(read_join(&bad, 5).unwrap_err().0.contains("CrcMismatch"));
+    let t = transfer();
+    assert!(read_join(&t, 5).unwrap_err().0.contains("kind 1"));
+    // Inside a transfer a join request is refused.
+    let (got, _) = receive(&out, 100);
+    assert!(matches!(&got, Err(Refused(w)) if w.contains("join request")), "{got:?}");
 }

@@ -1096,6 +1096,8 @@ impl<'c> Sim<'c> {
         let now = self.now();
         {
             let t = self.node_now(l);
+            let joiner = self.node_cfg(s).session.me;
+            let form_within = 4 * self.cfg.failure_timeout_ns;
             let reachable = !in_any(&self.faults.storage_partitions[l], now);
             let Role::Node(live) = &mut self.nodes[l].role else {
                 return Ok(());
@@ -1103,7 +1105,7 @@ impl<'c> Sim<'c> {
             let mut view = self
                 .storage
                 .view(reachable, &mut self.rng, self.cfg.mutation);
-            match live.begin_repair(t, &mut view) {
+            match live.begin_repair(t, &mut view, joiner, form_within) {
                 Ok(generation) => {
                     self.stats.repairs += 1;
                     self.last_repair_ns = Some(now);
