@@ -19,6 +19,7 @@
 //! | `ft_status_port` | TCP port on `ip=` that answers every connection with one JSON status line and closes (for host tools; `0`: none) | `7701` |
 //! | `ft_probe` | backup only: `a.b.c.d`, a host that may open more connections to the log port while the session runs; each is validated like the primary's (framing, CRC, hello) and refused with its reason, never joins (for tests: `ft-hostile-log`) | none |
 //! | `ft_test_reset` | backup only, fault injection for tests (`ft-log-reconnect`): reset the log connection after every N entries received, 3 times at most (1..2^32; the primary must reconnect and resend) | none |
+//! | `ft_join` | backup only, `on`: this node joins a guest that already runs, as the new backup of the node serving it alone (repair, DESIGN.md §1.9, issue 16): it boots no guest image, connects to `peer`'s repair port (the log port + 2), receives the guest's state and follows from there; give it its own `iscsi_node=` (its FT node id and reservation key) | off |
 //! | `ft_test_ack_delay` | backup only, fault injection for tests (`ft-console-failover`): hold everything the backup sends the primary (its acks) this many milliseconds, as a slow network would (1..1000) | none |
 use super::iscsi::{parse_endpoint, Endpoint};
 use super::parse_ipv4;
@@ -56,6 +57,17 @@ pub struct FtPairConfig {
     pub test_reset: Option<u64>,
     /// Backup, fault injection: hold outgoing bytes (acks) this many ms.
     pub test_ack_delay_ms: Option<u64>,
+    /// Backup: join a running guest by state transfer (`ft_join=on`).
+    pub join: bool,
+}
+
+impl FtPairConfig {
+    /// The port a serving node takes repair requests on: the log port + 2.
+    pub fn repair_port(&self) -> u16 {
+        self.peer
+            .map_or(DEFAULT_LOG_PORT, |p| p.port)
+            .wrapping_add(2)
+    }
 }
 
 impl Default for FtPairConfig {
@@ -72,6 +84,7 @@ impl Default for FtPairConfig {
             probe: None,
             test_reset: None,
             test_ack_delay_ms: None,
+            join: false,
         }
     }
 }
@@ -101,6 +114,15 @@ impl FtPairConfig {
         if self.test_ack_delay_ms.is_some() && self.role != Some(Role::Backup) {
             return Err("`ft_test_ack_delay=` is a backup option");
         }
+        if self.join && self.role != Some(Role::Backup) {
+            return Err("`ft_join=on` is a backup option (the joining node becomes the backup)");
+        }
+        if self.join && self.generation.is_some() {
+            return Err("`ft_join=on` takes the generation the serving node's repair sets on the LUN: drop `ft_generation=`");
+        }
+        if self.peer.is_some_and(|p| p.port.wrapping_add(2) == self.status_port) {
+            return Err("`ft_status_port=` must differ from the repair port (the log port + 2)");
+        }
         Ok(())
     }
 }
@@ -113,7 +135,8 @@ pub fn parse_option(
     key: &str,
     value: &str,
 ) -> Option<Result<(), Error>> {
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 12] = [
+        "ft_join",
         "ft_status_port",
         "role",
         "peer",
@@ -174,6 +197,13 @@ pub fn parse_option(
             "ft_test_ack_delay" => {
                 cfg.test_ack_delay_ms = Some(number(1, 1000, "milliseconds 1..1000")?)
             }
+            "ft_join" => {
+                cfg.join = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("`on` or `off`")),
+                }
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
@@ -209,6 +239,7 @@ mod tests {
                 probe: None,
                 test_reset: None,
                 test_ack_delay_ms: None,
+                join: false,
             }
         );
         assert_eq!(c.pair.validate(), Ok(()));
@@ -236,6 +267,16 @@ mod tests {
         let c = Config::parse("role=primary peer=10.0.4.12").unwrap();
         assert_eq!(c.pair.role, Some(Role::Primary));
         assert_eq!(c.pair.peer.unwrap().port, DEFAULT_LOG_PORT);
+        let c = Config::parse("role=backup peer=10.0.4.11:7702 ft_join=on iscsi_node=3").unwrap();
+        assert_eq!((c.pair.join, c.pair.validate()), (true, Ok(())));
+        assert_eq!((c.pair.repair_port(), c.iscsi.node), (7704, 3));
+        let c = Config::parse("role=primary peer=10.0.4.12 ft_join=on").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("ft_join"));
+        let c = Config::parse("role=backup peer=10.0.4.11 ft_join=on ft_generation=2").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("ft_generation"));
+        let c = Config::parse("role=backup peer=10.0.4.11:7699").unwrap();
+        assert!(c.pair.validate().unwrap_err().contains("repair port"));
+        assert!(Config::parse("role=backup peer=10.0.4.11 ft_join=yes").is_err());
         assert_eq!(Config::parse("").unwrap().pair, FtPairConfig::default());
         assert_eq!(FtPairConfig::default().validate(), Ok(()));
     }

@@ -19,6 +19,18 @@ use super::virtio::blk::Blk;
 use super::virtio::mmio::VirtioMmio;
 use super::virtio::net::Net;
 
+/// The hypervisor's running tallies of the guest that checkpoints and the
+/// final state hash cover, outside any device model: the digest of the
+/// devices' writes into guest RAM (`guestio::DirtyLog::digest`) and the
+/// console's line count and hash. A new backup must start from the
+/// serving node's, or its first checkpoint differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tallies {
+    pub io_digest: u64,
+    pub console_lines: u64,
+    pub console_hash: u64,
+}
+
 /// A device model whose state travels in a transfer.
 pub trait DeviceState: Serialize + DeserializeOwned {
     /// The model's id in `ft::state::Chunk::Device`.
@@ -48,6 +60,7 @@ device_state! {
     Uart => 6, 1, "UART";
     VirtioMmio<Blk> => 7, 1, "virtio-blk (transport, queues, requests in flight)";
     VirtioMmio<Net> => 8, 1, "virtio-net (transport, queues)";
+    Tallies => 9, 1, "hypervisor tallies (device-write digest, console count and hash)";
 }
 
 /// `(id, layout, blob)` of `device`, as a `Device` chunk carries it.

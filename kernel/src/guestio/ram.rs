@@ -67,6 +67,12 @@ impl DirtyLog {
         self.digest
     }
 
+    /// Continues from another node's digest (a repair's new backup takes
+    /// the serving node's at the transfer's commit).
+    pub fn set_digest(&mut self, digest: u64) {
+        self.digest = digest;
+    }
+
     /// Mark the pages of `[gpa, gpa + len)` (the part inside RAM).
     pub fn mark(&mut self, gpa: u64, len: u64) {
         if len == 0 {

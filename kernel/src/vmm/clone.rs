@@ -20,17 +20,13 @@
 use alloc::vec::Vec;
 
 use ft::repair::{PreCopy, PreCopyConfig, Step, StopReason};
-use ft::state::{
-    Chunk, Expect, PageData, Progress, Receiver, Sender, FXSAVE_LEN, PAGE, PAGES_PER_CHUNK,
-};
-use kernel::devices::snapshot;
+use ft::state::{Chunk, Expect, Progress, Receiver, Sender, PAGE};
 use vmx::exit::GuestRegs;
 use vmx::vmcs::{Field, VmcsAccess};
 
 use super::hw::HwVmcs;
-use super::machine::{
-    read_syscall_msrs, write_syscall_msrs, CloneContext, DirtyEpt, Machine, SYSCALL_MSRS,
-};
+use super::machine::{write_syscall_msrs, CloneContext, DirtyEpt, Machine};
+use super::transfer;
 
 /// The shortest round.
 const MIN_ROUND_NS: u64 = 1_000_000;
@@ -97,24 +93,7 @@ fn send_pages(
     round: u32,
     pages: &[u64],
 ) -> Result<(), alloc::string::String> {
-    for batch in pages.chunks(PAGES_PER_CHUNK) {
-        let pages = batch
-            .iter()
-            .map(|&n| {
-                let at = n as usize * PAGE;
-                let bytes = &m.ram()[at..at + PAGE];
-                if bytes.iter().all(|&b| b == 0) {
-                    p.zero_pages += 1;
-                    (n, PageData::Zero)
-                } else {
-                    (n, PageData::Bytes(bytes.to_vec()))
-                }
-            })
-            .collect();
-        p.sender
-            .push(Chunk::Pages { round, pages }, &mut p.out)
-            .map_err(err)?;
-    }
+    p.zero_pages += transfer::encode_pages(&mut p.sender, &mut p.out, m.ram(), round, pages)?;
     p.per_round.push(pages.len());
     Ok(())
 }
@@ -150,6 +129,8 @@ pub fn step(
         p.sender
             .push(
                 Chunk::Begin {
+                    cluster: 0,
+                    sender: 0,
                     guest_id: [0; 16],
                     machine: c.ctx.machine,
                     generation: 0,
@@ -239,44 +220,7 @@ fn stop_and_copy(
     regs: &mut GuestRegs,
     m: &Machine,
 ) -> Result<usize, alloc::string::String> {
-    regs.sync_rsp(vmcs);
-    let fields = vmx::state::capture_vcpu(vmcs).map_err(|e| alloc::format!("{e}"))?;
-    let msrs = SYSCALL_MSRS
-        .iter()
-        .copied()
-        .zip(read_syscall_msrs())
-        .collect();
-    p.sender
-        .push(
-            Chunk::Vcpu {
-                gprs: regs.gpr,
-                fields,
-                msrs,
-                fxsave: crate::arch::fpu::save().to_vec(),
-            },
-            &mut p.out,
-        )
-        .map_err(err)?;
-    let mut devices = alloc::vec![
-        snapshot::save(&m.lapic),
-        snapshot::save(&m.devices.uart),
-        snapshot::save(&m.devices.io.blk),
-        snapshot::save(&m.devices.io.net),
-    ];
-    if let Some(l) = m.linux.as_ref() {
-        devices.extend([
-            snapshot::save(&l.models.ioapic),
-            snapshot::save(&l.models.pit),
-            snapshot::save(&l.models.rtc),
-            snapshot::save(&l.models.pm),
-        ]);
-    }
-    let count = devices.len();
-    for (id, version, blob) in devices {
-        p.sender
-            .push(Chunk::Device { id, version, blob }, &mut p.out)
-            .map_err(err)?;
-    }
+    let count = transfer::encode_stopped(&mut p.sender, &mut p.out, vmcs, regs, m)?;
     p.sender
         .push(
             Chunk::Commit {
@@ -334,65 +278,15 @@ fn receive(
     ctx: &CloneContext,
 ) -> Result<(), alloc::string::String> {
     let mut r = Receiver::new(Expect {
-        guest_id: [0; 16],
+        cluster: 0,
+        guest_id: Some([0; 16]),
         machine: ctx.machine,
     });
     let ram = m.ram_mut();
-    let staged = match r.push(bytes, &mut |p, data| {
-        let at = p as usize * PAGE;
-        match data {
-            Some(b) => ram[at..at + PAGE].copy_from_slice(b),
-            None => ram[at..at + PAGE].fill(0),
-        }
-    }) {
+    let staged = match r.push(bytes, &mut |p, data| transfer::write_page(ram, p, data)) {
         Ok(Progress::Complete(s)) => s,
         Ok(Progress::Receiving) => return Err("the transfer did not complete".into()),
         Err(why) => return Err(alloc::format!("{why}")),
     };
-    let Chunk::Vcpu {
-        gprs,
-        fields,
-        msrs,
-        fxsave,
-    } = &staged.vcpu
-    else {
-        return Err("no vCPU state".into());
-    };
-    vmx::state::restore_vcpu(vmcs, fields).map_err(|e| alloc::format!("{e}"))?;
-    regs.gpr = *gprs;
-    let mut values = [0u64; 5];
-    for (i, msr) in SYSCALL_MSRS.iter().enumerate() {
-        values[i] = msrs
-            .iter()
-            .find(|(k, _)| k == msr)
-            .map(|(_, v)| *v)
-            .ok_or("an MSR is missing")?;
-    }
-    write_syscall_msrs(&values);
-    let image: &[u8; FXSAVE_LEN] = fxsave
-        .as_slice()
-        .try_into()
-        .map_err(|_| "bad FXSAVE image")?;
-    if !crate::arch::fpu::restore(image) {
-        return Err("the FXSAVE image has reserved MXCSR bits set".into());
-    }
-    for &(id, version, ref blob) in &staged.devices {
-        let blob = blob.as_slice();
-        let mut taken = snapshot::load_into(&mut m.lapic, id, version, blob)?
-            || snapshot::load_into(&mut m.devices.uart, id, version, blob)?
-            || snapshot::load_into(&mut m.devices.io.blk, id, version, blob)?
-            || snapshot::load_into(&mut m.devices.io.net, id, version, blob)?;
-        if let Some(l) = m.linux.as_mut() {
-            let d = &mut l.models;
-            taken = taken
-                || snapshot::load_into(&mut d.ioapic, id, version, blob)?
-                || snapshot::load_into(&mut d.pit, id, version, blob)?
-                || snapshot::load_into(&mut d.rtc, id, version, blob)?
-                || snapshot::load_into(&mut d.pm, id, version, blob)?;
-        }
-        if !taken {
-            return Err(alloc::format!("device {id}: no such model in this machine"));
-        }
-    }
-    Ok(())
+    transfer::apply(&staged, vmcs, regs, m)
 }

@@ -2,6 +2,7 @@
 //! loader) and the run loop — interrupt injection, guest time, the
 //! watchdog, and the reaction to each exit (Intel SDM Vol. 3C §24-28).
 mod clone;
+mod transfer;
 mod hw;
 mod linux;
 mod machine;

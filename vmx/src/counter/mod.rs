@@ -65,6 +65,11 @@ pub trait ExecCounter {
     fn name(&self) -> &'static str;
     /// Guest instructions counted so far.
     fn count(&self) -> u64;
+    /// The guest's state was replaced by a repair's transfer (issue 16):
+    /// it stands `count` units into its run, as counted by the node that
+    /// sent it; count on from there (a calibration still owed keeps its
+    /// length).
+    fn resume_at(&mut self, count: u64);
     /// Programs the VMCS for the next VM entry. `injecting`: the entry
     /// delivers an event (SDM §26.6.2: a pending MTF exit then comes after
     /// the delivery, before any instruction).

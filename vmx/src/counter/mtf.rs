@@ -49,6 +49,9 @@ impl ExecCounter for Mtf {
     fn count(&self) -> u64 {
         self.count
     }
+    fn resume_at(&mut self, count: u64) {
+        self.count = count;
+    }
     fn arm(
         &mut self,
         vmcs: &mut dyn VmcsAccess,

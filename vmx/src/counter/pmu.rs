@@ -114,6 +114,9 @@ impl ExecCounter for Pmu {
     fn count(&self) -> u64 {
         self.count
     }
+    fn resume_at(&mut self, count: u64) {
+        self.count = count;
+    }
     fn arm(
         &mut self,
         vmcs: &mut dyn VmcsAccess,

@@ -164,6 +164,12 @@ impl ExecCounter for Preempt {
     fn count(&self) -> u64 {
         self.count
     }
+    fn resume_at(&mut self, count: u64) {
+        let owed = self.calibrate_until.saturating_sub(self.count);
+        self.count = count;
+        self.calibrate_until = count.saturating_add(owed);
+        self.limit = None;
+    }
     fn arm(&mut self, vmcs: &mut dyn VmcsAccess, plan: Plan, injecting: bool) -> Result<(), Error> {
         let (timer, step, limit) = if self.calibrating() {
             (STEP_TIMER, true, None)
