@@ -1276,7 +1276,11 @@ mod tests {
         let mut n = Node::new_alone(cfg(1), 4, 0);
         assert_eq!(n.begin_repair(MS, &mut lun, NodeId(3), 50 * MS), Ok(5));
         assert_eq!((n.state(), n.generation()), (NodeState::Paired, 5));
-        assert_eq!(n.config().peer, NodeId(3), "a later failure fences the joiner");
+        assert_eq!(
+            n.config().peer,
+            NodeId(3),
+            "a later failure fences the joiner"
+        );
         assert!(
             n.begin_repair(MS, &mut lun, NodeId(3), 50 * MS).is_err(),
             "only when alone"

@@ -93,10 +93,13 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
         Mode::Net => crate::net::run(&config),
         Mode::Iscsi => crate::net::run(&config),
         Mode::Hypervisor => {
-            let Some(module) = boot.modules().next() else {
+            // A repair's joining node (`ft_join=on`) gets its guest from
+            // the serving node's state transfer: no image needed.
+            let module = boot.modules().next();
+            if module.is_none() && !config.pair.join {
                 println!("error: no guest image: pass the guest as the first boot module (GRUB `module`, QEMU `-initrd`)");
                 exit(exitcode::BAD_CONFIG);
-            };
+            }
             if !report.has_vmx {
                 println!(
                     "no VMX on this CPU: CPUID.1:ECX.VMX[bit 5] = 0. ftvisor needs Intel VT-x \
@@ -113,11 +116,17 @@ pub extern "C" fn kmain(magic: u32, info_addr: u32) -> ! {
                 println!("no VMX on this CPU: {e}");
                 exit(exitcode::NO_VMX);
             }
-            let len = module.end.saturating_sub(module.start) as usize;
-            // SAFETY: the loader placed the module at [start, end) in
-            // identity-mapped RAM, below the heap floor computed above.
-            let image = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
-            let guest_cmdline = kernel::config::strip_image_path(module.cmdline);
+            let (image, guest_cmdline): (&[u8], &str) = match module {
+                Some(module) => {
+                    let len = module.end.saturating_sub(module.start) as usize;
+                    // SAFETY: the loader placed the module at [start, end) in
+                    // identity-mapped RAM, below the heap floor computed above.
+                    let image =
+                        unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
+                    (image, kernel::config::strip_image_path(module.cmdline))
+                }
+                None => (&[], ""),
+            };
             // The modules after the guest image: a recorded log for
             // `ft=replay` (issue 8); for `guest=linux` the initrd, then the log.
             let extra: alloc::vec::Vec<&[u8]> = boot

@@ -34,6 +34,7 @@ mod tests_linux;
 mod tests_linuxbigio;
 mod tests_linuxft;
 mod tests_net;
+mod tests_repair;
 mod tests_replay;
 
 use emulator::{Emulator, Outcome};

@@ -283,6 +283,7 @@ pub fn all() -> Vec<E2eTest> {
     .chain(crate::tests_linuxbigio::tests())
     .chain(crate::tests_ft::tests())
     .chain(crate::tests_ftkv::tests())
+    .chain(crate::tests_repair::tests())
     .chain(crate::tests_join::tests())
     .collect()
 }

@@ -155,9 +155,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const GUEST: &str = "build/testguest.elf64";
-const GUEST_CMDLINE: &str = "test=kv ip=10.0.4.20/24";
-const GUEST_ADDR: &str = "10.0.4.20:7000";
+pub(crate) const GUEST: &str = "build/testguest.elf64";
+pub(crate) const GUEST_CMDLINE: &str = "test=kv ip=10.0.4.20/24";
+pub(crate) const GUEST_ADDR: &str = "10.0.4.20:7000";
 const GUEST_MAC: &str = "52:54:00:f7:00:01";
 const BRIDGE: &str = "brfk";
 /// The nodes' taps: primary, backup.
@@ -168,7 +168,7 @@ const WIRING: crate::ftrig::Wiring = crate::ftrig::Wiring {
     mac_tag: 2,
 };
 const STATUS_PORT: u16 = 7701;
-const LUN_BYTES: u64 = 16 << 20;
+pub(crate) const LUN_BYTES: u64 = 16 << 20;
 /// The guest's disk starts at this LUN block (0..8: arbitration).
 const DISK_LBA: u64 = 8;
 /// The KV guest's table: slots of one sector each from guest sector 0.
@@ -213,7 +213,7 @@ const BLIP_READS: Duration = Duration::from_secs(8);
 /// [`value`]`(n)`, so `n` is that key's version), the most SETs the
 /// client sends before the runner stops it, and the reply after which
 /// the primary is cut off.
-const ZOMBIE_KEYS: usize = 4;
+pub(crate) const ZOMBIE_KEYS: usize = 4;
 const ZOMBIE_MAX_SETS: usize = 100_000;
 const ZOMBIE_CUT_AFTER: usize = 40;
 /// After the backup's LIVE line: at least this many more replies (every
@@ -723,7 +723,7 @@ impl Ctx<'_> {
 }
 
 /// Sends `SIG<sig>` to the Bochs started with `bochsrc`; its pid.
-fn signal_bochs(bochsrc: &str, sig: &str) -> Result<u32, String> {
+pub(crate) fn signal_bochs(bochsrc: &str, sig: &str) -> Result<u32, String> {
     let pid = bochs_pid(bochsrc).ok_or("not running")?;
     crate::bench::signal(pid, sig).map(|()| pid)
 }
@@ -1588,7 +1588,7 @@ fn partition_capture(st: &Story, winner: usize) -> Result<String, String> {
 
 /// The `overwrite` client's per-key record: `last=k0000:v12,k0001:-,...`
 /// (the last acknowledged version of each key, `-` for none).
-fn parse_last(summary: &str) -> Result<Vec<Option<u64>>, String> {
+pub(crate) fn parse_last(summary: &str) -> Result<Vec<Option<u64>>, String> {
     let list = word(summary, "last=").ok_or("no `last=` in the client's summary")?;
     let v: Vec<Option<u64>> = list
         .split(',')
@@ -1620,7 +1620,7 @@ fn parse_last(summary: &str) -> Result<Vec<Option<u64>>, String> {
 /// client sent for it (`value(n)` with `n % keys` its index and `n <
 /// sent`) and its version `n` is at least the last one acknowledged.
 /// Returns each key's version on the LUN.
-fn check_versions(
+pub(crate) fn check_versions(
     table: &BTreeMap<String, String>,
     last: &[Option<u64>],
     sent: u64,
@@ -1882,7 +1882,7 @@ fn num(text: &str, key: &str) -> Option<u64> {
 }
 
 /// `key=<word>` in a text.
-fn word<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn word<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
 
@@ -1903,7 +1903,7 @@ fn failover(acks: &[Instant], fault: Instant) -> Option<(Duration, usize)> {
 }
 
 /// The KV table as the guest left it on the LUN: key -> value.
-fn lun_table(lun: &Path) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn lun_table(lun: &Path) -> Result<BTreeMap<String, String>, String> {
     let bytes = std::fs::read(lun).map_err(|e| format!("{}: {e}", lun.display()))?;
     let start = (DISK_LBA * 512) as usize;
     let end = start + SLOTS * 512;

@@ -320,7 +320,10 @@ fn the_summary_names_each_part_and_the_verdict() {
     let good = transfer();
     let lines = summarise(&good);
     let text = lines.join("\n");
-    assert!(text.contains("begin: format 2, cluster 5, from node 2, guest id 0707"), "{text}");
+    assert!(
+        text.contains("begin: format 2, cluster 5, from node 2, guest id 0707"),
+        "{text}"
+    );
     assert!(text.contains("round 0: 16 pages (8 zero)"), "{text}");
     assert!(text.contains("round 1: 1 pages (0 zero)"), "{text}");
     assert!(
@@ -373,5 +376,8 @@ fn a_join_request_is_read_by_the_serving_node_and_refused_inside_a_transfer() {
     assert!(read_join(&t, 5).unwrap_err().0.contains("kind 1"));
     // Inside a transfer a join request is refused.
     let (got, _) = receive(&out, 100);
-    assert!(matches!(&got, Err(Refused(w)) if w.contains("join request")), "{got:?}");
+    assert!(
+        matches!(&got, Err(Refused(w)) if w.contains("join request")),
+        "{got:?}"
+    );
 }

@@ -120,7 +120,10 @@ impl FtPairConfig {
         if self.join && self.generation.is_some() {
             return Err("`ft_join=on` takes the generation the serving node's repair sets on the LUN: drop `ft_generation=`");
         }
-        if self.peer.is_some_and(|p| p.port.wrapping_add(2) == self.status_port) {
+        if self
+            .peer
+            .is_some_and(|p| p.port.wrapping_add(2) == self.status_port)
+        {
             return Err("`ft_status_port=` must differ from the repair port (the log port + 2)");
         }
         Ok(())

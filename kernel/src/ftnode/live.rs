@@ -105,6 +105,8 @@ mod lun;
 mod primary;
 #[path = "live/probe.rs"]
 mod probe;
+#[path = "live/repair.rs"]
+mod repair;
 #[path = "live/status.rs"]
 mod status;
 use lun::{LunAddress, LunStorage};
@@ -170,6 +172,19 @@ pub trait Live {
     ) -> Option<u64>;
     /// Backup: still following the primary (no failure detected).
     fn following(&self) -> bool;
+    /// Repair (issue 16), at the top of every run-loop iteration: while
+    /// this node serves the guest alone, the link to a joining node (once
+    /// one asked; the run loop sends it the machine); `None` otherwise.
+    fn repair(&mut self) -> Option<&mut dyn crate::vmm::RepairLink>;
+    /// A repair's joining node (`ft_join=on`), before its guest runs:
+    /// receives the serving node's transfer, each page to `page` as it
+    /// arrives, until the commit verified. `Err`: nothing may be applied.
+    fn receive_state(
+        &mut self,
+        ram_bytes: u64,
+        disk_sectors: u64,
+        page: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> Result<alloc::boxed::Box<ft::state::Staged>, String>;
     /// Backup: the replayer holds nothing to run to; poll until it does.
     /// `io`: the guest's devices (their disk session may carry the flag).
     fn wait(&mut self, replayer: &mut Replayer, io: &mut GuestIo) -> Result<(), String>;
@@ -346,6 +361,8 @@ pub struct Node<N: Nic> {
     disk_stall: DiskStall,
     /// Backup: the primary's step-down was reported.
     step_down_noted: bool,
+    /// Serving alone: the repair port and a joining node's transfer.
+    repair: repair::RepairConn,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -360,9 +377,14 @@ impl<N: Nic + 'static> Node<N> {
         let pair = config.pair;
         let role = pair.role.expect("start() runs only with a role");
         let guest_id = guest_identity(image, initrd, guest_cmdline);
-        let (me, peer_id) = match role {
-            Role::Primary => (NodeId(1), NodeId(2)),
-            Role::Backup => (NodeId(2), NodeId(1)),
+        // The node id is the iSCSI node's (`iscsi_node=`; 1 for the
+        // primary and 2 for the backup by default): the flag's owner and
+        // the reservation key. A repair's joiner learns its peer from the
+        // transfer.
+        let me = NodeId(u64::from(config.iscsi.node));
+        let peer_id = match role {
+            Role::Primary => NodeId(2),
+            Role::Backup => NodeId(1),
         };
         let mut sc = SessionConfig::new(pair.cluster, guest_id, me);
         // Memory and disk size are filled in at join (the guest is built).
@@ -470,6 +492,7 @@ impl<N: Nic + 'static> Node<N> {
             retry_noted_us: 0,
             disk_stall: DiskStall::default(),
             step_down_noted: false,
+            repair: Default::default(),
         }
     }
 
@@ -843,6 +866,23 @@ impl<N: Nic + 'static> Live for Node<N> {
 
     fn following(&self) -> bool {
         self.ft.state() == NodeState::Following
+    }
+
+    fn repair(&mut self) -> Option<&mut dyn crate::vmm::RepairLink> {
+        self.pump_repair();
+        let serving = self.ft.state() == NodeState::Alone
+            && self.halted.is_none()
+            && (self.role == Role::Primary || self.live);
+        (serving && self.repair.sock.is_some()).then_some(self as &mut dyn crate::vmm::RepairLink)
+    }
+
+    fn receive_state(
+        &mut self,
+        ram_bytes: u64,
+        disk_sectors: u64,
+        page: &mut dyn FnMut(u64, Option<&[u8]>),
+    ) -> Result<alloc::boxed::Box<ft::state::Staged>, String> {
+        self.receive_transfer(ram_bytes, disk_sectors, page)
     }
 
     fn keepalive(&mut self, at: ExecPoint) {

@@ -306,6 +306,10 @@ pub struct StatusLine {
     /// Hypervisor heap in use and its high-water mark, KiB (issue 15).
     pub heap_kib: u64,
     pub heap_peak_kib: u64,
+    /// A repair this node serves (issue 16): percent of the current
+    /// pre-copy round sent, the round, pages the guest dirtied per second
+    /// in the last round.
+    pub repair: Option<(u64, u32, u64)>,
 }
 
 impl fmt::Display for StatusLine {
@@ -329,14 +333,21 @@ impl fmt::Display for StatusLine {
             self.discarded,
             self.heap_kib,
             self.heap_peak_kib
-        )
+        )?;
+        if let Some((percent, round, dirty)) = self.repair {
+            write!(
+                f,
+                " repair: {percent}% of round {round} sent, dirtied {dirty} pages/s"
+            )?;
+        }
+        Ok(())
     }
 }
 
 impl StatusLine {
     /// The same numbers as one JSON object (the status port, DESIGN.md §6).
     pub fn json(&self) -> String {
-        alloc::format!(
+        let mut j = alloc::format!(
             "{{\"role\":\"{}\",\"state\":\"{}\",\"generation\":{},\"seq\":{},\"acked\":{},\"applied\":{},\"lag_entries\":{},\"lag_us\":{},\"lag_guest_us\":{},\"log_mbit_s\":\"{}\",\"heartbeat_age_ms\":{},\"outputs_held\":{},\"outputs_released\":{},\"outputs_discarded\":{},\"heap_kib\":{},\"heap_peak_kib\":{}}}",
             self.role,
             self.state,
@@ -354,7 +365,14 @@ impl StatusLine {
             self.discarded,
             self.heap_kib,
             self.heap_peak_kib
-        )
+        );
+        if let Some((percent, round, dirty)) = self.repair {
+            j.pop();
+            j.push_str(&alloc::format!(
+                ",\"repair_percent\":{percent},\"repair_round\":{round},\"repair_dirty_pages_s\":{dirty}}}"
+            ));
+        }
+        j
     }
 }
 
@@ -501,6 +519,23 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"log_mbit_s\":\"0.05\""), "{j}");
+        let r = StatusLine {
+            state: "repairing",
+            repair: Some((40, 2, 1500)),
+            ..StatusLine::default()
+        };
+        assert!(
+            r.to_string()
+                .ends_with(" repair: 40% of round 2 sent, dirtied 1500 pages/s"),
+            "{r}"
+        );
+        assert!(
+            r.json().ends_with(
+                ",\"repair_percent\":40,\"repair_round\":2,\"repair_dirty_pages_s\":1500}"
+            ),
+            "{}",
+            r.json()
+        );
         assert!(j.ends_with('}') && !j.contains('\n'), "{j}");
     }
 }

@@ -538,6 +538,19 @@ impl GuestIo {
         }
     }
 
+    /// Whether the devices owe the guest nothing and hold nothing outside
+    /// the device models: no disk request in flight or completed and not
+    /// delivered, no output waiting for the output rule. A repair stops
+    /// the guest only then: the new backup's devices must not wait for a
+    /// completion that belongs to the old pair (issue 16).
+    pub fn quiescent(&self) -> bool {
+        (self.detached || self.disk.in_flight() == 0)
+            && self.early_done.is_empty()
+            && self.gate_queue.is_empty()
+            && self.held_outside == 0
+            && self.pending_blk.is_empty()
+    }
+
     /// Whether a backend still owes the guest an input.
     pub fn busy(&self) -> bool {
         !self.detached

@@ -76,6 +76,8 @@ pub struct Machine {
     pub skipped: u64,
     /// Dirty logging through the EPT, when on (`ept_dirty_test=`).
     pub dirty: Option<DirtyEpt>,
+    /// The guest's EPT while no dirty log holds it (a repair takes it).
+    pub ept_spare: Option<&'static mut vmx::ept::Ept>,
     /// `ft_test_clone=`: a clone through a state transfer, waiting for
     /// its time or in its pre-copy (`super::clone`).
     pub clone: Option<super::clone::LiveClone>,
@@ -203,6 +205,7 @@ impl Machine {
             scale,
             skipped: 0,
             dirty: None,
+            ept_spare: None,
             clone: None,
             log_clock: None,
             rng: start | 1,
@@ -223,6 +226,15 @@ impl Machine {
         match self.log_clock {
             Some(t) => t,
             None => self.scale.guest(host_tsc()).wrapping_add(self.tsc_offset),
+        }
+    }
+
+    /// Guest time is `t` from here (a repair's joining node takes the
+    /// serving node's clock at the transfer's point).
+    pub fn set_now(&mut self, t: u64) {
+        self.tsc_offset = t.wrapping_sub(self.scale.guest(host_tsc()));
+        if let Some(c) = self.log_clock.as_mut() {
+            *c = t;
         }
     }
 

@@ -2,7 +2,9 @@
 //! loader) and the run loop — interrupt injection, guest time, the
 //! watchdog, and the reaction to each exit (Intel SDM Vol. 3C §24-28).
 mod clone;
+mod repair;
 mod transfer;
+pub use repair::RepairLink;
 mod hw;
 mod linux;
 mod machine;
@@ -82,7 +84,19 @@ pub fn run(
     let ram: &'static mut [u8] = unsafe { core::slice::from_raw_parts_mut(base, size) };
     let linux_guest = config.guest == kernel::config::GuestKind::Linux;
     // Issue 10: `guest=linux` boots a bzImage; the second module is its initrd.
-    let (start, log) = if linux_guest {
+    let joining = config.pair.join && live.is_some();
+    let (start, log) = if joining {
+        // A repair's joining node: the guest comes from the transfer,
+        // which replaces this placeholder state before anything runs.
+        (
+            kernel::loader::GuestStart::Protected32 {
+                entry: 0,
+                eax: 0,
+                ebx: 0,
+            },
+            None,
+        )
+    } else if linux_guest {
         let initrd = extra.first().copied();
         (
             linux::load(image, initrd, guest_cmdline, ram),
@@ -178,6 +192,9 @@ pub fn run(
             "ept: dirty logging on: guest RAM in 4 KiB write-protected pages, a round every {} ms of guest time",
             config.ept_dirty_test_ms
         );
+    } else {
+        // Kept for a repair's dirty logging (`repair::serve`).
+        machine.ept_spare = Some(ept);
     }
     if linux_guest {
         let tsc_hz = u64::from(exit::cpuid::GUEST_TSC_KHZ) * 1000;
@@ -199,6 +216,43 @@ pub fn run(
     // FT pair: the guest is built; join the session only now, so that a
     // long setup never looks like a dead peer (DESIGN.md §1.6).
     if let Some(l) = live.as_deref_mut() {
+        if joining {
+            // Issue 16: the guest's state from the node serving it alone.
+            let (ram_bytes, sectors) = (
+                machine.devices.io.ram_bytes(),
+                machine.devices.io.disk_sectors(),
+            );
+            let ram = machine.ram_mut();
+            let got = l
+                .receive_state(ram_bytes, sectors, &mut |p, data| {
+                    transfer::write_page(ram, p, data)
+                })
+                .and_then(|staged| {
+                    repair::apply_received(
+                        &staged,
+                        &mut vmcs,
+                        &mut regs,
+                        &mut machine,
+                        counter.as_deref_mut(),
+                    )
+                    .map(|()| staged)
+                });
+            match got {
+                Ok(staged) => println!(
+                    "ft: join: applied the transfer: {} pages over {} rounds, the vCPU and {} device models; the guest resumes at (counter {}, rip {:#x}), guest time {} ns",
+                    staged.pages,
+                    staged.rounds,
+                    staged.devices.len(),
+                    staged.at.counter,
+                    staged.at.rip,
+                    staged.guest_time_ns
+                ),
+                Err(why) => {
+                    println!("ft: join: FAILED: {why}; nothing was applied, no guest runs here");
+                    crate::arch::exit::exit(exitcode::FAILURE);
+                }
+            }
+        }
         l.join(&mut machine.devices.io);
     }
     let (t0, g0) = (machine::host_tsc(), machine.now());
@@ -872,10 +926,14 @@ fn run_loop(
         end: End::Stop(stop),
         exits,
     };
-    let replaying = tape.is_replay();
     // `launched`: an earlier run (record before replay) launched the VMCS.
     let mut launched = launched;
+    // A repair's transfer this node serves (`repair::serve`).
+    let mut serving: Option<repair::Serving> = None;
     loop {
+        // A backup that went live stops replaying; a repair makes a node
+        // record again.
+        let replaying = tape.is_replay();
         // Replay and FT backup: the device backends are not used (outputs
         // discarded and counted, inputs only from the log); an FT backup
         // that goes live (tape off) gets them back.
@@ -891,6 +949,20 @@ fn run_loop(
                             end: End::Live(alloc::format!("clone: {why}")),
                             exits,
                         }
+                    }
+                }
+            }
+        }
+        // Repair (issue 16): a node serving alone sends its machine to a
+        // joining node beside the running guest.
+        if let Some(l) = live.as_deref_mut() {
+            let at = point_now(vmcs, regs, counter.as_deref());
+            match repair::serve(serving.take(), l.repair(), vmcs, regs, m, tape, at) {
+                Ok(s) => serving = s,
+                Err(why) => {
+                    return Ended {
+                        end: End::Live(alloc::format!("repair: {why}")),
+                        exits,
                     }
                 }
             }

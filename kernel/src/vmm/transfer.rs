@@ -48,7 +48,9 @@ pub fn encode_pages(
                 }
             })
             .collect();
-        sender.push(Chunk::Pages { round, pages }, out).map_err(err)?;
+        sender
+            .push(Chunk::Pages { round, pages }, out)
+            .map_err(err)?;
     }
     Ok(zero)
 }

@@ -118,10 +118,11 @@ impl<N: Nic + 'static> Node<N> {
         self.live = true;
         let back = io.go_live();
         println!(
-            "ft: backup: LIVE under generation {generation}: replayed {} of {} entries received ({} held back: a trailing checkpoint); guest time not before {}; the guest runs alone, its outputs are real",
+            "ft: backup: LIVE under generation {generation}: replayed {} of {} entries received ({} held back: a trailing checkpoint; checkpoints_matched={}); guest time not before {}; the guest runs alone, its outputs are real",
             replayer.applied_seq(),
             self.log_received,
             replayer.remaining(),
+            replayer.applied_by_kind[0x0B],
             self.ft.time_floor()
         );
         // Console lines at the seam (DESIGN.md §1.4, §1.8; `ft::seam`):

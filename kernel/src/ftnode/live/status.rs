@@ -40,6 +40,12 @@ impl<N: Nic + 'static> Node<N> {
             (Role::Backup, NodeState::Alone) => "live",
             (_, NodeState::Halted) => "ended",
         };
+        // A repair this node serves (issue 16).
+        let repair = self
+            .repair
+            .progress
+            .filter(|_| self.ft.state() == NodeState::Alone);
+        let state = if repair.is_some() { "repairing" } else { state };
         let generation = self.ft.generation();
         let heap_kib = crate::arch::heap::stats().0 as u64 / 1024;
         let heap_peak_kib = crate::arch::heap::peak() as u64 / 1024;
@@ -61,6 +67,7 @@ impl<N: Nic + 'static> Node<N> {
                 discarded: 0,
                 heap_kib,
                 heap_peak_kib,
+                repair,
             },
             // A backup (gone live: its log ended where it went live).
             (_, backup) => {
@@ -88,6 +95,7 @@ impl<N: Nic + 'static> Node<N> {
                     discarded,
                     heap_kib,
                     heap_peak_kib,
+                    repair,
                 }
             }
         }
