@@ -695,7 +695,9 @@ impl Node {
             return Err(Effects::new());
         }
         self.arbitrations += 1;
-        match self.run_arbitration(storage, self.generation()) {
+        let verdict = self.run_arbitration(storage, self.generation());
+        self.last_verdict = Some(verdict);
+        match verdict {
             Verdict::Won(flag) => {
                 self.cfg.peer = joiner;
                 let mut sc = self.cfg.session;

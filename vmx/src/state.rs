@@ -148,12 +148,37 @@ pub fn restore_vcpu(vmcs: &mut impl VmcsAccess, fields: &[(u32, u64)]) -> Result
     for (f, v) in writes {
         vmcs.write(f, v)?;
     }
+    // The "IA-32e mode guest" entry control is no guest state of its own:
+    // it follows EFER.LMA (SDM Vol. 3C §26.2.4), as the CR0 handler keeps
+    // it. A VMCS set up for another start (a repair's joining node) gets
+    // it from the restored EFER.
+    let lma = vmcs.get(Field::GuestIa32Efer) & (1 << 10) != 0;
+    let entry = vmcs.get(Field::EntryControls);
+    let ia32e = crate::exit::cr::ENTRY_IA32E_MODE;
+    vmcs.write(
+        Field::EntryControls,
+        if lma { entry | ia32e } else { entry & !ia32e },
+    )?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ia32e_entry_control_follows_the_restored_efer() {
+        let mut a = crate::vmcs::FakeVmcs::default();
+        a.write(Field::GuestIa32Efer, 0x500).unwrap(); // LME | LMA
+        let long = capture_vcpu(&a).unwrap();
+        let mut b = crate::vmcs::FakeVmcs::default();
+        b.write(Field::EntryControls, 0x11ff).unwrap();
+        restore_vcpu(&mut b, &long).unwrap();
+        assert_eq!(b.get(Field::EntryControls), 0x11ff | (1 << 9));
+        a.write(Field::GuestIa32Efer, 0).unwrap();
+        restore_vcpu(&mut b, &capture_vcpu(&a).unwrap()).unwrap();
+        assert_eq!(b.get(Field::EntryControls), 0x11ff & !(1 << 9));
+    }
 
     #[test]
     fn a_captured_vcpu_restores_into_another_vmcs_and_bad_lists_are_refused() {

@@ -55,8 +55,14 @@ pub trait RepairLink {
     /// machine, the flag generation now.
     fn identity(&self) -> (u64, u64, [u8; 16], MachineId, u64);
     /// Takes the flag's next generation for the pair with `joiner`
-    /// (`Node::begin_repair`) and turns the node into its primary.
-    fn form_pair(&mut self, joiner: u64) -> Result<u64, String>;
+    /// (`Node::begin_repair`, on the guest disk's session `io`, the one
+    /// registered for the LUN's reservation) and turns the node into its
+    /// primary.
+    fn form_pair(
+        &mut self,
+        joiner: u64,
+        io: &mut kernel::guestio::GuestIo,
+    ) -> Result<u64, String>;
     /// Ends the attempt (closes the connection, takes the next joiner).
     fn abort(&mut self, why: &str);
     /// Progress for the status line: percent of the current round sent,
@@ -248,7 +254,7 @@ pub fn serve(
     s.zero += transfer::encode_pages(&mut s.sender, &mut out, m.ram(), s.round, &pages)?;
     s.per_round.push(pages.len());
     let devices = transfer::encode_stopped(&mut s.sender, &mut out, vmcs, regs, m)?;
-    let generation = match link.form_pair(s.joiner) {
+    let generation = match link.form_pair(s.joiner, &mut m.devices.io) {
         Ok(g) => g,
         Err(why) => {
             println!("ft: repair: the new pair cannot form: {why}; still serving alone");

@@ -345,7 +345,7 @@ impl<N: Nic + 'static> RepairLink for Node<N> {
         )
     }
 
-    fn form_pair(&mut self, joiner: u64) -> Result<u64, String> {
+    fn form_pair(&mut self, joiner: u64, io: &mut GuestIo) -> Result<u64, String> {
         let Some((_, addr)) = self.repair.joiner else {
             return Err("no joining node".into());
         };
@@ -360,9 +360,9 @@ impl<N: Nic + 'static> RepairLink for Node<N> {
             self.lun.as_ref(),
             self.ncfg.session.me,
             role,
-            None,
+            io.shared_lun(),
         );
-        storage.only_shared = false;
+        storage.only_shared = self.ncfg.fencing;
         let form_within = self.ncfg.session.join_timeout_ns;
         let r = self
             .ft
