@@ -310,6 +310,8 @@ pub struct StatusLine {
     /// pre-copy round sent, the round, pages the guest dirtied per second
     /// in the last round.
     pub repair: Option<(u64, u32, u64)>,
+    /// The guest's pause at the last repair this node served, ms.
+    pub repair_pause_ms: Option<u64>,
 }
 
 impl fmt::Display for StatusLine {
@@ -339,6 +341,9 @@ impl fmt::Display for StatusLine {
                 f,
                 " repair: {percent}% of round {round} sent, dirtied {dirty} pages/s"
             )?;
+        }
+        if let Some(ms) = self.repair_pause_ms {
+            write!(f, " last_repair_pause={ms} ms")?;
         }
         Ok(())
     }
@@ -371,6 +376,10 @@ impl StatusLine {
             j.push_str(&alloc::format!(
                 ",\"repair_percent\":{percent},\"repair_round\":{round},\"repair_dirty_pages_s\":{dirty}}}"
             ));
+        }
+        if let Some(ms) = self.repair_pause_ms {
+            j.pop();
+            j.push_str(&alloc::format!(",\"repair_pause_ms\":{ms}}}"));
         }
         j
     }
@@ -519,6 +528,12 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"log_mbit_s\":\"0.05\""), "{j}");
+        let p = StatusLine {
+            repair_pause_ms: Some(420),
+            ..StatusLine::default()
+        };
+        assert!(p.to_string().ends_with(" last_repair_pause=420 ms"), "{p}");
+        assert!(p.json().ends_with(",\"repair_pause_ms\":420}"), "{}", p.json());
         let r = StatusLine {
             state: "repairing",
             repair: Some((40, 2, 1500)),

@@ -551,6 +551,24 @@ impl GuestIo {
             && self.pending_blk.is_empty()
     }
 
+    /// What the devices owe the guest, for a report: requests in flight,
+    /// completions not delivered, outputs held, and each queue's indices.
+    pub fn busy_detail(&self) -> String {
+        alloc::format!(
+            "detached {} gated {} disk in flight {} early completions {} gate queue {} held outside {} pending (detached) {} wire in flight {}; blk {}; net {}",
+            self.detached,
+            self.gated,
+            self.disk.in_flight(),
+            self.early_done.len(),
+            self.gate_queue.len(),
+            self.held_outside,
+            self.pending_blk.len(),
+            self.wire.in_flight(),
+            self.blk.queue_detail(),
+            self.net.queue_detail()
+        )
+    }
+
     /// Whether a backend still owes the guest an input.
     pub fn busy(&self) -> bool {
         !self.detached

@@ -839,7 +839,39 @@ fn finish(ended: &Ended, replay_ok: Option<bool>) -> ! {
 
 fn report(ended: &Ended, m: &Machine, host_ticks: u64) {
     match &ended.end {
-        End::Stop(stop) => report_stop(stop),
+        End::Stop(stop) => {
+            report_stop(stop);
+            if matches!(stop, Stop::DeadHalt { .. }) {
+                println!(
+                    "hypervisor: at the dead halt: {}; LAPIC {:?}",
+                    m.devices.io.busy_detail(),
+                    m.lapic.pending_vector()
+                );
+                // The rings as the guest left them in RAM.
+                let u16_at = |gpa: u64| {
+                    let a = gpa as usize;
+                    m.ram()
+                        .get(a..a + 2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                };
+                for (name, t) in [
+                    ("blk", m.devices.io.blk.transport()),
+                    ("net", m.devices.io.net.transport()),
+                ] {
+                    for q in &t.queues {
+                        println!(
+                            "hypervisor: {name} ring in RAM: avail flags {:?} idx {:?}, used flags {:?} idx {:?} (device: next_avail {} next_used {})",
+                            u16_at(q.driver),
+                            u16_at(q.driver + 2),
+                            u16_at(q.device),
+                            u16_at(q.device + 2),
+                            q.next_avail,
+                            q.next_used
+                        );
+                    }
+                }
+            }
+        }
         End::Diverged(d) => println!("hypervisor: replay stopped: diverged at {d}"),
         End::Refused(r) => println!("hypervisor: guest stopped: {r}"),
         End::Live(why) => println!("hypervisor: guest stopped: ft: {why}"),

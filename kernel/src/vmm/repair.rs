@@ -63,6 +63,18 @@ pub trait RepairLink {
         joiner: u64,
         io: &mut kernel::guestio::GuestIo,
     ) -> Result<u64, String>;
+    /// After the commit, the guest stopped at `at` (guest time
+    /// `guest_ns`): waits, keeping the network and the node's timers going,
+    /// until the new pair's session started (the new backup acknowledged
+    /// the Hello: it runs from the commit's point) or did not form in time
+    /// (the node arbitrated and acts alone again, `Err`), or the node
+    /// halted (`Err`).
+    fn await_pair(
+        &mut self,
+        io: &mut kernel::guestio::GuestIo,
+        at: ExecPoint,
+        guest_ns: u64,
+    ) -> Result<(), String>;
     /// Ends the attempt (closes the connection, takes the next joiner).
     fn abort(&mut self, why: &str);
     /// Progress for the status line: percent of the current round sent,
@@ -277,20 +289,33 @@ pub fn serve(
         .map_err(|e| alloc::format!("{e:?}"))?;
     s.bytes += out.len() as u64;
     link.send(&out);
-    // The guest runs on as the new pair's primary from this very point.
+    // The guest runs on as the new pair's primary from this very point,
+    // once the new backup runs from it too: its outputs could not leave
+    // before, and a guest that waits seconds for a device may time out.
+    // Its clock stands still meanwhile (the new backup starts at the
+    // commit's time).
     *tape = Tape::Record(Recorder::streaming());
     m.console_quiet = false;
     m.console_capture = Some(Vec::new());
+    let copied_host_ticks = super::machine::host_tsc().wrapping_sub(t0);
+    let stopped_at = m.now();
+    let formed = link.await_pair(&mut m.devices.io, at, stopped_at);
+    m.set_now(stopped_at);
     let pause_host_ticks = super::machine::host_tsc().wrapping_sub(t0);
+    if let Err(why) = formed {
+        println!("ft: repair: the new pair did not form: {why}; the guest goes on alone");
+        return Ok(None);
+    }
     println!(
-        "ft: repair: committed: node {} is the backup under generation {generation}; {} bytes in pre-copy rounds of {:?} pages ({} zero), stopped for {why:?} (expected pause {} us), the vCPU and {devices} device models; guest paused {} host ticks; transfer took {} ms of guest time; the pair resumes at (counter {}, rip {:#x})",
+        "ft: repair: committed: node {} is the backup under generation {generation}; {} bytes in pre-copy rounds of {:?} pages ({} zero), stopped for {why:?} (expected pause {} us), the vCPU and {devices} device models; guest paused {} host ticks ({} to copy the last state, the rest until the new backup acknowledged), its clock stopped; transfer took {} ms of guest time; the pair resumes at (counter {}, rip {:#x})",
         s.joiner,
         s.bytes,
         s.per_round,
         s.zero,
         expected_pause_ns / 1000,
         pause_host_ticks,
-        (m.now() - s.started) / 1_000_000,
+        copied_host_ticks,
+        (stopped_at - s.started) / 1_000_000,
         at.counter,
         at.rip
     );

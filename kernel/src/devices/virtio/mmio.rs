@@ -387,6 +387,20 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         &self.device
     }
 
+    /// Each queue's consumed and published indices and the pending
+    /// notifications and interrupt, for a report.
+    pub fn queue_detail(&self) -> alloc::string::String {
+        let t = &self.transport;
+        let mut s = alloc::format!(
+            "notified {:#x} irq_pending {} isr {:#x} queues",
+            t.notified, t.irq_pending, t.interrupt_status
+        );
+        for q in &t.queues {
+            s.push_str(&alloc::format!(" [avail {} used {}]", q.next_avail, q.next_used));
+        }
+        s
+    }
+
     /// Whether a guest notification is waiting for [`VirtioMmio::process`].
     pub fn has_work(&self) -> bool {
         self.transport.notified != 0 || self.transport.irq_pending

@@ -39,6 +39,9 @@ pub(super) struct RepairConn {
     pub committed: bool,
     /// Status: percent of the round sent, round, dirty pages per second.
     pub progress: Option<(u64, u32, u64)>,
+    /// The guest's pause at the last repair (ms, commit to the new
+    /// backup's first ack).
+    pub pause_ms: Option<u64>,
     /// Transfers begun, aborted, committed.
     pub begun: u64,
     pub aborted: u64,
@@ -411,6 +414,35 @@ impl<N: Nic + 'static> RepairLink for Node<N> {
                     ),
                     _ => "the shared LUN did not answer the test-and-set".into(),
                 })
+            }
+        }
+    }
+
+    fn await_pair(&mut self, io: &mut GuestIo, at: ExecPoint, guest_ns: u64) -> Result<(), String> {
+        let t0 = self.now_us();
+        loop {
+            self.pump(true);
+            self.pump_repair();
+            let now = self.now_us();
+            if now >= self.last_tick_us + 1000 {
+                self.last_tick_us = now;
+                self.primary_tick(now * 1000, guest_ns, at, Some(io))?;
+            }
+            match self.ft.state() {
+                NodeState::Paired if self.ft.started() => {
+                    let ms = (self.now_us() - t0) / 1000;
+                    self.repair.pause_ms = Some(ms);
+                    println!("ft: repair: PROTECTED again: the new backup acknowledged the session {ms} ms after the commit; the guest resumes");
+                    return Ok(());
+                }
+                NodeState::Paired | NodeState::Arbitrating => {}
+                NodeState::Alone => {
+                    return Err(alloc::format!(
+                        "no session with the new backup within {} ms",
+                        (self.now_us() - t0) / 1000
+                    ))
+                }
+                other => return Err(alloc::format!("the node is {other:?}")),
             }
         }
     }

@@ -68,6 +68,7 @@ impl<N: Nic + 'static> Node<N> {
                 heap_kib,
                 heap_peak_kib,
                 repair,
+                repair_pause_ms: self.repair.pause_ms,
             },
             // A backup (gone live: its log ended where it went live).
             (_, backup) => {
@@ -96,6 +97,7 @@ impl<N: Nic + 'static> Node<N> {
                     heap_kib,
                     heap_peak_kib,
                     repair,
+                    repair_pause_ms: self.repair.pause_ms,
                 }
             }
         }
