@@ -533,7 +533,11 @@ mod tests {
             ..StatusLine::default()
         };
         assert!(p.to_string().ends_with(" last_repair_pause=420 ms"), "{p}");
-        assert!(p.json().ends_with(",\"repair_pause_ms\":420}"), "{}", p.json());
+        assert!(
+            p.json().ends_with(",\"repair_pause_ms\":420}"),
+            "{}",
+            p.json()
+        );
         let r = StatusLine {
             state: "repairing",
             repair: Some((40, 2, 1500)),

@@ -992,7 +992,8 @@ fn run_loop(
         if let Some(l) = live.as_deref_mut() {
             let at = point_now(vmcs, regs, counter.as_deref());
             let was = serving.is_some();
-            match repair::serve(serving.take(), l.repair(), vmcs, regs, m, tape, at) {
+            let guest = repair::GuestAt { at, halted };
+            match repair::serve(serving.take(), l.repair(), vmcs, regs, m, tape, guest) {
                 Ok(s) => {
                     if was && s.is_none() && inexact > 0 {
                         println!("counter: {inexact} exit(s) during the pre-copy counted inexactly (write faults on write-protected pages); the pair's counts agree from the commit on");
@@ -1199,6 +1200,13 @@ fn run_loop(
                         continue;
                     }
                     _ => {
+                        println!(
+                            "hypervisor: dead halt: rflags {rflags:#x} rsi {:#x} r8 {:#x} guest time {now} LAPIC deadline {:?} {:?}",
+                            regs.gpr[6],
+                            regs.gpr[8],
+                            m.lapic.next_deadline(),
+                            m.lapic
+                        );
                         return stop(
                             Stop::DeadHalt {
                                 rip: vmcs.get(Field::GuestRip),

@@ -58,11 +58,7 @@ pub trait RepairLink {
     /// (`Node::begin_repair`, on the guest disk's session `io`, the one
     /// registered for the LUN's reservation) and turns the node into its
     /// primary.
-    fn form_pair(
-        &mut self,
-        joiner: u64,
-        io: &mut kernel::guestio::GuestIo,
-    ) -> Result<u64, String>;
+    fn form_pair(&mut self, joiner: u64, io: &mut kernel::guestio::GuestIo) -> Result<u64, String>;
     /// After the commit, the guest stopped at `at` (guest time
     /// `guest_ns`): waits, keeping the network and the node's timers going,
     /// until the new pair's session started (the new backup acknowledged
@@ -98,6 +94,14 @@ pub struct Serving {
     bytes: u64,
     dirty_per_s: u64,
     started: u64,
+}
+
+/// Where the guest stands at the top of a run-loop iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestAt {
+    pub at: ExecPoint,
+    /// In a HLT (the run loop keeps that state, not the VMCS).
+    pub halted: bool,
 }
 
 /// What [`serve`] left: the transfer still under way, or none.
@@ -165,7 +169,7 @@ fn start(link: &mut dyn RepairLink, m: &mut Machine, joiner: u64) -> Result<Serv
 }
 
 /// One step of the serving side at the top of a run-loop iteration, the
-/// guest at `at`. `tape` becomes a recording at the commit.
+/// guest at `guest`. `tape` becomes a recording at the commit.
 pub fn serve(
     serving: Option<Serving>,
     link: Option<&mut dyn RepairLink>,
@@ -173,8 +177,9 @@ pub fn serve(
     regs: &mut GuestRegs,
     m: &mut Machine,
     tape: &mut Tape,
-    at: ExecPoint,
+    guest: GuestAt,
 ) -> Served {
+    let GuestAt { at, halted } = guest;
     let Some(link) = link else {
         // The node stopped serving alone (halted, or a pair formed).
         if serving.is_some() {
@@ -252,8 +257,9 @@ pub fn serve(
             }
         }
     }
-    // Stop the guest only where its disk owes it nothing.
-    if !m.devices.io.quiescent() {
+    // Stop the guest only where its disk owes it nothing, and not in a
+    // HLT (the run loop keeps that state, not the VMCS).
+    if halted || !m.devices.io.quiescent() {
         return Ok(Some(s));
     }
     let t0 = super::machine::host_tsc();

@@ -44,6 +44,33 @@ pub fn paging_mode(vmcs: &impl VmcsAccess) -> PagingMode {
     }
 }
 
+/// An exit during the delivery of an event (SDM Vol. 3C §28.2.4 "Information
+/// for VM Exits That Occur During Event Delivery"): a write-protected page
+/// under dirty logging (the guest's stack, its IDT or TSS) faults while an
+/// interrupt is being delivered. The event was not delivered: it is set up
+/// again for the next VM entry (§28.2.4 and §30.3 "Handling of
+/// IDT-vectoring information"), or the guest loses it (and a LAPIC vector
+/// acknowledged for it stays in service for good).
+pub fn reinject_vectored_event(vmcs: &mut impl VmcsAccess) -> Result<(), Error> {
+    let info = vmcs.get(Field::IdtVectoringInfo);
+    if info & (1 << 31) == 0 {
+        return Ok(());
+    }
+    // Vector, type, error-code-valid and valid (bits 30:12 reserved on entry).
+    vmcs.write(Field::EntryInterruptionInfo, info & 0x8000_0FFF)?;
+    if info & (1 << 11) != 0 {
+        let code = vmcs.get(Field::IdtVectoringErrorCode);
+        vmcs.write(Field::EntryExceptionErrorCode, code)?;
+    }
+    // Software interrupts and exceptions (types 4, 5, 6) carry the length
+    // of the instruction that raised them.
+    if matches!((info >> 8) & 7, 4..=6) {
+        let len = vmcs.get(Field::ExitInstructionLength);
+        vmcs.write(Field::EntryInstructionLength, len)?;
+    }
+    Ok(())
+}
+
 pub fn handle_violation(
     vmcs: &mut impl VmcsAccess,
     regs: &mut GuestRegs,
@@ -64,6 +91,7 @@ pub fn handle_violation(
     }
     // A write to RAM that dirty logging protects: recorded, retried.
     if q & 2 != 0 && platform.dirty_write(gpa) {
+        reinject_vectored_event(vmcs)?;
         return Ok(Action::Resume);
     }
     regs.sync_rsp(vmcs);
@@ -121,6 +149,67 @@ mod tests {
                 rip: 0x10_1234
             })
         );
+    }
+
+    #[test]
+    fn an_event_cut_off_by_a_dirty_logging_fault_is_delivered_again() {
+        struct Dirty(FakePlatform);
+        impl Platform for Dirty {
+            fn port_in(&mut self, p: u16, s: u8) -> u32 {
+                self.0.port_in(p, s)
+            }
+            fn port_out(&mut self, p: u16, s: u8, v: u32) {
+                self.0.port_out(p, s, v)
+            }
+            fn rdmsr(&mut self, m: u32) -> Option<u64> {
+                self.0.rdmsr(m)
+            }
+            fn wrmsr(&mut self, m: u32, v: u64) -> bool {
+                self.0.wrmsr(m, v)
+            }
+            fn rdtsc(&mut self) -> u64 {
+                self.0.rdtsc()
+            }
+            fn random(&mut self, seed: bool) -> u64 {
+                self.0.random(seed)
+            }
+            fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
+                self.0.read_guest(gpa, buf)
+            }
+            fn console(&mut self, t: &str) {
+                self.0.console(t)
+            }
+            fn mmio(
+                &mut self,
+                gpa: u64,
+                a: &mut MmioRequest<'_>,
+            ) -> Option<Result<(), &'static str>> {
+                self.0.mmio(gpa, a)
+            }
+            fn dirty_write(&mut self, _gpa: u64) -> bool {
+                true
+            }
+        }
+        let mut v = FakeVmcs::default();
+        v.write(Field::ExitQualification, 2).unwrap();
+        v.write(Field::GuestPhysicalAddress, 0x7000).unwrap();
+        // An external interrupt, vector 0x50, being delivered.
+        v.write(Field::IdtVectoringInfo, 0x8000_0050).unwrap();
+        let mut p = Dirty(FakePlatform::default());
+        let a = handle_violation(&mut v, &mut GuestRegs::default(), &mut p).unwrap();
+        assert_eq!(a, Action::Resume);
+        assert_eq!(v.get(Field::EntryInterruptionInfo), 0x8000_0050);
+        // A page fault (type 3, error code 2) being delivered.
+        v.write(Field::IdtVectoringInfo, 0x8000_0B0E).unwrap();
+        v.write(Field::IdtVectoringErrorCode, 2).unwrap();
+        handle_violation(&mut v, &mut GuestRegs::default(), &mut p).unwrap();
+        assert_eq!(v.get(Field::EntryInterruptionInfo), 0x8000_0B0E);
+        assert_eq!(v.get(Field::EntryExceptionErrorCode), 2);
+        // Nothing was being delivered: nothing is injected.
+        v.write(Field::EntryInterruptionInfo, 0).unwrap();
+        v.write(Field::IdtVectoringInfo, 0x50).unwrap();
+        handle_violation(&mut v, &mut GuestRegs::default(), &mut p).unwrap();
+        assert_eq!(v.get(Field::EntryInterruptionInfo), 0);
     }
 
     #[test]

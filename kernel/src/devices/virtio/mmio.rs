@@ -393,10 +393,16 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         let t = &self.transport;
         let mut s = alloc::format!(
             "notified {:#x} irq_pending {} isr {:#x} queues",
-            t.notified, t.irq_pending, t.interrupt_status
+            t.notified,
+            t.irq_pending,
+            t.interrupt_status
         );
         for q in &t.queues {
-            s.push_str(&alloc::format!(" [avail {} used {}]", q.next_avail, q.next_used));
+            s.push_str(&alloc::format!(
+                " [avail {} used {}]",
+                q.next_avail,
+                q.next_used
+            ));
         }
         s
     }
