@@ -469,12 +469,7 @@ fn judge(
         .lines()
         .find(|l| l.contains("ft: backup: LIVE under generation 3"))
         .and_then(|l| word(l, "checkpoints_matched="))
-        .and_then(|w| {
-            w.trim_end_matches(')')
-                .trim_end_matches(';')
-                .parse::<u64>()
-                .ok()
-        })
+        .and_then(|w| w.trim_end_matches([')', ';']).parse::<u64>().ok())
         .ok_or("node 3's LIVE line has no checkpoints_matched=")?;
     if matched == 0 {
         return Err(
