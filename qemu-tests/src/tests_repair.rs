@@ -22,6 +22,13 @@
 //!   LUN file: the flag is generation 3 owner 3 (one step per failover
 //!   and per repair), and every key holds a version the client sent, no
 //!   older than its last acknowledged one.
+//! * `ft-repair-joiner-killed`: the same, but a first joiner is SIGKILLed
+//!   as soon as node 2 took its request (the transfer of ~400 KiB takes
+//!   seconds over Bochs's NIC): node 2 must print that the transfer failed
+//!   before its commit, keep answering (10 replies alone), take exactly
+//!   two join requests and commit exactly one; the killed joiner applied
+//!   nothing; the flag still advances only once per failover and per
+//!   repair (0 -> 3).
 use crate::emulator::{Outcome, Run};
 use crate::tests::E2eTest;
 use crate::tests_ftkv::{
@@ -52,17 +59,25 @@ const BETWEEN: usize = 10;
 const STEP_MAX: Duration = Duration::from_secs(400);
 
 pub fn tests() -> Vec<E2eTest> {
-    vec![E2eTest {
+    let t = |name, custom, about| E2eTest {
         cmdline: CMDLINE,
         modules: vec![(GUEST, GUEST_CMDLINE)],
         timeout: Duration::from_secs(1500),
-        custom: Some(run_repair),
-        ..E2eTest::new(
+        custom: Some(custom),
+        ..E2eTest::new(name, crate::emulator::Emulator::Bochs, about)
+    };
+    vec![
+        t(
             "ft-repair",
-            crate::emulator::Emulator::Bochs,
+            run_repair,
             "KV pair; the primary killed, the backup goes live; a third hypervisor with no guest image joins by live state transfer while the client writes; the new pair acknowledges; its primary killed, the third node goes live; every key's last acknowledged version reads back (service and LUN); the flag advanced once per event (0 -> 3)",
-        )
-    }]
+        ),
+        t(
+            "ft-repair-joiner-killed",
+            run_repair_cut,
+            "as ft-repair, but the first joining hypervisor is killed during its state transfer: the serving node ends the attempt, keeps serving alone (the flag untouched), and a second joiner then repairs the pair; the rest as ft-repair",
+        ),
+    ]
 }
 
 /// What the runner saw.
@@ -80,6 +95,23 @@ fn serial(path: &Path) -> String {
 }
 
 fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
+    scenario(t, root, false)
+}
+
+fn run_repair_cut(t: &E2eTest, root: &Path) -> Outcome {
+    scenario(t, root, true)
+}
+
+/// Node names in the serial files' order: the pair, the joiner that
+/// completes, the joiner killed during its transfer (`cut`).
+const NODES: [&str; 4] = [
+    "node 1 (primary)",
+    "node 2 (backup)",
+    "node 3 (joiner)",
+    "node 3 (first joiner, killed during its transfer)",
+];
+
+fn scenario(t: &E2eTest, root: &Path, cut: bool) -> Outcome {
     let mut ns = match crate::ftrig::netns("ftrp", &WIRING) {
         Ok(ns) => ns,
         Err(o) => return o,
@@ -88,7 +120,7 @@ fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
         Ok(x) => x,
         Err(o) => return o,
     };
-    let names = ["primary", "backup", "joiner"].map(|r| format!("{}-{r}", t.name));
+    let names = ["primary", "backup", "joiner", "joiner-cut"].map(|r| format!("{}-{r}", t.name));
     let dirs = names.clone().map(|n| root.join("build/e2e").join(n));
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
@@ -104,38 +136,60 @@ fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
         (t.emulator, spec(0, &names[0], "iscsi_node=1")),
         (t.emulator, spec(1, &names[1], "iscsi_node=2")),
     ];
-    // The third node: on the dead primary's tap and address, a backup of
+    // A joining node: on the dead primary's tap and address, a backup of
     // node 2 that joins by state transfer, with no guest image at all.
-    let mut third = spec(0, &names[2], "iscsi_node=3");
-    third.cmdline = third.cmdline.replace(
-        "role=primary peer=10.0.4.12:7700",
-        "role=backup peer=10.0.4.12:7700 ft_join=on",
-    );
-    third.modules.clear();
-    let mut third = Some(third);
+    let joiner = |name: &str| {
+        let mut j = spec(0, name, "iscsi_node=3");
+        j.cmdline = j.cmdline.replace(
+            "role=primary peer=10.0.4.12:7700",
+            "role=backup peer=10.0.4.12:7700 ft_join=on",
+        );
+        j.modules.clear();
+        j
+    };
+    let mut joiners = [None, None, Some(joiner(&names[2])), Some(joiner(&names[3]))];
     let salt = u64::from(std::process::id());
     let mut seen = Seen::default();
-    let (runs, third_run, conducted) = std::thread::scope(|s| {
+    let (runs, joined, conducted) = std::thread::scope(|s| {
         let boots = s.spawn(|| crate::emulator::boot_all(root, pair));
-        let mut third_boot = None;
-        let conducted = conduct(&ns.name, &serials, &bochsrc, salt, &mut seen, &mut || {
-            if let Some(spec) = third.take() {
-                third_boot = Some(
-                    s.spawn(move || crate::emulator::boot_all(root, vec![(t.emulator, spec)])),
-                );
-            }
-        });
+        let mut joiner_boots = Vec::new();
+        let conducted = conduct(
+            &ns.name,
+            &serials,
+            &bochsrc,
+            (salt, cut),
+            &mut seen,
+            &mut |k: usize| {
+                if let Some(spec) = joiners[k].take() {
+                    joiner_boots.push((
+                        k,
+                        s.spawn(move || crate::emulator::boot_all(root, vec![(t.emulator, spec)])),
+                    ));
+                }
+            },
+        );
         if conducted.is_err() {
             for rc in &bochsrc {
                 let _ = signal_bochs(rc, "KILL");
             }
         }
-        let runs = boots.join().unwrap_or_default();
-        let third_run = third_boot
-            .and_then(|h| h.join().ok())
-            .and_then(|mut v| v.pop());
-        (runs, third_run, conducted)
+        let mut runs: Vec<Option<Result<Run, String>>> = boots
+            .join()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Some)
+            .collect();
+        runs.resize_with(4, || None);
+        let mut joined = Vec::new();
+        for (k, h) in joiner_boots {
+            joined.push((k, h.join().ok().and_then(|mut v| v.pop())));
+        }
+        (runs, joined, conducted)
     });
+    let mut runs = runs;
+    for (k, r) in joined {
+        runs[k] = r;
+    }
     let flag = target
         .read_block(0)
         .and_then(|b| FlagRecord::from_block(&b).map_err(|e| format!("flag block: {e:?}")));
@@ -143,8 +197,9 @@ fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
     drop(target);
     drop(ns);
     let texts = serials.clone().map(|p| serial(&p));
-    let judged = conducted
-        .and_then(|note| judge(&seen, &texts, flag, table, salt).map(|j| format!("{note}; {j}")));
+    let judged = conducted.and_then(|note| {
+        judge(&seen, &texts, flag, table, salt, cut).map(|j| format!("{note}; {j}"))
+    });
     match judged {
         Ok(note) => Outcome::Pass(note),
         Err(why) => {
@@ -153,21 +208,18 @@ fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
                 s.push_str(&format!("\nhost side: {}", seen.notes.join("; ")));
             }
             s.push_str(&format!("\nclient: {}", seen.client_last));
-            let ended = |r: Option<&Result<Run, String>>| match r {
-                Some(Ok(run)) => run.ended.to_string(),
-                Some(Err(e)) => e.clone(),
-                None => "not started".into(),
-            };
-            let how = [
-                ended(runs.first()),
-                ended(runs.get(1)),
-                ended(third_run.as_ref()),
-            ];
             for (k, text) in texts.iter().enumerate() {
+                let how = match &runs[k] {
+                    Some(Ok(run)) => run.ended.to_string(),
+                    Some(Err(e)) => e.clone(),
+                    None => "not started".into(),
+                };
+                if runs[k].is_none() && text.is_empty() {
+                    continue;
+                }
                 s.push_str(&format!(
-                    "\n---- {}: {}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
-                    ["node 1 (primary)", "node 2 (backup)", "node 3 (joiner)"][k],
-                    how[k],
+                    "\n---- {}: {how}; last serial lines (build/e2e/{}/serial.txt) ----\n{}",
+                    NODES[k],
                     names[k],
                     crate::tests::tail(text, 25)
                 ));
@@ -257,11 +309,11 @@ fn wait_acks(
 
 fn conduct(
     ns: &str,
-    serials: &[std::path::PathBuf; 3],
-    bochsrc: &[String; 3],
-    salt: u64,
+    serials: &[std::path::PathBuf; 4],
+    bochsrc: &[String; 4],
+    (salt, cut): (u64, bool),
     seen: &mut Seen,
-    start_third: &mut dyn FnMut(),
+    start_joiner: &mut dyn FnMut(usize),
 ) -> Result<String, String> {
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
     // The pair up: the primary prints the guest's lines once acknowledged.
@@ -321,8 +373,36 @@ fn conduct(
         ));
         // Bochs has let go of the tap: the third node takes it.
         std::thread::sleep(Duration::from_secs(1));
+        if cut {
+            // A first joiner, killed while its transfer runs (a 400 KiB
+            // transfer takes seconds over Bochs's NIC; the runner looks
+            // every 200 ms): node 2 must stay alone, serving, and take
+            // the next joiner.
+            start_joiner(3);
+            let asked = wait_line(&serials[1], "ft: repair: node 3 joins", "node 2", &rx, seen)?;
+            signal_bochs(&bochsrc[3], "KILL")
+                .map_err(|e| format!("the first joiner's Bochs: {e}"))?;
+            let killed = Instant::now();
+            if serial(&serials[1]).contains("ft: repair: committed") {
+                return Err("the first joiner's transfer committed before the kill (the runner was too slow to cut it)".into());
+            }
+            let ended = wait_line(
+                &serials[1],
+                "ft: repair: the transfer failed before its commit",
+                "node 2",
+                &rx,
+                seen,
+            )?;
+            wait_acks(BETWEEN, "node 2 alone after the cut transfer", &rx, seen)?;
+            seen.notes.push(format!(
+                "first joiner killed {:.1} s after its request; node 2 ended the attempt {:.1} s later and served on",
+                (killed - asked).as_secs_f64(),
+                (ended - killed).as_secs_f64()
+            ));
+            std::thread::sleep(Duration::from_secs(1));
+        }
         let started = Instant::now();
-        start_third();
+        start_joiner(2);
         let committed = wait_line(&serials[1], "ft: repair: committed", "node 2", &rx, seen)?;
         wait_line(
             &serials[2],
@@ -411,10 +491,11 @@ fn conduct(
 
 fn judge(
     seen: &Seen,
-    texts: &[String; 3],
+    texts: &[String; 4],
     flag: Result<FlagRecord, String>,
     table: Result<std::collections::BTreeMap<String, String>, String>,
     salt: u64,
+    cut: bool,
 ) -> Result<String, String> {
     let client = &seen.client_last;
     if !client.starts_with("done ") {
@@ -437,7 +518,19 @@ fn judge(
             flag.generation, flag.owner.0
         ));
     }
-    let [_, n2, n3] = texts;
+    let [_, n2, n3, first] = texts;
+    if cut {
+        // The cut transfer: applied nothing, no guest ran there.
+        if first.contains("ft: join: applied") {
+            return Err("the killed joiner applied a transfer".into());
+        }
+        if n2.matches("ft: repair: node 3 joins").count() != 2 {
+            return Err("node 2 did not take exactly two join requests".into());
+        }
+        if n2.matches("ft: repair: committed").count() != 1 {
+            return Err("node 2 did not commit exactly one transfer".into());
+        }
+    }
     for (text, line, who) in [
         (
             n2,
