@@ -12,10 +12,16 @@
 //! After a third of the load the primary's Bochs is SIGKILLed; the backup
 //! notices the silence, wins the test-and-set on the LUN, replays what it
 //! holds and goes live under the next generation; the client's TCP
-//! connection carries on against the same guest. At the end every
-//! acknowledged `SET` is read back, and a summary shows what was verified,
-//! the failover time (kill to the first reply from the new primary), the
-//! log rate and the backup lag. Exit status 0 only if everything held.
+//! connection carries on against the same guest. Then a third hypervisor
+//! (Bochs, on the dead primary's address, with no guest image) asks the
+//! new primary to take it as its backup: the guest's state goes over by
+//! live transfer while the client keeps writing (issue 16, repair), the
+//! pair is protected again, and after more load the new primary is
+//! SIGKILLed too: the third node goes live. At the end every acknowledged
+//! `SET` is read back, and a summary shows what was verified, both
+//! failover times (kill to the first reply from the next primary), the
+//! repair (bytes, guest pause), the log rate and the backup lag. Exit
+//! status 0 only if everything held.
 use crate::bench::{self, Rig, GUEST_ADDR, STATUS_PORTS};
 use crate::emulator::{Emulator, Interaction};
 use crate::tests_net::{wait_serial, Netns};
@@ -26,11 +32,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// SETs the client stores in all; the primary dies after [`KILL_AFTER`].
-const SETS: usize = 150;
+/// SETs the client stores in all (distinct keys; the guest's table holds
+/// 4,096); the primary dies after [`KILL_AFTER`]; the repaired pair's
+/// primary [`KILL2_AFTER`] replies after the repair.
+const SETS: usize = 3500;
 const KILL_AFTER: usize = 50;
+const KILL2_AFTER: usize = 150;
 const PRIMARY: &str = "demo-primary";
 const BACKUP: &str = "demo-backup";
+const JOINER: &str = "demo-joiner";
 
 /// One status-port sample.
 #[derive(Clone)]
@@ -112,10 +122,10 @@ fn paired_figures(samples: &[Sample]) -> (Vec<f64>, Vec<f64>) {
     (log, lag)
 }
 
-/// Prints the backup's `ft: backup:` lines (its log connection, failure
-/// detection, test-and-set, go-live, MAC announcement) as they appear on
-/// its serial, until `done`.
-fn follow_backup(serial: &Path, done: &AtomicBool, t0: Instant) {
+/// Prints a node's `ft:` lines of the kinds in `prefixes` (its log
+/// connection, failure detection, test-and-set, go-live, MAC announcement,
+/// repair) as they appear on its serial, tagged `who`, until `done`.
+fn follow_node(serial: &Path, who: &str, prefixes: &[&str], done: &AtomicBool, t0: Instant) {
     let mut shown = 0usize;
     loop {
         let last = done.load(Ordering::Relaxed);
@@ -123,8 +133,9 @@ fn follow_backup(serial: &Path, done: &AtomicBool, t0: Instant) {
         if let Some(end) = text.iter().rposition(|b| *b == b'\n') {
             if end + 1 > shown {
                 for l in String::from_utf8_lossy(&text[shown..end]).lines() {
-                    if let Some(msg) = l.trim_end_matches('\r').strip_prefix("ft: backup: ") {
-                        println!("{} backup hv  {msg}", stamp(t0));
+                    let l = l.trim_end_matches('\r');
+                    if let Some(msg) = prefixes.iter().find_map(|p| l.strip_prefix(p)) {
+                        println!("{} {who}  {msg}", stamp(t0));
                     }
                 }
                 shown = end + 1;
@@ -137,6 +148,13 @@ fn follow_backup(serial: &Path, done: &AtomicBool, t0: Instant) {
     }
 }
 
+/// Whether a node's serial holds `line` yet.
+fn said(serial: &Path, line: &str) -> bool {
+    std::fs::read(serial)
+        .map(|b| String::from_utf8_lossy(&b).contains(line))
+        .unwrap_or(false)
+}
+
 pub fn main(root: &Path) -> Result<(), String> {
     let t0 = Instant::now();
     println!(
@@ -147,7 +165,8 @@ pub fn main(root: &Path) -> Result<(), String> {
     println!("  backup   ftvisor at 10.0.4.12, replays the log live, one entry behind; its outputs are discarded");
     println!("  guest    the test guest's KV service at {GUEST_ADDR} (the same guest on both; SET = sector write + flush, then OK)");
     println!("  client   10.0.4.1: {SETS} SETs, each followed by a GET of an earlier key; the primary is SIGKILLed after {KILL_AFTER} acknowledged SETs");
-    println!("  Hypervisor clocks run in Bochs emulated time (1 s = 50 M instructions); the client's in wall-clock time. Serial logs: build/e2e/{PRIMARY}/, build/e2e/{BACKUP}/");
+    println!("  repair   then a third ftvisor at 10.0.4.11 with no guest image joins the new primary by live state transfer while the client writes; {KILL2_AFTER} replies after the pair is protected again, the new primary is SIGKILLed too");
+    println!("  Hypervisor clocks run in Bochs emulated time (1 s = 50 M instructions); the client's in wall-clock time. Serial logs: build/e2e/{PRIMARY}/, build/e2e/{BACKUP}/, build/e2e/{JOINER}/");
     println!();
     let rig = Rig::new(root, "demo", 16 << 20)?;
     println!(
@@ -159,6 +178,20 @@ pub fn main(root: &Path) -> Result<(), String> {
     let ns = rig.ns.name.clone();
     let droot = root.to_path_buf();
     let seen2 = seen.clone();
+    // The third node: a backup joining by state transfer (`ft_join=on`),
+    // node id 3, on the dead primary's tap and address, no guest image.
+    let mut j = rig.spec(JOINER, 1, true, Duration::from_secs(900));
+    j.cmdline = j
+        .cmdline
+        .replace(
+            "role=primary peer=10.0.4.12:7700",
+            "role=backup peer=10.0.4.12:7700 ft_join=on",
+        )
+        .replace("iscsi_node=1", "iscsi_node=3");
+    j.modules.clear();
+    let joiner_spec = Arc::new(Mutex::new(Some(j)));
+    let joiner_run: Arc<Mutex<Option<crate::emulator::Run>>> = Arc::new(Mutex::new(None));
+    let (joiner_spec2, joiner_run2) = (joiner_spec.clone(), joiner_run.clone());
     let orchestrate: Interaction = Box::new(move |serial: &Path| {
         wait_serial(serial, "kv: listening", Duration::from_secs(360))?;
         println!(
@@ -194,13 +227,41 @@ pub fn main(root: &Path) -> Result<(), String> {
                 }
             }
         });
-        // The backup's own account of the failover, as it prints it.
+        // The backup's own account of the failover and the repair, as it
+        // prints it; later the third node's.
         let done = Arc::new(AtomicBool::new(false));
         let tail = {
             let done = done.clone();
             let path = logs.join(BACKUP).join("serial.txt");
-            std::thread::spawn(move || follow_backup(&path, &done, t0))
+            std::thread::spawn(move || {
+                follow_node(
+                    &path,
+                    "node 2 hv",
+                    &["ft: backup: ", "ft: repair: "],
+                    &done,
+                    t0,
+                )
+            })
         };
+        let tail3 = {
+            let done = done.clone();
+            let path = logs.join(JOINER).join("serial.txt");
+            std::thread::spawn(move || {
+                follow_node(
+                    &path,
+                    "node 3 hv",
+                    &["ft: join: ", "ft: backup: ", "ft: repair: "],
+                    &done,
+                    t0,
+                )
+            })
+        };
+        let backup_serial = logs.join(BACKUP).join("serial.txt");
+        let mut joiner_boot: Option<std::thread::JoinHandle<()>> = None;
+        let mut protected_at: Option<usize> = None;
+        let mut second_kill: Option<Instant> = None;
+        let mut failover2: Option<Duration> = None;
+        let mut repair_err: Option<String> = None;
         let mut load = bench::spawn_helper(
             &ns,
             &["kv-load", GUEST_ADDR, &SETS.to_string(), "demo"],
@@ -241,6 +302,31 @@ pub fn main(root: &Path) -> Result<(), String> {
                                 stamp(t0),
                                 gap.as_secs_f64()
                             );
+                            // Repair: the third hypervisor boots and asks.
+                            if let Some(spec) = joiner_spec2.lock().ok().and_then(|mut g| g.take())
+                            {
+                                println!(
+                                    "{} *** a third ftvisor boots at 10.0.4.11 with no guest image and asks node 2 to take it as its backup ***",
+                                    stamp(t0)
+                                );
+                                let (root, out) = (kill_root.clone(), joiner_run2.clone());
+                                joiner_boot = Some(std::thread::spawn(move || {
+                                    let mut r = crate::emulator::boot_all(
+                                        &root,
+                                        vec![(Emulator::Bochs, spec)],
+                                    );
+                                    if let (Some(Ok(run)), Ok(mut g)) = (r.pop(), out.lock()) {
+                                        *g = Some(run);
+                                    }
+                                }));
+                            }
+                        } else if let (Some(k2), None) = (second_kill, failover2) {
+                            failover2 = Some(k2.elapsed());
+                            println!(
+                                "{} client     SET #{acks} acknowledged by node 3, {:.1} s after the kill: same TCP connection again",
+                                stamp(t0),
+                                k2.elapsed().as_secs_f64()
+                            );
                         } else if acks.is_multiple_of(10) {
                             println!(
                                 "{} client     {acks} SETs acknowledged, every GET so far correct",
@@ -248,6 +334,36 @@ pub fn main(root: &Path) -> Result<(), String> {
                             );
                         }
                     }
+                    _ => {}
+                }
+                // The repair's progress, judged every 10 replies.
+                if acks.is_multiple_of(10) && joiner_boot.is_some() {
+                    if protected_at.is_none() && said(&backup_serial, "ft: repair: PROTECTED again")
+                    {
+                        protected_at = Some(acks);
+                        println!(
+                            "{} client     the pair is protected again at SET #{acks}; {KILL2_AFTER} more replies, then node 2 is killed too",
+                            stamp(t0)
+                        );
+                    }
+                    if second_kill.is_none()
+                        && protected_at.is_some_and(|p| acks >= p + KILL2_AFTER)
+                    {
+                        match bench::kill_node(&kill_root, BACKUP) {
+                            Ok(pid) => {
+                                second_kill = Some(Instant::now());
+                                println!(
+                                    "{} *** SIGKILL node 2's Bochs (pid {pid}), the repaired pair's primary ***",
+                                    stamp(t0)
+                                );
+                            }
+                            Err(e) => {
+                                repair_err.get_or_insert(format!("could not kill node 2: {e}"));
+                            }
+                        }
+                    }
+                }
+                match w.first().copied() {
                     Some("err") => println!(
                         "{} client     connection error, reconnecting: {}",
                         stamp(t0),
@@ -265,25 +381,37 @@ pub fn main(root: &Path) -> Result<(), String> {
             },
         );
         let ok = load.0.wait().map(|s| s.success()).unwrap_or(false);
+        if second_kill.is_none() {
+            repair_err.get_or_insert(match protected_at {
+                None => "the load ended before the repaired pair was protected".into(),
+                Some(_) => "the load ended before node 2 was killed".into(),
+            });
+        }
         // The last status samples of the new primary, then stop watching.
         std::thread::sleep(Duration::from_millis(2500));
         drop(watch);
         let _ = watcher.join();
-        done.store(true, Ordering::Relaxed);
-        let _ = tail.join();
         let bye = Netns::helper(&ns, &["bench-client", GUEST_ADDR, "shutdown"]);
         println!(
-            "{} client     SHUTDOWN sent: the guest exits, the backup's hypervisor ends",
+            "{} client     SHUTDOWN sent: the guest exits, the live node's hypervisor ends",
             stamp(t0)
         );
+        if let Some(h) = joiner_boot {
+            let _ = h.join();
+        }
+        done.store(true, Ordering::Relaxed);
+        let _ = tail.join();
+        let _ = tail3.join();
         let (kill_us, pid) = match &tally.kill {
             Some((us, Ok(pid))) => (us.to_string(), pid.to_string()),
             _ => ("none".into(), "none".into()),
         };
         let (acked, verified) = tally.verify.unwrap_or((0, 0));
         Ok(format!(
-            "kill_us={kill_us} pid={pid} first_reply_us={} max_gap_us={} acked={acked} verified={verified} reconnects={} bad={} client_ok={ok} shutdown_ok={}",
+            "kill_us={kill_us} pid={pid} first_reply_us={} failover2_us={} repair_err={} max_gap_us={} acked={acked} verified={verified} reconnects={} bad={} client_ok={ok} shutdown_ok={}",
             tally.failover_us().map_or("none".into(), |v| v.to_string()),
+            failover2.map_or("none".into(), |d| d.as_micros().to_string()),
+            repair_err.unwrap_or_else(|| "none".into()).replace(' ', "_"),
             tally.max_gap_us(),
             tally.errors.len(),
             tally.bad.len(),
@@ -318,6 +446,19 @@ pub fn main(root: &Path) -> Result<(), String> {
             .find(|l| l.contains(key))
             .map(|l| l.trim().to_string())
     };
+    let joined = joiner_run.lock().ok().and_then(|mut g| g.take());
+    let j_serial = joined.as_ref().map_or("", |r| r.serial.as_str());
+    let protected = line(&b.serial, "ft: repair: PROTECTED again");
+    let committed = line(&b.serial, "ft: repair: committed");
+    let live3 = line(j_serial, "ft: backup: LIVE under generation 3");
+    let matched3 = live3
+        .as_deref()
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("checkpoints_matched="))
+        })
+        .and_then(|w| w.trim_end_matches([')', ';']).parse::<u64>().ok())
+        .unwrap_or(0);
     let won = line(&b.serial, "ft: backup: WON the test-and-set");
     let live = line(&b.serial, "ft: backup: LIVE under generation");
     let silent = line(&b.serial, "ft: backup: peer silent");
@@ -362,20 +503,51 @@ pub fn main(root: &Path) -> Result<(), String> {
         checks.push((None, format!("          {l}")));
     }
     checks.push((
-        Some(flag.as_ref().ok() == Some(&(1, 2))),
+        Some(protected.is_some() && committed.is_some() && k.get("repair_err").map(String::as_str) == Some("none")),
         format!(
-            "flag      LUN block 0: {} (was generation 0; one step, owned by the backup)",
+            "repair    node 3 (no guest image) joined node 2 by live state transfer while the client wrote; node 2's status port said live {live_samples} time(s) before; {}",
+            k.get("repair_err").filter(|e| *e != "none").map_or_else(
+                || protected.clone().unwrap_or_else(|| "no `PROTECTED again` line".into()),
+                |e| e.replace('_', " ")
+            )
+        ),
+    ));
+    if let Some(c) = &committed {
+        checks.push((None, format!("          {c}")));
+    }
+    let failover2 = n("failover2_us").map(Duration::from_micros);
+    checks.push((
+        Some(failover2.is_some_and(|d| d <= bound) && live3.is_some() && matched3 > 0),
+        format!(
+            "failover  node 2 SIGKILLed {KILL2_AFTER} replies after the repair; first reply from node 3 {} ms after the kill (bound {} ms); node 3 had matched {matched3} of node 2's checkpoints before going live",
+            failover2.map_or("-".into(), |d| d.as_millis().to_string()),
+            bound.as_millis()
+        ),
+    ));
+    if let Some(l) = &live3 {
+        checks.push((None, format!("          {l}")));
+    }
+    checks.push((
+        Some(flag.as_ref().ok() == Some(&(3, 3))),
+        format!(
+            "flag      LUN block 0: {} (was generation 0; one step per failover and one for the repair, owned by node 3)",
             flag.as_ref().map_or_else(
                 |e| format!("unreadable: {e}"),
                 |(g, o)| format!("generation {g} owner {o}")
             )
         ),
     ));
+    let j_exit = joined.as_ref().and_then(|r| r.exit_code);
     checks.push((
-        Some(b.exit_code == Some(0)),
+        Some(j_exit == Some(0)),
         format!(
-            "backup    ran the guest to its end alone: exit code {}; its status port said live {live_samples} time(s)",
-            b.exit_code.map_or_else(|| format!("none ({})", b.ended), |c| c.to_string())
+            "node 3    ran the guest to its end alone: exit code {}",
+            j_exit.map_or_else(
+                || joined
+                    .as_ref()
+                    .map_or("not run".into(), |r| format!("none ({})", r.ended)),
+                |c| c.to_string()
+            )
         ),
     ));
     checks.push((
@@ -408,7 +580,7 @@ pub fn main(root: &Path) -> Result<(), String> {
         println!("{mark} {text}");
     }
     if all {
-        println!("PASS: no acknowledged write was lost across the failover");
+        println!("PASS: no acknowledged write was lost across two failovers and a repair");
         Ok(())
     } else {
         Err("see the summary above".into())
