@@ -290,8 +290,8 @@ pub fn main(root: &Path) -> Result<(), String> {
             },
             |line| {
                 let w: Vec<&str> = line.split_whitespace().collect();
-                match w.first().copied() {
-                    Some("ack") => {
+                if let Some("ack") = w.first().copied() {
+                    {
                         acks += 1;
                         let gap = last_ack.elapsed();
                         last_ack = Instant::now();
@@ -334,7 +334,6 @@ pub fn main(root: &Path) -> Result<(), String> {
                             );
                         }
                     }
-                    _ => {}
                 }
                 // The repair's progress, judged every 10 replies.
                 if acks.is_multiple_of(10) && joiner_boot.is_some() {
