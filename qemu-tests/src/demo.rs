@@ -291,48 +291,43 @@ pub fn main(root: &Path) -> Result<(), String> {
             |line| {
                 let w: Vec<&str> = line.split_whitespace().collect();
                 if let Some("ack") = w.first().copied() {
-                    {
-                        acks += 1;
-                        let gap = last_ack.elapsed();
-                        last_ack = Instant::now();
-                        if killed.load(Ordering::Relaxed) && !failed_over {
-                            failed_over = true;
-                            println!(
+                    acks += 1;
+                    let gap = last_ack.elapsed();
+                    last_ack = Instant::now();
+                    if killed.load(Ordering::Relaxed) && !failed_over {
+                        failed_over = true;
+                        println!(
                                 "{} client     SET #{acks} acknowledged by the new primary, {:.1} s after the previous reply: same TCP connection, no acknowledged write lost",
                                 stamp(t0),
                                 gap.as_secs_f64()
                             );
-                            // Repair: the third hypervisor boots and asks.
-                            if let Some(spec) = joiner_spec2.lock().ok().and_then(|mut g| g.take())
-                            {
-                                println!(
+                        // Repair: the third hypervisor boots and asks.
+                        if let Some(spec) = joiner_spec2.lock().ok().and_then(|mut g| g.take()) {
+                            println!(
                                     "{} *** a third ftvisor boots at 10.0.4.11 with no guest image and asks node 2 to take it as its backup ***",
                                     stamp(t0)
                                 );
-                                let (root, out) = (kill_root.clone(), joiner_run2.clone());
-                                joiner_boot = Some(std::thread::spawn(move || {
-                                    let mut r = crate::emulator::boot_all(
-                                        &root,
-                                        vec![(Emulator::Bochs, spec)],
-                                    );
-                                    if let (Some(Ok(run)), Ok(mut g)) = (r.pop(), out.lock()) {
-                                        *g = Some(run);
-                                    }
-                                }));
-                            }
-                        } else if let (Some(k2), None) = (second_kill, failover2) {
-                            failover2 = Some(k2.elapsed());
-                            println!(
+                            let (root, out) = (kill_root.clone(), joiner_run2.clone());
+                            joiner_boot = Some(std::thread::spawn(move || {
+                                let mut r =
+                                    crate::emulator::boot_all(&root, vec![(Emulator::Bochs, spec)]);
+                                if let (Some(Ok(run)), Ok(mut g)) = (r.pop(), out.lock()) {
+                                    *g = Some(run);
+                                }
+                            }));
+                        }
+                    } else if let (Some(k2), None) = (second_kill, failover2) {
+                        failover2 = Some(k2.elapsed());
+                        println!(
                                 "{} client     SET #{acks} acknowledged by node 3, {:.1} s after the kill: same TCP connection again",
                                 stamp(t0),
                                 k2.elapsed().as_secs_f64()
                             );
-                        } else if acks.is_multiple_of(10) {
-                            println!(
-                                "{} client     {acks} SETs acknowledged, every GET so far correct",
-                                stamp(t0)
-                            );
-                        }
+                    } else if acks.is_multiple_of(10) {
+                        println!(
+                            "{} client     {acks} SETs acknowledged, every GET so far correct",
+                            stamp(t0)
+                        );
                     }
                 }
                 // The repair's progress, judged every 10 replies.
