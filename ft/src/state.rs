@@ -104,6 +104,11 @@ pub enum Chunk {
         msrs: Vec<(u32, u64)>,
         /// The x87/SSE state.
         fxsave: Vec<u8>,
+        /// CR2 (the last page-fault address: a guest stopped between a
+        /// #PF and its handler's read of CR2 needs it) and DR0-DR3, DR6,
+        /// which live in the CPU, not in the VMCS.
+        cr2: u64,
+        debug: [u64; 5],
     },
     /// A device model's state: `id` names the model, `version` its blob's
     /// layout (the model refuses one it does not know).
@@ -196,6 +201,8 @@ fn encode_payload(chunk: &Chunk, out: &mut Vec<u8>) {
             fields,
             msrs,
             fxsave,
+            cr2,
+            debug,
         } => {
             for g in gprs {
                 put_u64(out, *g);
@@ -208,6 +215,10 @@ fn encode_payload(chunk: &Chunk, out: &mut Vec<u8>) {
                 }
             }
             out.extend_from_slice(fxsave);
+            put_u64(out, *cr2);
+            for d in debug {
+                put_u64(out, *d);
+            }
         }
         Chunk::Device { id, version, blob } => {
             put_u16(out, *id);
@@ -372,11 +383,19 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Chunk, FtError> {
                 }
             }
             let [fields, msrs] = lists;
+            let fxsave = r.bytes(FXSAVE_LEN)?.to_vec();
+            let cr2 = r.u64()?;
+            let mut debug = [0u64; 5];
+            for d in &mut debug {
+                *d = r.u64()?;
+            }
             Chunk::Vcpu {
                 gprs,
                 fields,
                 msrs,
-                fxsave: r.bytes(FXSAVE_LEN)?.to_vec(),
+                fxsave,
+                cr2,
+                debug,
             }
         }
         4 => Chunk::Device {

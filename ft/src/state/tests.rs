@@ -29,6 +29,8 @@ fn vcpu() -> Chunk {
         fields: vec![(0x681E, 0x1000), (0x6820, 0x202), (0x4824, 0)],
         msrs: vec![(0xC000_0080, 0x500)],
         fxsave: vec![0x11; FXSAVE_LEN],
+        cr2: 0xdead_b000,
+        debug: [1, 2, 3, 4, 0xffff_0ff0],
     }
 }
 

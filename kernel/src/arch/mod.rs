@@ -7,6 +7,7 @@ pub mod entropy;
 pub mod exit;
 pub mod fpu;
 pub mod gdt;
+pub mod guestregs;
 pub mod heap;
 pub mod idt;
 pub mod msr;

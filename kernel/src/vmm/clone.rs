@@ -265,6 +265,7 @@ fn wreck(
         l.models.pm = kernel::devices::acpi_pm::AcpiPm::new(1);
     }
     write_syscall_msrs(&[0; 5]);
+    crate::arch::guestregs::restore(0, [0; 5]);
     Ok(())
 }
 

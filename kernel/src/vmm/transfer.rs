@@ -5,7 +5,8 @@
 //!
 //! * [`encode_pages`]: guest pages as they are now, zero pages as a flag;
 //! * [`encode_stopped`]: with the guest stopped, the vCPU (general
-//!   registers, the VMCS guest state, the syscall MSRs, the x87/SSE image),
+//!   registers, the VMCS guest state, the syscall MSRs, the x87/SSE image,
+//!   CR2 and the debug registers),
 //!   every device model and the hypervisor's tallies of the guest
 //!   (`kernel::devices::snapshot::Tallies`);
 //! * [`write_page`] and [`apply`]: the joining side, pages as they arrive
@@ -73,11 +74,16 @@ pub fn encode_stopped(
         .collect();
     sender
         .push(
-            Chunk::Vcpu {
-                gprs: regs.gpr,
-                fields,
-                msrs,
-                fxsave: crate::arch::fpu::save().to_vec(),
+            {
+                let (cr2, debug) = crate::arch::guestregs::save();
+                Chunk::Vcpu {
+                    gprs: regs.gpr,
+                    fields,
+                    msrs,
+                    fxsave: crate::arch::fpu::save().to_vec(),
+                    cr2,
+                    debug,
+                }
             },
             out,
         )
@@ -132,6 +138,8 @@ pub fn apply(
         fields,
         msrs,
         fxsave,
+        cr2,
+        debug,
     } = &staged.vcpu
     else {
         return Err("no vCPU state".into());
@@ -153,6 +161,9 @@ pub fn apply(
         .map_err(|_| "bad FXSAVE image")?;
     if !crate::arch::fpu::restore(image) {
         return Err("the FXSAVE image has reserved MXCSR bits set".into());
+    }
+    if !crate::arch::guestregs::restore(*cr2, *debug) {
+        return Err("DR6 has reserved bits 63:32 set".into());
     }
     let mut tallies = None;
     for &(id, version, ref blob) in &staged.devices {
