@@ -89,9 +89,22 @@ impl<N: Nic + 'static> Node<N> {
             }
             return;
         }
+        if self.repair.joiner.is_some() && state != tcp::State::Established {
+            // Reset, closed, or silent past the socket's timeout (a joiner
+            // whose machine died sends no RST).
+            self.repair.failed.get_or_insert_with(|| {
+                alloc::format!("the joining node's connection ended (state {state})")
+            });
+            return;
+        }
         match state {
             tcp::State::Closed => {
                 let port = self.cfg.repair_port();
+                // A joiner that stops acknowledging (its machine died) is
+                // given up after the failure timeout.
+                rc.borrow_mut().tcp(h).set_timeout(Some(
+                    drivers::smoltcp::time::Duration::from_millis(self.cfg.timeout_ms),
+                ));
                 if rc.borrow_mut().tcp(h).listen(port).is_err() {
                     println!("ft: repair: error: cannot listen on the repair port {port}");
                     self.repair.failed = Some("no repair listener".into());
@@ -366,7 +379,10 @@ impl<N: Nic + 'static> RepairLink for Node<N> {
             io.shared_lun(),
         );
         storage.only_shared = self.ncfg.fencing;
-        let form_within = self.ncfg.session.join_timeout_ns;
+        // The joiner has the state: it must apply it, join on the LUN and
+        // acknowledge within a few failure timeouts, or it is given up
+        // (the guest waits meanwhile).
+        let form_within = 4 * self.ncfg.session.failure_timeout_ns;
         let r = self
             .ft
             .begin_repair(now, &mut storage, NodeId(joiner), form_within);
