@@ -22,6 +22,11 @@
 //!   LUN file: the flag is generation 3 owner 3 (one step per failover
 //!   and per repair), and every key holds a version the client sent, no
 //!   older than its last acknowledged one.
+//! * `ft-repair-primary-survives`: the same with the roles swapped: the
+//!   backup (node 2) is killed first, the primary (node 1) wins (0 -> 1
+//!   owner 1) and runs on alone; the third node joins on node 2's tap and
+//!   address as node 1's backup (1 -> 2); node 1 is killed; node 3 goes
+//!   live (2 -> 3).
 //! * `ft-repair-joiner-killed`: the same, but a first joiner is SIGKILLed
 //!   as soon as node 2 took its request (the transfer of ~400 KiB takes
 //!   seconds over Bochs's NIC): node 2 must print that the transfer failed
@@ -73,6 +78,11 @@ pub fn tests() -> Vec<E2eTest> {
             "KV pair; the primary killed, the backup goes live; a third hypervisor with no guest image joins by live state transfer while the client writes; the new pair acknowledges; its primary killed, the third node goes live; every key's last acknowledged version reads back (service and LUN); the flag advanced once per event (0 -> 3)",
         ),
         t(
+            "ft-repair-primary-survives",
+            run_repair_primary,
+            "as ft-repair, but the backup is killed first: the primary runs on alone, a third hypervisor with no guest image joins it by state transfer and becomes its backup; then the primary is killed and the third node goes live; every key's last acknowledged version reads back; flag 0 -> 3",
+        ),
+        t(
             "ft-repair-joiner-killed",
             run_repair_cut,
             "as ft-repair, but the first joining hypervisor is killed during its state transfer: the serving node ends the attempt, keeps serving alone (the flag untouched), and a second joiner then repairs the pair; the rest as ft-repair",
@@ -94,12 +104,46 @@ fn serial(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// What a run does: which node is killed first (0: the primary, 1: the
+/// backup; the other serves alone and is repaired), and whether a first
+/// joiner is killed during its transfer.
+#[derive(Clone, Copy)]
+struct Plan {
+    lost: usize,
+    cut: bool,
+}
+
+impl Plan {
+    /// The node that serves alone, then leads the repaired pair.
+    fn survivor(self) -> usize {
+        1 - self.lost
+    }
+}
+
 fn run_repair(t: &E2eTest, root: &Path) -> Outcome {
-    scenario(t, root, false)
+    scenario(
+        t,
+        root,
+        Plan {
+            lost: 0,
+            cut: false,
+        },
+    )
 }
 
 fn run_repair_cut(t: &E2eTest, root: &Path) -> Outcome {
-    scenario(t, root, true)
+    scenario(t, root, Plan { lost: 0, cut: true })
+}
+
+fn run_repair_primary(t: &E2eTest, root: &Path) -> Outcome {
+    scenario(
+        t,
+        root,
+        Plan {
+            lost: 1,
+            cut: false,
+        },
+    )
 }
 
 /// Node names in the serial files' order: the pair, the joiner that
@@ -111,7 +155,7 @@ const NODES: [&str; 4] = [
     "node 3 (first joiner, killed during its transfer)",
 ];
 
-fn scenario(t: &E2eTest, root: &Path, cut: bool) -> Outcome {
+fn scenario(t: &E2eTest, root: &Path, plan: Plan) -> Outcome {
     let mut ns = match crate::ftrig::netns("ftrp", &WIRING) {
         Ok(ns) => ns,
         Err(o) => return o,
@@ -136,13 +180,19 @@ fn scenario(t: &E2eTest, root: &Path, cut: bool) -> Outcome {
         (t.emulator, spec(0, &names[0], "iscsi_node=1")),
         (t.emulator, spec(1, &names[1], "iscsi_node=2")),
     ];
-    // A joining node: on the dead primary's tap and address, a backup of
-    // node 2 that joins by state transfer, with no guest image at all.
+    // A joining node: on the dead node's tap and address, a backup of the
+    // survivor that joins by state transfer, with no guest image at all.
+    let (lost, surv) = (plan.lost, plan.survivor());
     let joiner = |name: &str| {
-        let mut j = spec(0, name, "iscsi_node=3");
+        let mut j = spec(lost, name, "iscsi_node=3");
+        let theirs = format!(
+            "role={} peer=10.0.4.1{}:7700",
+            crate::ftrig::ROLES[lost],
+            surv + 1
+        );
         j.cmdline = j.cmdline.replace(
-            "role=primary peer=10.0.4.12:7700",
-            "role=backup peer=10.0.4.12:7700 ft_join=on",
+            &theirs,
+            &format!("role=backup peer=10.0.4.1{}:7700 ft_join=on", surv + 1),
         );
         j.modules.clear();
         j
@@ -157,7 +207,7 @@ fn scenario(t: &E2eTest, root: &Path, cut: bool) -> Outcome {
             &ns.name,
             &serials,
             &bochsrc,
-            (salt, cut),
+            (salt, plan),
             &mut seen,
             &mut |k: usize| {
                 if let Some(spec) = joiners[k].take() {
@@ -198,7 +248,7 @@ fn scenario(t: &E2eTest, root: &Path, cut: bool) -> Outcome {
     drop(ns);
     let texts = serials.clone().map(|p| serial(&p));
     let judged = conducted.and_then(|note| {
-        judge(&seen, &texts, flag, table, salt, cut).map(|j| format!("{note}; {j}"))
+        judge(&seen, &texts, flag, table, salt, plan).map(|j| format!("{note}; {j}"))
     });
     match judged {
         Ok(note) => Outcome::Pass(note),
@@ -311,7 +361,7 @@ fn conduct(
     ns: &str,
     serials: &[std::path::PathBuf; 4],
     bochsrc: &[String; 4],
-    (salt, cut): (u64, bool),
+    (salt, plan): (u64, Plan),
     seen: &mut Seen,
     start_joiner: &mut dyn FnMut(usize),
 ) -> Result<String, String> {
@@ -356,46 +406,59 @@ fn conduct(
         s
     });
     let result = (|| {
+        let (lost, surv) = (plan.lost, plan.survivor());
+        let (lost_name, surv_name) = (format!("node {}", lost + 1), format!("node {}", surv + 1));
+        // A backup that won goes live; a primary that won runs on alone.
+        let alone = if surv == 1 {
+            "ft: backup: LIVE under generation 1"
+        } else {
+            "ft: primary: ALONE under generation 1"
+        };
         wait_acks(BEFORE_KILL, "before the first kill", &rx, seen)?;
         let kill1 = Instant::now();
-        signal_bochs(&bochsrc[0], "KILL").map_err(|e| format!("node 1's Bochs: {e}"))?;
-        let live1 = wait_line(
-            &serials[1],
-            "ft: backup: LIVE under generation 1",
-            "node 2",
-            &rx,
-            seen,
-        )?;
-        wait_acks(BETWEEN, "node 2 alone", &rx, seen)?;
+        signal_bochs(&bochsrc[lost], "KILL").map_err(|e| format!("{lost_name}'s Bochs: {e}"))?;
+        let live1 = wait_line(&serials[surv], alone, &surv_name, &rx, seen)?;
+        wait_acks(BETWEEN, "the survivor alone", &rx, seen)?;
         seen.notes.push(format!(
-            "node 1 killed; node 2 live after {:.1} s",
+            "{lost_name} killed; {surv_name} serving alone after {:.1} s",
             (live1 - kill1).as_secs_f64()
         ));
         // Bochs has let go of the tap: the third node takes it.
         std::thread::sleep(Duration::from_secs(1));
-        if cut {
+        if plan.cut {
             // A first joiner, killed while its transfer runs (a 400 KiB
             // transfer takes seconds over Bochs's NIC; the runner looks
             // every 200 ms): node 2 must stay alone, serving, and take
             // the next joiner.
             start_joiner(3);
-            let asked = wait_line(&serials[1], "ft: repair: node 3 joins", "node 2", &rx, seen)?;
-            signal_bochs(&bochsrc[3], "KILL")
-                .map_err(|e| format!("the first joiner's Bochs: {e}"))?;
-            let killed = Instant::now();
-            if serial(&serials[1]).contains("ft: repair: committed") {
-                return Err("the first joiner's transfer committed before the kill (the runner was too slow to cut it)".into());
-            }
-            let ended = wait_line(
-                &serials[1],
-                "ft: repair: the transfer failed before its commit",
-                "node 2",
+            let asked = wait_line(
+                &serials[surv],
+                "ft: repair: node 3 joins",
+                &surv_name,
                 &rx,
                 seen,
             )?;
-            wait_acks(BETWEEN, "node 2 alone after the cut transfer", &rx, seen)?;
+            signal_bochs(&bochsrc[3], "KILL")
+                .map_err(|e| format!("the first joiner's Bochs: {e}"))?;
+            let killed = Instant::now();
+            if serial(&serials[surv]).contains("ft: repair: committed") {
+                return Err("the first joiner's transfer committed before the kill (the runner was too slow to cut it)".into());
+            }
+            let ended = wait_line(
+                &serials[surv],
+                "ft: repair: the transfer failed before its commit",
+                &surv_name,
+                &rx,
+                seen,
+            )?;
+            wait_acks(
+                BETWEEN,
+                "the survivor alone after the cut transfer",
+                &rx,
+                seen,
+            )?;
             seen.notes.push(format!(
-                "first joiner killed {:.1} s after its request; node 2 ended the attempt {:.1} s later and served on",
+                "first joiner killed {:.1} s after its request; the survivor ended the attempt {:.1} s later and served on",
                 (killed - asked).as_secs_f64(),
                 (ended - killed).as_secs_f64()
             ));
@@ -403,7 +466,13 @@ fn conduct(
         }
         let started = Instant::now();
         start_joiner(2);
-        let committed = wait_line(&serials[1], "ft: repair: committed", "node 2", &rx, seen)?;
+        let committed = wait_line(
+            &serials[surv],
+            "ft: repair: committed",
+            &surv_name,
+            &rx,
+            seen,
+        )?;
         wait_line(
             &serials[2],
             "ft: join: applied the transfer",
@@ -416,7 +485,7 @@ fn conduct(
         // The new backup acknowledges node 2's log (its replay runs).
         let deadline = Instant::now() + STEP_MAX;
         loop {
-            let s = serial(&serials[1]);
+            let s = serial(&serials[surv]);
             let acked = s
                 .lines()
                 .rev()
@@ -427,21 +496,20 @@ fn conduct(
                 break;
             }
             if Instant::now() > deadline {
-                return Err(
-                    "node 2's status never showed `state=paired generation=2` with acked > 0"
-                        .into(),
-                );
+                return Err(format!(
+                    "{surv_name}'s status never showed `state=paired generation=2` with acked > 0"
+                ));
             }
             drain(&rx, seen, Duration::from_millis(500))?;
         }
         seen.notes.push(format!(
-            "node 3 started {:.1} s after node 2 went live; committed {:.1} s after its start; {} replies during the transfer",
+            "node 3 started {:.1} s after the survivor went alone; committed {:.1} s after its start; {} replies during the transfer",
             (started - live1).as_secs_f64(),
             (committed - started).as_secs_f64(),
             acks_at_commit.saturating_sub(BEFORE_KILL + BETWEEN)
         ));
         let kill2 = Instant::now();
-        signal_bochs(&bochsrc[1], "KILL").map_err(|e| format!("node 2's Bochs: {e}"))?;
+        signal_bochs(&bochsrc[surv], "KILL").map_err(|e| format!("{surv_name}'s Bochs: {e}"))?;
         let live2 = wait_line(
             &serials[2],
             "ft: backup: LIVE under generation 3",
@@ -451,7 +519,7 @@ fn conduct(
         )?;
         wait_acks(BETWEEN, "node 3 alone", &rx, seen)?;
         seen.notes.push(format!(
-            "node 2 killed; node 3 live after {:.1} s",
+            "{surv_name} killed; node 3 live after {:.1} s",
             (live2 - kill2).as_secs_f64()
         ));
         writeln!(client_in, "stop").map_err(|e| e.to_string())?;
@@ -495,7 +563,7 @@ fn judge(
     flag: Result<FlagRecord, String>,
     table: Result<std::collections::BTreeMap<String, String>, String>,
     salt: u64,
-    cut: bool,
+    plan: Plan,
 ) -> Result<String, String> {
     let client = &seen.client_last;
     if !client.starts_with("done ") {
@@ -518,30 +586,27 @@ fn judge(
             flag.generation, flag.owner.0
         ));
     }
-    let [_, n2, n3, first] = texts;
-    if cut {
+    let [_, _, n3, first] = texts;
+    let surv = plan.survivor();
+    let n2 = &texts[surv];
+    let sid = surv + 1;
+    if plan.cut {
         // The cut transfer: applied nothing, no guest ran there.
         if first.contains("ft: join: applied") {
             return Err("the killed joiner applied a transfer".into());
         }
         if n2.matches("ft: repair: node 3 joins").count() != 2 {
-            return Err("node 2 did not take exactly two join requests".into());
+            return Err(format!("node {sid} did not take exactly two join requests"));
         }
         if n2.matches("ft: repair: committed").count() != 1 {
-            return Err("node 2 did not commit exactly one transfer".into());
+            return Err(format!("node {sid} did not commit exactly one transfer"));
         }
     }
+    let won1 = format!("WON the test-and-set: flag generation 0 -> 1 owner {sid}");
+    let won2 = format!("WON the test-and-set: flag generation 1 -> 2 owner {sid}");
     for (text, line, who) in [
-        (
-            n2,
-            "WON the test-and-set: flag generation 0 -> 1 owner 2",
-            "node 2",
-        ),
-        (
-            n2,
-            "WON the test-and-set: flag generation 1 -> 2 owner 2",
-            "node 2 (the repair)",
-        ),
+        (n2, won1.as_str(), "the survivor"),
+        (n2, won2.as_str(), "the survivor (the repair)"),
         (
             n3,
             "WON the test-and-set: flag generation 2 -> 3 owner 3",
@@ -566,7 +631,7 @@ fn judge(
         .ok_or("node 3's LIVE line has no checkpoints_matched=")?;
     if matched == 0 {
         return Err(
-            "node 3 went live without having matched any checkpoint of node 2's log".into(),
+            "node 3 went live without having matched any checkpoint of the survivor's log".into(),
         );
     }
     Ok(format!(
