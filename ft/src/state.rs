@@ -139,6 +139,20 @@ pub enum Chunk {
 }
 
 impl Chunk {
+    /// The commit of a pair starting at `at` with guest time
+    /// `guest_time_ns`, the new log after `resume_seq`; its counts and
+    /// digest are filled in by [`Sender::push`].
+    pub fn commit(at: ExecPoint, guest_time_ns: u64, resume_seq: u64) -> Self {
+        Self::Commit {
+            at,
+            guest_time_ns,
+            resume_seq,
+            chunks: 0,
+            pages: 0,
+            digest: 0,
+        }
+    }
+
     /// The kind byte on the wire.
     pub const fn kind(&self) -> u8 {
         match self {

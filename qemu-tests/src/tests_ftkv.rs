@@ -722,6 +722,34 @@ impl Ctx<'_> {
     }
 }
 
+/// The client's stdout lines, each with when it arrived, and the threads
+/// that read its stdout and (to the end) its stderr.
+pub(crate) type ClientLines = (
+    mpsc::Receiver<(Instant, String)>,
+    std::thread::JoinHandle<()>,
+    std::thread::JoinHandle<String>,
+);
+
+/// Reads a started `ftkv-client`'s output: [`ClientLines`].
+pub(crate) fn client_lines(child: &mut std::process::Child) -> Result<ClientLines, String> {
+    let out = child.stdout.take().ok_or("no client stdout")?;
+    let mut err = child.stderr.take().ok_or("no client stderr")?;
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), l)).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    Ok((rx, reader, err_reader))
+}
+
 /// Sends `SIG<sig>` to the Bochs started with `bochsrc`; its pid.
 pub(crate) fn signal_bochs(bochsrc: &str, sig: &str) -> Result<u32, String> {
     let pid = bochs_pid(bochsrc).ok_or("not running")?;
@@ -904,21 +932,7 @@ fn conduct(
     // `overwrite`: the runner tells the client when to stop writing and
     // when to finish.
     let mut client_in = child.stdin.take();
-    let out = child.stdout.take().ok_or("no client stdout")?;
-    let mut err = child.stderr.take().ok_or("no client stderr")?;
-    let (tx, rx) = mpsc::channel::<(Instant, String)>();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send((Instant::now(), l)).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let (rx, reader, err_reader) = client_lines(&mut child)?;
     let mut trigger: Option<Instant> = None;
     let mut next_fdb = Instant::now();
     let mut next_status = Instant::now() + Duration::from_secs(1);

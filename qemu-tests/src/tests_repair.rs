@@ -41,7 +41,7 @@ use crate::tests_ftkv::{
     LUN_BYTES, ZOMBIE_KEYS,
 };
 use ft::arbitration::{FlagRecord, NodeId};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -365,7 +365,6 @@ fn conduct(
     seen: &mut Seen,
     start_joiner: &mut dyn FnMut(usize),
 ) -> Result<String, String> {
-    let (tx, rx) = mpsc::channel::<(Instant, String)>();
     // The pair up: the primary prints the guest's lines once acknowledged.
     let deadline = Instant::now() + STEP_MAX;
     while !serial(&serials[0]).contains("guest: kv: listening") {
@@ -391,20 +390,7 @@ fn conduct(
         .spawn()
         .map_err(|e| format!("starting the client: {e}"))?;
     let mut client_in = child.stdin.take().ok_or("no client stdin")?;
-    let out = child.stdout.take().ok_or("no client stdout")?;
-    let mut err = child.stderr.take().ok_or("no client stderr")?;
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send((Instant::now(), l)).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let (rx, _reader, err_reader) = crate::tests_ftkv::client_lines(&mut child)?;
     let result = (|| {
         let (lost, surv) = (plan.lost, plan.survivor());
         let (lost_name, surv_name) = (format!("node {}", lost + 1), format!("node {}", surv + 1));

@@ -223,14 +223,7 @@ fn stop_and_copy(
     let count = transfer::encode_stopped(&mut p.sender, &mut p.out, vmcs, regs, m)?;
     p.sender
         .push(
-            Chunk::Commit {
-                at: ft::log::ExecPoint::default(),
-                guest_time_ns: m.now(),
-                resume_seq: 0,
-                chunks: 0,
-                pages: 0,
-                digest: 0,
-            },
+            Chunk::commit(ft::log::ExecPoint::default(), m.now(), 0),
             &mut p.out,
         )
         .map_err(err)?;

@@ -281,17 +281,7 @@ pub fn serve(
         }
     };
     s.sender
-        .push(
-            Chunk::Commit {
-                at,
-                guest_time_ns: m.now(),
-                resume_seq: 0,
-                chunks: 0,
-                pages: 0,
-                digest: 0,
-            },
-            &mut out,
-        )
+        .push(Chunk::commit(at, m.now(), 0), &mut out)
         .map_err(|e| alloc::format!("{e:?}"))?;
     s.bytes += out.len() as u64;
     link.send(&out);
