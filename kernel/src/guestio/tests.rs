@@ -502,6 +502,32 @@ mod ft_gate {
         assert_eq!(g.stats().outputs, 1);
     }
 
+    /// Issue 16: a repair stops the guest only where its devices owe it
+    /// nothing: no request on the disk, no completion not yet delivered,
+    /// no output held by the output rule.
+    #[test]
+    fn quiescent_only_when_nothing_is_owed() {
+        let mut g = io();
+        assert!(g.quiescent(), "fresh devices");
+        g.output(Slot::Blk, GuestOutput::BlockFlush { id: 1 });
+        assert!(!g.quiescent(), "a flush on the disk");
+        g.poll_backends();
+        assert!(!g.quiescent(), "completed, not delivered");
+        let mut ram = vec![0u8; 1 << 20];
+        let mut irq = super::Irqs(vec![]);
+        g.poll(&mut ram, &mut irq);
+        assert!(g.quiescent(), "delivered");
+        g.set_gated(true);
+        g.output(Slot::Net, GuestOutput::Frame(vec![1; 60]));
+        assert!(!g.quiescent(), "held by the output rule");
+        let taken = g.take_gated();
+        assert!(!g.quiescent(), "taken, not emitted");
+        for (slot, out) in taken {
+            g.emit(slot, out);
+        }
+        assert!(g.quiescent());
+    }
+
     #[test]
     fn detached_block_requests_are_reissued_at_go_live_unless_completed_from_the_log() {
         let mut g = io();

@@ -351,6 +351,25 @@ mod tests {
         assert_eq!((c.stats().expiries, c.stats().max_late), (1, 23));
     }
 
+    /// Issue 16: a repair's joining node counts on from the serving node's
+    /// count at the commit; a calibration still owed keeps its length.
+    #[test]
+    fn resume_at_counts_on_from_the_transferred_count() {
+        let (mut c, mut v) = calibrated(LAND_MARGIN);
+        c.resume_at(1_000_000);
+        assert_eq!(c.count(), 1_000_000);
+        c.arm(&mut v, Plan::Run { slice: 1000 }, false).unwrap();
+        v.write(Field::PreemptionTimerValue, 0).unwrap();
+        c.stamps(O + 500);
+        c.exited(&mut v, 30).unwrap();
+        assert_eq!(c.count(), 1_000_500);
+        // Uncalibrated: the single steps owed move with the count.
+        let mut fresh = Preempt::new(10);
+        fresh.resume_at(5_000);
+        assert!(fresh.calibrating());
+        assert_eq!(fresh.calibrate_until, 5_010);
+    }
+
     #[test]
     fn the_launch_entry_is_not_a_sample() {
         let mut v = FakeVmcs::default();
