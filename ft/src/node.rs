@@ -38,8 +38,12 @@
 //! * **one-sided storage loss** ([`Node::on_disk`]): a paired primary whose
 //!   disk made no progress for [`NodeConfig::disk_stall_ns`] steps down;
 //! * **the end of a run** ([`Node::end_log`], [`Node::end_state`]);
-//! * **repair** ([`Node::begin_repair`]): a node acting alone takes a new
-//!   generation for a new pair (§1.9).
+//! * **repair** ([`Node::begin_repair`]): a node acting alone, once the
+//!   joiner has the guest's state up to the commit (`crate::state`,
+//!   `crate::repair`), takes a new generation for the new pair (§1.9); the
+//!   joiner becomes the peer a later failure fences, and a pair that does
+//!   not form in the time given is judged like a backup that never joined
+//!   (the node arbitrates on its own flag and is alone again).
 //!
 //! Everything the node needs from outside comes in as arguments: `now`
 //! from the caller's clock, bytes from its transport, the storage as a
