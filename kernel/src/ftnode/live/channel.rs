@@ -176,6 +176,26 @@ impl<N: Nic + 'static> Node<N> {
                 break;
             }
         }
+        // What the bytes just received produced (a backup's acks, which
+        // the primary's output rule waits for) leaves now, not at the next
+        // pump after a guest stretch (issue 17).
+        if self.out_off < self.outbox.len() && self.delayed.is_empty() {
+            let mut net = rc.borrow_mut();
+            let s = net.tcp(self.sock);
+            if s.may_send() {
+                if let Ok(n) = s.send_slice(&self.outbox[self.out_off..]) {
+                    self.out_off += n;
+                    self.bytes_sent += n as u64;
+                    self.status_bytes += n as u64;
+                }
+            }
+            drop(net);
+            if self.out_off == self.outbox.len() {
+                self.outbox.clear();
+                self.out_off = 0;
+            }
+            self.net.borrow_mut().poll();
+        }
         let (may_recv, state) = {
             let mut net = rc.borrow_mut();
             let s = net.tcp(self.sock);

@@ -70,6 +70,9 @@ impl<N: Nic + 'static> Node<N> {
             // input point): the wait is not a stalled disk.
             io.poll_backends();
             self.primary_tick(self.now_us() * 1000, guest_ns, at, Some(io))?;
+            // Outputs the backup acknowledged meanwhile leave now, not when
+            // the throttle ends (issue 17).
+            self.emit_ready(io);
         }
         self.emit_ready(io);
         self.status(guest_ns, 0);
