@@ -15,10 +15,12 @@
 //! dirty pages, the vCPU, the device models and the tallies are encoded;
 //! the node takes the flag's next generation for the new pair (through
 //! the link: `ft::node::Node::begin_repair`), the commit goes out, and the
-//! guest runs on at once as a paired primary recording from that exact
-//! point (its outputs wait for the new backup's acks, the log queues until
-//! the backup connects). A link that fails before the commit leaves the
-//! node serving alone, dirty logging off, ready for a new attempt.
+//! guest waits, its clock stopped, until the new backup acknowledged the
+//! session ([`RepairLink::await_pair`]); then it runs on as a paired
+//! primary recording from that exact point. A pair that does not form in
+//! time leaves the node alone again, its guest running. A link that fails
+//! before the commit leaves the node serving alone, dirty logging off,
+//! ready for a new attempt.
 //!
 //! **Joining** ([`apply_received`]): the pages are written into guest RAM
 //! as they arrive (the guest does not run yet); once the commit verified,

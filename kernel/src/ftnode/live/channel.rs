@@ -135,22 +135,7 @@ impl<N: Nic + 'static> Node<N> {
                 self.outbox.extend_from_slice(&bytes);
             }
         }
-        if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
-            let sent = rc
-                .borrow_mut()
-                .tcp(self.sock)
-                .send_slice(&self.outbox[self.out_off..]);
-            if let Ok(n) = sent {
-                self.out_off += n;
-                self.bytes_sent += n as u64;
-                self.status_bytes += n as u64;
-            }
-            if self.out_off == self.outbox.len() {
-                self.outbox.clear();
-                self.out_off = 0;
-            }
-            self.net.borrow_mut().poll();
-        }
+        self.send_outbox();
         loop {
             let mut net = rc.borrow_mut();
             let s = net.tcp(self.sock);
@@ -179,23 +164,7 @@ impl<N: Nic + 'static> Node<N> {
         // What the bytes just received produced (a backup's acks, which
         // the primary's output rule waits for) leaves now, not at the next
         // pump after a guest stretch (issue 17).
-        if self.out_off < self.outbox.len() && self.delayed.is_empty() {
-            let mut net = rc.borrow_mut();
-            let s = net.tcp(self.sock);
-            if s.may_send() {
-                if let Ok(n) = s.send_slice(&self.outbox[self.out_off..]) {
-                    self.out_off += n;
-                    self.bytes_sent += n as u64;
-                    self.status_bytes += n as u64;
-                }
-            }
-            drop(net);
-            if self.out_off == self.outbox.len() {
-                self.outbox.clear();
-                self.out_off = 0;
-            }
-            self.net.borrow_mut().poll();
-        }
+        self.send_outbox();
         let (may_recv, state) = {
             let mut net = rc.borrow_mut();
             let s = net.tcp(self.sock);
@@ -231,6 +200,27 @@ impl<N: Nic + 'static> Node<N> {
             }
         }
         self.pump_probe(now);
+    }
+
+    /// Hands the outbox to the log socket as far as it takes it.
+    fn send_outbox(&mut self) {
+        let rc = self.net.clone();
+        if self.out_off < self.outbox.len() && rc.borrow_mut().tcp(self.sock).may_send() {
+            let sent = rc
+                .borrow_mut()
+                .tcp(self.sock)
+                .send_slice(&self.outbox[self.out_off..]);
+            if let Ok(n) = sent {
+                self.out_off += n;
+                self.bytes_sent += n as u64;
+                self.status_bytes += n as u64;
+            }
+            if self.out_off == self.outbox.len() {
+                self.outbox.clear();
+                self.out_off = 0;
+            }
+            self.net.borrow_mut().poll();
+        }
     }
 
     /// Primary: a connection attempt failed; before the first connection

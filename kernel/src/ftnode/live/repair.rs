@@ -21,7 +21,7 @@ use crate::vmm::RepairLink;
 use ft::state::{encode_chunk, read_join, Chunk, Expect, Progress, Receiver, Staged};
 
 /// TCP buffers of the repair connection (each way).
-pub(super) const REPAIR_BUFFER: usize = 256 * 1024;
+const REPAIR_BUFFER: usize = 256 * 1024;
 
 /// The serving side's repair connection.
 #[derive(Default)]
@@ -42,10 +42,9 @@ pub(super) struct RepairConn {
     /// The guest's pause at the last repair (ms, commit to the new
     /// backup's first ack).
     pub pause_ms: Option<u64>,
-    /// Transfers begun, aborted, committed.
+    /// Transfers begun and aborted (the listener is announced once).
     pub begun: u64,
     pub aborted: u64,
-    pub done: u64,
 }
 
 impl<N: Nic + 'static> Node<N> {
@@ -413,7 +412,6 @@ impl<N: Nic + 'static> RepairLink for Node<N> {
                 self.lag = LagMeter::default();
                 self.heard_us = self.now_us();
                 self.repair.committed = true;
-                self.repair.done += 1;
                 println!(
                     "ft: repair: the pair forms under generation {generation} with node {joiner} at {addr}: this node is its primary; the log goes to {} once the new backup listens",
                     endpoint(self.peer)
